@@ -1,0 +1,6 @@
+//! `filesystem.Filesystem`: entries, directory listings, moves, removal and
+//! inotify-based watching.
+
+pub mod entry;
+pub mod service;
+pub mod watch;

@@ -1,0 +1,61 @@
+//! envd: the agent inside every Wrenn sandbox.
+//!
+//! It speaks E2B's envd protocol so that E2B's SDKs work unchanged:
+//! - Connect services `process.Process` ([`process::service`]) and
+//!   `filesystem.Filesystem` ([`filesystem::service`]);
+//! - HTTP `/health`, `/init`, `/envs`, `/metrics` and `/files` ([`http`]);
+//! - the `X-Access-Token` check, `Authorization: Basic` user selection and
+//!   signed file URLs ([`auth`]).
+//!
+//! [`router`] assembles everything into one axum app; [`serve`] runs it.
+
+pub mod auth;
+pub mod errors;
+pub mod filesystem;
+pub mod http;
+pub mod process;
+pub mod state;
+pub mod users;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use connectrpc::{ConnectRpcService, DeadlinePolicy};
+
+pub use state::{AppState, Defaults, ENVD_VERSION};
+
+/// The port E2B clients expect envd on.
+pub const DEFAULT_PORT: u16 = 49983;
+
+/// Builds envd's whole HTTP app over `state`.
+pub fn router(state: AppState) -> axum::Router {
+    let connect = connectrpc::Router::new()
+        .add_service(Arc::new(process::service::ProcessService::new(state.clone())))
+        .add_service(Arc::new(filesystem::service::FilesystemService::new(state.clone())));
+    // Connect-Timeout-Ms bounds streams too, as E2B clients expect.
+    let connect = ConnectRpcService::new(connect)
+        .with_deadline_policy(DeadlinePolicy::new().with_enforce_on_streams(true));
+    axum::Router::new()
+        .route("/health", get(http::misc::health))
+        .route("/init", post(http::misc::init))
+        .route("/envs", get(http::misc::envs))
+        .route("/metrics", get(http::misc::metrics))
+        .route("/files", get(http::files::download).post(http::files::upload))
+        .layer(DefaultBodyLimit::disable())
+        .fallback_service(connect)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), http::require_token))
+        .with_state(state)
+}
+
+/// Serves envd on `addr` until `shutdown` resolves.
+pub async fn serve(
+    addr: SocketAddr,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, version = ENVD_VERSION, "envd listening");
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}

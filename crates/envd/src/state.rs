@@ -1,0 +1,146 @@
+//! State shared by every handler: the settings `/init` can change, the
+//! process table and the polling watchers.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use crate::filesystem::watch::WatcherTable;
+use crate::process::ProcessTable;
+use crate::users::{self, User, UserError};
+
+/// The highest E2B envd version whose features this envd implements.
+pub const ENVD_VERSION: &str = "0.5.7";
+
+/// Settings given on the command line and changed by `POST /init`.
+#[derive(Debug, Clone, Default)]
+pub struct Defaults {
+    /// Token every call must carry in `X-Access-Token`, once set.
+    pub access_token: Option<String>,
+    /// Environment variables given to every process.
+    pub env_vars: HashMap<String, String>,
+    /// User for calls that name none.
+    pub user: Option<String>,
+    /// Working directory for processes and relative paths.
+    pub workdir: Option<PathBuf>,
+}
+
+/// Everything envd's handlers share.
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+/// The contents of [`AppState`].
+pub struct Inner {
+    /// Mutable defaults.
+    pub defaults: RwLock<Defaults>,
+    /// Processes started through `process.Process/Start`.
+    pub processes: Arc<ProcessTable>,
+    /// Watchers made by `filesystem.Filesystem/CreateWatcher`.
+    pub watchers: WatcherTable,
+    /// CPU sample of the previous `/metrics` call, for a usage delta.
+    pub last_cpu: std::sync::Mutex<Option<(u64, u64)>>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Creates the state with the given defaults.
+    pub fn new(defaults: Defaults) -> Self {
+        AppState(Arc::new(Inner {
+            defaults: RwLock::new(defaults),
+            processes: Arc::new(ProcessTable::default()),
+            watchers: WatcherTable::default(),
+            last_cpu: std::sync::Mutex::new(None),
+        }))
+    }
+
+    /// A snapshot of the current defaults.
+    pub fn defaults(&self) -> Defaults {
+        self.defaults.read().expect("defaults lock").clone()
+    }
+
+    /// Resolves the user a call acts as: the one named in the request, else
+    /// the default user, else the user envd runs as.
+    pub fn resolve_user(&self, requested: Option<&str>) -> Result<User, UserError> {
+        match requested.filter(|u| !u.is_empty()) {
+            Some(name) => users::lookup(name),
+            None => match self.defaults().user {
+                Some(name) => users::lookup(&name),
+                None => Ok(users::current()),
+            },
+        }
+    }
+}
+
+/// Errors turning a request's path into an absolute one.
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    /// A path that is not valid in a sandbox.
+    #[error("invalid path '{0}': {1}")]
+    Invalid(String, &'static str),
+}
+
+/// Turns a request path into a clean absolute path: `~` means the user's
+/// home, and relative paths start at the default workdir or else the home.
+pub fn resolve_path(path: &str, user: &User, workdir: Option<&Path>) -> Result<PathBuf, PathError> {
+    if path.contains('\0') {
+        return Err(PathError::Invalid(path.into(), "it contains a NUL byte"));
+    }
+    let base = workdir.map(Path::to_path_buf).unwrap_or_else(|| user.home.clone());
+    let joined = if path == "~" {
+        user.home.clone()
+    } else if let Some(rest) = path.strip_prefix("~/") {
+        user.home.join(rest)
+    } else if path.starts_with('/') {
+        PathBuf::from(path)
+    } else {
+        base.join(path)
+    };
+    let mut clean = PathBuf::from("/");
+    for c in joined.components() {
+        match c {
+            Component::ParentDir => {
+                clean.pop();
+            }
+            Component::Normal(p) => clean.push(p),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    Ok(clean)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_paths_like_a_shell() {
+        let user = User {
+            name: "u".into(),
+            uid: 1000,
+            gid: 1000,
+            home: "/home/u".into(),
+            groups: vec![],
+        };
+        let cases: &[(&str, Option<&str>, &str)] = &[
+            ("/etc/passwd", None, "/etc/passwd"),
+            ("~", None, "/home/u"),
+            ("~/a/b", None, "/home/u/a/b"),
+            ("rel.txt", None, "/home/u/rel.txt"),
+            ("rel.txt", Some("/work"), "/work/rel.txt"),
+            ("/a/../b/./c", None, "/b/c"),
+            ("../../..", None, "/"),
+            ("", None, "/home/u"),
+        ];
+        for (input, workdir, want) in cases {
+            let got = resolve_path(input, &user, workdir.map(Path::new)).unwrap();
+            assert_eq!(got, PathBuf::from(want), "input {input:?} workdir {workdir:?}");
+        }
+        assert!(resolve_path("a\0b", &user, None).is_err());
+    }
+}
