@@ -86,25 +86,28 @@ impl Watcher {
         Ok(())
     }
 
-    fn add_tree(&mut self, dir: &Path) -> std::io::Result<()> {
+    /// Watches `dir` and, when recursive, every directory below it. Entries
+    /// found below `dir` are returned: for a directory that appeared while
+    /// watching, they were created before their watch existed.
+    fn add_tree(&mut self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         self.add_dir(dir)?;
+        let mut found = Vec::new();
         if !self.recursive {
-            return Ok(());
+            return Ok(found);
         }
         let mut stack = vec![dir.to_path_buf()];
         while let Some(d) = stack.pop() {
             let Ok(rd) = std::fs::read_dir(&d) else { continue };
             for e in rd.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    let p = e.path();
-                    // A directory can vanish between listing and watching.
-                    if self.add_dir(&p).is_ok() {
-                        stack.push(p);
-                    }
+                let p = e.path();
+                // A directory can vanish between listing and watching.
+                if e.file_type().is_ok_and(|t| t.is_dir()) && self.add_dir(&p).is_ok() {
+                    stack.push(p.clone());
                 }
+                found.push(p);
             }
         }
-        Ok(())
+        Ok(found)
     }
 
     fn read_batch(&mut self) -> std::io::Result<Vec<FsEvent>> {
@@ -143,12 +146,15 @@ impl Watcher {
             if name.is_none() && path != self.root {
                 continue;
             }
-            if self.recursive && flags.contains(ReadFlags::ISDIR) && flags.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO) {
-                let _ = self.add_tree(&path);
-            }
-            let rel = path.strip_prefix(&self.root).unwrap_or(&path).display().to_string();
+            let root = self.root.clone();
+            let rel = |p: &Path| p.strip_prefix(&root).unwrap_or(p).display().to_string();
             for kind in kinds(flags) {
-                out.push(FsEvent { name: rel.clone(), path: path.clone(), kind });
+                out.push(FsEvent { name: rel(&path), path: path.clone(), kind });
+            }
+            if self.recursive && flags.contains(ReadFlags::ISDIR) && flags.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO) {
+                for p in self.add_tree(&path).unwrap_or_default() {
+                    out.push(FsEvent { name: rel(&p), path: p, kind: EventType::EVENT_TYPE_CREATE });
+                }
             }
         }
         Ok(out)

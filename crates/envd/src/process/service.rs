@@ -184,10 +184,15 @@ impl pb::Process for ProcessService {
         let user = self.state.resolve_user(crate::auth::basic_user(ctx.headers()).as_deref()).map_err(user_error)?;
         let defaults = self.state.defaults();
         let cwd = match pc.cwd.as_deref().filter(|c| !c.is_empty()) {
-            Some(c) => resolve_path(c, &user, defaults.workdir.as_deref()),
-            None => resolve_path("", &user, defaults.workdir.as_deref()),
-        }
-        .map_err(|e| ConnectError::invalid_argument(e.to_string()))?;
+            Some(c) => resolve_path(c, &user, defaults.workdir.as_deref())
+                .map_err(|e| ConnectError::invalid_argument(e.to_string()))?,
+            // No cwd asked for: the workdir or home, or / for users whose
+            // home does not exist (nobody's is /nonexistent).
+            None => resolve_path("", &user, defaults.workdir.as_deref())
+                .ok()
+                .filter(|p| p.is_dir())
+                .unwrap_or_else(|| "/".into()),
+        };
         let pty = req.pty.as_option().map(|p| {
             let size = p.size.as_option();
             let cols = size.map_or(80, |s| s.cols).clamp(1, u16::MAX as u32) as u16;

@@ -1,0 +1,94 @@
+"""Fixtures that start the real envd binary for the E2B SDK tests.
+
+E2B_DEBUG=true makes the official `e2b` SDK talk straight to an envd on
+localhost:49983, which is where the `envd` fixture starts one.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ENVD_PORT = 49983
+
+
+def _target_dir() -> Path:
+    root = Path(__file__).resolve().parents[2]
+    return Path(os.environ.get("CARGO_TARGET_DIR", root / "target"))
+
+
+def envd_binary() -> Path:
+    explicit = os.environ.get("WRENN_ENVD_BIN")
+    if explicit:
+        return Path(explicit)
+    for profile in ("release", "debug"):
+        candidate = _target_dir() / profile / "envd"
+        if candidate.exists():
+            return candidate
+    raise RuntimeError("envd is not built: run `cargo build -p envd` or set WRENN_ENVD_BIN")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _descendants(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            kids.append(int(entry))
+            kids.extend(_descendants(int(entry)))
+    return kids
+
+
+@pytest.fixture(scope="session")
+def envd():
+    """A running envd on 127.0.0.1:49983, stopped (with everything it started) at the end."""
+    if _port_open(ENVD_PORT):
+        raise RuntimeError(f"port {ENVD_PORT} is taken; stop whatever listens there first")
+    proc = subprocess.Popen(
+        [str(envd_binary()), "--host", "127.0.0.1", "--port", str(ENVD_PORT)],
+        env={**os.environ, "ENVD_LOG": "envd=warn"},
+    )
+    deadline = time.time() + 10
+    while not _port_open(ENVD_PORT):
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError("envd did not start")
+        time.sleep(0.02)
+    try:
+        yield proc
+    finally:
+        for pid in _descendants(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture()
+def sbx(envd, monkeypatch):
+    monkeypatch.setenv("E2B_DEBUG", "true")
+    from e2b import Sandbox
+
+    return Sandbox.create()
+
+
+@pytest.fixture()
+def workdir(tmp_path):
+    """A scratch directory the test's files go in; removed by pytest."""
+    return str(tmp_path)
