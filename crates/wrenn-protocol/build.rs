@@ -7,7 +7,10 @@ fn main() {
     unsafe { std::env::set_var("PROTOC", protoc) };
     println!("cargo:rerun-if-changed=proto");
     connectrpc_build::Config::new()
-        .files(&["proto/process/process.proto", "proto/filesystem/filesystem.proto"])
+        .files(&[
+            "proto/process/process.proto",
+            "proto/filesystem/filesystem.proto",
+        ])
         .includes(&["proto/"])
         .include_file("_connectrpc.rs")
         .compile()

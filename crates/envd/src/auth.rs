@@ -11,7 +11,9 @@ pub const ACCESS_TOKEN_HEADER: &str = "x-access-token";
 /// The user named by `Authorization: Basic base64("<user>:")`, if any.
 pub fn basic_user(headers: &http::HeaderMap) -> Option<String> {
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let encoded = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic "))?;
+    let encoded = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))?;
     let decoded = STANDARD.decode(encoded.trim()).ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let user = text.split(':').next().unwrap_or("");
@@ -35,19 +37,30 @@ pub fn token_matches(headers: &http::HeaderMap, token: &str) -> bool {
 
 /// The v1 signature of a `/files` URL:
 /// `v1_` + base64-nopad(sha256("path:op:user:token[:expiration]")).
-pub fn file_signature(path: &str, op: &str, user: &str, token: &str, expiration: Option<i64>) -> String {
+pub fn file_signature(
+    path: &str,
+    op: &str,
+    user: &str,
+    token: &str,
+    expiration: Option<i64>,
+) -> String {
     let raw = match expiration {
         Some(exp) => format!("{path}:{op}:{user}:{token}:{exp}"),
         None => format!("{path}:{op}:{user}:{token}"),
     };
-    format!("v1_{}", STANDARD_NO_PAD.encode(Sha256::digest(raw.as_bytes())))
+    format!(
+        "v1_{}",
+        STANDARD_NO_PAD.encode(Sha256::digest(raw.as_bytes()))
+    )
 }
 
 /// Why a signed URL was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SignatureError {
     /// The signature does not match the path, operation, user and token.
-    #[error("the file URL signature is invalid; sign path, operation, user and the sandbox's access token again")]
+    #[error(
+        "the file URL signature is invalid; sign path, operation, user and the sandbox's access token again"
+    )]
     Invalid,
     /// The signature's expiration has passed.
     #[error("the file URL signature expired; sign a new URL")]
@@ -81,9 +94,9 @@ mod tests {
     #[test]
     fn basic_user_is_parsed() {
         let cases = [
-            ("Basic cm9vdDo=", Some("root")),        // "root:"
-            ("Basic dXNlcjpwdw==", Some("user")),    // "user:pw"
-            ("Basic Og==", None),                    // ":"
+            ("Basic cm9vdDo=", Some("root")),     // "root:"
+            ("Basic dXNlcjpwdw==", Some("user")), // "user:pw"
+            ("Basic Og==", None),                 // ":"
             ("Bearer abc", None),
             ("Basic !!!", None),
         ];
@@ -100,13 +113,19 @@ mod tests {
         let sig = file_signature("/a.txt", "read", "", "tok", None);
         assert!(sig.starts_with("v1_"));
         assert!(!sig.ends_with('='));
-        assert_eq!(verify_file_signature(&sig, "/a.txt", "read", "", "tok", None, 0), Ok(()));
+        assert_eq!(
+            verify_file_signature(&sig, "/a.txt", "read", "", "tok", None, 0),
+            Ok(())
+        );
         assert_eq!(
             verify_file_signature(&sig, "/a.txt", "write", "", "tok", None, 0),
             Err(SignatureError::Invalid)
         );
         let exp = file_signature("/a.txt", "read", "", "tok", Some(100));
-        assert_eq!(verify_file_signature(&exp, "/a.txt", "read", "", "tok", Some(100), 50), Ok(()));
+        assert_eq!(
+            verify_file_signature(&exp, "/a.txt", "read", "", "tok", Some(100), 50),
+            Ok(())
+        );
         assert_eq!(
             verify_file_signature(&exp, "/a.txt", "read", "", "tok", Some(100), 101),
             Err(SignatureError::Expired)

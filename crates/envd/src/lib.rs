@@ -32,8 +32,12 @@ pub const DEFAULT_PORT: u16 = 49983;
 /// Builds envd's whole HTTP app over `state`.
 pub fn router(state: AppState) -> axum::Router {
     let connect = connectrpc::Router::new()
-        .add_service(Arc::new(process::service::ProcessService::new(state.clone())))
-        .add_service(Arc::new(filesystem::service::FilesystemService::new(state.clone())));
+        .add_service(Arc::new(process::service::ProcessService::new(
+            state.clone(),
+        )))
+        .add_service(Arc::new(filesystem::service::FilesystemService::new(
+            state.clone(),
+        )));
     // Connect-Timeout-Ms bounds streams too, as E2B clients expect.
     let connect = ConnectRpcService::new(connect)
         .with_deadline_policy(DeadlinePolicy::new().with_enforce_on_streams(true));
@@ -42,10 +46,16 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/init", post(http::misc::init))
         .route("/envs", get(http::misc::envs))
         .route("/metrics", get(http::misc::metrics))
-        .route("/files", get(http::files::download).post(http::files::upload))
+        .route(
+            "/files",
+            get(http::files::download).post(http::files::upload),
+        )
         .layer(DefaultBodyLimit::disable())
         .fallback_service(connect)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), http::require_token))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            http::require_token,
+        ))
         .with_state(state)
 }
 
@@ -55,7 +65,17 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, version = ENVD_VERSION, "envd listening");
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    // Events are small writes; without TCP_NODELAY, Nagle's algorithm and
+    // delayed ACKs hold them back by tens of milliseconds.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!("cannot set TCP_NODELAY: {e}");
+        }
+    });
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

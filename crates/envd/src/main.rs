@@ -31,7 +31,8 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ENVD_LOG").unwrap_or_else(|_| "envd=info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("ENVD_LOG")
+                .unwrap_or_else(|_| "envd=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -55,7 +56,9 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         let addr = SocketAddr::new(args.host, args.port);
         let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}

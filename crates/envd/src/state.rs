@@ -91,7 +91,9 @@ pub fn resolve_path(path: &str, user: &User, workdir: Option<&Path>) -> Result<P
     if path.contains('\0') {
         return Err(PathError::Invalid(path.into(), "it contains a NUL byte"));
     }
-    let base = workdir.map(Path::to_path_buf).unwrap_or_else(|| user.home.clone());
+    let base = workdir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| user.home.clone());
     let joined = if path == "~" {
         user.home.clone()
     } else if let Some(rest) = path.strip_prefix("~/") {
@@ -139,7 +141,11 @@ mod tests {
         ];
         for (input, workdir, want) in cases {
             let got = resolve_path(input, &user, workdir.map(Path::new)).unwrap();
-            assert_eq!(got, PathBuf::from(want), "input {input:?} workdir {workdir:?}");
+            assert_eq!(
+                got,
+                PathBuf::from(want),
+                "input {input:?} workdir {workdir:?}"
+            );
         }
         assert!(resolve_path("a\0b", &user, None).is_err());
     }

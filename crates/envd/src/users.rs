@@ -59,7 +59,12 @@ fn parse_group_line(line: &str) -> Option<(&str, u32, Vec<&str>)> {
     let name = f.next()?;
     let _pw = f.next()?;
     let gid = f.next()?.parse().ok()?;
-    let members = f.next().unwrap_or("").split(',').filter(|m| !m.is_empty()).collect();
+    let members = f
+        .next()
+        .unwrap_or("")
+        .split(',')
+        .filter(|m| !m.is_empty())
+        .collect();
     Some((name, gid, members))
 }
 
@@ -67,9 +72,10 @@ fn parse_group_line(line: &str) -> Option<(&str, u32, Vec<&str>)> {
 pub fn lookup(name: &str) -> Result<User, UserError> {
     let passwd = std::fs::read_to_string(passwd_path()).unwrap_or_default();
     let by_uid: Option<u32> = name.parse().ok();
-    let found = passwd.lines().filter_map(parse_passwd_line).find(|(n, uid, _, _)| {
-        *n == name || by_uid == Some(*uid)
-    });
+    let found = passwd
+        .lines()
+        .filter_map(parse_passwd_line)
+        .find(|(n, uid, _, _)| *n == name || by_uid == Some(*uid));
     let Some((name, uid, gid, home)) = found else {
         return Err(UserError::Unknown(name.to_string()));
     };
@@ -80,7 +86,13 @@ pub fn lookup(name: &str) -> Result<User, UserError> {
             groups.push(g);
         }
     }
-    Ok(User { name: name.to_string(), uid, gid, home: PathBuf::from(home), groups })
+    Ok(User {
+        name: name.to_string(),
+        uid,
+        gid,
+        home: PathBuf::from(home),
+        groups,
+    })
 }
 
 /// Looks up the user envd itself runs as; falls back to a synthetic entry
@@ -120,12 +132,18 @@ impl Names {
 
     /// The name of `uid`, or the number when it has none.
     pub fn user(&self, uid: u32) -> String {
-        self.users.get(&uid).cloned().unwrap_or_else(|| uid.to_string())
+        self.users
+            .get(&uid)
+            .cloned()
+            .unwrap_or_else(|| uid.to_string())
     }
 
     /// The name of `gid`, or the number when it has none.
     pub fn group(&self, gid: u32) -> String {
-        self.groups.get(&gid).cloned().unwrap_or_else(|| gid.to_string())
+        self.groups
+            .get(&gid)
+            .cloned()
+            .unwrap_or_else(|| gid.to_string())
     }
 }
 
@@ -136,8 +154,14 @@ mod tests {
     #[test]
     fn parses_passwd_and_group_lines() {
         let cases = [
-            ("root:x:0:0:root:/root:/bin/bash", Some(("root", 0, 0, "/root"))),
-            ("user:x:1000:1000::/home/user:/bin/sh", Some(("user", 1000, 1000, "/home/user"))),
+            (
+                "root:x:0:0:root:/root:/bin/bash",
+                Some(("root", 0, 0, "/root")),
+            ),
+            (
+                "user:x:1000:1000::/home/user:/bin/sh",
+                Some(("user", 1000, 1000, "/home/user")),
+            ),
             ("broken:x:abc:0::/:/bin/sh", None),
             ("", None),
         ];
@@ -156,6 +180,9 @@ mod tests {
         let root = lookup("root").expect("root exists");
         assert_eq!(root.uid, 0);
         assert_eq!(lookup("0").expect("uid 0").name, "root");
-        assert!(matches!(lookup("no-such-user-xyz"), Err(UserError::Unknown(_))));
+        assert!(matches!(
+            lookup("no-such-user-xyz"),
+            Err(UserError::Unknown(_))
+        ));
     }
 }

@@ -62,9 +62,16 @@ pub fn entry_from_metadata(path: &Path, meta: &Metadata, names: &Names) -> Entry
     } else {
         (FileType::FILE_TYPE_FILE, None)
     };
-    let mtime = Timestamp { seconds: meta.mtime(), nanos: meta.mtime_nsec() as i32, ..Default::default() };
+    let mtime = Timestamp {
+        seconds: meta.mtime(),
+        nanos: meta.mtime_nsec() as i32,
+        ..Default::default()
+    };
     EntryInfo {
-        name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "/".into()),
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "/".into()),
         r#type: file_type.into(),
         path: path.display().to_string(),
         size: meta.size() as i64,

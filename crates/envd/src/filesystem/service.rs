@@ -4,9 +4,13 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
-use connectrpc::{ConnectError, RequestContext, Response, ServiceRequest, ServiceResult, ServiceStream};
+use connectrpc::{
+    ConnectError, RequestContext, Response, ServiceRequest, ServiceResult, ServiceStream,
+};
 use futures::Stream;
-use wrenn_protocol::envd::filesystem::{self as pb, EntryInfo, FilesystemEvent, WatchDirResponse, watch_dir_response};
+use wrenn_protocol::envd::filesystem::{
+    self as pb, EntryInfo, FilesystemEvent, WatchDirResponse, watch_dir_response,
+};
 
 use super::entry::{entry_from_metadata, entry_info};
 use super::watch::{FsEvent, Watcher};
@@ -27,10 +31,18 @@ impl FilesystemService {
         FilesystemService { state }
     }
 
-    fn user_and_path(&self, ctx: &RequestContext, path: &str) -> Result<(User, PathBuf), ConnectError> {
-        let user = self.state.resolve_user(crate::auth::basic_user(ctx.headers()).as_deref()).map_err(user_error)?;
+    fn user_and_path(
+        &self,
+        ctx: &RequestContext,
+        path: &str,
+    ) -> Result<(User, PathBuf), ConnectError> {
+        let user = self
+            .state
+            .resolve_user(crate::auth::basic_user(ctx.headers()).as_deref())
+            .map_err(user_error)?;
         let workdir = self.state.defaults().workdir;
-        let p = resolve_path(path, &user, workdir.as_deref()).map_err(|e| ConnectError::invalid_argument(e.to_string()))?;
+        let p = resolve_path(path, &user, workdir.as_deref())
+            .map_err(|e| ConnectError::invalid_argument(e.to_string()))?;
         Ok((user, p))
     }
 }
@@ -69,7 +81,12 @@ pub fn create_dirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(missing)
 }
 
-fn list_dir(root: &Path, depth: u32, names: &Names, out: &mut Vec<EntryInfo>) -> std::io::Result<()> {
+fn list_dir(
+    root: &Path,
+    depth: u32,
+    names: &Names,
+    out: &mut Vec<EntryInfo>,
+) -> std::io::Result<()> {
     let mut stack = vec![(root.to_path_buf(), 1u32)];
     while let Some((dir, level)) = stack.pop() {
         let rd = match std::fs::read_dir(&dir) {
@@ -81,7 +98,9 @@ fn list_dir(root: &Path, depth: u32, names: &Names, out: &mut Vec<EntryInfo>) ->
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let path = e.path();
-            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
             out.push(entry_from_metadata(&path, &meta, names));
             if meta.is_dir() && level < depth {
                 stack.push((path, level + 1));
@@ -92,14 +111,26 @@ fn list_dir(root: &Path, depth: u32, names: &Names, out: &mut Vec<EntryInfo>) ->
 }
 
 fn fs_event(e: FsEvent, include_entry: bool, names: Option<&Names>) -> FilesystemEvent {
-    let entry = if include_entry { names.and_then(|n| entry_info(&e.path, n).ok()) } else { None };
-    FilesystemEvent { name: e.name, r#type: e.kind.into(), entry: entry.into(), ..Default::default() }
+    let entry = if include_entry {
+        names.and_then(|n| entry_info(&e.path, n).ok())
+    } else {
+        None
+    };
+    FilesystemEvent {
+        name: e.name,
+        r#type: e.kind.into(),
+        entry: entry.into(),
+        ..Default::default()
+    }
 }
 
 fn open_watcher(path: &Path) -> Result<(), ConnectError> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(ConnectError::invalid_argument(format!("path '{}' is not a directory; watch a directory", path.display()))),
+        Ok(_) => Err(ConnectError::invalid_argument(format!(
+            "path '{}' is not a directory; watch a directory",
+            path.display()
+        ))),
         Err(e) => Err(io_error(e, "cannot watch", path)),
     }
 }
@@ -108,42 +139,80 @@ type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, ConnectError>> + Send>>;
 
 #[allow(refining_impl_trait)]
 impl pb::Filesystem for FilesystemService {
-    async fn stat(&self, ctx: RequestContext, req: ServiceRequest<'_, pb::StatRequest>) -> ServiceResult<pb::StatResponse> {
+    async fn stat(
+        &self,
+        ctx: RequestContext,
+        req: ServiceRequest<'_, pb::StatRequest>,
+    ) -> ServiceResult<pb::StatResponse> {
         let (_, path) = self.user_and_path(&ctx, req.path)?;
-        let entry = entry_info(&path, &Names::load()).map_err(|e| io_error(e, "cannot stat", &path))?;
-        Response::ok(pb::StatResponse { entry: entry.into(), ..Default::default() })
+        let entry =
+            entry_info(&path, &Names::load()).map_err(|e| io_error(e, "cannot stat", &path))?;
+        Response::ok(pb::StatResponse {
+            entry: entry.into(),
+            ..Default::default()
+        })
     }
 
-    async fn make_dir(&self, ctx: RequestContext, req: ServiceRequest<'_, pb::MakeDirRequest>) -> ServiceResult<pb::MakeDirResponse> {
+    async fn make_dir(
+        &self,
+        ctx: RequestContext,
+        req: ServiceRequest<'_, pb::MakeDirRequest>,
+    ) -> ServiceResult<pb::MakeDirResponse> {
         let (user, path) = self.user_and_path(&ctx, req.path)?;
         if std::fs::symlink_metadata(&path).is_ok() {
-            return Err(ConnectError::already_exists(format!("'{}' already exists", path.display())));
+            return Err(ConnectError::already_exists(format!(
+                "'{}' already exists",
+                path.display()
+            )));
         }
-        let created = create_dirs(&path).map_err(|e| io_error(e, "cannot create directory", &path))?;
+        let created =
+            create_dirs(&path).map_err(|e| io_error(e, "cannot create directory", &path))?;
         chown_to(&user, &created).map_err(|e| io_error(e, "cannot hand over directory", &path))?;
-        let entry = entry_info(&path, &Names::load()).map_err(|e| io_error(e, "cannot stat", &path))?;
-        Response::ok(pb::MakeDirResponse { entry: entry.into(), ..Default::default() })
+        let entry =
+            entry_info(&path, &Names::load()).map_err(|e| io_error(e, "cannot stat", &path))?;
+        Response::ok(pb::MakeDirResponse {
+            entry: entry.into(),
+            ..Default::default()
+        })
     }
 
-    async fn r#move(&self, ctx: RequestContext, req: ServiceRequest<'_, pb::MoveRequest>) -> ServiceResult<pb::MoveResponse> {
+    async fn r#move(
+        &self,
+        ctx: RequestContext,
+        req: ServiceRequest<'_, pb::MoveRequest>,
+    ) -> ServiceResult<pb::MoveResponse> {
         let (user, src) = self.user_and_path(&ctx, req.source)?;
         let (_, dst) = self.user_and_path(&ctx, req.destination)?;
         std::fs::symlink_metadata(&src).map_err(|e| io_error(e, "cannot move", &src))?;
         if let Some(parent) = dst.parent() {
-            let created = create_dirs(parent).map_err(|e| io_error(e, "cannot create directory", parent))?;
-            chown_to(&user, &created).map_err(|e| io_error(e, "cannot hand over directory", parent))?;
+            let created =
+                create_dirs(parent).map_err(|e| io_error(e, "cannot create directory", parent))?;
+            chown_to(&user, &created)
+                .map_err(|e| io_error(e, "cannot hand over directory", parent))?;
         }
-        std::fs::rename(&src, &dst).map_err(|e| io_error(e, &format!("cannot move '{}' to", src.display()), &dst))?;
-        let entry = entry_info(&dst, &Names::load()).map_err(|e| io_error(e, "cannot stat", &dst))?;
-        Response::ok(pb::MoveResponse { entry: entry.into(), ..Default::default() })
+        std::fs::rename(&src, &dst)
+            .map_err(|e| io_error(e, &format!("cannot move '{}' to", src.display()), &dst))?;
+        let entry =
+            entry_info(&dst, &Names::load()).map_err(|e| io_error(e, "cannot stat", &dst))?;
+        Response::ok(pb::MoveResponse {
+            entry: entry.into(),
+            ..Default::default()
+        })
     }
 
-    async fn list_dir(&self, ctx: RequestContext, req: ServiceRequest<'_, pb::ListDirRequest>) -> ServiceResult<pb::ListDirResponse> {
+    async fn list_dir(
+        &self,
+        ctx: RequestContext,
+        req: ServiceRequest<'_, pb::ListDirRequest>,
+    ) -> ServiceResult<pb::ListDirResponse> {
         let depth = req.depth.max(1);
         let (_, path) = self.user_and_path(&ctx, req.path)?;
         let meta = std::fs::metadata(&path).map_err(|e| io_error(e, "cannot list", &path))?;
         if !meta.is_dir() {
-            return Err(ConnectError::invalid_argument(format!("'{}' is not a directory", path.display())));
+            return Err(ConnectError::invalid_argument(format!(
+                "'{}' is not a directory",
+                path.display()
+            )));
         }
         let mut entries = Vec::new();
         let p = path.clone();
@@ -153,13 +222,25 @@ impl pb::Filesystem for FilesystemService {
         .await
         .map_err(|e| ConnectError::internal(e.to_string()))?
         .map_err(|e| io_error(e, "cannot list", &path))?;
-        Response::ok(pb::ListDirResponse { entries, ..Default::default() })
+        Response::ok(pb::ListDirResponse {
+            entries,
+            ..Default::default()
+        })
     }
 
-    async fn remove(&self, ctx: RequestContext, req: ServiceRequest<'_, pb::RemoveRequest>) -> ServiceResult<pb::RemoveResponse> {
+    async fn remove(
+        &self,
+        ctx: RequestContext,
+        req: ServiceRequest<'_, pb::RemoveRequest>,
+    ) -> ServiceResult<pb::RemoveResponse> {
         let (_, path) = self.user_and_path(&ctx, req.path)?;
-        let meta = std::fs::symlink_metadata(&path).map_err(|e| io_error(e, "cannot remove", &path))?;
-        let r = if meta.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        let meta =
+            std::fs::symlink_metadata(&path).map_err(|e| io_error(e, "cannot remove", &path))?;
+        let r = if meta.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
         r.map_err(|e| io_error(e, "cannot remove", &path))?;
         Response::ok(pb::RemoveResponse::default())
     }
@@ -172,7 +253,8 @@ impl pb::Filesystem for FilesystemService {
         let (_, path) = self.user_and_path(&ctx, req.path)?;
         open_watcher(&path)?;
         let include_entry = req.include_entry;
-        let watcher = Watcher::new(&path, req.recursive).map_err(|e| io_error(e, "cannot watch", &path))?;
+        let watcher =
+            Watcher::new(&path, req.recursive).map_err(|e| io_error(e, "cannot watch", &path))?;
         let keepalive = ctx
             .header(KEEPALIVE_HEADER)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
@@ -210,9 +292,10 @@ impl pb::Filesystem for FilesystemService {
                 }
             }
         });
-        let s: Boxed<WatchDirResponse> = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        }));
+        let s: Boxed<WatchDirResponse> =
+            Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            }));
         Ok(Response::new(s))
     }
 
@@ -223,9 +306,13 @@ impl pb::Filesystem for FilesystemService {
     ) -> ServiceResult<pb::CreateWatcherResponse> {
         let (_, path) = self.user_and_path(&ctx, req.path)?;
         open_watcher(&path)?;
-        let watcher = Watcher::new(&path, req.recursive).map_err(|e| io_error(e, "cannot watch", &path))?;
+        let watcher =
+            Watcher::new(&path, req.recursive).map_err(|e| io_error(e, "cannot watch", &path))?;
         let watcher_id = self.state.watchers.create(watcher, req.include_entry);
-        Response::ok(pb::CreateWatcherResponse { watcher_id, ..Default::default() })
+        Response::ok(pb::CreateWatcherResponse {
+            watcher_id,
+            ..Default::default()
+        })
     }
 
     async fn get_watcher_events(
@@ -233,14 +320,22 @@ impl pb::Filesystem for FilesystemService {
         _ctx: RequestContext,
         req: ServiceRequest<'_, pb::GetWatcherEventsRequest>,
     ) -> ServiceResult<pb::GetWatcherEventsResponse> {
-        let (events, include_entry) = self
-            .state
-            .watchers
-            .drain(req.watcher_id)
-            .ok_or_else(|| ConnectError::not_found(format!("watcher '{}' not found; create one first", req.watcher_id)))?;
+        let (events, include_entry) =
+            self.state.watchers.drain(req.watcher_id).ok_or_else(|| {
+                ConnectError::not_found(format!(
+                    "watcher '{}' not found; create one first",
+                    req.watcher_id
+                ))
+            })?;
         let names = include_entry.then(Names::load);
-        let events = events.into_iter().map(|e| fs_event(e, include_entry, names.as_ref())).collect();
-        Response::ok(pb::GetWatcherEventsResponse { events, ..Default::default() })
+        let events = events
+            .into_iter()
+            .map(|e| fs_event(e, include_entry, names.as_ref()))
+            .collect();
+        Response::ok(pb::GetWatcherEventsResponse {
+            events,
+            ..Default::default()
+        })
     }
 
     async fn remove_watcher(
@@ -249,7 +344,10 @@ impl pb::Filesystem for FilesystemService {
         req: ServiceRequest<'_, pb::RemoveWatcherRequest>,
     ) -> ServiceResult<pb::RemoveWatcherResponse> {
         if !self.state.watchers.remove(req.watcher_id) {
-            return Err(ConnectError::not_found(format!("watcher '{}' not found", req.watcher_id)));
+            return Err(ConnectError::not_found(format!(
+                "watcher '{}' not found",
+                req.watcher_id
+            )));
         }
         Response::ok(pb::RemoveWatcherResponse::default())
     }

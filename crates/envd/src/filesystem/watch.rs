@@ -75,7 +75,12 @@ impl Watcher {
     /// Starts watching `root`, which must be a directory.
     pub fn new(root: &Path, recursive: bool) -> std::io::Result<Self> {
         let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?;
-        let mut w = Watcher { fd: crate::process::output::register(fd)?, root: root.to_path_buf(), recursive, dirs: HashMap::new() };
+        let mut w = Watcher {
+            fd: crate::process::output::register(fd)?,
+            root: root.to_path_buf(),
+            recursive,
+            dirs: HashMap::new(),
+        };
         w.add_tree(root)?;
         Ok(w)
     }
@@ -97,7 +102,9 @@ impl Watcher {
         }
         let mut stack = vec![dir.to_path_buf()];
         while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else { continue };
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
             for e in rd.flatten() {
                 let p = e.path();
                 // A directory can vanish between listing and watching.
@@ -120,7 +127,8 @@ impl Watcher {
                     Ok(ev) => raw.push((
                         ev.wd(),
                         ev.events(),
-                        ev.file_name().map(|n| OsStr::from_bytes(n.to_bytes()).to_os_string()),
+                        ev.file_name()
+                            .map(|n| OsStr::from_bytes(n.to_bytes()).to_os_string()),
                     )),
                     Err(Errno::AGAIN) => break,
                     Err(Errno::INTR) => continue,
@@ -137,7 +145,9 @@ impl Watcher {
                 self.dirs.remove(&wd);
                 continue;
             }
-            let Some(dir) = self.dirs.get(&wd).cloned() else { continue };
+            let Some(dir) = self.dirs.get(&wd).cloned() else {
+                continue;
+            };
             let path = match &name {
                 Some(n) if !n.is_empty() => dir.join(n),
                 _ => dir.clone(),
@@ -149,11 +159,22 @@ impl Watcher {
             let root = self.root.clone();
             let rel = |p: &Path| p.strip_prefix(&root).unwrap_or(p).display().to_string();
             for kind in kinds(flags) {
-                out.push(FsEvent { name: rel(&path), path: path.clone(), kind });
+                out.push(FsEvent {
+                    name: rel(&path),
+                    path: path.clone(),
+                    kind,
+                });
             }
-            if self.recursive && flags.contains(ReadFlags::ISDIR) && flags.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO) {
+            if self.recursive
+                && flags.contains(ReadFlags::ISDIR)
+                && flags.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO)
+            {
                 for p in self.add_tree(&path).unwrap_or_default() {
-                    out.push(FsEvent { name: rel(&p), path: p, kind: EventType::EVENT_TYPE_CREATE });
+                    out.push(FsEvent {
+                        name: rel(&p),
+                        path: p,
+                        kind: EventType::EVENT_TYPE_CREATE,
+                    });
                 }
             }
         }
@@ -196,7 +217,10 @@ pub struct WatcherTable {
 impl WatcherTable {
     /// Starts a polled watcher and returns its id.
     pub fn create(&self, mut watcher: Watcher, include_entry: bool) -> String {
-        let id = format!("w{}", self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+        let id = format!(
+            "w{}",
+            self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+        );
         let events = Arc::new(Mutex::new(Vec::new()));
         let buf = events.clone();
         let task = tokio::spawn(async move {
@@ -207,7 +231,14 @@ impl WatcherTable {
                 b.drain(..excess);
             }
         });
-        self.inner.lock().expect("watchers").insert(id.clone(), Polled { events, include_entry, task });
+        self.inner.lock().expect("watchers").insert(
+            id.clone(),
+            Polled {
+                events,
+                include_entry,
+                task,
+            },
+        );
         id
     }
 
@@ -216,7 +247,10 @@ impl WatcherTable {
     pub fn drain(&self, id: &str) -> Option<(Vec<FsEvent>, bool)> {
         let t = self.inner.lock().expect("watchers");
         let p = t.get(id)?;
-        Some((std::mem::take(&mut *p.events.lock().expect("watcher buffer")), p.include_entry))
+        Some((
+            std::mem::take(&mut *p.events.lock().expect("watcher buffer")),
+            p.include_entry,
+        ))
     }
 
     /// Stops a watcher; false for an unknown id.
@@ -246,7 +280,8 @@ mod tests {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         let mut wrote = false;
         while tokio::time::Instant::now() < deadline {
-            let batch = tokio::time::timeout(std::time::Duration::from_millis(500), w.next_batch()).await;
+            let batch =
+                tokio::time::timeout(std::time::Duration::from_millis(500), w.next_batch()).await;
             if let Ok(Ok(b)) = batch {
                 seen.extend(b.into_iter().map(|e| (e.name, e.kind)));
             }
@@ -255,7 +290,10 @@ mod tests {
                 std::fs::remove_file(root.join("sub/f.txt")).unwrap();
                 wrote = true;
             }
-            if seen.iter().any(|(n, k)| n == "sub/f.txt" && *k == EventType::EVENT_TYPE_REMOVE) {
+            if seen
+                .iter()
+                .any(|(n, k)| n == "sub/f.txt" && *k == EventType::EVENT_TYPE_REMOVE)
+            {
                 break;
             }
         }
@@ -266,7 +304,10 @@ mod tests {
             ("sub/f.txt", EventType::EVENT_TYPE_WRITE),
             ("sub/f.txt", EventType::EVENT_TYPE_REMOVE),
         ] {
-            assert!(seen.iter().any(|(n, k)| (n.as_str(), *k) == want), "missing {want:?} in {seen:?}");
+            assert!(
+                seen.iter().any(|(n, k)| (n.as_str(), *k) == want),
+                "missing {want:?} in {seen:?}"
+            );
         }
     }
 }

@@ -51,21 +51,31 @@ fn io_status(e: &std::io::Error) -> StatusCode {
     match e.kind() {
         NotFound => StatusCode::NOT_FOUND,
         PermissionDenied => StatusCode::FORBIDDEN,
-        IsADirectory | NotADirectory | InvalidInput | InvalidData | InvalidFilename => StatusCode::BAD_REQUEST,
+        IsADirectory | NotADirectory | InvalidInput | InvalidData | InvalidFilename => {
+            StatusCode::BAD_REQUEST
+        }
         StorageFull | QuotaExceeded => StatusCode::INSUFFICIENT_STORAGE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
-fn user_and_path(state: &AppState, q: &FilesQuery, path: Option<&str>) -> Result<(User, PathBuf), Response> {
+fn user_and_path(
+    state: &AppState,
+    q: &FilesQuery,
+    path: Option<&str>,
+) -> Result<(User, PathBuf), Response> {
     let user = state
         .resolve_user(q.username.as_deref())
         .map_err(|e| http_error(StatusCode::UNAUTHORIZED, e.to_string()))?;
     let Some(path) = path.filter(|p| !p.is_empty()) else {
-        return Err(http_error(StatusCode::BAD_REQUEST, "the 'path' query parameter is required"));
+        return Err(http_error(
+            StatusCode::BAD_REQUEST,
+            "the 'path' query parameter is required",
+        ));
     };
     let workdir = state.defaults().workdir;
-    let p = resolve_path(path, &user, workdir.as_deref()).map_err(|e| http_error(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let p = resolve_path(path, &user, workdir.as_deref())
+        .map_err(|e| http_error(StatusCode::BAD_REQUEST, e.to_string()))?;
     Ok((user, p))
 }
 
@@ -73,25 +83,45 @@ fn wants_gzip(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|e| e.trim().split(';').next() == Some("gzip")))
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|e| e.trim().split(';').next() == Some("gzip"))
+        })
 }
 
 /// `GET /files?path=&username=`: the file's bytes.
-pub async fn download(State(state): State<AppState>, Query(q): Query<FilesQuery>, headers: HeaderMap) -> Response {
+pub async fn download(
+    State(state): State<AppState>,
+    Query(q): Query<FilesQuery>,
+    headers: HeaderMap,
+) -> Response {
     let (_, path) = match user_and_path(&state, &q, q.path.as_deref()) {
         Ok(v) => v,
         Err(r) => return r,
     };
     let file = match std::fs::File::open(&path) {
         Ok(f) => f,
-        Err(e) => return http_error(io_status(&e), format!("cannot read '{}': {e}", path.display())),
+        Err(e) => {
+            return http_error(
+                io_status(&e),
+                format!("cannot read '{}': {e}", path.display()),
+            );
+        }
     };
     let meta = match file.metadata() {
         Ok(m) => m,
-        Err(e) => return http_error(io_status(&e), format!("cannot read '{}': {e}", path.display())),
+        Err(e) => {
+            return http_error(
+                io_status(&e),
+                format!("cannot read '{}': {e}", path.display()),
+            );
+        }
     };
     if meta.is_dir() {
-        return http_error(StatusCode::BAD_REQUEST, format!("'{}' is a directory; download files only", path.display()));
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            format!("'{}' is a directory; download files only", path.display()),
+        );
     }
     let gzip = wants_gzip(&headers);
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(QUEUE);
@@ -99,7 +129,13 @@ pub async fn download(State(state): State<AppState>, Query(q): Query<FilesQuery>
         let mut file = file;
         let send = |r| tx.blocking_send(r).is_ok();
         if gzip {
-            let mut enc = flate2::write::GzEncoder::new(ChunkWriter { send: &send, buf: Vec::new() }, flate2::Compression::fast());
+            let mut enc = flate2::write::GzEncoder::new(
+                ChunkWriter {
+                    send: &send,
+                    buf: Vec::new(),
+                },
+                flate2::Compression::fast(),
+            );
             let mut buf = vec![0u8; READ_CHUNK];
             loop {
                 match file.read(&mut buf) {
@@ -137,13 +173,20 @@ pub async fn download(State(state): State<AppState>, Query(q): Query<FilesQuery>
             }
         }
     });
-    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) }));
+    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|c| (c, rx))
+    }));
     let mut resp = Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(
             header::CONTENT_DISPOSITION,
-            format!("attachment; filename=\"{}\"", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()),
+            format!(
+                "attachment; filename=\"{}\"",
+                path.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
+            ),
         );
     resp = if gzip {
         resp.header(header::CONTENT_ENCODING, "gzip")
@@ -179,14 +222,27 @@ impl<F: Fn(std::io::Result<Bytes>) -> bool> Write for ChunkWriter<'_, F> {
 /// Writes a stream of chunks to `path` on a blocking thread, decompressing
 /// gzip if asked; parent directories are created and everything new is
 /// handed to `user`.
-async fn write_stream<S, E>(path: &Path, user: &User, gzip: bool, mut body: S) -> Result<(), (StatusCode, String)>
+async fn write_stream<S, E>(
+    path: &Path,
+    user: &User,
+    gzip: bool,
+    mut body: S,
+) -> Result<(), (StatusCode, String)>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let fail = |e: std::io::Error, what: &str| (io_status(&e), format!("cannot {what} '{}': {e}", path.display()));
+    let fail = |e: std::io::Error, what: &str| {
+        (
+            io_status(&e),
+            format!("cannot {what} '{}': {e}", path.display()),
+        )
+    };
     if path.is_dir() {
-        return Err((StatusCode::BAD_REQUEST, format!("'{}' is a directory; give a file path", path.display())));
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!("'{}' is a directory; give a file path", path.display()),
+        ));
     }
     let parent = path.parent().unwrap_or(Path::new("/"));
     let created = create_dirs(parent).map_err(|e| fail(e, "create the directory of"))?;
@@ -220,7 +276,10 @@ where
                 }
             }
             Err(e) => {
-                failed = Some((StatusCode::BAD_REQUEST, format!("upload of '{}' broke off: {e}", path.display())));
+                failed = Some((
+                    StatusCode::BAD_REQUEST,
+                    format!("upload of '{}' broke off: {e}", path.display()),
+                ));
                 break;
             }
         }
@@ -229,15 +288,22 @@ where
         let _ = tx.send(Bytes::from(batch));
     }
     drop(tx);
-    let written = writer.await.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let written = writer
+        .await
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     if let Some(f) = failed {
         let _ = std::fs::remove_file(path);
         return Err(f);
     }
     written.map_err(|e| {
         let _ = std::fs::remove_file(path);
-        if e.kind() == std::io::ErrorKind::InvalidInput || e.kind() == std::io::ErrorKind::InvalidData {
-            (StatusCode::BAD_REQUEST, format!("body of '{}' is not valid gzip: {e}", path.display()))
+        if e.kind() == std::io::ErrorKind::InvalidInput
+            || e.kind() == std::io::ErrorKind::InvalidData
+        {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("body of '{}' is not valid gzip: {e}", path.display()),
+            )
         } else {
             fail(e, "write")
         }
@@ -247,7 +313,10 @@ where
 fn written(path: &Path) -> WrittenFile {
     WrittenFile {
         path: path.display().to_string(),
-        name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         kind: "file",
     }
 }
@@ -255,7 +324,11 @@ fn written(path: &Path) -> WrittenFile {
 /// `POST /files`: writes one file from an octet-stream body, or one or
 /// more from a multipart form (parts named `file`; the part's filename is
 /// its destination unless `path` is given).
-pub async fn upload(State(state): State<AppState>, Query(q): Query<FilesQuery>, req: Request) -> Response {
+pub async fn upload(
+    State(state): State<AppState>,
+    Query(q): Query<FilesQuery>,
+    req: Request,
+) -> Response {
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -284,14 +357,24 @@ pub async fn upload(State(state): State<AppState>, Query(q): Query<FilesQuery>, 
 async fn upload_multipart(state: AppState, q: FilesQuery, req: Request) -> Response {
     let mut form = match Multipart::from_request(req, &()).await {
         Ok(m) => m,
-        Err(e) => return http_error(StatusCode::BAD_REQUEST, format!("invalid multipart body: {e}")),
+        Err(e) => {
+            return http_error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid multipart body: {e}"),
+            );
+        }
     };
     let mut out = Vec::new();
     loop {
         let field = match form.next_field().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
-            Err(e) => return http_error(StatusCode::BAD_REQUEST, format!("invalid multipart body: {e}")),
+            Err(e) => {
+                return http_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid multipart body: {e}"),
+                );
+            }
         };
         if field.name() != Some("file") {
             continue;
@@ -302,7 +385,10 @@ async fn upload_multipart(state: AppState, q: FilesQuery, req: Request) -> Respo
                 "several files with one 'path' parameter; drop 'path' and name each part's filename instead",
             );
         }
-        let target = q.path.clone().or_else(|| field.file_name().map(str::to_string));
+        let target = q
+            .path
+            .clone()
+            .or_else(|| field.file_name().map(str::to_string));
         let (user, path) = match user_and_path(&state, &q, target.as_deref()) {
             Ok(v) => v,
             Err(r) => return r,
@@ -320,7 +406,10 @@ async fn upload_multipart(state: AppState, q: FilesQuery, req: Request) -> Respo
         out.push(written(&path));
     }
     if out.is_empty() {
-        return http_error(StatusCode::BAD_REQUEST, "the multipart body has no part named 'file'");
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            "the multipart body has no part named 'file'",
+        );
     }
     axum::Json(out).into_response()
 }

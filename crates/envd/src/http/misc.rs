@@ -37,13 +37,19 @@ pub struct InitRequest {
 
 /// `POST /init`: sets the access token, environment, default user and
 /// workdir. Once a token is set, changing it needs the current one.
-pub async fn init(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+pub async fn init(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let req: InitRequest = if body.is_empty() {
         InitRequest::default()
     } else {
         match serde_json::from_slice(&body) {
             Ok(r) => r,
-            Err(e) => return http_error(StatusCode::BAD_REQUEST, format!("invalid /init body: {e}")),
+            Err(e) => {
+                return http_error(StatusCode::BAD_REQUEST, format!("invalid /init body: {e}"));
+            }
         }
     };
     if let Some(user) = req.default_user.as_deref().filter(|u| !u.is_empty()) {
@@ -103,7 +109,11 @@ pub struct Metrics {
 fn cpu_sample() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?;
-    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     let total: u64 = v.iter().sum();
     let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
     Some((total, idle))
@@ -145,7 +155,9 @@ pub async fn metrics(State(state): State<AppState>) -> Json<Metrics> {
         })
         .unwrap_or((0, 0));
     Json(Metrics {
-        ts: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
+        ts: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
         cpu_count: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
         cpu_used_pct,
         mem_total,

@@ -54,10 +54,19 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
             .and_then(|q| serde_urlencoded_lite(q))
             .unwrap_or_default();
         let Some(sig) = q.signature else {
-            return http_error(StatusCode::UNAUTHORIZED, "missing X-Access-Token header or signed URL");
+            return http_error(
+                StatusCode::UNAUTHORIZED,
+                "missing X-Access-Token header or signed URL",
+            );
         };
-        let op = if req.method() == http::Method::GET { "read" } else { "write" };
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let op = if req.method() == http::Method::GET {
+            "read"
+        } else {
+            "write"
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
         return match verify_file_signature(
             &sig,
             q.path.as_deref().unwrap_or(""),
@@ -76,5 +85,7 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
 
 /// Parses a query string into [`SignedQuery`].
 fn serde_urlencoded_lite(q: &str) -> Option<SignedQuery> {
-    axum::extract::Query::<SignedQuery>::try_from_uri(&format!("/?{q}").parse().ok()?).ok().map(|q| q.0)
+    axum::extract::Query::<SignedQuery>::try_from_uri(&format!("/?{q}").parse().ok()?)
+        .ok()
+        .map(|q| q.0)
 }

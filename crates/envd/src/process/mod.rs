@@ -50,11 +50,21 @@ impl Exit {
         use std::os::unix::process::ExitStatusExt;
         if let Some(code) = status.code() {
             let text = format!("exit status {code}");
-            Exit { exit_code: code, exited: true, error: (code != 0).then(|| text.clone()), status: text }
+            Exit {
+                exit_code: code,
+                exited: true,
+                error: (code != 0).then(|| text.clone()),
+                status: text,
+            }
         } else {
             let sig = status.signal().unwrap_or(0);
             let text = format!("signal: {}", signal_name(sig));
-            Exit { exit_code: -1, exited: false, error: Some(text.clone()), status: text }
+            Exit {
+                exit_code: -1,
+                exited: false,
+                error: Some(text.clone()),
+                status: text,
+            }
         }
     }
 }
@@ -154,7 +164,12 @@ impl Process {
     /// Sends an event to every subscriber, waiting while any queue is full;
     /// subscribers that went away are dropped.
     async fn publish(&self, event: Event) {
-        let queues = self.subscribers.lock().expect("subscribers lock").queues.clone();
+        let queues = self
+            .subscribers
+            .lock()
+            .expect("subscribers lock")
+            .queues
+            .clone();
         let mut gone = Vec::new();
         for q in &queues {
             if q.send(event.clone()).await.is_err() {
@@ -163,7 +178,8 @@ impl Process {
         }
         if !gone.is_empty() {
             let mut subs = self.subscribers.lock().expect("subscribers lock");
-            subs.queues.retain(|q| !gone.iter().any(|g| g.same_channel(q)));
+            subs.queues
+                .retain(|q| !gone.iter().any(|g| g.same_channel(q)));
         }
     }
 
@@ -183,7 +199,12 @@ impl Process {
     pub async fn write_input(&self, data: &[u8], to_pty: bool) -> Result<(), ProcessError> {
         if let Some(pty) = &self.pty {
             // A PTY process reads everything from the terminal.
-            return output::write_all(pty, data).await.map_err(|source| ProcessError::Io { pid: self.pid, source });
+            return output::write_all(pty, data)
+                .await
+                .map_err(|source| ProcessError::Io {
+                    pid: self.pid,
+                    source,
+                });
         }
         if to_pty {
             return Err(ProcessError::NoPty(self.pid));
@@ -192,7 +213,12 @@ impl Process {
         let Some(fd) = guard.as_ref() else {
             return Err(ProcessError::StdinClosed(self.pid));
         };
-        output::write_all(fd, data).await.map_err(|source| ProcessError::Io { pid: self.pid, source })
+        output::write_all(fd, data)
+            .await
+            .map_err(|source| ProcessError::Io {
+                pid: self.pid,
+                source,
+            })
     }
 
     /// Closes stdin so the process reads EOF.
@@ -207,7 +233,10 @@ impl Process {
     /// Resizes the PTY.
     pub fn resize(&self, cols: u16, rows: u16) -> Result<(), ProcessError> {
         let pty = self.pty.as_ref().ok_or(ProcessError::NoPty(self.pid))?;
-        spawn::set_winsize(pty.get_ref(), cols, rows).map_err(|source| ProcessError::Io { pid: self.pid, source })
+        spawn::set_winsize(pty.get_ref(), cols, rows).map_err(|source| ProcessError::Io {
+            pid: self.pid,
+            source,
+        })
     }
 
     /// Sends a signal to the process's group, so that its children get it too.
@@ -215,7 +244,10 @@ impl Process {
         let pid = rustix::process::Pid::from_raw(self.pid as i32).expect("pid > 0");
         rustix::process::kill_process_group(pid, sig)
             .or_else(|_| rustix::process::kill_process(pid, sig))
-            .map_err(|e| ProcessError::Io { pid: self.pid, source: e.into() })
+            .map_err(|e| ProcessError::Io {
+                pid: self.pid,
+                source: e.into(),
+            })
     }
 }
 
@@ -263,7 +295,13 @@ impl ProcessTable {
 
     /// All running processes.
     pub fn list(&self) -> Vec<Arc<Process>> {
-        let mut v: Vec<_> = self.inner.lock().expect("process table").values().cloned().collect();
+        let mut v: Vec<_> = self
+            .inner
+            .lock()
+            .expect("process table")
+            .values()
+            .cloned()
+            .collect();
         v.sort_by_key(|p| p.pid);
         v
     }
@@ -287,7 +325,15 @@ mod tests {
     #[test]
     fn exit_descriptions_match_e2b() {
         let cases = [
-            (0, Exit { exit_code: 0, exited: true, status: "exit status 0".into(), error: None }),
+            (
+                0,
+                Exit {
+                    exit_code: 0,
+                    exited: true,
+                    status: "exit status 0".into(),
+                    error: None,
+                },
+            ),
             (
                 3 << 8,
                 Exit {
@@ -308,7 +354,11 @@ mod tests {
             ),
         ];
         for (raw, want) in cases {
-            assert_eq!(Exit::from_status(std::process::ExitStatus::from_raw(raw)), want, "raw {raw}");
+            assert_eq!(
+                Exit::from_status(std::process::ExitStatus::from_raw(raw)),
+                want,
+                "raw {raw}"
+            );
         }
     }
 }

@@ -35,7 +35,12 @@ fn read_chunk(fd: &OwnedFd) -> io::Result<Option<Bytes>> {
 /// Copies everything `fd` yields to the process's subscribers until end of
 /// file, or, once `exited` turns true, until what is buffered is drained (a
 /// grandchild that keeps the pipe open does not hold the process's end).
-pub async fn pump(fd: Arc<AsyncFd<OwnedFd>>, stream: Stream, proc: Arc<Process>, mut exited: watch::Receiver<bool>) {
+pub async fn pump(
+    fd: Arc<AsyncFd<OwnedFd>>,
+    stream: Stream,
+    proc: Arc<Process>,
+    mut exited: watch::Receiver<bool>,
+) {
     let mut done = *exited.borrow();
     loop {
         let chunk = if done {
@@ -67,10 +72,12 @@ pub async fn pump(fd: Arc<AsyncFd<OwnedFd>>, stream: Stream, proc: Arc<Process>,
 pub async fn write_all(fd: &AsyncFd<OwnedFd>, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         let mut guard = fd.writable().await?;
-        match guard.try_io(|inner| loop {
-            match rustix::io::write(inner.get_ref(), data) {
-                Err(Errno::INTR) => continue,
-                r => return r.map_err(io::Error::from),
+        match guard.try_io(|inner| {
+            loop {
+                match rustix::io::write(inner.get_ref(), data) {
+                    Err(Errno::INTR) => continue,
+                    r => return r.map_err(io::Error::from),
+                }
             }
         }) {
             Ok(Ok(n)) => data = &data[n..],

@@ -3,15 +3,21 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use connectrpc::{ConnectError, InboundStream, RequestContext, Response, ServiceRequest, ServiceResult, ServiceStream};
+use connectrpc::{
+    ConnectError, InboundStream, RequestContext, Response, ServiceRequest, ServiceResult,
+    ServiceStream,
+};
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use wrenn_protocol::envd::process::{
-    self as pb, ConnectResponse, ProcessEvent, StartResponse, process_event, process_input, process_selector,
-    stream_input_request,
+    self as pb, ConnectResponse, ProcessEvent, StartResponse, process_event, process_input,
+    process_selector, stream_input_request,
 };
 
-use super::{Config, Event, Exit, Process, ProcessError, Selector, SpawnError, SpawnRequest, Stream as Out, spawn};
+use super::{
+    Config, Event, Exit, Process, ProcessError, Selector, SpawnError, SpawnRequest, Stream as Out,
+    spawn,
+};
 use crate::errors::user_error;
 use crate::state::{AppState, resolve_path};
 
@@ -35,16 +41,20 @@ fn selector(sel: Option<&pb::ProcessSelector>) -> Result<Selector, ConnectError>
     match sel.and_then(|s| s.selector.as_ref()) {
         Some(process_selector::Selector::Pid(pid)) => Ok(Selector::Pid(*pid)),
         Some(process_selector::Selector::Tag(tag)) => Ok(Selector::Tag(tag.clone())),
-        None => Err(ConnectError::invalid_argument("process selector (pid or tag) is required")),
+        None => Err(ConnectError::invalid_argument(
+            "process selector (pid or tag) is required",
+        )),
     }
 }
 
-fn find(state: &AppState, sel: Option<&pb::ProcessSelector>) -> Result<std::sync::Arc<Process>, ConnectError> {
+fn find(
+    state: &AppState,
+    sel: Option<&pb::ProcessSelector>,
+) -> Result<std::sync::Arc<Process>, ConnectError> {
     let sel = selector(sel)?;
-    state
-        .processes
-        .get(&sel)
-        .ok_or_else(|| ConnectError::not_found(format!("process with {sel} not found; it may have exited")))
+    state.processes.get(&sel).ok_or_else(|| {
+        ConnectError::not_found(format!("process with {sel} not found; it may have exited"))
+    })
 }
 
 fn process_error(e: ProcessError) -> ConnectError {
@@ -55,12 +65,27 @@ fn process_error(e: ProcessError) -> ConnectError {
 }
 
 fn keepalive_interval(ctx: &RequestContext) -> Option<Duration> {
-    let secs: u64 = ctx.header(KEEPALIVE_HEADER)?.to_str().ok()?.trim().parse().ok()?;
+    let secs: u64 = ctx
+        .header(KEEPALIVE_HEADER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     (secs > 0).then(|| Duration::from_secs(secs))
 }
 
 fn start_event(pid: u32) -> ProcessEvent {
-    ProcessEvent { event: Some(process_event::StartEvent { pid, ..Default::default() }.into()), ..Default::default() }
+    ProcessEvent {
+        event: Some(
+            process_event::StartEvent {
+                pid,
+                ..Default::default()
+            }
+            .into(),
+        ),
+        ..Default::default()
+    }
 }
 
 fn to_event(ev: Event) -> ProcessEvent {
@@ -73,22 +98,46 @@ fn to_event(ev: Event) -> ProcessEvent {
                 Out::Stderr => Output::Stderr(data),
                 Out::Pty => Output::Pty(data),
             };
-            process_event::DataEvent { output: Some(output), ..Default::default() }.into()
+            process_event::DataEvent {
+                output: Some(output),
+                ..Default::default()
+            }
+            .into()
         }
-        Event::End(Exit { exit_code, exited, status, error }) => {
-            process_event::EndEvent { exit_code, exited, status, error, ..Default::default() }.into()
+        Event::End(Exit {
+            exit_code,
+            exited,
+            status,
+            error,
+        }) => process_event::EndEvent {
+            exit_code,
+            exited,
+            status,
+            error,
+            ..Default::default()
         }
+        .into(),
     };
-    ProcessEvent { event: Some(event), ..Default::default() }
+    ProcessEvent {
+        event: Some(event),
+        ..Default::default()
+    }
 }
 
 fn keepalive_event() -> ProcessEvent {
-    ProcessEvent { event: Some(process_event::KeepAlive::default().into()), ..Default::default() }
+    ProcessEvent {
+        event: Some(process_event::KeepAlive::default().into()),
+        ..Default::default()
+    }
 }
 
 /// The events of one subscription: `start{pid}` first, output as it comes,
 /// keepalives while quiet, and `end` last.
-fn event_stream(pid: u32, rx: mpsc::Receiver<Event>, keepalive: Option<Duration>) -> impl Stream<Item = ProcessEvent> + Send {
+fn event_stream(
+    pid: u32,
+    rx: mpsc::Receiver<Event>,
+    keepalive: Option<Duration>,
+) -> impl Stream<Item = ProcessEvent> + Send {
     struct St {
         rx: mpsc::Receiver<Event>,
         tick: Option<tokio::time::Interval>,
@@ -100,31 +149,39 @@ fn event_stream(pid: u32, rx: mpsc::Receiver<Event>, keepalive: Option<Duration>
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         i
     });
-    futures::stream::unfold(St { rx, tick, started: false, done: false }, move |mut st| async move {
-        if st.done {
-            return None;
-        }
-        if !st.started {
-            st.started = true;
-            return Some((start_event(pid), st));
-        }
-        let ev = match st.tick.as_mut() {
-            Some(tick) => tokio::select! {
-                biased;
-                ev = st.rx.recv() => { tick.reset(); ev }
-                _ = tick.tick() => return Some((keepalive_event(), st)),
-            },
-            None => st.rx.recv().await,
-        };
-        match ev {
-            Some(ev) => {
-                st.done = matches!(ev, Event::End(_));
-                Some((to_event(ev), st))
+    futures::stream::unfold(
+        St {
+            rx,
+            tick,
+            started: false,
+            done: false,
+        },
+        move |mut st| async move {
+            if st.done {
+                return None;
             }
-            // The process table dropped us without an end: it is gone.
-            None => None,
-        }
-    })
+            if !st.started {
+                st.started = true;
+                return Some((start_event(pid), st));
+            }
+            let ev = match st.tick.as_mut() {
+                Some(tick) => tokio::select! {
+                    biased;
+                    ev = st.rx.recv() => { tick.reset(); ev }
+                    _ = tick.tick() => return Some((keepalive_event(), st)),
+                },
+                None => st.rx.recv().await,
+            };
+            match ev {
+                Some(ev) => {
+                    st.done = matches!(ev, Event::End(_));
+                    Some((to_event(ev), st))
+                }
+                // The process table dropped us without an end: it is gone.
+                None => None,
+            }
+        },
+    )
 }
 
 fn spawn_error(e: SpawnError) -> ConnectError {
@@ -138,7 +195,11 @@ type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, ConnectError>> + Send>>;
 
 #[allow(refining_impl_trait)]
 impl pb::Process for ProcessService {
-    async fn list(&self, _ctx: RequestContext, _req: ServiceRequest<'_, pb::ListRequest>) -> ServiceResult<pb::ListResponse> {
+    async fn list(
+        &self,
+        _ctx: RequestContext,
+        _req: ServiceRequest<'_, pb::ListRequest>,
+    ) -> ServiceResult<pb::ListResponse> {
         let processes = self
             .state
             .processes
@@ -151,7 +212,10 @@ impl pb::Process for ProcessService {
                 ..Default::default()
             })
             .collect();
-        Response::ok(pb::ListResponse { processes, ..Default::default() })
+        Response::ok(pb::ListResponse {
+            processes,
+            ..Default::default()
+        })
     }
 
     async fn connect(
@@ -161,10 +225,16 @@ impl pb::Process for ProcessService {
     ) -> ServiceResult<ServiceStream<ConnectResponse>> {
         let req = req.to_owned_message();
         let proc = find(&self.state, req.process.as_option())?;
-        let rx = proc.subscribe().ok_or_else(|| ConnectError::not_found(format!("process {} has exited", proc.pid)))?;
+        let rx = proc
+            .subscribe()
+            .ok_or_else(|| ConnectError::not_found(format!("process {} has exited", proc.pid)))?;
         let s: Boxed<ConnectResponse> = Box::pin(
-            event_stream(proc.pid, rx, keepalive_interval(&ctx))
-                .map(|event| Ok(ConnectResponse { event: event.into(), ..Default::default() })),
+            event_stream(proc.pid, rx, keepalive_interval(&ctx)).map(|event| {
+                Ok(ConnectResponse {
+                    event: event.into(),
+                    ..Default::default()
+                })
+            }),
         );
         Ok(Response::new(s))
     }
@@ -176,12 +246,19 @@ impl pb::Process for ProcessService {
     ) -> ServiceResult<ServiceStream<StartResponse>> {
         let req = req.to_owned_message();
         let Some(pc) = req.process.as_option() else {
-            return Err(ConnectError::invalid_argument("process (cmd, args, envs, cwd) is required"));
+            return Err(ConnectError::invalid_argument(
+                "process (cmd, args, envs, cwd) is required",
+            ));
         };
         if pc.cmd.is_empty() {
-            return Err(ConnectError::invalid_argument("process.cmd is empty; name the program to run"));
+            return Err(ConnectError::invalid_argument(
+                "process.cmd is empty; name the program to run",
+            ));
         }
-        let user = self.state.resolve_user(crate::auth::basic_user(ctx.headers()).as_deref()).map_err(user_error)?;
+        let user = self
+            .state
+            .resolve_user(crate::auth::basic_user(ctx.headers()).as_deref())
+            .map_err(user_error)?;
         let defaults = self.state.defaults();
         let cwd = match pc.cwd.as_deref().filter(|c| !c.is_empty()) {
             Some(c) => resolve_path(c, &user, defaults.workdir.as_deref())
@@ -224,24 +301,40 @@ impl pb::Process for ProcessService {
             });
         }
         let s: Boxed<StartResponse> = Box::pin(
-            event_stream(proc.pid, rx, keepalive_interval(&ctx))
-                .map(|event| Ok(StartResponse { event: event.into(), ..Default::default() })),
+            event_stream(proc.pid, rx, keepalive_interval(&ctx)).map(|event| {
+                Ok(StartResponse {
+                    event: event.into(),
+                    ..Default::default()
+                })
+            }),
         );
         Ok(Response::new(s))
     }
 
-    async fn update(&self, _ctx: RequestContext, req: ServiceRequest<'_, pb::UpdateRequest>) -> ServiceResult<pb::UpdateResponse> {
+    async fn update(
+        &self,
+        _ctx: RequestContext,
+        req: ServiceRequest<'_, pb::UpdateRequest>,
+    ) -> ServiceResult<pb::UpdateResponse> {
         let req = req.to_owned_message();
         let proc = find(&self.state, req.process.as_option())?;
         if let Some(pty) = req.pty.as_option() {
-            let size = pty.size.as_option().ok_or_else(|| ConnectError::invalid_argument("pty.size is required"))?;
-            if size.cols == 0 || size.rows == 0 || size.cols > u16::MAX as u32 || size.rows > u16::MAX as u32 {
+            let size = pty
+                .size
+                .as_option()
+                .ok_or_else(|| ConnectError::invalid_argument("pty.size is required"))?;
+            if size.cols == 0
+                || size.rows == 0
+                || size.cols > u16::MAX as u32
+                || size.rows > u16::MAX as u32
+            {
                 return Err(ConnectError::invalid_argument(format!(
                     "pty size {}x{} is out of range; cols and rows must be 1..=65535",
                     size.cols, size.rows
                 )));
             }
-            proc.resize(size.cols as u16, size.rows as u16).map_err(process_error)?;
+            proc.resize(size.cols as u16, size.rows as u16)
+                .map_err(process_error)?;
         }
         Response::ok(pb::UpdateResponse::default())
     }
@@ -259,9 +352,11 @@ impl pb::Process for ProcessService {
                     proc = Some(find(&self.state, start.process.as_option())?);
                 }
                 Some(stream_input_request::Event::Data(data)) => {
-                    let p = proc
-                        .as_ref()
-                        .ok_or_else(|| ConnectError::failed_precondition("send a start event naming the process before data"))?;
+                    let p = proc.as_ref().ok_or_else(|| {
+                        ConnectError::failed_precondition(
+                            "send a start event naming the process before data",
+                        )
+                    })?;
                     if let Some(input) = data.input.as_option() {
                         write_input(p, input).await?;
                     }
@@ -320,8 +415,12 @@ impl pb::Process for ProcessService {
 
 async fn write_input(p: &Process, input: &pb::ProcessInput) -> Result<(), ConnectError> {
     match &input.input {
-        Some(process_input::Input::Stdin(data)) => p.write_input(data, false).await.map_err(process_error),
-        Some(process_input::Input::Pty(data)) => p.write_input(data, true).await.map_err(process_error),
+        Some(process_input::Input::Stdin(data)) => {
+            p.write_input(data, false).await.map_err(process_error)
+        }
+        Some(process_input::Input::Pty(data)) => {
+            p.write_input(data, true).await.map_err(process_error)
+        }
         None => Ok(()),
     }
 }
@@ -330,13 +429,22 @@ fn config_from_pb(pc: &pb::ProcessConfig) -> Config {
     Config {
         cmd: pc.cmd.clone(),
         args: pc.args.clone(),
-        envs: pc.envs.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        envs: pc
+            .envs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         cwd: pc.cwd.clone(),
     }
 }
 
 fn config_to_pb(c: &Config) -> pb::ProcessConfig {
-    let mut pc = pb::ProcessConfig { cmd: c.cmd.clone(), args: c.args.clone(), cwd: c.cwd.clone(), ..Default::default() };
+    let mut pc = pb::ProcessConfig {
+        cmd: c.cmd.clone(),
+        args: c.args.clone(),
+        cwd: c.cwd.clone(),
+        ..Default::default()
+    };
     for (k, v) in &c.envs {
         pc.envs.insert(k.clone(), v.clone());
     }

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs Wrenn's whole test suite on a Debian machine, installing what it needs:
+# Debian packages, the Rust build, and a Python venv with the real SDKs.
+#
+#   ./scripts/test.sh
+#
+# Environment:
+#   CARGO_TARGET_DIR   build directory (default /var/tmp/wrenn-target, kept
+#                      between runs so rebuilds are incremental)
+#   WRENN_TEST_VENV    Python venv for the SDK tests (default /var/tmp/wrenn-test-venv)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/wrenn-target}"
+VENV="${WRENN_TEST_VENV:-/var/tmp/wrenn-test-venv}"
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Debian packages"
+packages=(ca-certificates gcc procps)
+python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "missing Debian packages: ${missing[*]}; run as root or install them" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+echo "ok"
+
+step "Python venv with the SDKs under test ($VENV)"
+if [[ ! -x "$VENV/bin/python" ]]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q --disable-pip-version-check -r tests/sdk/requirements.txt
+echo "ok"
+
+step "Build"
+cargo build --workspace --bins --tests
+
+step "Rust tests (unit and integration)"
+cargo test --workspace
+
+step "SDK tests (e2b from PyPI against the real binaries)"
+WRENN_ENVD_BIN="$CARGO_TARGET_DIR/debug/envd" "$VENV/bin/python" -m pytest tests/sdk -q -p no:cacheprovider
