@@ -10,9 +10,10 @@ fn main() {
         .files(&[
             "proto/process/process.proto",
             "proto/filesystem/filesystem.proto",
+            "proto/hostagent/v1/hostagent.proto",
         ])
         .includes(&["proto/"])
         .include_file("_connectrpc.rs")
         .compile()
-        .expect("compiling envd protos");
+        .expect("compiling the protos in proto/");
 }

@@ -28,7 +28,63 @@ struct Args {
     access_token: Option<String>,
 }
 
+/// Pid of envd proper, for the PID-1 reaper's signal forwarding.
+static CHILD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int) {
+    let child = CHILD.load(std::sync::atomic::Ordering::Relaxed);
+    if child > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(child, sig) };
+    }
+}
+
+/// As PID 1 of a sandbox, envd splits in two before any thread exists: the
+/// parent stays PID 1 and reaps every orphan (as init must), forwarding
+/// SIGTERM/SIGINT; the child goes on to be envd. The parent exits with the
+/// child's status.
+fn become_init_if_pid1() {
+    if std::process::id() != 1 {
+        return;
+    }
+    // SAFETY: single-threaded here; the child continues normally.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        eprintln!(
+            "envd: fork for the PID 1 reaper failed: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    if child == 0 {
+        return;
+    }
+    CHILD.store(child, std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: installing a handler that only calls kill.
+    unsafe {
+        libc::signal(libc::SIGTERM, forward as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, forward as *const () as libc::sighandler_t);
+    }
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid with a valid status pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid == child {
+            let code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            };
+            std::process::exit(code);
+        }
+        if pid < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+            std::process::exit(0);
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    become_init_if_pid1();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ENVD_LOG")

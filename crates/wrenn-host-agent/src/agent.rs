@@ -1,0 +1,213 @@
+//! The agent's own bookkeeping over a runtime: timeouts and metadata,
+//! the reaper that enforces them, and CPU-use sampling for metrics.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::envd::Pools;
+use crate::runtime::{Instance, Runtime, RuntimeError, SandboxSpec};
+
+/// What the agent keeps per sandbox beyond the runtime's view.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Meta {
+    /// Seconds of idleness before the sandbox is destroyed; 0 = never.
+    pub timeout_sec: u32,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds; 0 = never.
+    pub expires_at: i64,
+    /// Caller's labels.
+    pub metadata: HashMap<String, String>,
+}
+
+/// Unix time in seconds.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The agent: a runtime plus bookkeeping.
+pub struct Agent<R: Runtime> {
+    /// The runtime sandboxes run on.
+    pub runtime: Arc<R>,
+    /// Connection pools to every envd.
+    pub pools: Pools,
+    meta_dir: PathBuf,
+    meta: Mutex<HashMap<String, Meta>>,
+    cpu_samples: Mutex<HashMap<String, (std::time::Instant, u64)>>,
+    /// Fires when the agent should stop.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl<R: Runtime> Agent<R> {
+    /// An agent over `runtime`, keeping its records in `meta_dir`.
+    pub fn new(runtime: Arc<R>, meta_dir: PathBuf) -> std::io::Result<Arc<Self>> {
+        std::fs::create_dir_all(&meta_dir)?;
+        Ok(Arc::new(Agent {
+            runtime,
+            pools: Pools::default(),
+            meta_dir,
+            meta: Mutex::new(HashMap::new()),
+            cpu_samples: Mutex::new(HashMap::new()),
+            shutdown: tokio::sync::watch::channel(false).0,
+        }))
+    }
+
+    /// Re-adopts sandboxes after a start and drops records of gone ones.
+    pub async fn recover(&self) -> Result<Vec<Instance>, RuntimeError> {
+        let adopted = self.runtime.recover().await?;
+        let mut meta = self.meta.lock().expect("meta");
+        if let Ok(rd) = std::fs::read_dir(&self.meta_dir) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(id) = name.strip_suffix(".json") else {
+                    continue;
+                };
+                if adopted.iter().any(|i| i.spec.id == id) {
+                    if let Some(m) = std::fs::read(e.path())
+                        .ok()
+                        .and_then(|b| serde_json::from_slice(&b).ok())
+                    {
+                        meta.insert(id.to_string(), m);
+                    }
+                } else {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        for i in &adopted {
+            meta.entry(i.spec.id.clone()).or_insert_with(|| Meta {
+                created_at: now(),
+                ..Default::default()
+            });
+        }
+        Ok(adopted)
+    }
+
+    fn save(&self, id: &str, m: &Meta) {
+        let p = self.meta_dir.join(format!("{id}.json"));
+        if let Err(e) = std::fs::write(&p, serde_json::to_vec(m).expect("meta serializes")) {
+            tracing::error!("writing {}: {e}", p.display());
+        }
+    }
+
+    /// Creates a sandbox.
+    pub async fn create(
+        &self,
+        spec: SandboxSpec,
+        timeout_sec: u32,
+        metadata: HashMap<String, String>,
+    ) -> Result<(Instance, Meta), RuntimeError> {
+        let id = spec.id.clone();
+        let inst = self.runtime.create(spec).await?;
+        let t = now();
+        let m = Meta {
+            timeout_sec,
+            created_at: t,
+            expires_at: if timeout_sec > 0 {
+                t + i64::from(timeout_sec)
+            } else {
+                0
+            },
+            metadata,
+        };
+        self.save(&id, &m);
+        self.meta.lock().expect("meta").insert(id, m.clone());
+        Ok((inst, m))
+    }
+
+    /// Destroys a sandbox.
+    pub async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
+        let r = self.runtime.destroy(id).await;
+        self.meta.lock().expect("meta").remove(id);
+        self.cpu_samples.lock().expect("cpu").remove(id);
+        let _ = std::fs::remove_file(self.meta_dir.join(format!("{id}.json")));
+        r
+    }
+
+    /// The agent's record of a sandbox.
+    pub fn meta(&self, id: &str) -> Meta {
+        self.meta
+            .lock()
+            .expect("meta")
+            .get(id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Restarts the idle timer; with `timeout_sec`, changes the timeout.
+    pub fn touch(&self, id: &str, timeout_sec: Option<u32>) -> Meta {
+        let mut all = self.meta.lock().expect("meta");
+        let m = all.entry(id.to_string()).or_default();
+        if let Some(t) = timeout_sec {
+            m.timeout_sec = t;
+        }
+        m.expires_at = if m.timeout_sec > 0 {
+            now() + i64::from(m.timeout_sec)
+        } else {
+            0
+        };
+        let m = m.clone();
+        drop(all);
+        self.save(id, &m);
+        m
+    }
+
+    /// CPU use since the previous call, as a percentage of the sandbox's
+    /// vcpus.
+    pub fn cpu_pct(&self, id: &str, cpu_usec: u64, vcpus: u32) -> f32 {
+        let mut s = self.cpu_samples.lock().expect("cpu");
+        let now = std::time::Instant::now();
+        let pct = match s.get(id) {
+            Some((t, prev)) if now > *t => {
+                let wall = now.duration_since(*t).as_micros() as f64 * f64::from(vcpus.max(1));
+                (100.0 * cpu_usec.saturating_sub(*prev) as f64 / wall) as f32
+            }
+            _ => 0.0,
+        };
+        s.insert(id.to_string(), (now, cpu_usec));
+        pct
+    }
+
+    /// Destroys sandboxes whose timeout passed, every `period`.
+    pub async fn reap_forever(self: Arc<Self>, period: Duration) {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            let t = now();
+            let expired: Vec<String> = self
+                .meta
+                .lock()
+                .expect("meta")
+                .iter()
+                .filter(|(_, m)| m.expires_at > 0 && m.expires_at <= t)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in expired {
+                tracing::info!(sandbox = %id, "timeout reached; destroying");
+                if let Err(e) = self.destroy(&id).await {
+                    tracing::error!(sandbox = %id, "destroying an expired sandbox: {e}");
+                }
+            }
+            // Forget records of sandboxes the runtime lost (their init died).
+            let live: Vec<String> = self.runtime.list().into_iter().map(|i| i.spec.id).collect();
+            let gone: Vec<String> = self
+                .meta
+                .lock()
+                .expect("meta")
+                .keys()
+                .filter(|id| !live.contains(id))
+                .cloned()
+                .collect();
+            for id in gone {
+                self.meta.lock().expect("meta").remove(&id);
+                let _ = std::fs::remove_file(self.meta_dir.join(format!("{id}.json")));
+            }
+        }
+    }
+}

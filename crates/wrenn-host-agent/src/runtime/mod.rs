@@ -1,0 +1,133 @@
+//! The `Runtime` trait: how a host runs sandboxes, whatever isolates them.
+//!
+//! A runtime creates a sandbox from a [`SandboxSpec`] and hands back an
+//! [`Instance`]: where envd answers and with which token. It pauses,
+//! resumes and destroys sandboxes, reports their resource use, and after a
+//! restart of the agent re-adopts what still runs and removes what was half
+//! made. It knows nothing of HTTP, timeouts or metadata: the agent does.
+
+pub mod namespaces;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// What a sandbox is asked to be.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SandboxSpec {
+    /// Id (`sb-` + base36); also the hostname inside.
+    pub id: String,
+    /// Template name.
+    pub template: String,
+    /// CPUs.
+    pub vcpus: u32,
+    /// Memory limit.
+    pub memory_mb: u32,
+    /// Disk size.
+    pub disk_size_mb: u32,
+    /// Whether it may reach the internet.
+    pub allow_internet_access: bool,
+    /// Environment for every process in it.
+    pub envs: HashMap<String, String>,
+}
+
+/// Whether a sandbox's processes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunState {
+    /// Running.
+    Running,
+    /// Frozen.
+    Paused,
+}
+
+/// A sandbox that exists on this host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Instance {
+    /// What it was created from.
+    pub spec: SandboxSpec,
+    /// Where its envd listens, from the host.
+    pub envd_addr: SocketAddr,
+    /// Token envd requires.
+    pub envd_token: String,
+    /// Host pid of its first process.
+    pub init_pid: u32,
+    /// Running or paused.
+    pub state: RunState,
+}
+
+/// Resource use of one sandbox.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    /// CPU time used, in microseconds.
+    pub cpu_usec: u64,
+    /// Memory in use.
+    pub memory_bytes: u64,
+    /// Memory limit.
+    pub memory_limit_bytes: u64,
+    /// Disk in use.
+    pub disk_used_bytes: u64,
+    /// Disk size.
+    pub disk_limit_bytes: u64,
+    /// Tasks.
+    pub pids: u32,
+}
+
+/// What went wrong in a runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Bad request: unknown template, impossible limits, bad id.
+    #[error("{0}")]
+    InvalidSpec(String),
+    /// The id is taken.
+    #[error("sandbox '{0}' already exists on this host; pick another id")]
+    AlreadyExists(String),
+    /// No such sandbox.
+    #[error("sandbox '{0}' not found on this host")]
+    NotFound(String),
+    /// Wrong state for the call (e.g. resume of a running sandbox).
+    #[error("{0}")]
+    InvalidState(String),
+    /// The host ran out of something (slots, memory, disk).
+    #[error("{0}")]
+    Exhausted(String),
+    /// Anything else, with what was being done.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A way of running sandboxes on this host.
+pub trait Runtime: Send + Sync + 'static {
+    /// Its name: "namespaces", "firecracker", ...
+    fn name(&self) -> &'static str;
+
+    /// Creates and starts a sandbox; returns once envd answers. On failure
+    /// nothing of it remains.
+    fn create(
+        &self,
+        spec: SandboxSpec,
+    ) -> impl Future<Output = Result<Instance, RuntimeError>> + Send;
+
+    /// Stops a sandbox and removes everything it had.
+    fn destroy(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Freezes every process of a sandbox.
+    fn pause(&self, id: &str) -> impl Future<Output = Result<Instance, RuntimeError>> + Send;
+
+    /// Thaws a paused sandbox.
+    fn resume(&self, id: &str) -> impl Future<Output = Result<Instance, RuntimeError>> + Send;
+
+    /// One sandbox.
+    fn get(&self, id: &str) -> Option<Instance>;
+
+    /// Every sandbox on this host.
+    fn list(&self) -> Vec<Instance>;
+
+    /// Resource use.
+    fn usage(&self, id: &str) -> Result<Usage, RuntimeError>;
+
+    /// After a start: adopts sandboxes that still run, removes half-made or
+    /// dead ones; returns the adopted.
+    fn recover(&self) -> impl Future<Output = Result<Vec<Instance>, RuntimeError>> + Send;
+}

@@ -1,0 +1,539 @@
+//! The sandbox's first process, run as `wrenn __sandbox-init`.
+//!
+//! The agent starts it with a [`InitSpec`] on stdin and talks to it over
+//! stdin/stdout in lines. It runs single-threaded (before any async runtime
+//! exists), which `unshare(CLONE_NEWUSER)` and `fork` need:
+//!
+//! 1. joins the sandbox's cgroups, then unshares mount, UTS, IPC, network,
+//!    cgroup and PID namespaces and forks; the parent prints `pid <host pid>`
+//!    and exits, the child is PID 1 of the sandbox;
+//! 2. as real root in a private mount namespace (so nothing shows on the
+//!    host, and everything vanishes with the sandbox): attaches the disk
+//!    image to a loop device, mounts the overlay root over the template,
+//!    `/proc`, a minimal `/dev`, read-only `/sys`, binds envd in; prints
+//!    `net` and waits for `go` while the agent wires up the network;
+//! 3. pivots into the root, unshares a user namespace, prints `userns` and
+//!    waits for `mapped` while the agent writes the uid/gid maps;
+//! 4. becomes root of that user namespace (an unprivileged uid range on the
+//!    host), drops capabilities from the bounding set, sets no_new_privs,
+//!    installs the seccomp filter, prints `exec` and execs envd.
+//!
+//! Any failure prints `error: <what>` and exits non-zero.
+
+use std::ffi::CString;
+use std::io::{BufRead, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{FileType, Mode};
+use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
+use rustix::thread::UnshareFlags;
+use serde::{Deserialize, Serialize};
+
+use super::{loopdev, seccomp};
+
+/// Everything the init needs, sent by the agent as one JSON line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitSpec {
+    /// Sandbox id, also its hostname.
+    pub sandbox_id: String,
+    /// The template's root filesystem (read-only lower layer).
+    pub template_rootfs: PathBuf,
+    /// The sandbox's ext4 disk image (upper layer lives here).
+    pub disk_image: PathBuf,
+    /// Where the disk is mounted inside the sandbox's mount namespace.
+    pub disk_mount: PathBuf,
+    /// Where the overlay root is assembled.
+    pub rootfs: PathBuf,
+    /// envd on the host, bind-mounted into the sandbox.
+    pub envd_binary: PathBuf,
+    /// `cgroup.procs` files to join before unsharing.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// Host uid (and gid) that is root inside.
+    pub uid_base: u32,
+    /// Contents for /etc/resolv.conf.
+    pub resolv_conf: String,
+    /// Environment for envd.
+    pub envd_env: Vec<(String, String)>,
+}
+
+/// Where envd appears inside the sandbox.
+pub const ENVD_PATH: &str = "/.wrenn/envd";
+
+struct Fail(String);
+
+impl<E: std::fmt::Display> From<(&str, E)> for Fail {
+    fn from((what, e): (&str, E)) -> Self {
+        Fail(format!("{what}: {e}"))
+    }
+}
+
+fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: impl AsRef<str>) -> Result<T, Fail> {
+    r.map_err(|e| Fail(format!("{}: {e}", what.as_ref())))
+}
+
+fn say(line: &str) -> Result<(), Fail> {
+    let mut out = std::io::stdout().lock();
+    ctx(
+        writeln!(out, "{line}").and_then(|_| out.flush()),
+        "writing to the agent",
+    )
+}
+
+fn wait_for(word: &str) -> Result<(), Fail> {
+    let mut line = String::new();
+    ctx(
+        std::io::stdin().lock().read_line(&mut line),
+        "reading from the agent",
+    )?;
+    if line.trim() != word {
+        return Err(Fail(format!(
+            "expected '{word}' from the agent, got '{}'",
+            line.trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Runs the init; never returns on success (it becomes envd).
+pub fn main() -> ! {
+    let code = match run() {
+        Ok(()) => 0,
+        Err(Fail(msg)) => {
+            let _ = say(&format!("error: {msg}"));
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn run() -> Result<(), Fail> {
+    let mut line = String::new();
+    ctx(
+        std::io::stdin().lock().read_line(&mut line),
+        "reading the init spec",
+    )?;
+    let spec: InitSpec = ctx(serde_json::from_str(&line), "parsing the init spec")?;
+
+    let me = std::process::id().to_string();
+    for procs in &spec.cgroup_procs {
+        ctx(
+            std::fs::write(procs, &me),
+            format!("joining cgroup {}", procs.display()),
+        )?;
+    }
+    let flags = UnshareFlags::NEWNS
+        | UnshareFlags::NEWUTS
+        | UnshareFlags::NEWIPC
+        | UnshareFlags::NEWNET
+        | UnshareFlags::NEWCGROUP
+        | UnshareFlags::NEWPID;
+    // SAFETY: FILES is not among the flags.
+    ctx(
+        unsafe { rustix::thread::unshare_unsafe(flags) },
+        "unsharing namespaces",
+    )?;
+    // SAFETY: this process is single-threaded (no runtime has started).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Fail(format!("fork: {}", std::io::Error::last_os_error())));
+    }
+    if pid > 0 {
+        say(&format!("pid {pid}"))?;
+        std::process::exit(0);
+    }
+    sandbox_init(&spec)
+}
+
+fn mount_fs(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: MountFlags,
+    data: &str,
+) -> Result<(), Fail> {
+    let data = CString::new(data).expect("mount data has no NUL");
+    ctx(
+        rustix::mount::mount(source, target, fstype, flags, Some(data.as_c_str())),
+        format!("mounting {fstype} on {}", target.display()),
+    )
+}
+
+fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), Fail> {
+    ctx(
+        rustix::mount::mount_bind(source, target),
+        format!("binding {} to {}", source.display(), target.display()),
+    )?;
+    if readonly {
+        ctx(
+            rustix::mount::mount_remount(
+                target,
+                MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID,
+                "",
+            ),
+            format!("making {} read-only", target.display()),
+        )?;
+    }
+    Ok(())
+}
+
+fn chown_root(path: &Path, base: u32) -> Result<(), Fail> {
+    ctx(
+        std::os::unix::fs::lchown(path, Some(base), Some(base)),
+        format!("chown {}", path.display()),
+    )
+}
+
+fn mkdir_owned(path: &Path, base: u32, mode: u32) -> Result<(), Fail> {
+    if !path.exists() {
+        ctx(
+            std::fs::create_dir_all(path),
+            format!("mkdir {}", path.display()),
+        )?;
+        chown_root(path, base)?;
+        use std::os::unix::fs::PermissionsExt;
+        ctx(
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)),
+            format!("chmod {}", path.display()),
+        )?;
+    }
+    Ok(())
+}
+
+fn sandbox_init(spec: &InitSpec) -> Result<(), Fail> {
+    let base = spec.uid_base;
+    ctx(
+        rustix::mount::mount_change(
+            "/",
+            MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+        ),
+        "making / private",
+    )?;
+
+    // The disk: an ext4 image on a loop device that detaches itself once
+    // the last mount of it (in this namespace) goes away.
+    let (loop_dev, loop_fd) = ctx(
+        loopdev::attach(&spec.disk_image),
+        format!("attaching {}", spec.disk_image.display()),
+    )?;
+    mount_fs(
+        &loop_dev,
+        &spec.disk_mount,
+        "ext4",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        "noinit_itable",
+    )?;
+    drop(loop_fd);
+    let upper = spec.disk_mount.join("upper");
+    let work = spec.disk_mount.join("work");
+    mkdir_owned(&upper, base, 0o755)?;
+    mkdir_owned(&work, 0, 0o700)?;
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        spec.template_rootfs.display(),
+        upper.display(),
+        work.display()
+    );
+    mount_fs(
+        "overlay",
+        &spec.rootfs,
+        "overlay",
+        MountFlags::empty(),
+        &opts,
+    )?;
+    let root = &spec.rootfs;
+
+    // /proc for this PID namespace, with the host-revealing files masked.
+    let proc_dir = root.join("proc");
+    mkdir_owned(&proc_dir, base, 0o555)?;
+    mount_fs(
+        "proc",
+        &proc_dir,
+        "proc",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        "",
+    )?;
+    for masked in [
+        "kcore",
+        "keys",
+        "timer_list",
+        "sched_debug",
+        "sysrq-trigger",
+    ] {
+        let p = proc_dir.join(masked);
+        if p.exists() {
+            bind(Path::new("/dev/null"), &p, true)?;
+        }
+    }
+    for ro in ["sys", "irq", "bus", "fs"] {
+        let p = proc_dir.join(ro);
+        if p.exists() {
+            bind(&p, &p, true)?;
+        }
+    }
+
+    // A minimal /dev.
+    let dev = root.join("dev");
+    mkdir_owned(&dev, base, 0o755)?;
+    mount_fs(
+        "tmpfs",
+        &dev,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NOEXEC,
+        "mode=755,size=64k",
+    )?;
+    let devfd = ctx(
+        rustix::fs::open(
+            &dev,
+            rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            Mode::empty(),
+        ),
+        "opening /dev",
+    )?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        ctx(
+            rustix::fs::mknodat(
+                devfd.as_fd(),
+                name,
+                FileType::CharacterDevice,
+                Mode::from_raw_mode(0o666),
+                rustix::fs::makedev(major, minor),
+            ),
+            format!("mknod /dev/{name}"),
+        )?;
+        // mknod honours the umask; make the mode exact.
+        ctx(
+            rustix::fs::chmodat(
+                devfd.as_fd(),
+                name,
+                Mode::from_raw_mode(0o666),
+                rustix::fs::AtFlags::empty(),
+            ),
+            "chmod",
+        )?;
+    }
+    for (dir, mode) in [("pts", 0o755), ("shm", 0o1777)] {
+        ctx(
+            std::fs::create_dir(dev.join(dir)),
+            format!("mkdir /dev/{dir}"),
+        )?;
+        use std::os::unix::fs::PermissionsExt;
+        ctx(
+            std::fs::set_permissions(dev.join(dir), std::fs::Permissions::from_mode(mode)),
+            "chmod",
+        )?;
+    }
+    mount_fs(
+        "devpts",
+        &dev.join("pts"),
+        "devpts",
+        MountFlags::NOSUID | MountFlags::NOEXEC,
+        &format!("newinstance,ptmxmode=0666,mode=620,gid={}", base + 5),
+    )?;
+    mount_fs(
+        "shm",
+        &dev.join("shm"),
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        &format!("mode=1777,size=64m,uid={base},gid={base}"),
+    )?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        ctx(
+            std::os::unix::fs::symlink(target, dev.join(link)),
+            format!("symlink /dev/{link}"),
+        )?;
+    }
+
+    // Read-only /sys for this network namespace.
+    let sys = root.join("sys");
+    mkdir_owned(&sys, base, 0o555)?;
+    mount_fs(
+        "sysfs",
+        &sys,
+        "sysfs",
+        MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        "",
+    )?;
+
+    mkdir_owned(&root.join("tmp"), base, 0o1777)?;
+
+    // Identity and name resolution.
+    ctx(
+        rustix::system::sethostname(spec.sandbox_id.as_bytes()),
+        "setting the hostname",
+    )?;
+    let etc = root.join("etc");
+    mkdir_owned(&etc, base, 0o755)?;
+    for (name, content) in [
+        ("hostname", format!("{}\n", spec.sandbox_id)),
+        (
+            "hosts",
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+                spec.sandbox_id
+            ),
+        ),
+        ("resolv.conf", spec.resolv_conf.clone()),
+    ] {
+        let p = etc.join(name);
+        let _ = std::fs::remove_file(&p);
+        ctx(std::fs::write(&p, content), format!("writing /etc/{name}"))?;
+        chown_root(&p, base)?;
+    }
+
+    // envd, read-only from the host.
+    let wrenn_dir = root.join(".wrenn");
+    mkdir_owned(&wrenn_dir, base, 0o755)?;
+    let envd_target = root.join(ENVD_PATH.trim_start_matches('/'));
+    if !envd_target.exists() {
+        ctx(
+            std::fs::write(&envd_target, b""),
+            "creating the envd mount point",
+        )?;
+    }
+    bind(&spec.envd_binary, &envd_target, true)?;
+
+    say("net")?;
+    wait_for("go")?;
+
+    // Into the new root; the old one is detached and gone.
+    ctx(std::env::set_current_dir(root), "chdir to the new root")?;
+    ctx(rustix::process::pivot_root(".", "."), "pivot_root")?;
+    ctx(
+        rustix::mount::unmount(".", UnmountFlags::DETACH),
+        "detaching the old root",
+    )?;
+    ctx(std::env::set_current_dir("/"), "chdir /")?;
+
+    // Root inside is an unprivileged uid range on the host.
+    // SAFETY: FILES is not among the flags.
+    ctx(
+        unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWUSER) },
+        "unsharing the user namespace",
+    )?;
+    say("userns")?;
+    wait_for("mapped")?;
+    ctx(
+        rustix::thread::set_thread_groups(&[rustix::process::Gid::ROOT]),
+        "setgroups",
+    )?;
+    ctx(
+        rustix::thread::set_thread_res_gid(
+            rustix::process::Gid::ROOT,
+            rustix::process::Gid::ROOT,
+            rustix::process::Gid::ROOT,
+        ),
+        "setresgid",
+    )?;
+    ctx(
+        rustix::thread::set_thread_res_uid(
+            rustix::process::Uid::ROOT,
+            rustix::process::Uid::ROOT,
+            rustix::process::Uid::ROOT,
+        ),
+        "setresuid",
+    )?;
+    drop_capabilities()?;
+    ctx(rustix::thread::set_no_new_privs(true), "no_new_privs")?;
+    let filter = ctx(seccomp::filter(), "building the seccomp filter")?;
+
+    let envd = CString::new(ENVD_PATH).expect("static path");
+    let argv = [envd.clone()];
+    let envp: Vec<CString> = spec
+        .envd_env
+        .iter()
+        .map(|(k, v)| CString::new(format!("{k}={v}")).expect("env has no NUL"))
+        .collect();
+    say("exec")?;
+    // envd's output goes nowhere; the status pipe closes with the exec.
+    let null = ctx(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null"),
+        "opening /dev/null",
+    )?;
+    for fd in 0..3 {
+        // SAFETY: 0, 1 and 2 are ours.
+        ctx(unsafe { dup_to(&null, fd) }, "redirecting stdio")?;
+    }
+    drop(null);
+    ctx(seccomp::apply(&filter), "installing the seccomp filter")?;
+    let argv_ptrs: Vec<*const libc::c_char> = argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp_ptrs: Vec<*const libc::c_char> = envp
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    // SAFETY: argv and envp are NUL-terminated arrays of valid C strings.
+    unsafe { libc::execve(envd.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr()) };
+    Err(Fail(format!(
+        "exec {ENVD_PATH}: {}",
+        std::io::Error::last_os_error()
+    )))
+}
+
+/// dup2 of `fd` onto descriptor number `target`.
+///
+/// # Safety
+/// `target` must be 0, 1 or 2, which this process owns.
+unsafe fn dup_to(fd: &std::fs::File, target: i32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: both descriptors are open; dup2 replaces target atomically.
+    if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Capabilities sandbox root keeps (Docker's defaults less NET_RAW); the
+/// rest leave the bounding set, so no exec can regain them.
+fn drop_capabilities() -> Result<(), Fail> {
+    use rustix::thread::CapabilitySet as C;
+    let keep = C::CHOWN
+        | C::DAC_OVERRIDE
+        | C::FOWNER
+        | C::FSETID
+        | C::KILL
+        | C::SETGID
+        | C::SETUID
+        | C::SETPCAP
+        | C::NET_BIND_SERVICE
+        | C::SYS_CHROOT
+        | C::MKNOD
+        | C::AUDIT_WRITE
+        | C::SETFCAP;
+    for bit in 0..64 {
+        let cap = C::from_bits_retain(1 << bit);
+        if keep.contains(cap) {
+            continue;
+        }
+        match rustix::thread::remove_capability_from_bounding_set(cap) {
+            // EINVAL: the kernel has no such capability.
+            Ok(()) | Err(rustix::io::Errno::INVAL) => {}
+            Err(e) => {
+                return Err(Fail(format!(
+                    "dropping capability {bit} from the bounding set: {e}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,898 @@
+//! The namespace runtime, Wrenn's default: each sandbox is a process tree
+//! in its own user, PID, mount, UTS, IPC, network and cgroup namespaces,
+//! on an overlay root over a read-only template with an ext4 upper layer
+//! (the disk limit), inside a cgroup (memory, CPU, pids; freezer for pause),
+//! behind a veth pair and the host firewall, under no_new_privs, a reduced
+//! capability bounding set and a seccomp filter. envd is its first process.
+//!
+//! Everything a sandbox has on the host is named after its id: the
+//! directory `<data>/sandboxes/<id>`, the cgroup `wrenn/<id>`, and the veth
+//! `wrenn<slot>` recorded in the directory's `runtime.json`. Mounts exist
+//! only inside the sandbox's mount namespace, so they vanish with it.
+
+pub mod cgroup;
+pub mod init;
+pub mod loopdev;
+pub mod network;
+pub mod seccomp;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use self::cgroup::{Cgroups, Limits};
+use self::init::InitSpec;
+use self::network::{Network, Slot, Slots};
+use super::{Instance, RunState, Runtime, RuntimeError, SandboxSpec, Usage};
+use crate::templates::TemplateStore;
+
+/// Port envd listens on inside every sandbox.
+pub const ENVD_PORT: u16 = 49983;
+
+/// How the namespace runtime is set up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Root of the agent's data (`sandboxes/`, `templates/`, `cache/`).
+    pub data_dir: PathBuf,
+    /// envd binary bind-mounted into sandboxes.
+    pub envd_binary: PathBuf,
+    /// Binary that runs `__sandbox-init` (the `wrenn` binary).
+    pub init_exe: PathBuf,
+    /// Host uid/gid that is root inside sandboxes.
+    pub uid_base: u32,
+    /// Size of the uid range.
+    pub uid_count: u32,
+    /// Task limit per sandbox.
+    pub pids_max: u32,
+    /// How long a sandbox may take to answer on envd's /health.
+    pub ready_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults for a data directory, with the binaries next to the current
+    /// executable.
+    pub fn new(data_dir: PathBuf) -> Self {
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("wrenn"));
+        let envd = exe.with_file_name("envd");
+        Config {
+            data_dir,
+            envd_binary: envd,
+            init_exe: exe,
+            uid_base: 1_000_000_000,
+            uid_count: 65536,
+            pids_max: 4096,
+            ready_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the runtime remembers of a sandbox, in `runtime.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    instance: Instance,
+    slot: Slot,
+    /// Start time of the init (field 22 of /proc/<pid>/stat), to tell it
+    /// from a later process that reuses the pid.
+    init_start_time: u64,
+    /// False until envd answered.
+    ready: bool,
+}
+
+struct Live {
+    record: Record,
+    watcher: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The namespace runtime.
+pub struct NamespaceRuntime {
+    cfg: Config,
+    cgroups: Box<dyn Cgroups>,
+    net: Network,
+    slots: Slots,
+    templates: TemplateStore,
+    resolvers: Vec<std::net::Ipv4Addr>,
+    live: Mutex<HashMap<String, Live>>,
+    http: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    this: std::sync::Weak<NamespaceRuntime>,
+}
+
+fn failed(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    move |e| RuntimeError::Failed(format!("{what}: {e}"))
+}
+
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// Checks a sandbox id: a prefix, a dash, then lowercase letters and digits.
+pub fn valid_id(id: &str) -> bool {
+    let Some((prefix, rest)) = id.split_once('-') else {
+        return false;
+    };
+    !prefix.is_empty()
+        && prefix.chars().all(|c| c.is_ascii_lowercase())
+        && !rest.is_empty()
+        && id.len() <= 63
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, path)
+}
+
+impl NamespaceRuntime {
+    /// Sets up the runtime: directories, firewall, netlink; must run inside
+    /// a tokio runtime, as root.
+    pub fn new(cfg: Config) -> Result<Arc<Self>, RuntimeError> {
+        if !rustix::process::geteuid().is_root() {
+            return Err(RuntimeError::Failed(
+                "the namespace runtime needs root; run the agent as root".into(),
+            ));
+        }
+        for d in ["sandboxes", "templates", "cache"] {
+            let p = cfg.data_dir.join(d);
+            std::fs::create_dir_all(&p).map_err(failed(format!("creating {}", p.display())))?;
+        }
+        if !cfg.envd_binary.exists() {
+            return Err(RuntimeError::Failed(format!(
+                "envd binary not found at {}; build it (cargo build -p envd) or pass --envd",
+                cfg.envd_binary.display()
+            )));
+        }
+        // Sandbox inits are re-parented to us when their launcher exits;
+        // being a subreaper lets us reap them.
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+            .map_err(|e| failed("PR_SET_CHILD_SUBREAPER")(e.into()))?;
+        let resolvers = network::host_resolvers();
+        network::install_firewall(&resolvers).map_err(|e| RuntimeError::Failed(e.to_string()))?;
+        let net = Network::new().map_err(failed("opening netlink"))?;
+        let templates = TemplateStore::new(cfg.data_dir.join("templates"), cfg.uid_base);
+        let http =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        Ok(Arc::new_cyclic(|this| NamespaceRuntime {
+            cgroups: cgroup::detect(),
+            net,
+            slots: Slots::default(),
+            templates,
+            resolvers,
+            live: Mutex::new(HashMap::new()),
+            http,
+            this: this.clone(),
+            cfg,
+        }))
+    }
+
+    /// The template store this runtime uses.
+    pub fn templates(&self) -> &TemplateStore {
+        &self.templates
+    }
+
+    /// "v1" or "v2".
+    pub fn cgroup_version(&self) -> &'static str {
+        self.cgroups.version()
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.cfg.data_dir.join("sandboxes").join(id)
+    }
+
+    fn save(&self, id: &str, record: &Record) -> Result<(), RuntimeError> {
+        let p = self.dir(id).join("runtime.json");
+        write_atomic(
+            &p,
+            &serde_json::to_vec_pretty(record).expect("record serializes"),
+        )
+        .map_err(failed(format!("writing {}", p.display())))
+    }
+
+    /// An empty ext4 image of `mb` MiB, made once per size and copied
+    /// sparsely: a copy is a few hundred KiB of metadata.
+    fn disk_image(&self, mb: u32, dest: &Path) -> Result<(), RuntimeError> {
+        let golden = self
+            .cfg
+            .data_dir
+            .join("cache")
+            .join(format!("disk-{mb}m-{}.img", self.cfg.uid_base));
+        if !golden.exists() {
+            let tmp = golden.with_extension(format!("tmp{}", std::process::id()));
+            let f = std::fs::File::create(&tmp).map_err(failed("creating a disk image"))?;
+            f.set_len(u64::from(mb) << 20)
+                .map_err(failed("sizing a disk image"))?;
+            drop(f);
+            let base = self.cfg.uid_base;
+            let out = std::process::Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-m", "0", "-O", "^has_journal"])
+                .arg("-E")
+                .arg(format!(
+                    "lazy_itable_init=1,lazy_journal_init=1,root_owner={base}:{base}"
+                ))
+                .arg(&tmp)
+                .output()
+                .map_err(failed("running mkfs.ext4 (apt-get install e2fsprogs)"))?;
+            if !out.status.success() {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(RuntimeError::Failed(format!(
+                    "mkfs.ext4: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )));
+            }
+            std::fs::rename(&tmp, &golden).map_err(failed("caching a disk image"))?;
+        }
+        sparse_copy(&golden, dest).map_err(failed(format!("copying {}", golden.display())))
+    }
+
+    /// Removes whatever a sandbox left: processes, cgroup, veth, directory.
+    async fn teardown(&self, id: &str, record: Option<&Record>) -> Result<(), RuntimeError> {
+        if let Some(r) = record {
+            let pid = r.instance.init_pid;
+            if pid > 0 && start_time(pid) == Some(r.init_start_time) {
+                kill(pid);
+            }
+        }
+        if self.cgroups.exists(id) {
+            let frozen = self.cgroups.is_frozen(id);
+            for p in self.cgroups.pids(id) {
+                kill(p);
+            }
+            if frozen {
+                let cg = self.this.upgrade().expect("runtime alive");
+                let id2 = id.to_string();
+                let _ =
+                    tokio::task::spawn_blocking(move || cg.cgroups.set_frozen(&id2, false)).await;
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                if let Some(r) = record {
+                    reap(r.instance.init_pid);
+                }
+                let left = self.cgroups.pids(id);
+                if left.is_empty() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(RuntimeError::Failed(format!(
+                        "sandbox {id}: processes {left:?} did not die"
+                    )));
+                }
+                for p in left {
+                    kill(p);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            // The cgroup can stay busy for a moment after its last task.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while let Err(e) = self.cgroups.remove(id) {
+                if Instant::now() > deadline {
+                    return Err(RuntimeError::Failed(format!(
+                        "removing the cgroup of {id}: {e}"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        if let Some(r) = record {
+            reap(r.instance.init_pid);
+            self.net
+                .detach(r.slot)
+                .await
+                .map_err(|e| RuntimeError::Failed(e.to_string()))?;
+            self.slots.release(r.slot);
+        }
+        let dir = self.dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(RuntimeError::Failed(format!(
+                    "removing {}: {e}",
+                    dir.display()
+                )));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn validate(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        let bad = |m: String| Err(RuntimeError::InvalidSpec(m));
+        if !valid_id(&spec.id) {
+            return bad(format!(
+                "invalid sandbox id '{}': use a prefix, '-', then lowercase letters and digits",
+                spec.id
+            ));
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        if spec.vcpus == 0 || spec.vcpus > cores {
+            return bad(format!(
+                "vcpus must be between 1 and {cores} (this host's cores), got {}",
+                spec.vcpus
+            ));
+        }
+        let host_mb = (rustix::system::sysinfo().totalram as u64 / (1 << 20)) as u32;
+        if spec.memory_mb < 32 || spec.memory_mb > host_mb {
+            return bad(format!(
+                "memory_mb must be between 32 and {host_mb} (this host's memory), got {}",
+                spec.memory_mb
+            ));
+        }
+        let free_mb = rustix::fs::statvfs(&self.cfg.data_dir)
+            .map(|s| s.f_bavail * s.f_frsize / (1 << 20))
+            .unwrap_or(0);
+        if spec.disk_size_mb < 64 || u64::from(spec.disk_size_mb) > free_mb.max(64) * 16 {
+            return bad(format!(
+                "disk_size_mb must be at least 64 and fit this host's disk ({free_mb} MiB free), got {}",
+                spec.disk_size_mb
+            ));
+        }
+        self.templates
+            .get(&spec.template)
+            .map_err(|e| RuntimeError::InvalidSpec(e.to_string()))?;
+        Ok(())
+    }
+
+    async fn create_inner(
+        &self,
+        spec: &SandboxSpec,
+        record: &mut Option<Record>,
+    ) -> Result<Instance, RuntimeError> {
+        let id = &spec.id;
+        let dir = self.dir(id);
+        let template = self
+            .templates
+            .get(&spec.template)
+            .map_err(|e| RuntimeError::InvalidSpec(e.to_string()))?;
+        for sub in ["disk", "rootfs"] {
+            std::fs::create_dir(dir.join(sub)).map_err(failed("creating the sandbox directory"))?;
+        }
+        let disk_image = dir.join("disk.img");
+        self.disk_image(spec.disk_size_mb, &disk_image)?;
+        let slot = self
+            .slots
+            .take(spec.allow_internet_access)
+            .map_err(|e| RuntimeError::Exhausted(e.to_string()))?;
+        let token = random_hex(16);
+        let envd_addr = SocketAddr::new(slot.sandbox_ip().into(), ENVD_PORT);
+        *record = Some(Record {
+            instance: Instance {
+                spec: spec.clone(),
+                envd_addr,
+                envd_token: token.clone(),
+                init_pid: 0,
+                state: RunState::Running,
+            },
+            slot,
+            init_start_time: 0,
+            ready: false,
+        });
+        self.save(id, record.as_ref().expect("set"))?;
+
+        let limits = Limits {
+            memory_bytes: u64::from(spec.memory_mb) << 20,
+            vcpus: spec.vcpus,
+            pids: self.cfg.pids_max,
+        };
+        let procs = self
+            .cgroups
+            .create(id, &limits)
+            .map_err(failed(format!("creating the cgroup of {id}")))?;
+        let resolv_conf = if spec.allow_internet_access && !self.resolvers.is_empty() {
+            self.resolvers
+                .iter()
+                .map(|r| format!("nameserver {r}\n"))
+                .collect()
+        } else {
+            String::new()
+        };
+        let init_spec = InitSpec {
+            sandbox_id: id.clone(),
+            template_rootfs: template.rootfs.clone(),
+            disk_image,
+            disk_mount: dir.join("disk"),
+            rootfs: dir.join("rootfs"),
+            envd_binary: self.cfg.envd_binary.clone(),
+            cgroup_procs: procs,
+            uid_base: self.cfg.uid_base,
+            resolv_conf,
+            envd_env: vec![
+                (
+                    "PATH".into(),
+                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                ),
+                ("HOME".into(), "/root".into()),
+                ("ENVD_ACCESS_TOKEN".into(), token.clone()),
+                ("ENVD_LOG".into(), "envd=warn".into()),
+            ],
+        };
+        let mut child = tokio::process::Command::new(&self.cfg.init_exe)
+            .arg("__sandbox-init")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(failed(format!("starting {}", self.cfg.init_exe.display())))?;
+        let mut stdin = child.stdin.take().expect("piped");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let mut line = serde_json::to_string(&init_spec).expect("spec serializes");
+        line.push('\n');
+        stdin
+            .write_all(line.as_bytes())
+            .await
+            .map_err(failed("sending the init spec"))?;
+        let mut pid = 0;
+        loop {
+            let next = tokio::time::timeout(self.cfg.ready_timeout, lines.next_line()).await;
+            let Ok(next) = next else {
+                return Err(RuntimeError::Failed(format!(
+                    "sandbox {id}: init did not answer within {:?}",
+                    self.cfg.ready_timeout
+                )));
+            };
+            let Some(msg) = next.map_err(failed("reading from the sandbox init"))? else {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    use tokio::io::AsyncReadExt;
+                    let _ = e.read_to_string(&mut err).await;
+                }
+                return Err(RuntimeError::Failed(format!(
+                    "sandbox {id}: init exited early: {}",
+                    err.trim()
+                )));
+            };
+            match msg
+                .split_once(' ')
+                .map_or((msg.as_str(), ""), |(a, b)| (a, b))
+            {
+                ("pid", n) => {
+                    pid = n
+                        .parse()
+                        .map_err(|_| RuntimeError::Failed(format!("bad pid line '{msg}'")))?;
+                    let _ = child.wait().await; // the launcher exits right away
+                    let r = record.as_mut().expect("set");
+                    r.instance.init_pid = pid;
+                    r.init_start_time = start_time(pid).unwrap_or(0);
+                    self.save(id, r)?;
+                }
+                ("net", _) => {
+                    self.net
+                        .attach(pid, slot)
+                        .await
+                        .map_err(|e| RuntimeError::Failed(format!("sandbox {id}: {e}")))?;
+                    stdin
+                        .write_all(b"go\n")
+                        .await
+                        .map_err(failed("talking to the sandbox init"))?;
+                }
+                ("userns", _) => {
+                    let map = format!("0 {} {}\n", self.cfg.uid_base, self.cfg.uid_count);
+                    for f in ["uid_map", "gid_map"] {
+                        std::fs::write(format!("/proc/{pid}/{f}"), &map)
+                            .map_err(failed(format!("writing {f}")))?;
+                    }
+                    stdin
+                        .write_all(b"mapped\n")
+                        .await
+                        .map_err(failed("talking to the sandbox init"))?;
+                }
+                ("exec", _) => break,
+                ("error:", e) => return Err(RuntimeError::Failed(format!("sandbox {id}: {e}"))),
+                _ => {
+                    return Err(RuntimeError::Failed(format!(
+                        "sandbox {id}: unexpected init message '{msg}'"
+                    )));
+                }
+            }
+        }
+        self.wait_ready(envd_addr)
+            .await
+            .map_err(|e| RuntimeError::Failed(format!("sandbox {id}: envd never answered: {e}")))?;
+        if !spec.envs.is_empty() {
+            let body = serde_json::json!({ "envVars": spec.envs }).to_string();
+            let req = http::Request::post(format!("http://{envd_addr}/init"))
+                .header("content-type", "application/json")
+                .header("x-access-token", &token)
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .expect("valid request");
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| RuntimeError::Failed(format!("envd /init: {e}")))?;
+            if !resp.status().is_success() {
+                return Err(RuntimeError::Failed(format!(
+                    "envd /init answered {}",
+                    resp.status()
+                )));
+            }
+        }
+        let r = record.as_mut().expect("set");
+        r.ready = true;
+        self.save(id, r)?;
+        Ok(r.instance.clone())
+    }
+
+    async fn wait_ready(&self, addr: SocketAddr) -> std::io::Result<()> {
+        let deadline = Instant::now() + self.cfg.ready_timeout;
+        let mut backoff = Duration::from_micros(500);
+        loop {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+                use tokio::io::AsyncReadExt;
+                s.write_all(b"GET /health HTTP/1.1\r\nhost: envd\r\nconnection: close\r\n\r\n")
+                    .await?;
+                let mut buf = [0u8; 16];
+                let n = s.read(&mut buf).await?;
+                if buf[..n].starts_with(b"HTTP/1.1 204") {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "timed out",
+                ));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    /// Watches a sandbox's init; when it dies on its own, the sandbox is
+    /// torn down.
+    fn watch(&self, id: String, pid: u32) -> Option<tokio::task::JoinHandle<()>> {
+        let pidfd = rustix::process::pidfd_open(
+            rustix::process::Pid::from_raw(pid as i32)?,
+            rustix::process::PidfdFlags::empty(),
+        )
+        .ok()?;
+        // SAFETY: the OwnedFd stays open and unchanged while the AsyncFd owns it.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+        }
+        .ok()?;
+        let this = self.this.clone();
+        Some(tokio::spawn(async move {
+            let _ = fd.readable().await;
+            let Some(rt) = this.upgrade() else { return };
+            let record = rt.live.lock().expect("live").remove(&id).map(|l| l.record);
+            if let Some(r) = record {
+                tracing::warn!(sandbox = %id, "sandbox init exited; removing the sandbox");
+                if let Err(e) = rt.teardown(&id, Some(&r)).await {
+                    tracing::error!(sandbox = %id, "cleaning up: {e}");
+                }
+            }
+        }))
+    }
+
+    fn set_state(&self, id: &str, state: RunState) -> Result<Instance, RuntimeError> {
+        let mut live = self.live.lock().expect("live");
+        let l = live
+            .get_mut(id)
+            .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
+        l.record.instance.state = state;
+        let r = l.record.clone();
+        drop(live);
+        self.save(id, &r)?;
+        Ok(r.instance)
+    }
+}
+
+fn kill(pid: u32) {
+    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+    }
+}
+
+/// Reaps `pid` if it is our exited child.
+fn reap(pid: u32) {
+    if pid > 0 {
+        let mut status = 0;
+        // SAFETY: plain waitpid on a pid; WNOHANG never blocks.
+        unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut b = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Copies `src` to `dst` keeping holes: only data extents are written.
+fn sparse_copy(src: &Path, dst: &Path) -> std::io::Result<()> {
+    use rustix::fs::SeekFrom;
+    use std::os::unix::fs::FileExt;
+    let s = std::fs::File::open(src)?;
+    let len = s.metadata()?.len();
+    let d = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dst)?;
+    d.set_len(len)?;
+    let mut pos = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    while pos < len {
+        let start = match rustix::fs::seek(&s, SeekFrom::Data(pos)) {
+            Ok(p) => p,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let end = rustix::fs::seek(&s, SeekFrom::Hole(start))
+            .map_err(std::io::Error::from)?
+            .min(len);
+        let mut off = start;
+        while off < end {
+            let n = ((end - off) as usize).min(buf.len());
+            s.read_exact_at(&mut buf[..n], off)?;
+            d.write_all_at(&buf[..n], off)?;
+            off += n as u64;
+        }
+        pos = end;
+    }
+    Ok(())
+}
+
+impl Runtime for NamespaceRuntime {
+    fn name(&self) -> &'static str {
+        "namespaces"
+    }
+
+    async fn create(&self, spec: SandboxSpec) -> Result<Instance, RuntimeError> {
+        self.validate(&spec)?;
+        let id = spec.id.clone();
+        let dir = self.dir(&id);
+        if self.live.lock().expect("live").contains_key(&id) {
+            return Err(RuntimeError::AlreadyExists(id));
+        }
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(RuntimeError::AlreadyExists(id));
+            }
+            Err(e) => return Err(failed(format!("creating {}", dir.display()))(e)),
+        }
+        let mut record = None;
+        match self.create_inner(&spec, &mut record).await {
+            Ok(instance) => {
+                let r = record.expect("set on success");
+                let watcher = self.watch(id.clone(), r.instance.init_pid);
+                self.live
+                    .lock()
+                    .expect("live")
+                    .insert(id, Live { record: r, watcher });
+                Ok(instance)
+            }
+            Err(e) => {
+                if let Err(t) = self.teardown(&id, record.as_ref()).await {
+                    tracing::error!(sandbox = %id, "cleaning up a failed create: {t}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
+        let live = self.live.lock().expect("live").remove(id);
+        match live {
+            Some(l) => {
+                if let Some(w) = l.watcher {
+                    w.abort();
+                }
+                self.teardown(id, Some(&l.record)).await
+            }
+            None => Err(RuntimeError::NotFound(id.into())),
+        }
+    }
+
+    async fn pause(&self, id: &str) -> Result<Instance, RuntimeError> {
+        let inst = self
+            .get(id)
+            .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
+        if inst.state == RunState::Paused {
+            return Err(RuntimeError::InvalidState(format!(
+                "sandbox {id} is already paused"
+            )));
+        }
+        let this = self.this.upgrade().expect("runtime alive");
+        let id2 = id.to_string();
+        tokio::task::spawn_blocking(move || this.cgroups.set_frozen(&id2, true))
+            .await
+            .map_err(|e| RuntimeError::Failed(e.to_string()))?
+            .map_err(failed(format!("freezing {id}")))?;
+        self.set_state(id, RunState::Paused)
+    }
+
+    async fn resume(&self, id: &str) -> Result<Instance, RuntimeError> {
+        let inst = self
+            .get(id)
+            .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
+        if inst.state == RunState::Running {
+            return Err(RuntimeError::InvalidState(format!(
+                "sandbox {id} is not paused"
+            )));
+        }
+        let this = self.this.upgrade().expect("runtime alive");
+        let id2 = id.to_string();
+        tokio::task::spawn_blocking(move || this.cgroups.set_frozen(&id2, false))
+            .await
+            .map_err(|e| RuntimeError::Failed(e.to_string()))?
+            .map_err(failed(format!("thawing {id}")))?;
+        self.set_state(id, RunState::Running)
+    }
+
+    fn get(&self, id: &str) -> Option<Instance> {
+        self.live
+            .lock()
+            .expect("live")
+            .get(id)
+            .map(|l| l.record.instance.clone())
+    }
+
+    fn list(&self) -> Vec<Instance> {
+        let mut v: Vec<Instance> = self
+            .live
+            .lock()
+            .expect("live")
+            .values()
+            .map(|l| l.record.instance.clone())
+            .collect();
+        v.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
+        v
+    }
+
+    fn usage(&self, id: &str) -> Result<Usage, RuntimeError> {
+        let inst = self
+            .get(id)
+            .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
+        let u = self.cgroups.usage(id);
+        let (disk_used, disk_limit) = rustix::fs::statvfs(format!("/proc/{}/root/", inst.init_pid))
+            .map(|s| {
+                (
+                    (s.f_blocks - s.f_bfree) * s.f_frsize,
+                    s.f_blocks * s.f_frsize,
+                )
+            })
+            .unwrap_or((0, u64::from(inst.spec.disk_size_mb) << 20));
+        Ok(Usage {
+            cpu_usec: u.cpu_usec,
+            memory_bytes: u.memory_bytes,
+            memory_limit_bytes: u64::from(inst.spec.memory_mb) << 20,
+            disk_used_bytes: disk_used,
+            disk_limit_bytes: disk_limit,
+            pids: u.pids,
+        })
+    }
+
+    async fn recover(&self) -> Result<Vec<Instance>, RuntimeError> {
+        let root = self.cfg.data_dir.join("sandboxes");
+        let mut adopted = Vec::new();
+        let entries: Vec<_> = std::fs::read_dir(&root)
+            .map_err(failed(format!("reading {}", root.display())))?
+            .flatten()
+            .collect();
+        for e in entries {
+            let id = e.file_name().to_string_lossy().into_owned();
+            let record: Option<Record> = std::fs::read(e.path().join("runtime.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let alive = record.as_ref().is_some_and(|r| {
+                r.ready
+                    && r.instance.init_pid > 0
+                    && start_time(r.instance.init_pid) == Some(r.init_start_time)
+            });
+            if let (true, Some(mut r)) = (alive, record.clone()) {
+                self.slots.mark(r.slot);
+                r.instance.state = if self.cgroups.is_frozen(&id) {
+                    RunState::Paused
+                } else {
+                    RunState::Running
+                };
+                let watcher = self.watch(id.clone(), r.instance.init_pid);
+                adopted.push(r.instance.clone());
+                tracing::info!(sandbox = %id, "re-adopted a running sandbox");
+                self.live
+                    .lock()
+                    .expect("live")
+                    .insert(id, Live { record: r, watcher });
+            } else {
+                tracing::info!(sandbox = %id, "removing a dead or half-made sandbox");
+                if let Some(r) = &record {
+                    self.slots.mark(r.slot);
+                }
+                self.teardown(&id, record.as_ref()).await?;
+            }
+        }
+        // Cgroups and links nobody owns any more.
+        let known: Vec<String> = self.live.lock().expect("live").keys().cloned().collect();
+        for id in self.cgroups.list() {
+            if !known.contains(&id) {
+                self.teardown(&id, None).await?;
+            }
+        }
+        let slots: Vec<u32> = self
+            .live
+            .lock()
+            .expect("live")
+            .values()
+            .map(|l| l.record.slot.index)
+            .collect();
+        for (index, _) in self
+            .net
+            .host_links()
+            .await
+            .map_err(|e| RuntimeError::Failed(e.to_string()))?
+        {
+            if !slots.contains(&index) {
+                let _ = self
+                    .net
+                    .detach(Slot {
+                        index,
+                        internet: true,
+                    })
+                    .await;
+            }
+        }
+        Ok(adopted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn ids_fit_a_dns_label() {
+        for (id, ok) in [
+            ("sb-abc123", true),
+            ("sb-", false),
+            ("sb-ABC", false),
+            ("sb-a.b", false),
+            ("sb-a-b", false),
+            ("abc", false),
+        ] {
+            assert_eq!(valid_id(id), ok, "{id}");
+        }
+    }
+
+    #[test]
+    fn sparse_copy_keeps_data_and_holes() {
+        let dir = std::env::temp_dir().join(format!("sparse-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("src");
+        let f = std::fs::File::create(&src).unwrap();
+        f.set_len(64 << 20).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"head", 0).unwrap();
+        f.write_all_at(b"tail", (64 << 20) - 4).unwrap();
+        drop(f);
+        let dst = dir.join("dst");
+        sparse_copy(&src, &dst).unwrap();
+        assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
+        assert!(
+            std::fs::metadata(&dst).unwrap().blocks() * 512 < 1 << 20,
+            "the copy is sparse"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

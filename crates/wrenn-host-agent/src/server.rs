@@ -1,0 +1,83 @@
+//! Serving the agent: the Connect service behind a bearer-token check,
+//! the timeout reaper, and a clean stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use connectrpc::ConnectRpcService;
+
+use crate::agent::Agent;
+use crate::runtime::Runtime;
+use crate::service::{HostAgentService, TemplateList};
+
+#[derive(Clone)]
+struct Token(Arc<String>);
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(State(token): State<Token>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), token.0.as_bytes()));
+    if ok {
+        return next.run(req).await;
+    }
+    let body = serde_json::json!({
+        "code": "unauthenticated",
+        "message": "missing or wrong agent token; send `Authorization: Bearer <token>` (see the agent's token file)"
+    });
+    (http::StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
+}
+
+/// The agent's HTTP app: every route needs `Authorization: Bearer <token>`.
+pub fn router<R: Runtime + TemplateList>(agent: Arc<Agent<R>>, token: String) -> axum::Router {
+    let connect = connectrpc::Router::new().add_service(Arc::new(HostAgentService::new(agent)));
+    axum::Router::new()
+        .fallback_service(ConnectRpcService::new(connect))
+        .layer(axum::middleware::from_fn_with_state(
+            Token(Arc::new(token)),
+            require_token,
+        ))
+}
+
+/// Re-adopts sandboxes, starts the reaper, and serves on `addr` until
+/// `shutdown` resolves or a Terminate call arrives.
+pub async fn serve<R: Runtime + TemplateList>(
+    agent: Arc<Agent<R>>,
+    addr: SocketAddr,
+    token: String,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let adopted = agent.recover().await.map_err(std::io::Error::other)?;
+    if !adopted.is_empty() {
+        tracing::info!(count = adopted.len(), "re-adopted running sandboxes");
+    }
+    let reaper = tokio::spawn(agent.clone().reap_forever(Duration::from_secs(1)));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, runtime = agent.runtime.name(), "host agent listening");
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let mut terminate = agent.shutdown.subscribe();
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = terminate.wait_for(|t| *t) => {}
+        }
+    };
+    let r = axum::serve(listener, router(agent, token))
+        .with_graceful_shutdown(stop)
+        .await;
+    reaper.abort();
+    r
+}

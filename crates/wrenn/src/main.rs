@@ -1,0 +1,58 @@
+//! `wrenn`: the one binary users run.
+//!
+//! - `wrenn agent` runs the host agent (namespace runtime);
+//! - `wrenn template build|ls|rm|import` manages templates on this host.
+//!
+//! `wrenn __sandbox-init` is internal: the agent runs it as the first
+//! process of every sandbox.
+
+mod agent;
+mod template;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Self-hostable sandboxes for code that AI agents write.
+#[derive(Parser, Debug)]
+#[command(name = "wrenn", version)]
+struct Cli {
+    /// Where Wrenn keeps its state (templates, sandboxes, tokens).
+    #[arg(
+        long,
+        global = true,
+        env = "WRENN_DATA_DIR",
+        default_value = "/var/lib/wrenn"
+    )]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the host agent: it owns the sandboxes on this host.
+    Agent(agent::AgentArgs),
+    /// Manage the templates sandboxes start from.
+    #[command(subcommand)]
+    Template(template::TemplateCommand),
+}
+
+fn main() -> anyhow::Result<()> {
+    // The sandbox init must run before anything starts a thread.
+    if std::env::args().nth(1).as_deref() == Some("__sandbox-init") {
+        wrenn_host_agent::runtime::namespaces::init::main();
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WRENN_LOG")
+                .unwrap_or_else(|_| "wrenn=info,wrenn_host_agent=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Agent(args) => agent::run(&cli.data_dir, args),
+        Command::Template(cmd) => template::run(&cli.data_dir, cmd),
+    }
+}

@@ -1,0 +1,129 @@
+//! `wrenn template ...`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use wrenn_host_agent::runtime::namespaces::Config;
+use wrenn_host_agent::templates::TemplateStore;
+
+/// Template subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum TemplateCommand {
+    /// List templates on this host.
+    Ls,
+    /// Build a template; `base` is Debian bookworm with bash, coreutils,
+    /// python3, pip, curl, git and ca-certificates, built with debootstrap.
+    Build {
+        /// Template to build (only `base` can be built from scratch).
+        name: String,
+        /// Debian mirror debootstrap downloads from.
+        #[arg(
+            long,
+            env = "WRENN_DEBIAN_MIRROR",
+            default_value = "http://deb.debian.org/debian"
+        )]
+        mirror: String,
+        /// Rebuild even if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Import a root filesystem directory as a template.
+    Import {
+        /// Template name.
+        name: String,
+        /// Directory holding the root filesystem.
+        dir: PathBuf,
+    },
+    /// Remove a template.
+    Rm {
+        /// Template name.
+        name: String,
+    },
+}
+
+fn store(data_dir: &Path) -> anyhow::Result<TemplateStore> {
+    let cfg = Config::new(data_dir.to_path_buf());
+    let dir = data_dir.join("templates");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(TemplateStore::new(dir, cfg.uid_base))
+}
+
+/// Builds `base` with a progress bar.
+pub fn build_base(store: &TemplateStore, mirror: &str) -> anyhow::Result<()> {
+    // debootstrap prints about five lines per package, ~140 packages.
+    let pb = ProgressBar::new(700);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} building template base [{elapsed_precise}] [{bar:30}] {percent:>3}% {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb.enable_steady_tick(Duration::from_millis(120));
+    let t = store.build_base(mirror, |line| {
+        pb.inc(1);
+        if pb.position() + 5 > pb.length().unwrap_or(0) {
+            pb.set_length(pb.position() + 50);
+        }
+        pb.set_message(
+            line.trim_start_matches("I: ")
+                .chars()
+                .take(60)
+                .collect::<String>(),
+        );
+    });
+    match t {
+        Ok(t) => {
+            pb.set_length(pb.position());
+            pb.finish_with_message(format!("done: {}", t.rootfs.display()));
+            Ok(())
+        }
+        Err(e) => {
+            pb.abandon_with_message("failed");
+            Err(e.into())
+        }
+    }
+}
+
+/// Runs a template subcommand.
+pub fn run(data_dir: &Path, cmd: TemplateCommand) -> anyhow::Result<()> {
+    let store = store(data_dir)?;
+    match cmd {
+        TemplateCommand::Ls => {
+            println!("{:<24} {:>10}", "NAME", "SIZE");
+            for name in store.list() {
+                println!("{:<24} {:>8} MB", name, store.size(&name) / 1_000_000);
+            }
+        }
+        TemplateCommand::Build {
+            name,
+            mirror,
+            force,
+        } => {
+            if name != "base" {
+                anyhow::bail!(
+                    "only 'base' can be built from scratch; import others with `wrenn template import {name} DIR`"
+                );
+            }
+            if store.get(&name).is_ok() {
+                if !force {
+                    println!("template base already exists (use --force to rebuild)");
+                    return Ok(());
+                }
+                store.remove(&name)?;
+            }
+            build_base(&store, &mirror)?;
+        }
+        TemplateCommand::Import { name, dir } => {
+            let t = store.import(&name, &dir)?;
+            println!("imported {} into {}", dir.display(), t.rootfs.display());
+        }
+        TemplateCommand::Rm { name } => {
+            store.remove(&name)?;
+            println!("removed template {name}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! Starts a real `wrenn agent` for integration tests, with its own data
+//! directory whose `base` template is the shared test template.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use connectrpc::client::{ClientConfig, HttpClient};
+use wrenn_protocol::hostagent::v1::{self as pb, HostAgentServiceClient};
+
+/// One agent per host at a time: tests take this lock.
+pub static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Where the shared `base` template lives (built by scripts/test.sh).
+pub fn template_dir() -> PathBuf {
+    PathBuf::from(
+        std::env::var("WRENN_TEST_TEMPLATES")
+            .unwrap_or_else(|_| "/var/tmp/wrenn-test-data/templates".into()),
+    )
+}
+
+pub type Client = HostAgentServiceClient<HttpClient>;
+
+/// A running agent, terminated (destroying its sandboxes) on drop.
+pub struct AgentProc {
+    pub child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub port: u16,
+    pub token: String,
+    _guard: std::sync::MutexGuard<'static, ()>,
+}
+
+impl AgentProc {
+    pub fn start() -> AgentProc {
+        let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let data_dir = PathBuf::from(format!(
+            "/var/tmp/wrenn-test-agent-{}-{n}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(data_dir.join("templates")).unwrap();
+        let base = template_dir().join("base");
+        assert!(
+            base.join("rootfs/bin").exists(),
+            "no test template at {}; run scripts/test.sh or `wrenn template build base`",
+            base.display()
+        );
+        std::os::unix::fs::symlink(&base, data_dir.join("templates/base")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let token = format!("test-token-{n}");
+        let mut agent = AgentProc {
+            child: None,
+            data_dir,
+            port,
+            token,
+            _guard: guard,
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// Starts (or restarts) the agent process on the same data directory.
+    pub fn spawn(&mut self) {
+        let exe = env!("CARGO_BIN_EXE_wrenn");
+        let envd = PathBuf::from(exe).with_file_name("envd");
+        assert!(
+            envd.exists(),
+            "envd is not built next to wrenn: run `cargo build -p envd`"
+        );
+        let child = Command::new(exe)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args([
+                "agent",
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--token",
+                &self.token,
+            ])
+            .env("WRENN_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start wrenn agent");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "agent did not listen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        let config = ClientConfig::new(format!("http://127.0.0.1:{}", self.port).parse().unwrap())
+            .with_default_header("authorization", format!("Bearer {}", self.token));
+        HostAgentServiceClient::new(HttpClient::plaintext(), config)
+    }
+
+    /// SIGKILLs the agent (sandboxes keep running).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        if self.child.is_none() {
+            self.spawn();
+        }
+        let port = self.port;
+        let token = self.token.clone();
+        // Destroy every sandbox through the agent, then let it exit.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let config = ClientConfig::new(format!("http://127.0.0.1:{port}").parse().unwrap())
+                    .with_default_header("authorization", format!("Bearer {token}"));
+                let c = HostAgentServiceClient::new(HttpClient::plaintext(), config);
+                let _ = c
+                    .terminate(pb::TerminateRequest {
+                        destroy_sandboxes: true,
+                        ..Default::default()
+                    })
+                    .await;
+            })
+        })
+        .join();
+        if let Some(mut c) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+pub fn create_req(id: &str) -> pb::CreateSandboxRequest {
+    pb::CreateSandboxRequest {
+        sandbox_id: id.into(),
+        template: "base".into(),
+        vcpus: 1,
+        memory_mb: 256,
+        disk_size_mb: 256,
+        allow_internet_access: true,
+        ..Default::default()
+    }
+}
+
+pub fn exec_req(id: &str, script: &str) -> pb::ExecRequest {
+    pb::ExecRequest {
+        sandbox_id: id.into(),
+        cmd: "/bin/sh".into(),
+        args: vec!["-c".into(), script.into()],
+        timeout_sec: 30,
+        ..Default::default()
+    }
+}
+
+/// Runs a shell script in a sandbox: (stdout, stderr, exit code).
+pub async fn sh(c: &Client, id: &str, script: &str) -> (String, String, i32) {
+    let r = c
+        .exec(exec_req(id, script))
+        .await
+        .unwrap_or_else(|e| panic!("exec {script:?}: {e:?}"))
+        .into_owned();
+    (
+        String::from_utf8_lossy(&r.stdout).into_owned(),
+        String::from_utf8_lossy(&r.stderr).into_owned(),
+        r.exit_code,
+    )
+}
+
+/// A unique sandbox id.
+pub fn new_id(tag: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        % 1_000_000_000;
+    format!("sb-{tag}{n}")
+}
+
+/// What a sandbox leaves on the host: dirs, cgroups, links, mounts.
+pub fn host_traces(data_dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(data_dir.join("sandboxes")) {
+        out.extend(rd.flatten().map(|e| format!("dir {}", e.path().display())));
+    }
+    for c in ["memory", "pids", "freezer", "cpu"] {
+        let p = PathBuf::from(format!("/sys/fs/cgroup/{c}/wrenn"));
+        if let Ok(rd) = std::fs::read_dir(&p) {
+            out.extend(
+                rd.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| format!("cgroup {}", e.path().display())),
+            );
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir("/sys/class/net") {
+        out.extend(
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("wrenn"))
+                .map(|n| format!("link {n}")),
+        );
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    out.extend(
+        mounts
+            .lines()
+            .filter(|l| l.contains(&data_dir.display().to_string()))
+            .map(|l| format!("mount {l}")),
+    );
+    out
+}
