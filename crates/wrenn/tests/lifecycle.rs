@@ -1,0 +1,578 @@
+//! Sandbox lifecycle through the agent: bad input, pause and resume,
+//! timeouts, agent restarts, crash mid-create, and repeated create/destroy.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::StreamExt;
+use wrenn_protocol::hostagent::v1::{self as pb, exec_event};
+
+fn sref(id: &str) -> pb::SandboxRef {
+    pb::SandboxRef {
+        sandbox_id: id.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_leaves_nothing() {
+    let agent = AgentProc::start();
+    let c = agent.client();
+    let ok = new_id("dup");
+    c.create_sandbox(create_req(&ok)).await.unwrap();
+    let mut cases: Vec<(&str, pb::CreateSandboxRequest, connectrpc::ErrorCode)> = Vec::new();
+    let mut r = create_req(&new_id("tpl"));
+    r.template = "no-such-template".into();
+    cases.push((
+        "unknown template",
+        r,
+        connectrpc::ErrorCode::InvalidArgument,
+    ));
+    let mut r = create_req(&new_id("mem"));
+    r.memory_mb = 10_000_000;
+    cases.push((
+        "impossible memory",
+        r,
+        connectrpc::ErrorCode::InvalidArgument,
+    ));
+    let mut r = create_req(&new_id("cpu"));
+    r.vcpus = 4096;
+    cases.push((
+        "impossible vcpus",
+        r,
+        connectrpc::ErrorCode::InvalidArgument,
+    ));
+    let mut r = create_req(&new_id("disk"));
+    r.disk_size_mb = 1;
+    cases.push(("tiny disk", r, connectrpc::ErrorCode::InvalidArgument));
+    cases.push((
+        "bad id",
+        create_req("../../etc"),
+        connectrpc::ErrorCode::InvalidArgument,
+    ));
+    cases.push((
+        "duplicate id",
+        create_req(&ok),
+        connectrpc::ErrorCode::AlreadyExists,
+    ));
+    let before = host_traces(&agent.data_dir);
+    for (name, req, code) in cases {
+        let err = c.create_sandbox(req).await.expect_err(name);
+        assert_eq!(err.code, code, "{name}: {err:?}");
+        assert!(
+            err.message.as_deref().is_some_and(|m| !m.is_empty()),
+            "{name}: no message"
+        );
+    }
+    assert_eq!(
+        host_traces(&agent.data_dir),
+        before,
+        "a refused create left something"
+    );
+    let err = c.destroy_sandbox(sref("sb-nosuch")).await.unwrap_err();
+    assert_eq!(err.code, connectrpc::ErrorCode::NotFound);
+    let err = c.exec(exec_req("sb-nosuch", "true")).await.unwrap_err();
+    assert_eq!(err.code, connectrpc::ErrorCode::NotFound);
+
+    // Every call needs the token.
+    let anon = wrenn_protocol::hostagent::v1::HostAgentServiceClient::new(
+        connectrpc::client::HttpClient::plaintext(),
+        connectrpc::client::ClientConfig::new(
+            format!("http://127.0.0.1:{}", agent.port).parse().unwrap(),
+        ),
+    );
+    let err = anon
+        .list_sandboxes(pb::ListSandboxesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, connectrpc::ErrorCode::Unauthenticated);
+}
+
+#[tokio::test]
+async fn pause_freezes_and_resume_continues() {
+    let agent = AgentProc::start();
+    let c = agent.client();
+    let id = new_id("pause");
+    c.create_sandbox(create_req(&id)).await.unwrap();
+    let mut bg = exec_req(
+        &id,
+        "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done",
+    );
+    bg.background = true;
+    c.exec(bg).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    let sb = c.pause_sandbox(sref(&id)).await.unwrap().into_owned();
+    let pause_ms = t.elapsed();
+    assert_eq!(
+        sb.state.as_known(),
+        Some(pb::SandboxState::SANDBOX_STATE_PAUSED)
+    );
+    let err = c.exec(exec_req(&id, "true")).await.unwrap_err();
+    assert_eq!(err.code, connectrpc::ErrorCode::FailedPrecondition);
+    let err = c.pause_sandbox(sref(&id)).await.unwrap_err();
+    assert_eq!(
+        err.code,
+        connectrpc::ErrorCode::FailedPrecondition,
+        "pausing twice"
+    );
+    let t = Instant::now();
+    c.resume_sandbox(sref(&id)).await.unwrap();
+    let resume_ms = t.elapsed();
+    let (a, _, _) = sh(&c, &id, "cat /tmp/count").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (b, _, _) = sh(&c, &id, "cat /tmp/count").await;
+    let (a, b): (u32, u32) = (a.trim().parse().unwrap(), b.trim().parse().unwrap());
+    assert!(
+        b > a,
+        "the background loop did not continue after resume: {a} then {b}"
+    );
+    assert!(pause_ms < Duration::from_secs(1) && resume_ms < Duration::from_secs(1));
+    let err = c.resume_sandbox(sref(&id)).await.unwrap_err();
+    assert_eq!(
+        err.code,
+        connectrpc::ErrorCode::FailedPrecondition,
+        "resuming a running sandbox"
+    );
+}
+
+#[tokio::test]
+async fn timeout_destroys_and_ping_extends() {
+    let agent = AgentProc::start();
+    let c = agent.client();
+    let short = new_id("short");
+    let kept = new_id("kept");
+    let mut r = create_req(&short);
+    r.timeout_sec = 2;
+    c.create_sandbox(r).await.unwrap();
+    let mut r = create_req(&kept);
+    r.timeout_sec = 2;
+    c.create_sandbox(r).await.unwrap();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        c.ping(pb::PingRequest {
+            sandbox_id: kept.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let err = c.get_sandbox(sref(&short)).await.unwrap_err();
+    assert_eq!(
+        err.code,
+        connectrpc::ErrorCode::NotFound,
+        "the timed-out sandbox is still there"
+    );
+    assert!(
+        c.get_sandbox(sref(&kept)).await.is_ok(),
+        "pinged sandbox was reaped"
+    );
+    assert!(!agent.data_dir.join("sandboxes").join(&short).exists());
+}
+
+#[tokio::test]
+async fn agent_restart_readopts_running_sandboxes() {
+    let mut agent = AgentProc::start();
+    let id = new_id("adopt");
+    {
+        let c = agent.client();
+        c.create_sandbox(create_req(&id)).await.unwrap();
+        let mut bg = exec_req(&id, "sleep 1000");
+        bg.background = true;
+        bg.tag = "sleeper".into();
+        c.exec(bg).await.unwrap();
+    }
+    agent.kill();
+    // The sandbox keeps running while the agent is down.
+    let pids_before = std::fs::read_to_string(
+        agent
+            .data_dir
+            .join("sandboxes")
+            .join(&id)
+            .join("runtime.json"),
+    )
+    .unwrap();
+    assert!(pids_before.contains("init_pid"));
+    agent.spawn();
+    let c = agent.client();
+    let list = c
+        .list_sandboxes(pb::ListSandboxesRequest::default())
+        .await
+        .unwrap()
+        .into_owned();
+    assert_eq!(
+        list.sandboxes
+            .iter()
+            .map(|s| s.sandbox_id.as_str())
+            .collect::<Vec<_>>(),
+        vec![id.as_str()]
+    );
+    let procs = c.list_processes(sref(&id)).await.unwrap().into_owned();
+    assert!(
+        procs.processes.iter().any(|p| p.tag == "sleeper"),
+        "{procs:?}"
+    );
+    assert_eq!(sh(&c, &id, "echo back").await.0, "back\n");
+}
+
+#[tokio::test]
+async fn agent_killed_mid_create_leaves_nothing_after_restart() {
+    let mut agent = AgentProc::start();
+    let id = new_id("crash");
+    let c = agent.client();
+    let create = tokio::spawn(async move { c.create_sandbox(create_req(&id)).await });
+    // Let it get part of the way.
+    tokio::time::sleep(Duration::from_millis(15)).await;
+    agent.kill();
+    let _ = create.await;
+    agent.spawn();
+    let c = agent.client();
+    let list = c
+        .list_sandboxes(pb::ListSandboxesRequest::default())
+        .await
+        .unwrap()
+        .into_owned();
+    // Either it finished before the kill (then it was adopted) or nothing
+    // of it is left.
+    if list.sandboxes.is_empty() {
+        assert!(
+            host_traces(&agent.data_dir).is_empty(),
+            "{:?}",
+            host_traces(&agent.data_dir)
+        );
+    } else {
+        for s in list.sandboxes {
+            c.destroy_sandbox(sref(&s.sandbox_id)).await.unwrap();
+        }
+        assert!(
+            host_traces(&agent.data_dir).is_empty(),
+            "{:?}",
+            host_traces(&agent.data_dir)
+        );
+    }
+}
+
+#[tokio::test]
+async fn streams_files_pty_and_processes() {
+    let agent = AgentProc::start();
+    let c = agent.client();
+    let id = new_id("io");
+    let mut r = create_req(&id);
+    r.envs.insert("GREETING".into(), "hi".into());
+    c.create_sandbox(r).await.unwrap();
+    assert_eq!(
+        sh(&c, &id, "echo $GREETING").await.0,
+        "hi\n",
+        "sandbox envs reach processes"
+    );
+
+    // Exec with stdin, cwd, user, envs.
+    let mut e = exec_req(&id, "cat; pwd; id -un; echo $X");
+    e.stdin = b"from stdin\n".to_vec();
+    e.cwd = "/tmp".into();
+    e.user = "user".into();
+    e.envs.insert("X".into(), "y".into());
+    let out = c.exec(e).await.unwrap().into_owned();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "from stdin\n/tmp\nuser\ny\n"
+    );
+
+    // Streamed exec: events arrive in order.
+    let mut s = c
+        .exec_stream(exec_req(&id, "echo a; echo b >&2; exit 4"))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while let Some(m) = s.message::<pb::ExecEvent>().await.unwrap() {
+        seen.push(m.to_owned_message().event.unwrap());
+    }
+    assert!(matches!(seen.first(), Some(exec_event::Event::Start(_))));
+    assert!(seen.contains(&exec_event::Event::Stdout(b"a\n".to_vec())));
+    assert!(seen.contains(&exec_event::Event::Stderr(b"b\n".to_vec())));
+    assert!(matches!(seen.last(), Some(exec_event::Event::End(e)) if e.exit_code == 4));
+
+    // Files, whole and streamed (4 MiB in 64 KiB chunks).
+    c.write_file(pb::WriteFileRequest {
+        sandbox_id: id.clone(),
+        path: "/data/a.txt".into(),
+        content: b"whole".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let got = c
+        .read_file(pb::FileRef {
+            sandbox_id: id.clone(),
+            path: "/data/a.txt".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_owned();
+    assert_eq!(got.content, b"whole");
+    let blob: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    let mut chunks = vec![pb::WriteFileChunk {
+        chunk: Some(
+            pb::FileRef {
+                sandbox_id: id.clone(),
+                path: "/data/big.bin".into(),
+                ..Default::default()
+            }
+            .into(),
+        ),
+        ..Default::default()
+    }];
+    chunks.extend(blob.chunks(64 << 10).map(|c| pb::WriteFileChunk {
+        chunk: Some(pb::write_file_chunk::Chunk::Data(c.to_vec())),
+        ..Default::default()
+    }));
+    let w = c
+        .write_file_stream(futures::stream::iter(chunks))
+        .await
+        .unwrap()
+        .into_owned();
+    assert_eq!(w.size, blob.len() as u64);
+    let mut rs = c
+        .read_file_stream(pb::FileRef {
+            sandbox_id: id.clone(),
+            path: "/data/big.bin".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut back = Vec::new();
+    while let Some(m) = rs.message::<pb::FileChunk>().await.unwrap() {
+        back.extend(m.to_owned_message().data);
+    }
+    assert!(back == blob, "streamed read differs ({} bytes)", back.len());
+    c.make_dir(pb::FileRef {
+        sandbox_id: id.clone(),
+        path: "/data/sub".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let ls = c
+        .list_dir(pb::ListDirRequest {
+            sandbox_id: id.clone(),
+            path: "/data".into(),
+            depth: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_owned();
+    let mut names: Vec<(String, String)> = ls
+        .entries
+        .iter()
+        .map(|e| (e.name.clone(), e.r#type.clone()))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            ("a.txt".into(), "file".into()),
+            ("big.bin".into(), "file".into()),
+            ("sub".into(), "dir".into())
+        ]
+    );
+    c.remove_path(pb::FileRef {
+        sandbox_id: id.clone(),
+        path: "/data".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let err = c
+        .read_file(pb::FileRef {
+            sandbox_id: id.clone(),
+            path: "/data/a.txt".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, connectrpc::ErrorCode::NotFound);
+
+    // PTY: start, type, resize, exit.
+    let mut pty = c
+        .pty_start(pb::PtyStartRequest {
+            sandbox_id: id.clone(),
+            cols: 80,
+            rows: 24,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let first = pty
+        .message::<pb::ExecEvent>()
+        .await
+        .unwrap()
+        .unwrap()
+        .to_owned_message();
+    let Some(exec_event::Event::Start(start)) = first.event else {
+        panic!("start first")
+    };
+    let send = |data: &str| pb::SendInputRequest {
+        sandbox_id: id.clone(),
+        pid: start.pid,
+        data: data.as_bytes().to_vec(),
+        pty: true,
+        ..Default::default()
+    };
+    c.send_input(send("stty size; echo marker-$((40+2))\n"))
+        .await
+        .unwrap();
+    let mut screen = String::new();
+    let mut resized = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Ok(Some(m)) = tokio::time::timeout_at(deadline.into(), pty.message::<pb::ExecEvent>())
+        .await
+        .unwrap_or(Ok(None))
+    {
+        match m.to_owned_message().event {
+            Some(exec_event::Event::Pty(b)) => screen.push_str(&String::from_utf8_lossy(&b)),
+            Some(exec_event::Event::End(_)) => break,
+            _ => {}
+        }
+        if !resized && screen.contains("marker-42") {
+            resized = true;
+            c.pty_resize(pb::PtyResizeRequest {
+                sandbox_id: id.clone(),
+                pid: start.pid,
+                cols: 100,
+                rows: 30,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            c.send_input(send("stty size; exit\n")).await.unwrap();
+        }
+    }
+    assert!(
+        screen.contains("24 80") && screen.contains("30 100"),
+        "{screen}"
+    );
+
+    // Processes: list, connect, kill.
+    let mut bg = exec_req(&id, "while true; do echo tick; sleep 0.1; done");
+    bg.background = true;
+    let pid = c.exec(bg).await.unwrap().into_owned().pid;
+    let procs = c.list_processes(sref(&id)).await.unwrap().into_owned();
+    assert!(procs.processes.iter().any(|p| p.pid == pid));
+    let mut attached = c
+        .connect_process(pb::ProcessRef {
+            sandbox_id: id.clone(),
+            pid,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut ticks = 0;
+    while ticks < 2 {
+        if let Some(exec_event::Event::Stdout(b)) = attached
+            .message::<pb::ExecEvent>()
+            .await
+            .unwrap()
+            .unwrap()
+            .to_owned_message()
+            .event
+        {
+            ticks += String::from_utf8_lossy(&b).matches("tick").count();
+        }
+    }
+    c.kill_process(pb::KillProcessRequest {
+        sandbox_id: id.clone(),
+        pid,
+        signal: 9,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut ended = false;
+    while let Ok(Some(m)) = attached.message::<pb::ExecEvent>().await {
+        if let Some(exec_event::Event::End(e)) = m.to_owned_message().event {
+            assert_eq!(e.exit_code, -1);
+            ended = true;
+        }
+    }
+    assert!(ended);
+
+    // Metrics.
+    let m = c.get_sandbox_metrics(sref(&id)).await.unwrap().into_owned();
+    assert!(
+        m.memory_bytes > 0
+            && m.memory_limit_bytes == 256 << 20
+            && m.pids >= 2
+            && m.cpu_usage_usec > 0,
+        "{m:?}"
+    );
+    let host = c
+        .get_host(pb::GetHostRequest::default())
+        .await
+        .unwrap()
+        .into_owned();
+    assert_eq!((host.runtime.as_str(), host.sandboxes), ("namespaces", 1));
+    assert!(host.templates.contains(&"base".to_string()));
+    let _ = StreamExt::count(futures::stream::empty::<()>()).await;
+}
+
+#[tokio::test]
+async fn two_hundred_cycles_leave_the_host_as_it_was() {
+    let agent = AgentProc::start();
+    let c = agent.client();
+    // One cycle first, so lazily made things (disk image cache) exist.
+    let warm = new_id("warm");
+    c.create_sandbox(create_req(&warm)).await.unwrap();
+    c.destroy_sandbox(sref(&warm)).await.unwrap();
+    let agent_pid = agent.child.as_ref().unwrap().id();
+    let snapshot = || {
+        let fds = std::fs::read_dir(format!("/proc/{agent_pid}/fd"))
+            .unwrap()
+            .count();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .count();
+        let links = std::fs::read_dir("/sys/class/net").unwrap().count();
+        let procs = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+            .count();
+        let netns = std::fs::read_dir("/var/run/netns")
+            .map(|r| r.count())
+            .unwrap_or(0);
+        let files = std::fs::read_dir(agent.data_dir.join("sandboxes"))
+            .unwrap()
+            .count();
+        let cgroups = host_traces(&agent.data_dir).len();
+        (fds, mounts, links, netns, files, cgroups, procs)
+    };
+    let before = snapshot();
+    let n: usize = std::env::var("WRENN_TEST_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    for i in 0..n {
+        let id = format!("sb-cycle{i}x{}", std::process::id());
+        c.create_sandbox(create_req(&id))
+            .await
+            .unwrap_or_else(|e| panic!("cycle {i}: {e:?}"));
+        c.destroy_sandbox(sref(&id)).await.unwrap();
+    }
+    let after = snapshot();
+    // Processes of the rest of the machine come and go; allow a little.
+    assert_eq!(
+        (before.0, before.1, before.2, before.3, before.4, before.5),
+        (after.0, after.1, after.2, after.3, after.4, after.5)
+    );
+    assert!(
+        after.6 <= before.6 + 5,
+        "processes {} -> {}",
+        before.6,
+        after.6
+    );
+}
