@@ -8,6 +8,7 @@ use std::path::Path;
 use rustix::fs::{Mode, OFlags};
 use rustix::ioctl::{Ioctl, IoctlOutput, Opcode};
 
+const LOOP_CTL_ADD: Opcode = 0x4C80;
 const LOOP_CTL_GET_FREE: Opcode = 0x4C82;
 const LOOP_CONFIGURE: Opcode = 0x4C0A;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
@@ -57,6 +58,23 @@ unsafe impl Ioctl for GetFree {
     }
 }
 
+struct Add(u32);
+
+// SAFETY: LOOP_CTL_ADD takes the device number by value.
+unsafe impl Ioctl for Add {
+    type Output = ();
+    const IS_MUTATING: bool = false;
+    fn opcode(&self) -> Opcode {
+        LOOP_CTL_ADD
+    }
+    fn as_ptr(&mut self) -> *mut core::ffi::c_void {
+        self.0 as usize as *mut core::ffi::c_void
+    }
+    unsafe fn output_from_ptr(_: IoctlOutput, _: *mut core::ffi::c_void) -> rustix::io::Result<()> {
+        Ok(())
+    }
+}
+
 struct Configure(LoopConfig);
 
 // SAFETY: LOOP_CONFIGURE reads a struct loop_config, which LoopConfig mirrors.
@@ -78,37 +96,48 @@ unsafe impl Ioctl for Configure {
 /// open descriptor of it. Autoclear detaches the device when its last user
 /// goes away, so keep the descriptor until the device is mounted.
 pub fn attach(image: &Path) -> std::io::Result<(String, std::os::fd::OwnedFd)> {
+    use std::os::fd::AsRawFd;
     let file = rustix::fs::open(image, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?;
     let ctl = rustix::fs::open(
         "/dev/loop-control",
         OFlags::RDWR | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    // Another process can take the device between GET_FREE and CONFIGURE;
-    // then CONFIGURE fails with EBUSY and we ask again.
-    for _ in 0..16 {
-        // SAFETY: GetFree matches the ioctl's contract.
-        let n = unsafe { rustix::ioctl::ioctl(&ctl, GetFree) }?;
+    // Sandboxes start in parallel: a host-wide lock from GET_FREE to
+    // CONFIGURE keeps two of them from racing for one device.
+    rustix::fs::flock(&ctl, rustix::fs::FlockOperation::LockExclusive)?;
+    // SAFETY: GetFree matches the ioctl's contract.
+    let first = unsafe { rustix::ioctl::ioctl(&ctl, GetFree) }?;
+    // A device just released by a dying sandbox can read as free yet still
+    // be claimed (EBUSY); then try the next numbers, adding devices as needed.
+    for n in first..first + 256 {
+        // SAFETY: Add matches the ioctl's contract.
+        match unsafe { rustix::ioctl::ioctl(&ctl, Add(n)) } {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
         let path = format!("/dev/loop{n}");
-        let dev =
-            match rustix::fs::open(path.as_str(), OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()) {
-                Ok(d) => d,
-                Err(rustix::io::Errno::NOENT) => {
-                    // The node may not exist in this /dev yet; make it.
-                    rustix::fs::mknodat(
-                        rustix::fs::CWD,
-                        path.as_str(),
-                        rustix::fs::FileType::BlockDevice,
-                        Mode::from_raw_mode(0o660),
-                        rustix::fs::makedev(7, n),
-                    )?;
-                    rustix::fs::open(path.as_str(), OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?
-                }
-                Err(e) => return Err(e.into()),
-            };
+        let open =
+            || rustix::fs::open(path.as_str(), OFlags::RDWR | OFlags::CLOEXEC, Mode::empty());
+        let dev = match open() {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NOENT) => {
+                // The node may not exist in this /dev yet; make it.
+                let dev = rustix::fs::makedev(7, n);
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    path.as_str(),
+                    rustix::fs::FileType::BlockDevice,
+                    Mode::from_raw_mode(0o660),
+                    dev,
+                )?;
+                open()?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // SAFETY: all-zero is a valid loop_info64.
         let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
         info.lo_flags = LO_FLAGS_AUTOCLEAR;
-        use std::os::fd::AsRawFd;
         let cfg = LoopConfig {
             fd: file.as_fd().as_raw_fd() as u32,
             block_size: 0,
@@ -122,7 +151,9 @@ pub fn attach(image: &Path) -> std::io::Result<(String, std::os::fd::OwnedFd)> {
             Err(e) => return Err(e.into()),
         }
     }
-    Err(std::io::Error::other("no free loop device after 16 tries"))
+    Err(std::io::Error::other(
+        "no usable loop device among 256 tried; is something else holding loop devices?",
+    ))
 }
 
 #[cfg(test)]
