@@ -8,15 +8,21 @@
 #   CARGO_TARGET_DIR   build directory (default /var/tmp/wrenn-target, kept
 #                      between runs so rebuilds are incremental)
 #   WRENN_TEST_VENV    Python venv for the SDK tests (default /var/tmp/wrenn-test-venv)
+#   WRENN_TEST_DATA    data directory holding the test `base` template, built
+#                      with debootstrap on first use (default /var/tmp/wrenn-test-data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/wrenn-target}"
 VENV="${WRENN_TEST_VENV:-/var/tmp/wrenn-test-venv}"
+DATA="${WRENN_TEST_DATA:-/var/tmp/wrenn-test-data}"
 step() { printf '\n==> %s\n' "$*"; }
 
 step "Debian packages"
-packages=(ca-certificates gcc procps)
+# debootstrap builds the base template; nftables, iproute2 and e2fsprogs are
+# the namespace runtime's firewall, links and disks; bubblewrap and crun are
+# what the agent benchmark compares against.
+packages=(ca-certificates gcc procps debootstrap nftables iproute2 e2fsprogs curl bubblewrap crun)
 python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 missing=()
 for p in "${packages[@]}"; do
@@ -41,6 +47,10 @@ echo "ok"
 
 step "Build"
 cargo build --workspace --bins --tests
+
+step "The base template for sandbox tests ($DATA)"
+"$CARGO_TARGET_DIR/debug/wrenn" --data-dir "$DATA" template build base
+export WRENN_TEST_TEMPLATES="$DATA/templates"
 
 step "Rust tests (unit and integration)"
 cargo test --workspace

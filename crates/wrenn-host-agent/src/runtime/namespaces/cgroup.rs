@@ -359,7 +359,9 @@ mod tests {
         assert!(cg.is_frozen(&id));
         cg.set_frozen(&id, false).unwrap();
         assert!(!cg.is_frozen(&id));
-        assert!(cg.usage(&id).memory_bytes > 0);
+        // Memory is charged where it was first touched (before the move), so
+        // only the task count is certain here.
+        assert_eq!(cg.usage(&id).pids, 1);
         child.kill().unwrap();
         child.wait().unwrap();
         cg.remove(&id).unwrap();
