@@ -22,7 +22,7 @@ step "Debian packages"
 # debootstrap builds the base template; nftables, iproute2 and e2fsprogs are
 # the namespace runtime's firewall, links and disks; bubblewrap and crun are
 # what the agent benchmark compares against.
-packages=(ca-certificates gcc procps debootstrap nftables iproute2 e2fsprogs curl bubblewrap crun)
+packages=(ca-certificates gcc procps postgresql debootstrap nftables iproute2 e2fsprogs curl bubblewrap crun)
 python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 missing=()
 for p in "${packages[@]}"; do
@@ -51,6 +51,19 @@ cargo build --workspace --bins --tests
 step "The base template for sandbox tests ($DATA)"
 "$CARGO_TARGET_DIR/debug/wrenn" --data-dir "$DATA" template build base
 export WRENN_TEST_TEMPLATES="$DATA/templates"
+
+step "A throwaway PostgreSQL for the store tests"
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+PGDIR=$(mktemp -d /var/tmp/wrenn-test-pg.XXXXXX)
+chown postgres "$PGDIR"
+runuser -u postgres -- "$PGBIN/initdb" -D "$PGDIR/data" -A trust -U wrenn >/dev/null
+PGPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/log" -w \
+  -o "-k $PGDIR -p $PGPORT -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
+stop_pg() { runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDIR/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$PGDIR"; }
+trap stop_pg EXIT
+export WRENN_TEST_PG_URL="postgres://wrenn@127.0.0.1:$PGPORT/postgres"
+echo "PostgreSQL on 127.0.0.1:$PGPORT"
 
 step "Rust tests (unit and integration)"
 cargo test --workspace

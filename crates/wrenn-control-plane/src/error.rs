@@ -1,0 +1,90 @@
+//! API errors: `{"error": {"code", "message"}}` with the right status.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// An error a client sees.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+impl ApiError {
+    /// Any error.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+    /// 400.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+    /// 401.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+    /// 403.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+    /// 404.
+    pub fn not_found(what: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+    }
+    /// 409.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+    /// 500, for what the server got wrong.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+    /// 503.
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(code = self.code, "{}", self.message);
+        }
+        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::internal(format!("database: {e}"))
+    }
+}
+
+/// Maps an agent's Connect error onto the API.
+impl From<connectrpc::ConnectError> for ApiError {
+    fn from(e: connectrpc::ConnectError) -> Self {
+        use connectrpc::ErrorCode as C;
+        let msg = e.message.clone().unwrap_or_else(|| format!("{:?}", e.code));
+        match e.code {
+            C::InvalidArgument => ApiError::bad_request(msg),
+            C::NotFound => ApiError::new(StatusCode::NOT_FOUND, "not_found", msg),
+            C::AlreadyExists => ApiError::conflict("already_exists", msg),
+            C::FailedPrecondition => ApiError::conflict("invalid_state", msg),
+            C::PermissionDenied => ApiError::forbidden(msg),
+            C::ResourceExhausted => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "resource_exhausted", msg),
+            C::DeadlineExceeded => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", msg),
+            C::Unavailable => ApiError::unavailable("host_unavailable", msg),
+            _ => ApiError::internal(msg),
+        }
+    }
+}
+
+/// Result of a handler.
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,568 @@
+//! Persistence: one [`Store`] over PostgreSQL (production) or SQLite (the
+//! embedded default), chosen by URL. The same SQL runs on both (`$n`
+//! placeholders, portable types, unix-second timestamps, JSON as text);
+//! migrations are embedded and applied on start.
+
+mod migrations;
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+pub use migrations::MIGRATIONS;
+
+/// Unix time in seconds.
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A person who can log in.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct User {
+    /// `usr-…`.
+    pub id: String,
+    /// Login.
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// Argon2id PHC string.
+    #[serde(skip)]
+    pub password_hash: String,
+    /// May manage hosts.
+    pub is_admin: bool,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A team: the unit that owns sandboxes and keys.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Team {
+    /// `team-…`.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A member of a team.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Member {
+    /// The user.
+    pub user_id: String,
+    /// Their email.
+    pub email: String,
+    /// owner, admin or member.
+    pub role: String,
+}
+
+/// An API key (never its secret).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApiKey {
+    /// `key-…`.
+    pub id: String,
+    /// Owning team.
+    pub team_id: String,
+    /// Who made it.
+    pub created_by: String,
+    /// Label.
+    pub name: String,
+    /// Start of the key, to recognise it.
+    pub prefix: String,
+    /// Its last four characters.
+    pub last4: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds, if ever used.
+    pub last_used_at: Option<i64>,
+}
+
+/// A host running an agent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Host {
+    /// `host-…`.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Agent address (host:port).
+    pub address: String,
+    /// Token to call the agent.
+    #[serde(skip)]
+    pub token: String,
+    /// online, unreachable.
+    pub status: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub last_seen_at: i64,
+}
+
+/// A sandbox as the control plane knows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Sandbox {
+    /// `sb-…`.
+    pub id: String,
+    /// Owning team.
+    pub team_id: String,
+    /// Host it runs on.
+    pub host_id: String,
+    /// Template.
+    pub template: String,
+    /// pending, starting, running, paused, stopped, missing, error.
+    pub state: String,
+    /// CPUs.
+    pub vcpus: i64,
+    /// Memory.
+    pub memory_mb: i64,
+    /// Disk.
+    pub disk_size_mb: i64,
+    /// Idle timeout.
+    pub timeout_sec: i64,
+    /// Egress allowed.
+    pub allow_internet_access: bool,
+    /// Labels.
+    pub metadata: HashMap<String, String>,
+    /// envd's address as the host sees it.
+    pub envd_address: String,
+    /// envd's token.
+    #[serde(skip)]
+    pub envd_token: String,
+    /// Why it is in `error`.
+    pub error: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub started_at: i64,
+    /// Unix seconds.
+    pub last_active_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+}
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditEntry {
+    /// `aud-…`.
+    pub id: String,
+    /// Team.
+    pub team_id: String,
+    /// Who (user or key id).
+    pub actor: String,
+    /// What, e.g. `sandbox.create`.
+    pub action: String,
+    /// On what.
+    pub target: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// The database.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    /// "postgres" or "sqlite".
+    pub backend: &'static str,
+}
+
+fn user(r: &AnyRow) -> User {
+    User {
+        id: r.get("id"),
+        email: r.get("email"),
+        name: r.get("name"),
+        password_hash: r.get("password_hash"),
+        is_admin: r.get::<i64, _>("is_admin") != 0,
+        created_at: r.get("created_at"),
+    }
+}
+
+fn api_key(r: &AnyRow) -> ApiKey {
+    ApiKey {
+        id: r.get("id"),
+        team_id: r.get("team_id"),
+        created_by: r.get("created_by"),
+        name: r.get("name"),
+        prefix: r.get("prefix"),
+        last4: r.get("last4"),
+        created_at: r.get("created_at"),
+        last_used_at: r.get("last_used_at"),
+    }
+}
+
+fn host(r: &AnyRow) -> Host {
+    Host {
+        id: r.get("id"),
+        name: r.get("name"),
+        address: r.get("address"),
+        token: r.get("token"),
+        status: r.get("status"),
+        created_at: r.get("created_at"),
+        last_seen_at: r.get("last_seen_at"),
+    }
+}
+
+fn sandbox(r: &AnyRow) -> Sandbox {
+    let meta: String = r.get("metadata");
+    Sandbox {
+        id: r.get("id"),
+        team_id: r.get("team_id"),
+        host_id: r.get("host_id"),
+        template: r.get("template"),
+        state: r.get("state"),
+        vcpus: r.get("vcpus"),
+        memory_mb: r.get("memory_mb"),
+        disk_size_mb: r.get("disk_size_mb"),
+        timeout_sec: r.get("timeout_sec"),
+        allow_internet_access: r.get::<i64, _>("allow_internet_access") != 0,
+        metadata: serde_json::from_str(&meta).unwrap_or_default(),
+        envd_address: r.get("envd_address"),
+        envd_token: r.get("envd_token"),
+        error: r.get("error"),
+        created_at: r.get("created_at"),
+        started_at: r.get("started_at"),
+        last_active_at: r.get("last_active_at"),
+        updated_at: r.get("updated_at"),
+    }
+}
+
+const SANDBOX_COLS: &str = "id, team_id, host_id, template, state, vcpus, memory_mb, disk_size_mb, timeout_sec, allow_internet_access, metadata, envd_address, envd_token, error, created_at, started_at, last_active_at, updated_at";
+
+impl Store {
+    /// Connects to `url` (`postgres://…` or `sqlite://…`) and applies
+    /// migrations.
+    pub async fn connect(url: &str) -> Result<Store, sqlx::Error> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres") { "postgres" } else { "sqlite" };
+        let mut opts = AnyPoolOptions::new().max_connections(if backend == "sqlite" { 8 } else { 16 });
+        if backend == "sqlite" {
+            opts = opts.after_connect(|conn, _| {
+                Box::pin(async move {
+                    use sqlx::Executor;
+                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;").await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = opts.connect(url).await?;
+        let store = Store { pool, backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies the migrations not yet applied.
+    pub async fn migrate(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+            .execute(&self.pool)
+            .await?;
+        for (version, statements) in MIGRATIONS {
+            let done: Option<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
+                .bind(*version)
+                .fetch_optional(&self.pool)
+                .await?;
+            if done.is_some() {
+                continue;
+            }
+            let mut tx = self.pool.begin().await?;
+            for s in statements.iter() {
+                sqlx::query(s).execute(&mut *tx).await?;
+            }
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+                .bind(*version)
+                .bind(now())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    // ---- users and teams
+
+    /// Creates a user.
+    pub async fn create_user(&self, u: &User) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO users (id, email, name, password_hash, is_admin, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(&u.id)
+            .bind(&u.email)
+            .bind(&u.name)
+            .bind(&u.password_hash)
+            .bind(i64::from(u.is_admin))
+            .bind(u.created_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A user by email.
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, sqlx::Error> {
+        Ok(sqlx::query("SELECT * FROM users WHERE email = $1").bind(email).fetch_optional(&self.pool).await?.map(|r| user(&r)))
+    }
+
+    /// A user by id.
+    pub async fn user_by_id(&self, id: &str) -> Result<Option<User>, sqlx::Error> {
+        Ok(sqlx::query("SELECT * FROM users WHERE id = $1").bind(id).fetch_optional(&self.pool).await?.map(|r| user(&r)))
+    }
+
+    /// Creates a team.
+    pub async fn create_team(&self, t: &Team) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO teams (id, name, created_at) VALUES ($1, $2, $3)")
+            .bind(&t.id)
+            .bind(&t.name)
+            .bind(t.created_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A team by id.
+    pub async fn team(&self, id: &str) -> Result<Option<Team>, sqlx::Error> {
+        Ok(sqlx::query("SELECT id, name, created_at FROM teams WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| Team { id: r.get("id"), name: r.get("name"), created_at: r.get("created_at") }))
+    }
+
+    /// Adds (or re-roles) a member.
+    pub async fn set_member(&self, team_id: &str, user_id: &str, role: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM team_members WHERE team_id = $1 AND user_id = $2").bind(team_id).bind(user_id).execute(&self.pool).await?;
+        sqlx::query("INSERT INTO team_members (team_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(team_id)
+            .bind(user_id)
+            .bind(role)
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a member; false if they were not one.
+    pub async fn remove_member(&self, team_id: &str, user_id: &str) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query("DELETE FROM team_members WHERE team_id = $1 AND user_id = $2").bind(team_id).bind(user_id).execute(&self.pool).await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Members of a team.
+    pub async fn members(&self, team_id: &str) -> Result<Vec<Member>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT m.user_id AS user_id, u.email AS email, m.role AS role FROM team_members m JOIN users u ON u.id = m.user_id WHERE m.team_id = $1 ORDER BY u.email",
+        )
+        .bind(team_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| Member { user_id: r.get("user_id"), email: r.get("email"), role: r.get("role") }).collect())
+    }
+
+    /// A user's role in a team, if a member.
+    pub async fn role(&self, team_id: &str, user_id: &str) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT role FROM team_members WHERE team_id = $1 AND user_id = $2")
+            .bind(team_id)
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// Teams a user belongs to, with their role, oldest first.
+    pub async fn teams_of(&self, user_id: &str) -> Result<Vec<(Team, String)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT t.id AS id, t.name AS name, t.created_at AS created_at, m.role AS role FROM teams t JOIN team_members m ON m.team_id = t.id WHERE m.user_id = $1 ORDER BY t.created_at, t.id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (Team { id: r.get("id"), name: r.get("name"), created_at: r.get("created_at") }, r.get("role")))
+            .collect())
+    }
+
+    // ---- API keys
+
+    /// Stores a key by the SHA-256 of its secret.
+    pub async fn create_api_key(&self, k: &ApiKey, hash: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO api_keys (id, team_id, created_by, name, key_hash, prefix, last4, created_at, last_used_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)")
+            .bind(&k.id)
+            .bind(&k.team_id)
+            .bind(&k.created_by)
+            .bind(&k.name)
+            .bind(hash)
+            .bind(&k.prefix)
+            .bind(&k.last4)
+            .bind(k.created_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The key whose secret hashes to `hash`.
+    pub async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>, sqlx::Error> {
+        Ok(sqlx::query("SELECT * FROM api_keys WHERE key_hash = $1").bind(hash).fetch_optional(&self.pool).await?.map(|r| api_key(&r)))
+    }
+
+    /// Marks a key used now.
+    pub async fn touch_api_key(&self, id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2").bind(now()).bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// A team's keys.
+    pub async fn api_keys(&self, team_id: &str) -> Result<Vec<ApiKey>, sqlx::Error> {
+        let rows = sqlx::query("SELECT * FROM api_keys WHERE team_id = $1 ORDER BY created_at, id").bind(team_id).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(api_key).collect())
+    }
+
+    /// Deletes a team's key; false if it has none by that id.
+    pub async fn delete_api_key(&self, team_id: &str, id: &str) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query("DELETE FROM api_keys WHERE team_id = $1 AND id = $2").bind(team_id).bind(id).execute(&self.pool).await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    // ---- hosts
+
+    /// Creates or updates a host.
+    pub async fn upsert_host(&self, h: &Host) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM hosts WHERE id = $1").bind(&h.id).execute(&self.pool).await?;
+        sqlx::query("INSERT INTO hosts (id, name, address, token, status, created_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(&h.id)
+            .bind(&h.name)
+            .bind(&h.address)
+            .bind(&h.token)
+            .bind(&h.status)
+            .bind(h.created_at)
+            .bind(h.last_seen_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every host.
+    pub async fn hosts(&self) -> Result<Vec<Host>, sqlx::Error> {
+        Ok(sqlx::query("SELECT * FROM hosts ORDER BY created_at, id").fetch_all(&self.pool).await?.iter().map(host).collect())
+    }
+
+    /// One host.
+    pub async fn host(&self, id: &str) -> Result<Option<Host>, sqlx::Error> {
+        Ok(sqlx::query("SELECT * FROM hosts WHERE id = $1").bind(id).fetch_optional(&self.pool).await?.map(|r| host(&r)))
+    }
+
+    // ---- sandboxes
+
+    /// Records a new sandbox (normally `pending`).
+    pub async fn insert_sandbox(&self, s: &Sandbox) -> Result<(), sqlx::Error> {
+        sqlx::query(&format!("INSERT INTO sandboxes ({SANDBOX_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"))
+            .bind(&s.id)
+            .bind(&s.team_id)
+            .bind(&s.host_id)
+            .bind(&s.template)
+            .bind(&s.state)
+            .bind(s.vcpus)
+            .bind(s.memory_mb)
+            .bind(s.disk_size_mb)
+            .bind(s.timeout_sec)
+            .bind(i64::from(s.allow_internet_access))
+            .bind(serde_json::to_string(&s.metadata).expect("map serializes"))
+            .bind(&s.envd_address)
+            .bind(&s.envd_token)
+            .bind(&s.error)
+            .bind(s.created_at)
+            .bind(s.started_at)
+            .bind(s.last_active_at)
+            .bind(s.updated_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes every mutable field of a sandbox.
+    pub async fn update_sandbox(&self, s: &Sandbox) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE sandboxes SET state = $1, host_id = $2, envd_address = $3, envd_token = $4, error = $5, started_at = $6, last_active_at = $7, updated_at = $8, timeout_sec = $9 WHERE id = $10")
+            .bind(&s.state)
+            .bind(&s.host_id)
+            .bind(&s.envd_address)
+            .bind(&s.envd_token)
+            .bind(&s.error)
+            .bind(s.started_at)
+            .bind(s.last_active_at)
+            .bind(now())
+            .bind(s.timeout_sec)
+            .bind(&s.id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A team's sandbox; `None` for other teams' sandboxes too.
+    pub async fn sandbox(&self, team_id: &str, id: &str) -> Result<Option<Sandbox>, sqlx::Error> {
+        Ok(sqlx::query(&format!("SELECT {SANDBOX_COLS} FROM sandboxes WHERE team_id = $1 AND id = $2"))
+            .bind(team_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| sandbox(&r)))
+    }
+
+    /// A team's sandboxes, optionally in one state, newest first.
+    pub async fn sandboxes(&self, team_id: &str, state: Option<&str>) -> Result<Vec<Sandbox>, sqlx::Error> {
+        let rows = match state {
+            Some(st) => {
+                sqlx::query(&format!("SELECT {SANDBOX_COLS} FROM sandboxes WHERE team_id = $1 AND state = $2 ORDER BY created_at DESC, id"))
+                    .bind(team_id)
+                    .bind(st)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query(&format!("SELECT {SANDBOX_COLS} FROM sandboxes WHERE team_id = $1 AND state <> 'stopped' ORDER BY created_at DESC, id"))
+                    .bind(team_id)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        Ok(rows.iter().map(sandbox).collect())
+    }
+
+    /// Sandboxes on a host that are not stopped.
+    pub async fn sandboxes_on_host(&self, host_id: &str) -> Result<Vec<Sandbox>, sqlx::Error> {
+        let rows = sqlx::query(&format!("SELECT {SANDBOX_COLS} FROM sandboxes WHERE host_id = $1 AND state <> 'stopped' ORDER BY id"))
+            .bind(host_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(sandbox).collect())
+    }
+
+    // ---- audit
+
+    /// Appends to the audit log.
+    pub async fn audit(&self, team_id: &str, actor: &str, action: &str, target: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO audit_logs (id, team_id, actor, action, target, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(crate::ids::new("aud"))
+            .bind(team_id)
+            .bind(actor)
+            .bind(action)
+            .bind(target)
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A team's most recent audit entries.
+    pub async fn audit_log(&self, team_id: &str, limit: i64) -> Result<Vec<AuditEntry>, sqlx::Error> {
+        let rows = sqlx::query("SELECT * FROM audit_logs WHERE team_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2")
+            .bind(team_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| AuditEntry {
+                id: r.get("id"),
+                team_id: r.get("team_id"),
+                actor: r.get("actor"),
+                action: r.get("action"),
+                target: r.get("target"),
+                created_at: r.get("created_at"),
+            })
+            .collect())
+    }
+}
