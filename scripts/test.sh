@@ -43,6 +43,7 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/sdk/requirements.txt
+"$VENV/bin/pip" install -q --disable-pip-version-check --ignore-requires-python wrenn==0.3.0
 echo "ok"
 
 step "Build"
@@ -68,5 +69,6 @@ echo "PostgreSQL on 127.0.0.1:$PGPORT"
 step "Rust tests (unit and integration)"
 cargo test --workspace
 
-step "SDK tests (e2b from PyPI against the real binaries)"
-WRENN_ENVD_BIN="$CARGO_TARGET_DIR/debug/envd" "$VENV/bin/python" -m pytest tests/sdk -q -p no:cacheprovider
+step "SDK tests (e2b and wrenn from PyPI against the real binaries)"
+WRENN_ENVD_BIN="$CARGO_TARGET_DIR/debug/envd" WRENN_BIN="$CARGO_TARGET_DIR/debug/wrenn" \
+  "$VENV/bin/python" -m pytest tests/sdk -q -p no:cacheprovider

@@ -25,11 +25,15 @@ def envd_binary() -> Path:
     explicit = os.environ.get("WRENN_ENVD_BIN")
     if explicit:
         return Path(explicit)
-    for profile in ("release", "debug"):
-        candidate = _target_dir() / profile / "envd"
-        if candidate.exists():
-            return candidate
-    raise RuntimeError("envd is not built: run `cargo build -p envd` or set WRENN_ENVD_BIN")
+    return _newest("envd")
+
+
+def _newest(name: str) -> Path:
+    """The most recently built of the release and debug binaries."""
+    built = [p for p in (_target_dir() / "release" / name, _target_dir() / "debug" / name) if p.exists()]
+    if not built:
+        raise RuntimeError(f"{name} is not built: run `cargo build -p {name}` or set the path in the environment")
+    return max(built, key=lambda p: p.stat().st_mtime)
 
 
 def _port_open(port: int) -> bool:
@@ -92,3 +96,62 @@ def sbx(envd, monkeypatch):
 def workdir(tmp_path):
     """A scratch directory the test's files go in; removed by pytest."""
     return str(tmp_path)
+
+
+def wrenn_binary() -> Path:
+    explicit = os.environ.get("WRENN_BIN")
+    if explicit:
+        return Path(explicit)
+    return _newest("wrenn")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def wrenn_up(tmp_path_factory):
+    """`wrenn up` on its own data directory (with the test `base` template)
+    and port; yields (base_url, api_key, data_dir). Stopped with Ctrl-C
+    (SIGINT), which destroys its sandboxes."""
+    import json
+
+    templates = Path(os.environ.get("WRENN_TEST_TEMPLATES", "/var/tmp/wrenn-test-data/templates"))
+    if not (templates / "base" / "rootfs" / "bin").exists():
+        raise RuntimeError(f"no test template in {templates}; run scripts/test.sh")
+    data = tmp_path_factory.mktemp("wrenn-up")
+    (data / "templates").mkdir()
+    (data / "templates" / "base").symlink_to(templates / "base")
+    config = data / "cli.json"
+    port = _free_port()
+    log = open(data / "up.log", "w")
+    proc = subprocess.Popen(
+        [str(wrenn_binary()), "--data-dir", str(data), "up", "--listen", f"127.0.0.1:{port}", "--config", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "WRENN_LOG": "warn"},
+    )
+    deadline = time.time() + 60
+    while not (_port_open(port) and config.exists()):
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError("wrenn up did not start: " + (data / "up.log").read_text())
+        time.sleep(0.05)
+    key = json.loads(config.read_text())["api_key"]
+    try:
+        yield f"http://127.0.0.1:{port}", key, data
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            for pid in _descendants(proc.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            proc.kill()
+            proc.wait()
+        log.close()

@@ -19,7 +19,11 @@ pub struct ApiError {
 impl ApiError {
     /// Any error.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     /// 400.
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -35,7 +39,11 @@ impl ApiError {
     }
     /// 404.
     pub fn not_found(what: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
     }
     /// 409.
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
@@ -78,7 +86,9 @@ impl From<connectrpc::ConnectError> for ApiError {
             C::AlreadyExists => ApiError::conflict("already_exists", msg),
             C::FailedPrecondition => ApiError::conflict("invalid_state", msg),
             C::PermissionDenied => ApiError::forbidden(msg),
-            C::ResourceExhausted => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "resource_exhausted", msg),
+            C::ResourceExhausted => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "resource_exhausted", msg)
+            }
             C::DeadlineExceeded => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", msg),
             C::Unavailable => ApiError::unavailable("host_unavailable", msg),
             _ => ApiError::internal(msg),

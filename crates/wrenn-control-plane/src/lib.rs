@@ -1,7 +1,69 @@
 //! Wrenn's control plane: the REST API, identity, persistence and the
 //! scheduling of sandboxes onto host agents. Stateless: everything lives in
 //! the [`store::Store`], so several can share one database.
+//!
+//! - [`store`]: PostgreSQL or SQLite behind one `Store`;
+//! - [`auth`]: passwords, JWTs, API keys and the `Caller` extractor;
+//! - [`hosts`]: agent clients and schedulers;
+//! - [`api`]: the routes; [`reconcile`]: database against agents.
 
+pub mod api;
+pub mod auth;
 pub mod error;
+pub mod hosts;
 pub mod ids;
+pub mod reconcile;
 pub mod store;
+
+use std::sync::Arc;
+
+/// Everything a handler needs.
+#[derive(Clone)]
+pub struct App {
+    /// The database.
+    pub store: store::Store,
+    /// User tokens.
+    pub jwt: auth::Jwt,
+    /// Agent clients.
+    pub hosts: hosts::HostPool,
+    /// Where new sandboxes go.
+    pub scheduler: Arc<dyn hosts::Scheduler>,
+    /// Lifecycle events, by team.
+    pub events: tokio::sync::broadcast::Sender<(String, serde_json::Value)>,
+}
+
+impl App {
+    /// An app over `store` with the JWT secret and round-robin scheduling.
+    pub fn new(store: store::Store, jwt_secret: &[u8]) -> App {
+        App {
+            store,
+            jwt: auth::Jwt::new(jwt_secret),
+            hosts: hosts::HostPool::default(),
+            scheduler: Arc::new(hosts::RoundRobin::default()),
+            events: tokio::sync::broadcast::channel(1024).0,
+        }
+    }
+}
+
+/// Serves the API on `addr` until `shutdown` resolves, reconciling the
+/// database with the agents in the background.
+pub async fn serve(
+    app: App,
+    addr: std::net::SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = tokio::net::TcpListener::bind(addr).await?.tap_io(|t| {
+        let _ = t.set_nodelay(true);
+    });
+    tracing::info!(%addr, backend = app.store.backend, "control plane listening");
+    let reconciler = tokio::spawn(reconcile::run_forever(
+        app.clone(),
+        std::time::Duration::from_secs(2),
+    ));
+    let r = axum::serve(listener, api::router(app))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    reconciler.abort();
+    r
+}

@@ -12,39 +12,106 @@ async fn suite(store: &Store) {
     // Migrations are idempotent.
     store.migrate().await.unwrap();
 
-    let u = User { id: ids::new("usr"), email: "ada@example.com".into(), name: "Ada".into(), password_hash: "h".into(), is_admin: true, created_at: now() };
+    let u = User {
+        id: ids::new("usr"),
+        email: "ada@example.com".into(),
+        name: "Ada".into(),
+        password_hash: "h".into(),
+        is_admin: true,
+        created_at: now(),
+    };
     store.create_user(&u).await.unwrap();
     assert!(store.create_user(&u).await.is_err(), "duplicate email");
-    assert_eq!(store.user_by_email("ada@example.com").await.unwrap(), Some(u.clone()));
-    assert_eq!(store.user_by_id(&u.id).await.unwrap().unwrap().email, "ada@example.com");
-    assert!(store.user_by_email("nobody@example.com").await.unwrap().is_none());
+    assert_eq!(
+        store.user_by_email("ada@example.com").await.unwrap(),
+        Some(u.clone())
+    );
+    assert_eq!(
+        store.user_by_id(&u.id).await.unwrap().unwrap().email,
+        "ada@example.com"
+    );
+    assert!(
+        store
+            .user_by_email("nobody@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
-    let t1 = Team { id: ids::new("team"), name: "one".into(), created_at: now() };
-    let t2 = Team { id: ids::new("team"), name: "two".into(), created_at: now() + 1 };
+    let t1 = Team {
+        id: ids::new("team"),
+        name: "one".into(),
+        created_at: now(),
+    };
+    let t2 = Team {
+        id: ids::new("team"),
+        name: "two".into(),
+        created_at: now() + 1,
+    };
     store.create_team(&t1).await.unwrap();
     store.create_team(&t2).await.unwrap();
     store.set_member(&t1.id, &u.id, "owner").await.unwrap();
     store.set_member(&t2.id, &u.id, "member").await.unwrap();
     store.set_member(&t2.id, &u.id, "admin").await.unwrap();
     let teams = store.teams_of(&u.id).await.unwrap();
-    assert_eq!(teams.iter().map(|(t, r)| (t.name.as_str(), r.as_str())).collect::<Vec<_>>(), vec![("one", "owner"), ("two", "admin")]);
-    assert_eq!(store.role(&t2.id, &u.id).await.unwrap().as_deref(), Some("admin"));
+    assert_eq!(
+        teams
+            .iter()
+            .map(|(t, r)| (t.name.as_str(), r.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("one", "owner"), ("two", "admin")]
+    );
+    assert_eq!(
+        store.role(&t2.id, &u.id).await.unwrap().as_deref(),
+        Some("admin")
+    );
     assert_eq!(store.members(&t1.id).await.unwrap().len(), 1);
     assert!(store.remove_member(&t2.id, &u.id).await.unwrap());
     assert!(!store.remove_member(&t2.id, &u.id).await.unwrap());
     assert_eq!(store.role(&t2.id, &u.id).await.unwrap(), None);
 
-    let k = ApiKey { id: ids::new("key"), team_id: t1.id.clone(), created_by: u.id.clone(), name: "ci".into(), prefix: "wrn_ab12".into(), last4: "ff00".into(), created_at: now(), last_used_at: None };
+    let k = ApiKey {
+        id: ids::new("key"),
+        team_id: t1.id.clone(),
+        created_by: u.id.clone(),
+        name: "ci".into(),
+        prefix: "wrn_ab12".into(),
+        last4: "ff00".into(),
+        created_at: now(),
+        last_used_at: None,
+    };
     store.create_api_key(&k, "hash-1").await.unwrap();
-    assert_eq!(store.api_key_by_hash("hash-1").await.unwrap(), Some(k.clone()));
+    assert_eq!(
+        store.api_key_by_hash("hash-1").await.unwrap(),
+        Some(k.clone())
+    );
     store.touch_api_key(&k.id).await.unwrap();
-    assert!(store.api_key_by_hash("hash-1").await.unwrap().unwrap().last_used_at.is_some());
+    assert!(
+        store
+            .api_key_by_hash("hash-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at
+            .is_some()
+    );
     assert_eq!(store.api_keys(&t1.id).await.unwrap().len(), 1);
-    assert!(!store.delete_api_key(&t2.id, &k.id).await.unwrap(), "another team cannot delete it");
+    assert!(
+        !store.delete_api_key(&t2.id, &k.id).await.unwrap(),
+        "another team cannot delete it"
+    );
     assert!(store.delete_api_key(&t1.id, &k.id).await.unwrap());
     assert!(store.api_key_by_hash("hash-1").await.unwrap().is_none());
 
-    let h = Host { id: ids::new("host"), name: "local".into(), address: "127.0.0.1:7070".into(), token: "t".into(), status: "online".into(), created_at: now(), last_seen_at: now() };
+    let h = Host {
+        id: ids::new("host"),
+        name: "local".into(),
+        address: "127.0.0.1:7070".into(),
+        token: "t".into(),
+        status: "online".into(),
+        created_at: now(),
+        last_seen_at: now(),
+    };
     store.upsert_host(&h).await.unwrap();
     store.upsert_host(&h).await.unwrap();
     assert_eq!(store.hosts().await.unwrap(), vec![h.clone()]);
@@ -66,24 +133,51 @@ async fn suite(store: &Store) {
     };
     store.insert_sandbox(&s).await.unwrap();
     assert_eq!(store.sandbox(&t1.id, &s.id).await.unwrap(), Some(s.clone()));
-    assert_eq!(store.sandbox(&t2.id, &s.id).await.unwrap(), None, "team scoping");
+    assert_eq!(
+        store.sandbox(&t2.id, &s.id).await.unwrap(),
+        None,
+        "team scoping"
+    );
     s.state = "running".into();
     s.envd_address = "10.200.0.2:49983".into();
     s.started_at = now();
     store.update_sandbox(&s).await.unwrap();
     let got = store.sandbox(&t1.id, &s.id).await.unwrap().unwrap();
-    assert_eq!((got.state.as_str(), got.envd_address.as_str()), ("running", "10.200.0.2:49983"));
+    assert_eq!(
+        (got.state.as_str(), got.envd_address.as_str()),
+        ("running", "10.200.0.2:49983")
+    );
     assert_eq!(got.metadata.get("project").map(String::as_str), Some("x"));
     assert_eq!(store.sandboxes(&t1.id, None).await.unwrap().len(), 1);
-    assert_eq!(store.sandboxes(&t1.id, Some("paused")).await.unwrap().len(), 0);
+    assert_eq!(
+        store.sandboxes(&t1.id, Some("paused")).await.unwrap().len(),
+        0
+    );
     assert_eq!(store.sandboxes_on_host(&h.id).await.unwrap().len(), 1);
     s.state = "stopped".into();
     store.update_sandbox(&s).await.unwrap();
-    assert_eq!(store.sandboxes(&t1.id, None).await.unwrap().len(), 0, "stopped ones are not listed by default");
-    assert_eq!(store.sandboxes(&t1.id, Some("stopped")).await.unwrap().len(), 1);
+    assert_eq!(
+        store.sandboxes(&t1.id, None).await.unwrap().len(),
+        0,
+        "stopped ones are not listed by default"
+    );
+    assert_eq!(
+        store
+            .sandboxes(&t1.id, Some("stopped"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 
-    store.audit(&t1.id, &u.id, "sandbox.create", &s.id).await.unwrap();
-    store.audit(&t1.id, &u.id, "sandbox.destroy", &s.id).await.unwrap();
+    store
+        .audit(&t1.id, &u.id, "sandbox.create", &s.id)
+        .await
+        .unwrap();
+    store
+        .audit(&t1.id, &u.id, "sandbox.destroy", &s.id)
+        .await
+        .unwrap();
     let log = store.audit_log(&t1.id, 10).await.unwrap();
     assert_eq!(log.len(), 2);
     assert!(store.audit_log(&t2.id, 10).await.unwrap().is_empty());
@@ -93,7 +187,9 @@ async fn suite(store: &Store) {
 async fn store_suite_on_sqlite() {
     let path = std::env::temp_dir().join(format!("wrenn-store-{}.db", std::process::id()));
     let _ = std::fs::remove_file(&path);
-    let store = Store::connect(&format!("sqlite://{}?mode=rwc", path.display())).await.unwrap();
+    let store = Store::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .unwrap();
     assert_eq!(store.backend, "sqlite");
     suite(&store).await;
     drop(store);
@@ -105,14 +201,24 @@ async fn store_suite_on_sqlite() {
 #[tokio::test]
 async fn store_suite_on_postgres() {
     let Ok(admin_url) = std::env::var("WRENN_TEST_PG_URL") else {
-        assert!(std::env::var("CI").is_err(), "CI must run the PostgreSQL store tests: set WRENN_TEST_PG_URL");
-        eprintln!("skipped: WRENN_TEST_PG_URL is not set (scripts/test.sh starts a PostgreSQL and sets it)");
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must run the PostgreSQL store tests: set WRENN_TEST_PG_URL"
+        );
+        eprintln!(
+            "skipped: WRENN_TEST_PG_URL is not set (scripts/test.sh starts a PostgreSQL and sets it)"
+        );
         return;
     };
     sqlx::any::install_default_drivers();
     let db = format!("wrenn_test_{}", ids::hex(6));
-    let admin = sqlx::AnyPool::connect(&admin_url).await.expect("connect to the test PostgreSQL");
-    sqlx::query(&format!("CREATE DATABASE {db}")).execute(&admin).await.unwrap();
+    let admin = sqlx::AnyPool::connect(&admin_url)
+        .await
+        .expect("connect to the test PostgreSQL");
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&admin)
+        .await
+        .unwrap();
     let url = match admin_url.rsplit_once('/') {
         Some((base, _)) => format!("{base}/{db}"),
         None => panic!("WRENN_TEST_PG_URL must end in /<database>"),
@@ -121,5 +227,8 @@ async fn store_suite_on_postgres() {
     assert_eq!(store.backend, "postgres");
     suite(&store).await;
     drop(store);
-    sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)")).execute(&admin).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .unwrap();
 }

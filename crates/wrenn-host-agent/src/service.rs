@@ -198,7 +198,7 @@ macro_rules! relay {
 
 fn dir_entry(e: efs::EntryInfo) -> pb::DirEntry {
     let kind = match e.r#type.as_known() {
-        Some(efs::FileType::FILE_TYPE_DIRECTORY) => "dir",
+        Some(efs::FileType::FILE_TYPE_DIRECTORY) => "directory",
         Some(efs::FileType::FILE_TYPE_SYMLINK) => "symlink",
         _ => "file",
     };

@@ -1,5 +1,7 @@
 //! `wrenn`: the one binary users run.
 //!
+//! - `wrenn up` starts everything on one machine;
+//! - `wrenn server` runs the control plane;
 //! - `wrenn agent` runs the host agent (namespace runtime);
 //! - `wrenn template build|ls|rm|import` manages templates on this host.
 //!
@@ -7,6 +9,7 @@
 //! process of every sandbox.
 
 mod agent;
+mod server;
 mod template;
 
 use std::path::PathBuf;
@@ -33,6 +36,11 @@ struct Cli {
 enum Command {
     /// Run the host agent: it owns the sandboxes on this host.
     Agent(agent::AgentArgs),
+    /// Start Wrenn on this machine: control plane, one host agent, SQLite,
+    /// the base template; prints the URL and an API key.
+    Up(server::UpArgs),
+    /// Run the control plane (the REST API).
+    Server(server::ServerArgs),
     /// Manage the templates sandboxes start from.
     #[command(subcommand)]
     Template(template::TemplateCommand),
@@ -53,6 +61,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Agent(args) => agent::run(&cli.data_dir, args),
+        Command::Up(args) => server::run_up(&cli.data_dir, args),
+        Command::Server(args) => server::run_server(&cli.data_dir, args),
         Command::Template(cmd) => template::run(&cli.data_dir, cmd),
     }
 }

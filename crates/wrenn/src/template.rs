@@ -66,7 +66,14 @@ pub fn build_base(store: &TemplateStore, mirror: &str) -> anyhow::Result<()> {
     let t = store.build_base(mirror, |line| {
         pb.inc(1);
         // Without a terminal the bar is hidden: log a line now and then.
-        if quiet && (pb.position() % 50 == 1 || !line.starts_with("I: R") && !line.starts_with("I: V") && !line.starts_with("I: E") && !line.starts_with("I: U") && !line.starts_with("I: C")) {
+        if quiet
+            && (pb.position() % 50 == 1
+                || !line.starts_with("I: R")
+                    && !line.starts_with("I: V")
+                    && !line.starts_with("I: E")
+                    && !line.starts_with("I: U")
+                    && !line.starts_with("I: C"))
+        {
             eprintln!("building template base: {line}");
         }
         if pb.position() + 5 > pb.length().unwrap_or(0) {

@@ -376,7 +376,7 @@ async fn streams_files_pty_and_processes() {
         vec![
             ("a.txt".into(), "file".into()),
             ("big.bin".into(), "file".into()),
-            ("sub".into(), "dir".into())
+            ("sub".into(), "directory".into())
         ]
     );
     c.remove_path(pb::FileRef {

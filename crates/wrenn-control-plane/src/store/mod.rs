@@ -15,7 +15,9 @@ pub use migrations::MIGRATIONS;
 
 /// Unix time in seconds.
 pub fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// A person who can log in.
@@ -233,8 +235,13 @@ impl Store {
     /// migrations.
     pub async fn connect(url: &str) -> Result<Store, sqlx::Error> {
         sqlx::any::install_default_drivers();
-        let backend = if url.starts_with("postgres") { "postgres" } else { "sqlite" };
-        let mut opts = AnyPoolOptions::new().max_connections(if backend == "sqlite" { 8 } else { 16 });
+        let backend = if url.starts_with("postgres") {
+            "postgres"
+        } else {
+            "sqlite"
+        };
+        let mut opts =
+            AnyPoolOptions::new().max_connections(if backend == "sqlite" { 8 } else { 16 });
         if backend == "sqlite" {
             opts = opts.after_connect(|conn, _| {
                 Box::pin(async move {
@@ -256,10 +263,11 @@ impl Store {
             .execute(&self.pool)
             .await?;
         for (version, statements) in MIGRATIONS {
-            let done: Option<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
-                .bind(*version)
-                .fetch_optional(&self.pool)
-                .await?;
+            let done: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
+                    .bind(*version)
+                    .fetch_optional(&self.pool)
+                    .await?;
             if done.is_some() {
                 continue;
             }
@@ -295,12 +303,20 @@ impl Store {
 
     /// A user by email.
     pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, sqlx::Error> {
-        Ok(sqlx::query("SELECT * FROM users WHERE email = $1").bind(email).fetch_optional(&self.pool).await?.map(|r| user(&r)))
+        Ok(sqlx::query("SELECT * FROM users WHERE email = $1")
+            .bind(email)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| user(&r)))
     }
 
     /// A user by id.
     pub async fn user_by_id(&self, id: &str) -> Result<Option<User>, sqlx::Error> {
-        Ok(sqlx::query("SELECT * FROM users WHERE id = $1").bind(id).fetch_optional(&self.pool).await?.map(|r| user(&r)))
+        Ok(sqlx::query("SELECT * FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| user(&r)))
     }
 
     /// Creates a team.
@@ -316,29 +332,50 @@ impl Store {
 
     /// A team by id.
     pub async fn team(&self, id: &str) -> Result<Option<Team>, sqlx::Error> {
-        Ok(sqlx::query("SELECT id, name, created_at FROM teams WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| Team { id: r.get("id"), name: r.get("name"), created_at: r.get("created_at") }))
+        Ok(
+            sqlx::query("SELECT id, name, created_at FROM teams WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| Team {
+                    id: r.get("id"),
+                    name: r.get("name"),
+                    created_at: r.get("created_at"),
+                }),
+        )
     }
 
     /// Adds (or re-roles) a member.
-    pub async fn set_member(&self, team_id: &str, user_id: &str, role: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM team_members WHERE team_id = $1 AND user_id = $2").bind(team_id).bind(user_id).execute(&self.pool).await?;
-        sqlx::query("INSERT INTO team_members (team_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)")
+    pub async fn set_member(
+        &self,
+        team_id: &str,
+        user_id: &str,
+        role: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM team_members WHERE team_id = $1 AND user_id = $2")
             .bind(team_id)
             .bind(user_id)
-            .bind(role)
-            .bind(now())
             .execute(&self.pool)
             .await?;
+        sqlx::query(
+            "INSERT INTO team_members (team_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(team_id)
+        .bind(user_id)
+        .bind(role)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// Removes a member; false if they were not one.
     pub async fn remove_member(&self, team_id: &str, user_id: &str) -> Result<bool, sqlx::Error> {
-        let r = sqlx::query("DELETE FROM team_members WHERE team_id = $1 AND user_id = $2").bind(team_id).bind(user_id).execute(&self.pool).await?;
+        let r = sqlx::query("DELETE FROM team_members WHERE team_id = $1 AND user_id = $2")
+            .bind(team_id)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
         Ok(r.rows_affected() > 0)
     }
 
@@ -350,7 +387,14 @@ impl Store {
         .bind(team_id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(|r| Member { user_id: r.get("user_id"), email: r.get("email"), role: r.get("role") }).collect())
+        Ok(rows
+            .iter()
+            .map(|r| Member {
+                user_id: r.get("user_id"),
+                email: r.get("email"),
+                role: r.get("role"),
+            })
+            .collect())
     }
 
     /// A user's role in a team, if a member.
@@ -372,7 +416,16 @@ impl Store {
         .await?;
         Ok(rows
             .iter()
-            .map(|r| (Team { id: r.get("id"), name: r.get("name"), created_at: r.get("created_at") }, r.get("role")))
+            .map(|r| {
+                (
+                    Team {
+                        id: r.get("id"),
+                        name: r.get("name"),
+                        created_at: r.get("created_at"),
+                    },
+                    r.get("role"),
+                )
+            })
             .collect())
     }
 
@@ -396,24 +449,39 @@ impl Store {
 
     /// The key whose secret hashes to `hash`.
     pub async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>, sqlx::Error> {
-        Ok(sqlx::query("SELECT * FROM api_keys WHERE key_hash = $1").bind(hash).fetch_optional(&self.pool).await?.map(|r| api_key(&r)))
+        Ok(sqlx::query("SELECT * FROM api_keys WHERE key_hash = $1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| api_key(&r)))
     }
 
     /// Marks a key used now.
     pub async fn touch_api_key(&self, id: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2").bind(now()).bind(id).execute(&self.pool).await?;
+        sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
+            .bind(now())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
     /// A team's keys.
     pub async fn api_keys(&self, team_id: &str) -> Result<Vec<ApiKey>, sqlx::Error> {
-        let rows = sqlx::query("SELECT * FROM api_keys WHERE team_id = $1 ORDER BY created_at, id").bind(team_id).fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT * FROM api_keys WHERE team_id = $1 ORDER BY created_at, id")
+            .bind(team_id)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.iter().map(api_key).collect())
     }
 
     /// Deletes a team's key; false if it has none by that id.
     pub async fn delete_api_key(&self, team_id: &str, id: &str) -> Result<bool, sqlx::Error> {
-        let r = sqlx::query("DELETE FROM api_keys WHERE team_id = $1 AND id = $2").bind(team_id).bind(id).execute(&self.pool).await?;
+        let r = sqlx::query("DELETE FROM api_keys WHERE team_id = $1 AND id = $2")
+            .bind(team_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(r.rows_affected() > 0)
     }
 
@@ -421,7 +489,10 @@ impl Store {
 
     /// Creates or updates a host.
     pub async fn upsert_host(&self, h: &Host) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM hosts WHERE id = $1").bind(&h.id).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM hosts WHERE id = $1")
+            .bind(&h.id)
+            .execute(&self.pool)
+            .await?;
         sqlx::query("INSERT INTO hosts (id, name, address, token, status, created_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(&h.id)
             .bind(&h.name)
@@ -437,12 +508,21 @@ impl Store {
 
     /// Every host.
     pub async fn hosts(&self) -> Result<Vec<Host>, sqlx::Error> {
-        Ok(sqlx::query("SELECT * FROM hosts ORDER BY created_at, id").fetch_all(&self.pool).await?.iter().map(host).collect())
+        Ok(sqlx::query("SELECT * FROM hosts ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(host)
+            .collect())
     }
 
     /// One host.
     pub async fn host(&self, id: &str) -> Result<Option<Host>, sqlx::Error> {
-        Ok(sqlx::query("SELECT * FROM hosts WHERE id = $1").bind(id).fetch_optional(&self.pool).await?.map(|r| host(&r)))
+        Ok(sqlx::query("SELECT * FROM hosts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| host(&r)))
     }
 
     // ---- sandboxes
@@ -493,16 +573,22 @@ impl Store {
 
     /// A team's sandbox; `None` for other teams' sandboxes too.
     pub async fn sandbox(&self, team_id: &str, id: &str) -> Result<Option<Sandbox>, sqlx::Error> {
-        Ok(sqlx::query(&format!("SELECT {SANDBOX_COLS} FROM sandboxes WHERE team_id = $1 AND id = $2"))
-            .bind(team_id)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| sandbox(&r)))
+        Ok(sqlx::query(&format!(
+            "SELECT {SANDBOX_COLS} FROM sandboxes WHERE team_id = $1 AND id = $2"
+        ))
+        .bind(team_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| sandbox(&r)))
     }
 
     /// A team's sandboxes, optionally in one state, newest first.
-    pub async fn sandboxes(&self, team_id: &str, state: Option<&str>) -> Result<Vec<Sandbox>, sqlx::Error> {
+    pub async fn sandboxes(
+        &self,
+        team_id: &str,
+        state: Option<&str>,
+    ) -> Result<Vec<Sandbox>, sqlx::Error> {
         let rows = match state {
             Some(st) => {
                 sqlx::query(&format!("SELECT {SANDBOX_COLS} FROM sandboxes WHERE team_id = $1 AND state = $2 ORDER BY created_at DESC, id"))
@@ -533,7 +619,13 @@ impl Store {
     // ---- audit
 
     /// Appends to the audit log.
-    pub async fn audit(&self, team_id: &str, actor: &str, action: &str, target: &str) -> Result<(), sqlx::Error> {
+    pub async fn audit(
+        &self,
+        team_id: &str,
+        actor: &str,
+        action: &str,
+        target: &str,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query("INSERT INTO audit_logs (id, team_id, actor, action, target, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(crate::ids::new("aud"))
             .bind(team_id)
@@ -547,7 +639,11 @@ impl Store {
     }
 
     /// A team's most recent audit entries.
-    pub async fn audit_log(&self, team_id: &str, limit: i64) -> Result<Vec<AuditEntry>, sqlx::Error> {
+    pub async fn audit_log(
+        &self,
+        team_id: &str,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>, sqlx::Error> {
         let rows = sqlx::query("SELECT * FROM audit_logs WHERE team_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2")
             .bind(team_id)
             .bind(limit)

@@ -1,0 +1,350 @@
+//! Signup, login, API keys, teams and the audit log.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiJson, OptionalJson, rfc3339};
+use crate::App;
+use crate::auth::{Caller, hash_password, new_api_key, verify_password};
+use crate::error::{ApiError, ApiResult};
+use crate::ids;
+use crate::store::{ApiKey, Team, User, now};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SignupReq {
+    email: String,
+    password: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    team_name: Option<String>,
+}
+
+fn check_email(email: &str) -> ApiResult<()> {
+    if email.len() < 3 || !email.contains('@') || email.len() > 254 {
+        return Err(ApiError::bad_request("email: not an email address"));
+    }
+    Ok(())
+}
+
+/// POST /v1/auth/signup: a user, their own team (as owner), and a token.
+pub(super) async fn signup(
+    State(app): State<App>,
+    ApiJson(r): ApiJson<SignupReq>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    check_email(&r.email)?;
+    if r.password.len() < 8 {
+        return Err(ApiError::bad_request("password: use at least 8 characters"));
+    }
+    if app.store.user_by_email(&r.email).await?.is_some() {
+        return Err(ApiError::conflict(
+            "already_exists",
+            format!("a user with email {} exists; log in instead", r.email),
+        ));
+    }
+    let (user, team) = create_user_with_team(
+        &app,
+        &r.email,
+        &r.password,
+        r.name.as_deref(),
+        r.team_name.as_deref(),
+        false,
+    )
+    .await?;
+    let token = app.jwt.issue(&user.id);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "user": user, "team": team, "token": token })),
+    ))
+}
+
+/// Creates a user and a team they own.
+pub async fn create_user_with_team(
+    app: &App,
+    email: &str,
+    password: &str,
+    name: Option<&str>,
+    team_name: Option<&str>,
+    is_admin: bool,
+) -> ApiResult<(User, Team)> {
+    let user = User {
+        id: ids::new("usr"),
+        email: email.to_string(),
+        name: name
+            .unwrap_or(email.split('@').next().unwrap_or(email))
+            .to_string(),
+        password_hash: hash_password(password),
+        is_admin,
+        created_at: now(),
+    };
+    app.store.create_user(&user).await?;
+    let team = Team {
+        id: ids::new("team"),
+        name: team_name
+            .unwrap_or(&format!("{}'s team", user.name))
+            .to_string(),
+        created_at: now(),
+    };
+    app.store.create_team(&team).await?;
+    app.store.set_member(&team.id, &user.id, "owner").await?;
+    app.store
+        .audit(&team.id, &user.id, "team.create", &team.id)
+        .await?;
+    Ok((user, team))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LoginReq {
+    email: String,
+    password: String,
+}
+
+/// POST /v1/auth/login.
+pub(super) async fn login(
+    State(app): State<App>,
+    ApiJson(r): ApiJson<LoginReq>,
+) -> ApiResult<Json<Value>> {
+    let user = app.store.user_by_email(&r.email).await?;
+    // Same answer for unknown email and wrong password.
+    let Some(user) = user.filter(|u| verify_password(&r.password, &u.password_hash)) else {
+        return Err(ApiError::unauthorized("wrong email or password"));
+    };
+    let teams: Vec<Value> = app
+        .store
+        .teams_of(&user.id)
+        .await?
+        .into_iter()
+        .map(|(t, role)| json!({ "id": t.id, "name": t.name, "role": role }))
+        .collect();
+    Ok(Json(
+        json!({ "token": app.jwt.issue(&user.id), "user": user, "teams": teams }),
+    ))
+}
+
+fn key_json(k: &ApiKey) -> Value {
+    json!({
+        "id": k.id, "name": k.name, "prefix": k.prefix, "last4": k.last4, "team_id": k.team_id,
+        "created_by": k.created_by, "created_at": rfc3339(k.created_at), "last_used_at": k.last_used_at.and_then(rfc3339),
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct KeyReq {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// Creates an API key for the caller's team; the secret is returned once.
+pub async fn issue_key(
+    app: &App,
+    team_id: &str,
+    actor: &str,
+    name: &str,
+) -> ApiResult<(String, ApiKey)> {
+    let (secret, hash, prefix, last4) = new_api_key();
+    let k = ApiKey {
+        id: ids::new("key"),
+        team_id: team_id.to_string(),
+        created_by: actor.to_string(),
+        name: name.to_string(),
+        prefix,
+        last4,
+        created_at: now(),
+        last_used_at: None,
+    };
+    app.store.create_api_key(&k, &hash).await?;
+    app.store
+        .audit(team_id, actor, "api_key.create", &k.id)
+        .await?;
+    Ok((secret, k))
+}
+
+/// POST /v1/api-keys.
+pub(super) async fn create_key(
+    State(app): State<App>,
+    caller: Caller,
+    OptionalJson(body): OptionalJson<KeyReq>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    caller.require_team_admin()?;
+    let name = body.name.unwrap_or_else(|| "api key".into());
+    let (secret, k) = issue_key(&app, &caller.team_id, &caller.actor, &name).await?;
+    let mut v = key_json(&k);
+    v["key"] = json!(secret);
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+/// GET /v1/api-keys.
+pub(super) async fn list_keys(State(app): State<App>, caller: Caller) -> ApiResult<Json<Value>> {
+    let keys: Vec<Value> = app
+        .store
+        .api_keys(&caller.team_id)
+        .await?
+        .iter()
+        .map(key_json)
+        .collect();
+    Ok(Json(json!({ "api_keys": keys })))
+}
+
+/// DELETE /v1/api-keys/{id}.
+pub(super) async fn delete_key(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    caller.require_team_admin()?;
+    if !app.store.delete_api_key(&caller.team_id, &id).await? {
+        return Err(ApiError::not_found(format!("API key '{id}'")));
+    }
+    app.store
+        .audit(&caller.team_id, &caller.actor, "api_key.delete", &id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// GET /v1/teams: the caller's teams (for a key: its team).
+pub(super) async fn list_teams(State(app): State<App>, caller: Caller) -> ApiResult<Json<Value>> {
+    let teams: Vec<Value> = match &caller.user_id {
+        Some(u) => app
+            .store
+            .teams_of(u)
+            .await?
+            .into_iter()
+            .map(|(t, role)| json!({ "id": t.id, "name": t.name, "role": role }))
+            .collect(),
+        None => app
+            .store
+            .team(&caller.team_id)
+            .await?
+            .into_iter()
+            .map(|t| json!({ "id": t.id, "name": t.name, "role": caller.role }))
+            .collect(),
+    };
+    Ok(Json(json!({ "teams": teams })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TeamReq {
+    name: String,
+}
+
+/// POST /v1/teams: a new team owned by the calling user.
+pub(super) async fn create_team(
+    State(app): State<App>,
+    caller: Caller,
+    ApiJson(r): ApiJson<TeamReq>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let Some(user) = caller.user_id else {
+        return Err(ApiError::forbidden(
+            "API keys cannot create teams; log in as a user",
+        ));
+    };
+    if r.name.trim().is_empty() || r.name.len() > 100 {
+        return Err(ApiError::bad_request("name: 1 to 100 characters"));
+    }
+    let team = Team {
+        id: ids::new("team"),
+        name: r.name,
+        created_at: now(),
+    };
+    app.store.create_team(&team).await?;
+    app.store.set_member(&team.id, &user, "owner").await?;
+    app.store
+        .audit(&team.id, &user, "team.create", &team.id)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": team.id, "name": team.name, "role": "owner" })),
+    ))
+}
+
+fn own_team(caller: &Caller, id: &str) -> ApiResult<()> {
+    if caller.team_id != id {
+        return Err(ApiError::not_found(format!("team '{id}'")));
+    }
+    Ok(())
+}
+
+/// GET /v1/teams/{id}/members.
+pub(super) async fn list_members(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    own_team(&caller, &id)?;
+    Ok(Json(json!({ "members": app.store.members(&id).await? })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MemberReq {
+    email: String,
+    #[serde(default)]
+    role: Option<String>,
+}
+
+/// POST /v1/teams/{id}/members: adds an existing user by email.
+pub(super) async fn add_member(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<MemberReq>,
+) -> ApiResult<StatusCode> {
+    own_team(&caller, &id)?;
+    caller.require_team_admin()?;
+    let role = r.role.unwrap_or_else(|| "member".into());
+    if !["owner", "admin", "member"].contains(&role.as_str()) {
+        return Err(ApiError::bad_request("role: one of owner, admin, member"));
+    }
+    if role == "owner" && caller.role != "owner" {
+        return Err(ApiError::forbidden("only an owner can make owners"));
+    }
+    let user = app
+        .store
+        .user_by_email(&r.email)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("user '{}'", r.email)))?;
+    app.store.set_member(&id, &user.id, &role).await?;
+    app.store
+        .audit(&id, &caller.actor, "team.member.add", &user.id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// DELETE /v1/teams/{id}/members/{user_id}.
+pub(super) async fn remove_member(
+    State(app): State<App>,
+    caller: Caller,
+    Path((id, user_id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    own_team(&caller, &id)?;
+    caller.require_team_admin()?;
+    if app.store.role(&id, &user_id).await?.as_deref() == Some("owner") && caller.role != "owner" {
+        return Err(ApiError::forbidden("only an owner can remove an owner"));
+    }
+    if !app.store.remove_member(&id, &user_id).await? {
+        return Err(ApiError::not_found(format!("member '{user_id}'")));
+    }
+    app.store
+        .audit(&id, &caller.actor, "team.member.remove", &user_id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// GET /v1/audit-logs.
+pub(super) async fn audit_logs(State(app): State<App>, caller: Caller) -> ApiResult<Json<Value>> {
+    let entries: Vec<Value> = app
+        .store
+        .audit_log(&caller.team_id, 200)
+        .await?
+        .into_iter()
+        .map(|e| json!({ "id": e.id, "actor": e.actor, "action": e.action, "target": e.target, "created_at": rfc3339(e.created_at) }))
+        .collect();
+    Ok(Json(json!({ "audit_logs": entries })))
+}

@@ -1,0 +1,117 @@
+//! The REST API: `/v1/...` routes, small handlers over [`App`].
+
+mod identity;
+mod sandboxes;
+
+pub use identity::{create_user_with_team, issue_key};
+
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::routing::{delete, get, post};
+use serde::de::DeserializeOwned;
+
+use crate::App;
+use crate::error::ApiError;
+
+/// JSON body whose errors are ours: 400 naming the field, 413 when too large.
+pub struct ApiJson<T>(pub T);
+
+fn json_rejection(e: JsonRejection) -> ApiError {
+    match e {
+        JsonRejection::JsonDataError(e) => {
+            ApiError::bad_request(format!("invalid field: {}", e.body_text()))
+        }
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::bad_request(format!("malformed JSON: {}", e.body_text()))
+        }
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError::bad_request("send the body as JSON with Content-Type: application/json")
+        }
+        JsonRejection::BytesRejection(e) if e.status() == http::StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(
+                http::StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                e.body_text(),
+            )
+        }
+        e => ApiError::bad_request(e.body_text()),
+    }
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        axum::Json::<T>::from_request(req, state)
+            .await
+            .map(|axum::Json(v)| ApiJson(v))
+            .map_err(json_rejection)
+    }
+}
+
+/// A JSON body that may be absent (then `T::default()`).
+pub struct OptionalJson<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        axum::Json::<T>::from_bytes(&bytes)
+            .map(|axum::Json(v)| OptionalJson(v))
+            .map_err(json_rejection)
+    }
+}
+
+/// RFC 3339 from unix seconds; `None` for 0.
+pub fn rfc3339(secs: i64) -> Option<String> {
+    (secs > 0).then(|| {
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64),
+        )
+        .to_string()
+    })
+}
+
+async fn health() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Every route.
+pub fn router(app: App) -> Router {
+    let sandboxes = sandboxes::routes();
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/auth/signup", post(identity::signup))
+        .route("/v1/auth/login", post(identity::login))
+        .route(
+            "/v1/api-keys",
+            get(identity::list_keys).post(identity::create_key),
+        )
+        .route("/v1/api-keys/{id}", delete(identity::delete_key))
+        .route(
+            "/v1/teams",
+            get(identity::list_teams).post(identity::create_team),
+        )
+        .route(
+            "/v1/teams/{id}/members",
+            get(identity::list_members).post(identity::add_member),
+        )
+        .route(
+            "/v1/teams/{id}/members/{user_id}",
+            delete(identity::remove_member),
+        )
+        .route("/v1/audit-logs", get(identity::audit_logs))
+        .route("/v1/templates", get(sandboxes::list_templates))
+        .route("/v1/events/stream", get(sandboxes::events))
+        .nest("/v1/sandboxes", sandboxes.clone())
+        .nest("/v1/capsules", sandboxes)
+        .fallback(|| async { ApiError::not_found("route") })
+        .with_state(app)
+}

@@ -1,0 +1,840 @@
+//! Sandboxes (also served as `/v1/capsules`): lifecycle, exec, processes,
+//! files, metrics, templates and the event stream.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use base64::Engine as _;
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use wrenn_protocol::hostagent::v1 as pb;
+
+use super::{ApiJson, OptionalJson, rfc3339};
+use crate::App;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::hosts::AgentClient;
+use crate::ids;
+use crate::store::{Sandbox, now};
+
+/// The routes under `/v1/sandboxes` and `/v1/capsules`.
+pub(super) fn routes() -> axum::Router<App> {
+    axum::Router::new()
+        .route("/", post(create).get(list))
+        .route("/{id}", get(get_one).delete(destroy))
+        .route("/{id}/exec", post(exec))
+        .route("/{id}/processes", get(processes))
+        .route("/{id}/processes/{pid}", delete(kill))
+        .route("/{id}/ping", post(ping))
+        .route("/{id}/pause", post(pause))
+        .route("/{id}/resume", post(resume))
+        .route("/{id}/metrics", get(metrics))
+        .route("/{id}/files/read", post(file_read))
+        .route("/{id}/files/stream/read", post(file_read))
+        .route("/{id}/files/write", post(file_write))
+        .route("/{id}/files/stream/write", post(file_write))
+        .route("/{id}/files/list", post(file_list))
+        .route("/{id}/files/mkdir", post(file_mkdir))
+        .route("/{id}/files/remove", post(file_remove))
+}
+
+/// A sandbox as the API shows it (the `Capsule` of the Wrenn SDK).
+pub fn sandbox_json(s: &Sandbox) -> Value {
+    json!({
+        "id": s.id,
+        "status": s.state,
+        "template": s.template,
+        "vcpus": s.vcpus,
+        "memory_mb": s.memory_mb,
+        "disk_size_mb": s.disk_size_mb,
+        "timeout_sec": s.timeout_sec,
+        "allow_internet_access": s.allow_internet_access,
+        "metadata": s.metadata,
+        "host_id": s.host_id,
+        "error": if s.error.is_empty() { None } else { Some(&s.error) },
+        "created_at": rfc3339(s.created_at),
+        "started_at": rfc3339(s.started_at),
+        "last_active_at": rfc3339(s.last_active_at),
+        "last_updated": rfc3339(s.updated_at.max(s.created_at)),
+    })
+}
+
+fn emit(app: &App, team: &str, event: &str, s: &Sandbox) {
+    let _ = app.events.send((team.to_string(), json!({ "event": event, "capsule_id": s.id, "status": s.state, "timestamp": rfc3339(now()) })));
+}
+
+/// The caller's sandbox, or 404 (also for another team's).
+async fn find(app: &App, caller: &Caller, id: &str) -> ApiResult<Sandbox> {
+    app.store
+        .sandbox(&caller.team_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("sandbox '{id}'")))
+}
+
+async fn agent_for(app: &App, s: &Sandbox) -> ApiResult<AgentClient> {
+    let host = app.store.host(&s.host_id).await?.ok_or_else(|| {
+        ApiError::unavailable(
+            "host_unavailable",
+            format!("host '{}' of sandbox {} is gone", s.host_id, s.id),
+        )
+    })?;
+    Ok(app.hosts.client(&host))
+}
+
+/// The caller's running sandbox and its agent; 409 if not running.
+async fn running(app: &App, caller: &Caller, id: &str) -> ApiResult<(Sandbox, AgentClient)> {
+    let s = find(app, caller, id).await?;
+    if s.state != "running" {
+        return Err(ApiError::conflict(
+            "invalid_state",
+            format!(
+                "sandbox {id} is {}; it must be running (resume it if paused)",
+                s.state
+            ),
+        ));
+    }
+    let agent = agent_for(app, &s).await?;
+    Ok((s, agent))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateReq {
+    #[serde(default)]
+    template: Option<String>,
+    #[serde(default)]
+    vcpus: Option<u32>,
+    #[serde(default)]
+    memory_mb: Option<u32>,
+    #[serde(default)]
+    disk_size_mb: Option<u32>,
+    #[serde(default)]
+    timeout_sec: Option<u32>,
+    #[serde(default)]
+    metadata: Option<HashMap<String, String>>,
+    #[serde(default)]
+    envs: Option<HashMap<String, String>>,
+    #[serde(default)]
+    allow_internet_access: Option<bool>,
+}
+
+/// Creates a sandbox on a host the scheduler picks: recorded `pending`,
+/// then `running` or `error` with the agent's message.
+pub async fn create_sandbox(app: &App, caller: &Caller, r: CreateReqPublic) -> ApiResult<Sandbox> {
+    let hosts: Vec<_> = app
+        .store
+        .hosts()
+        .await?
+        .into_iter()
+        .filter(|h| h.status == "online")
+        .collect();
+    let Some(host) = app.scheduler.pick(&hosts).cloned() else {
+        return Err(ApiError::unavailable(
+            "no_hosts_available",
+            "no host is online to run the sandbox; start an agent or register a host",
+        ));
+    };
+    let mut s = Sandbox {
+        id: ids::new("sb"),
+        team_id: caller.team_id.clone(),
+        host_id: host.id.clone(),
+        template: r.template,
+        state: "pending".into(),
+        vcpus: i64::from(r.vcpus),
+        memory_mb: i64::from(r.memory_mb),
+        disk_size_mb: i64::from(r.disk_size_mb),
+        timeout_sec: i64::from(r.timeout_sec),
+        allow_internet_access: r.allow_internet_access,
+        metadata: r.metadata.clone(),
+        created_at: now(),
+        ..Default::default()
+    };
+    app.store.insert_sandbox(&s).await?;
+    let req = pb::CreateSandboxRequest {
+        sandbox_id: s.id.clone(),
+        template: s.template.clone(),
+        vcpus: r.vcpus,
+        memory_mb: r.memory_mb,
+        disk_size_mb: r.disk_size_mb,
+        timeout_sec: r.timeout_sec,
+        allow_internet_access: r.allow_internet_access,
+        envs: r.envs.into_iter().collect(),
+        metadata: r.metadata.into_iter().collect(),
+        ..Default::default()
+    };
+    match app.hosts.client(&host).create_sandbox(req).await {
+        Ok(resp) => {
+            let info = resp.into_owned();
+            s.state = "running".into();
+            s.envd_address = info.envd_address;
+            s.envd_token = info.envd_access_token;
+            s.started_at = now();
+            s.last_active_at = s.started_at;
+            app.store.update_sandbox(&s).await?;
+            app.store
+                .audit(&caller.team_id, &caller.actor, "sandbox.create", &s.id)
+                .await?;
+            emit(app, &caller.team_id, "capsule.create", &s);
+            Ok(s)
+        }
+        Err(e) => {
+            let err = ApiError::from(e);
+            s.state = "error".into();
+            s.error = err.message.clone();
+            app.store.update_sandbox(&s).await?;
+            Err(err)
+        }
+    }
+}
+
+/// A create request with defaults applied.
+pub struct CreateReqPublic {
+    /// Template.
+    pub template: String,
+    /// CPUs.
+    pub vcpus: u32,
+    /// Memory.
+    pub memory_mb: u32,
+    /// Disk.
+    pub disk_size_mb: u32,
+    /// Idle timeout; 0 = none.
+    pub timeout_sec: u32,
+    /// Labels.
+    pub metadata: HashMap<String, String>,
+    /// Environment.
+    pub envs: HashMap<String, String>,
+    /// Egress.
+    pub allow_internet_access: bool,
+}
+
+fn check_range(name: &str, v: u32, lo: u32, hi: u32) -> ApiResult<u32> {
+    if v < lo || v > hi {
+        return Err(ApiError::bad_request(format!(
+            "{name}: must be between {lo} and {hi}, got {v}"
+        )));
+    }
+    Ok(v)
+}
+
+async fn create(
+    State(app): State<App>,
+    caller: Caller,
+    OptionalJson(r): OptionalJson<CreateReq>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let metadata = r.metadata.unwrap_or_default();
+    if metadata.len() > 64
+        || metadata
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 1024)
+    {
+        return Err(ApiError::bad_request(
+            "metadata: at most 64 keys, keys 1-128 and values up to 1024 characters",
+        ));
+    }
+    let public = CreateReqPublic {
+        template: r
+            .template
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| "base".into()),
+        vcpus: check_range("vcpus", r.vcpus.unwrap_or(1), 1, 64)?,
+        memory_mb: check_range("memory_mb", r.memory_mb.unwrap_or(512), 32, 1 << 20)?,
+        disk_size_mb: check_range("disk_size_mb", r.disk_size_mb.unwrap_or(1024), 64, 1 << 22)?,
+        timeout_sec: check_range("timeout_sec", r.timeout_sec.unwrap_or(300), 0, 30 * 86400)?,
+        metadata,
+        envs: r.envs.unwrap_or_default(),
+        allow_internet_access: r.allow_internet_access.unwrap_or(true),
+    };
+    let s = create_sandbox(&app, &caller, public).await?;
+    Ok((StatusCode::CREATED, Json(sandbox_json(&s))))
+}
+
+async fn list(
+    State(app): State<App>,
+    caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let state = q.get("state").map(String::as_str);
+    if let Some(st) = state {
+        if ![
+            "pending", "starting", "running", "paused", "stopped", "missing", "error",
+        ]
+        .contains(&st)
+        {
+            return Err(ApiError::bad_request(format!(
+                "state: unknown state '{st}'"
+            )));
+        }
+    }
+    let filters: Vec<(&str, &str)> = q
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("metadata.")?, v.as_str())))
+        .collect();
+    let items: Vec<Value> = app
+        .store
+        .sandboxes(&caller.team_id, state)
+        .await?
+        .iter()
+        .filter(|s| {
+            filters
+                .iter()
+                .all(|(k, v)| s.metadata.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(sandbox_json)
+        .collect();
+    Ok(Json(Value::Array(items)))
+}
+
+async fn get_one(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let s = find(&app, &caller, &id).await?;
+    let mut v = sandbox_json(&s);
+    if s.state == "running" || s.state == "paused" {
+        if let Ok(agent) = agent_for(&app, &s).await {
+            if let Ok(m) = agent
+                .get_sandbox_metrics(pb::SandboxRef {
+                    sandbox_id: s.id.clone(),
+                    ..Default::default()
+                })
+                .await
+            {
+                v["disk_used_mb"] = json!(m.into_owned().disk_used_bytes >> 20);
+            }
+        }
+    }
+    Ok(Json(v))
+}
+
+async fn destroy(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let mut s = find(&app, &caller, &id).await?;
+    if s.state == "stopped" {
+        return Err(ApiError::not_found(format!("sandbox '{id}'")));
+    }
+    if let Ok(agent) = agent_for(&app, &s).await {
+        match agent
+            .destroy_sandbox(pb::SandboxRef {
+                sandbox_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.code == connectrpc::ErrorCode::NotFound => {}
+            Err(e) if s.state == "error" || s.state == "pending" => {
+                tracing::warn!("destroying {id}: {e:?}")
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    s.state = "stopped".into();
+    app.store.update_sandbox(&s).await?;
+    app.store
+        .audit(&caller.team_id, &caller.actor, "sandbox.destroy", &id)
+        .await?;
+    emit(&app, &caller.team_id, "capsule.destroy", &s);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_paused(app: App, caller: Caller, id: String, pause: bool) -> ApiResult<Json<Value>> {
+    let mut s = find(&app, &caller, &id).await?;
+    let (from, to, action) = if pause {
+        ("running", "paused", "pause")
+    } else {
+        ("paused", "running", "resume")
+    };
+    if s.state != from {
+        return Err(ApiError::conflict(
+            "invalid_state",
+            format!(
+                "sandbox {id} is {}; only a {from} sandbox can {action}",
+                s.state
+            ),
+        ));
+    }
+    let agent = agent_for(&app, &s).await?;
+    let r = pb::SandboxRef {
+        sandbox_id: id.clone(),
+        ..Default::default()
+    };
+    if pause {
+        agent.pause_sandbox(r).await?;
+    } else {
+        agent.resume_sandbox(r).await?;
+    }
+    s.state = to.into();
+    s.last_active_at = now();
+    app.store.update_sandbox(&s).await?;
+    app.store
+        .audit(
+            &caller.team_id,
+            &caller.actor,
+            &format!("sandbox.{action}"),
+            &id,
+        )
+        .await?;
+    emit(&app, &caller.team_id, &format!("capsule.{action}"), &s);
+    Ok(Json(sandbox_json(&s)))
+}
+
+async fn pause(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    set_paused(app, caller, id, true).await
+}
+
+async fn resume(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    set_paused(app, caller, id, false).await
+}
+
+async fn ping(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let (mut s, agent) = running(&app, &caller, &id).await?;
+    agent
+        .ping(pb::PingRequest {
+            sandbox_id: id,
+            ..Default::default()
+        })
+        .await?;
+    s.last_active_at = now();
+    app.store.update_sandbox(&s).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn metrics(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let s = find(&app, &caller, &id).await?;
+    let agent = agent_for(&app, &s).await?;
+    let m = agent
+        .get_sandbox_metrics(pb::SandboxRef {
+            sandbox_id: id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_owned();
+    Ok(Json(json!({
+        "sandbox_id": id,
+        "points": [{
+            "timestamp_unix": m.timestamp,
+            "cpu_pct": m.cpu_used_pct,
+            "mem_bytes": m.memory_bytes,
+            "mem_limit_bytes": m.memory_limit_bytes,
+            "disk_bytes": m.disk_used_bytes,
+            "disk_limit_bytes": m.disk_limit_bytes,
+            "pids": m.pids,
+        }],
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ExecReq {
+    cmd: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    envs: HashMap<String, String>,
+    #[serde(default)]
+    cwd: Option<String>,
+    #[serde(default)]
+    timeout_sec: Option<u32>,
+    #[serde(default)]
+    background: bool,
+    #[serde(default)]
+    tag: Option<String>,
+}
+
+fn text_or_base64(stdout: Vec<u8>, stderr: Vec<u8>) -> (String, String, &'static str) {
+    match (String::from_utf8(stdout), String::from_utf8(stderr)) {
+        (Ok(o), Ok(e)) => (o, e, "utf-8"),
+        (o, e) => {
+            let b = |r: Result<String, std::string::FromUtf8Error>| match r {
+                Ok(s) => s.into_bytes(),
+                Err(e) => e.into_bytes(),
+            };
+            let enc = base64::engine::general_purpose::STANDARD;
+            (enc.encode(b(o)), enc.encode(b(e)), "base64")
+        }
+    }
+}
+
+async fn exec(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<ExecReq>,
+) -> ApiResult<Json<Value>> {
+    if r.cmd.is_empty() {
+        return Err(ApiError::bad_request("cmd: must not be empty"));
+    }
+    let (mut s, agent) = running(&app, &caller, &id).await?;
+    let req = pb::ExecRequest {
+        sandbox_id: id.clone(),
+        cmd: r.cmd.clone(),
+        args: r.args.clone(),
+        envs: r.envs.into_iter().collect(),
+        cwd: r.cwd.unwrap_or_default(),
+        timeout_sec: r.timeout_sec.unwrap_or(if r.background { 0 } else { 60 }),
+        background: r.background,
+        tag: r.tag.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    let out = agent.exec(req).await?.into_owned();
+    s.last_active_at = now();
+    let _ = app.store.update_sandbox(&s).await;
+    if r.background {
+        return Ok(Json(
+            json!({ "sandbox_id": id, "pid": out.pid, "tag": r.tag.unwrap_or_default() }),
+        ));
+    }
+    let (stdout, stderr, encoding) = text_or_base64(out.stdout, out.stderr);
+    let cmd = std::iter::once(r.cmd)
+        .chain(r.args)
+        .collect::<Vec<_>>()
+        .join(" ");
+    Ok(Json(json!({
+        "sandbox_id": id, "cmd": cmd, "stdout": stdout, "stderr": stderr,
+        "exit_code": out.exit_code, "duration_ms": out.duration_ms, "encoding": encoding,
+    })))
+}
+
+async fn processes(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let (_, agent) = running(&app, &caller, &id).await?;
+    let list = agent
+        .list_processes(pb::SandboxRef {
+            sandbox_id: id,
+            ..Default::default()
+        })
+        .await?
+        .into_owned();
+    let processes: Vec<Value> = list
+        .processes
+        .into_iter()
+        .map(|p| json!({ "pid": p.pid, "tag": p.tag, "cmd": p.cmd, "args": p.args }))
+        .collect();
+    Ok(Json(json!({ "processes": processes })))
+}
+
+async fn kill(
+    State(app): State<App>,
+    caller: Caller,
+    Path((id, pid)): Path<(String, u32)>,
+) -> ApiResult<StatusCode> {
+    let (_, agent) = running(&app, &caller, &id).await?;
+    agent
+        .kill_process(pb::KillProcessRequest {
+            sandbox_id: id,
+            pid,
+            signal: 9,
+            ..Default::default()
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PathReq {
+    path: String,
+    #[serde(default)]
+    depth: Option<u32>,
+}
+
+fn check_path(p: &str) -> ApiResult<()> {
+    if p.is_empty() || p.contains('\0') {
+        return Err(ApiError::bad_request("path: must be a non-empty path"));
+    }
+    Ok(())
+}
+
+/// POST files/read and files/stream/read: the file's bytes, streamed.
+async fn file_read(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<PathReq>,
+) -> ApiResult<Response> {
+    check_path(&r.path)?;
+    let (_, agent) = running(&app, &caller, &id).await?;
+    let mut stream = agent
+        .read_file_stream(pb::FileRef {
+            sandbox_id: id,
+            path: r.path,
+            ..Default::default()
+        })
+        .await?;
+    // The first message tells a missing file from a present one.
+    let first = stream.message::<pb::FileChunk>().await?;
+    let head = first.map(|m| bytes::Bytes::from(m.to_owned_message().data));
+    let rest = futures::stream::unfold(Some(stream), |st| async move {
+        let mut s = st?;
+        match s.message::<pb::FileChunk>().await {
+            Ok(Some(m)) => Some((
+                Ok::<_, std::io::Error>(bytes::Bytes::from(m.to_owned_message().data)),
+                Some(s),
+            )),
+            Ok(None) => None,
+            Err(e) => Some((Err(std::io::Error::other(format!("{e:?}"))), None)),
+        }
+    });
+    let body = futures::stream::iter(head.map(Ok)).chain(rest);
+    Ok((
+        [(http::header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// POST files/write and files/stream/write: multipart `path` then `file`,
+/// streamed to the sandbox in chunks (a large upload never sits in memory).
+async fn file_write(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+    mut form: Multipart,
+) -> ApiResult<Json<Value>> {
+    let (_, agent) = running(&app, &caller, &id).await?;
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        ApiError::bad_request(format!("multipart body: {}", e.body_text()))
+    };
+    let mut path: Option<String> = None;
+    let mut buffered: Option<Vec<u8>> = None;
+    let mut written = None;
+    while let Some(mut field) = form.next_field().await.map_err(bad)? {
+        match field.name() {
+            Some("path") => path = Some(field.text().await.map_err(bad)?),
+            Some("file") => match &path {
+                Some(p) => {
+                    check_path(p)?;
+                    let (tx, rx) = tokio::sync::mpsc::channel::<pb::WriteFileChunk>(8);
+                    let first = pb::WriteFileChunk {
+                        chunk: Some(
+                            pb::FileRef {
+                                sandbox_id: id.clone(),
+                                path: p.clone(),
+                                ..Default::default()
+                            }
+                            .into(),
+                        ),
+                        ..Default::default()
+                    };
+                    tx.send(first).await.expect("fresh channel");
+                    let upload = agent
+                        .write_file_stream(futures::stream::unfold(rx, |mut rx| async move {
+                            rx.recv().await.map(|c| (c, rx))
+                        }));
+                    let feed = async {
+                        while let Some(chunk) = field.chunk().await.map_err(bad)? {
+                            let msg = pb::WriteFileChunk {
+                                chunk: Some(pb::write_file_chunk::Chunk::Data(chunk.to_vec())),
+                                ..Default::default()
+                            };
+                            if tx.send(msg).await.is_err() {
+                                break;
+                            }
+                        }
+                        drop(tx);
+                        Ok::<_, ApiError>(())
+                    };
+                    let (up, fed) = tokio::join!(upload, feed);
+                    fed?;
+                    written = Some(up?.into_owned());
+                }
+                None => {
+                    let mut data = Vec::new();
+                    while let Some(c) = field.chunk().await.map_err(bad)? {
+                        if data.len() + c.len() > 64 << 20 {
+                            return Err(ApiError::new(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                "too_large",
+                                "send the path part before the file part for uploads over 64 MiB",
+                            ));
+                        }
+                        data.extend_from_slice(&c);
+                    }
+                    buffered = Some(data);
+                }
+            },
+            _ => {}
+        }
+    }
+    if let (Some(p), Some(data)) = (&path, buffered) {
+        check_path(p)?;
+        let w = pb::WriteFileRequest {
+            sandbox_id: id.clone(),
+            path: p.clone(),
+            content: data,
+            ..Default::default()
+        };
+        written = Some(agent.write_file(w).await.map(|r| r.into_owned())?);
+    }
+    let Some(w) = written else {
+        return Err(ApiError::bad_request(
+            "multipart body needs a 'path' part and a 'file' part",
+        ));
+    };
+    Ok(Json(json!({ "path": w.path, "size": w.size })))
+}
+
+fn entry_json(e: &pb::DirEntry) -> Value {
+    json!({
+        "name": e.name, "path": e.path, "type": e.r#type, "size": e.size, "mode": e.mode,
+        "owner": e.owner, "group": e.group, "modified_at": e.modified_unix,
+    })
+}
+
+async fn file_list(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<PathReq>,
+) -> ApiResult<Json<Value>> {
+    check_path(&r.path)?;
+    let (_, agent) = running(&app, &caller, &id).await?;
+    let l = agent
+        .list_dir(pb::ListDirRequest {
+            sandbox_id: id,
+            path: r.path,
+            depth: r.depth.unwrap_or(1).max(1),
+            ..Default::default()
+        })
+        .await?
+        .into_owned();
+    Ok(Json(
+        json!({ "entries": l.entries.iter().map(entry_json).collect::<Vec<_>>() }),
+    ))
+}
+
+async fn file_mkdir(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<PathReq>,
+) -> ApiResult<Json<Value>> {
+    check_path(&r.path)?;
+    let (_, agent) = running(&app, &caller, &id).await?;
+    agent
+        .make_dir(pb::FileRef {
+            sandbox_id: id.clone(),
+            path: r.path.clone(),
+            ..Default::default()
+        })
+        .await?;
+    // Describe the new directory from its parent's listing.
+    let parent = std::path::Path::new(&r.path)
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "/".into());
+    let l = agent
+        .list_dir(pb::ListDirRequest {
+            sandbox_id: id,
+            path: parent,
+            depth: 1,
+            ..Default::default()
+        })
+        .await?
+        .into_owned();
+    let entry = l.entries.iter().find(|e| e.path == r.path).map(entry_json);
+    Ok(Json(json!({ "entry": entry })))
+}
+
+async fn file_remove(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<PathReq>,
+) -> ApiResult<StatusCode> {
+    check_path(&r.path)?;
+    let (_, agent) = running(&app, &caller, &id).await?;
+    agent
+        .remove_path(pb::FileRef {
+            sandbox_id: id,
+            path: r.path,
+            ..Default::default()
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// GET /v1/templates: what the online hosts can start.
+pub(super) async fn list_templates(
+    State(app): State<App>,
+    _caller: Caller,
+) -> ApiResult<Json<Value>> {
+    let mut names = std::collections::BTreeSet::new();
+    for h in app
+        .store
+        .hosts()
+        .await?
+        .into_iter()
+        .filter(|h| h.status == "online")
+    {
+        if let Ok(info) = app
+            .hosts
+            .client(&h)
+            .get_host(pb::GetHostRequest::default())
+            .await
+        {
+            names.extend(info.into_owned().templates);
+        }
+    }
+    Ok(Json(json!(
+        names
+            .into_iter()
+            .map(|n| json!({ "name": n, "type": "base" }))
+            .collect::<Vec<_>>()
+    )))
+}
+
+/// GET /v1/events/stream: server-sent lifecycle events of the caller's team.
+pub(super) async fn events(
+    State(app): State<App>,
+    caller: Caller,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let rx = app.events.subscribe();
+    let team = caller.team_id;
+    let first = futures::stream::once(async {
+        Ok(Event::default().data(json!({ "event": "connected" }).to_string()))
+    });
+    let rest = futures::stream::unfold((rx, team), |(mut rx, team)| async move {
+        loop {
+            match rx.recv().await {
+                Ok((t, v)) if t == team => {
+                    return Some((Ok(Event::default().data(v.to_string())), (rx, team)));
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return None,
+            }
+        }
+    });
+    Sse::new(first.chain(rest)).keep_alive(KeepAlive::default())
+}

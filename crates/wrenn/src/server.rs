@@ -1,0 +1,330 @@
+//! `wrenn server` and `wrenn up`.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use wrenn_control_plane::App;
+use wrenn_control_plane::store::{Host, Store, now};
+use wrenn_host_agent::agent::Agent;
+use wrenn_host_agent::runtime::Runtime;
+use wrenn_host_agent::runtime::namespaces::{Config, NamespaceRuntime};
+
+/// Flags of `wrenn server`.
+#[derive(clap::Args, Debug)]
+pub struct ServerArgs {
+    /// Database: postgres://… or sqlite://… (default: SQLite in the data dir).
+    #[arg(long, env = "WRENN_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Address the API listens on.
+    #[arg(long, env = "WRENN_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Secret for user tokens (default: generated into <data-dir>/jwt.secret).
+    #[arg(long, env = "WRENN_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// An agent to run sandboxes on, host:port (until hosts register themselves).
+    #[arg(long, env = "WRENN_AGENT_ADDRESS")]
+    agent: Option<String>,
+    /// The agent's token.
+    #[arg(long, env = "WRENN_AGENT_TOKEN", hide_env_values = true)]
+    agent_token: Option<String>,
+    #[command(subcommand)]
+    command: Option<ServerCommand>,
+}
+
+/// `wrenn server migrate`.
+#[derive(clap::Subcommand, Debug)]
+pub enum ServerCommand {
+    /// Apply database migrations and exit.
+    Migrate,
+}
+
+/// Flags of `wrenn up`.
+#[derive(clap::Args, Debug)]
+pub struct UpArgs {
+    /// Address the API listens on.
+    #[arg(long, env = "WRENN_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Database URL (default: SQLite in the data dir).
+    #[arg(long, env = "WRENN_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Debian mirror for building the base template.
+    #[arg(
+        long,
+        env = "WRENN_DEBIAN_MIRROR",
+        default_value = "http://deb.debian.org/debian"
+    )]
+    mirror: String,
+    /// Where the CLI login is stored (default: ~/.config/wrenn/config.json).
+    #[arg(long, env = "WRENN_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// A secret kept in a 0600 file, made on first use.
+fn secret_file(path: &Path, bytes: usize) -> anyhow::Result<String> {
+    if let Ok(s) = std::fs::read_to_string(path) {
+        return Ok(s.trim().to_string());
+    }
+    let s = wrenn_control_plane::ids::hex(bytes);
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(f, "{s}")?;
+    Ok(s)
+}
+
+fn database_url(data_dir: &Path, given: Option<String>) -> String {
+    given.unwrap_or_else(|| format!("sqlite://{}?mode=rwc", data_dir.join("wrenn.db").display()))
+}
+
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+}
+
+/// Runs `wrenn server`.
+pub fn run_server(data_dir: &Path, args: ServerArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let url = database_url(data_dir, args.database_url);
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let store = Store::connect(&url)
+            .await
+            .with_context(|| format!("connecting to the database {}", redact(&url)))?;
+        if let Some(ServerCommand::Migrate) = args.command {
+            println!("migrations applied ({})", store.backend);
+            return Ok(());
+        }
+        let secret = match args.jwt_secret {
+            Some(s) => s,
+            None => secret_file(&data_dir.join("jwt.secret"), 32)?,
+        };
+        if let Some(addr) = args.agent {
+            let token = args.agent_token.context("--agent needs --agent-token")?;
+            store
+                .upsert_host(&Host {
+                    id: "host-static".into(),
+                    name: addr.clone(),
+                    address: addr,
+                    token,
+                    status: "online".into(),
+                    created_at: now(),
+                    last_seen_at: now(),
+                })
+                .await?;
+        }
+        let app = App::new(store, secret.as_bytes());
+        wrenn_control_plane::serve(app, args.listen, shutdown_signal())
+            .await
+            .with_context(|| format!("serving on {}", args.listen))
+    })
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(a)) if a > s => format!("{}://…{}", &url[..s], &url[a..]),
+        _ => url.to_string(),
+    }
+}
+
+/// The CLI's stored login.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct CliConfig {
+    /// API base URL.
+    pub base_url: String,
+    /// API key.
+    pub api_key: String,
+}
+
+/// Where the CLI login lives.
+pub fn config_path(given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(|| {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        PathBuf::from(home).join(".config/wrenn/config.json")
+    })
+}
+
+/// Runs `wrenn up`: control plane and one agent in this process, SQLite,
+/// the `base` template, an admin with a key, and the CLI logged in.
+pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
+    if !wrenn_host_agent_is_root() {
+        anyhow::bail!(
+            "wrenn up runs sandboxes with namespaces, cgroups and veths: run it as root (sudo wrenn up)"
+        );
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let templates = wrenn_host_agent::templates::TemplateStore::new(
+        data_dir.join("templates"),
+        Config::new(data_dir.to_path_buf()).uid_base,
+    );
+    std::fs::create_dir_all(templates.dir())?;
+    if templates.get("base").is_err() {
+        eprintln!(
+            "The base template is missing; building it (Debian bookworm via debootstrap, about a minute)."
+        );
+        crate::template::build_base(&templates, &args.mirror)?;
+    }
+    let url = database_url(data_dir, args.database_url);
+    let secret = secret_file(&data_dir.join("jwt.secret"), 32)?;
+    let agent_token = secret_file(&data_dir.join("agent.token"), 24)?;
+    let config_file = config_path(args.config);
+    let listen = args.listen;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let store = Store::connect(&url).await.with_context(|| format!("opening the database {}", redact(&url)))?;
+        // The host agent, in this process, on a loopback port of its own.
+        let runtime = NamespaceRuntime::new(Config::new(data_dir.to_path_buf())).context("setting up the namespace runtime")?;
+        let agent = Agent::new(runtime.clone(), data_dir.join("agent")).context("creating the agent's state directory")?;
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let agent_addr = probe.local_addr()?;
+        drop(probe);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut rx = stop_rx.clone();
+        let agent_task = tokio::spawn(wrenn_host_agent::server::serve(agent.clone(), agent_addr, agent_token.clone(), async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }));
+        while tokio::net::TcpStream::connect(agent_addr).await.is_err() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        store
+            .upsert_host(&Host {
+                id: "host-local".into(),
+                name: "local".into(),
+                address: agent_addr.to_string(),
+                token: agent_token.clone(),
+                status: "online".into(),
+                created_at: now(),
+                last_seen_at: now(),
+            })
+            .await?;
+        let app = App::new(store.clone(), secret.as_bytes());
+        let key = admin_key(&app, &config_file, listen).await?;
+        let base = format!("http://{listen}");
+        println!("\nWrenn is up.\n");
+        println!("  API:      {base}  (Ctrl-C to stop)");
+        println!("  API key:  {key}");
+        println!("  CLI:      logged in ({})", config_file.display());
+        println!("\nCreate a sandbox and run a command:\n");
+        println!("  curl -s -X POST {base}/v1/sandboxes -H 'X-API-Key: {key}' -H 'Content-Type: application/json' -d '{{\"template\":\"base\"}}'");
+        println!("  curl -s -X POST {base}/v1/sandboxes/<id>/exec -H 'X-API-Key: {key}' -H 'Content-Type: application/json' -d '{{\"cmd\":\"echo\",\"args\":[\"hello\"]}}'\n");
+        let mut rx = stop_rx.clone();
+        let served = wrenn_control_plane::serve(app, listen, async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = rx.wait_for(|s| *s) => {}
+            }
+        })
+        .await;
+        eprintln!("stopping: destroying this host's sandboxes");
+        for inst in runtime.list() {
+            if let Err(e) = agent.destroy(&inst.spec.id).await {
+                eprintln!("destroying {}: {e}", inst.spec.id);
+            }
+        }
+        for mut s in store.sandboxes_on_host("host-local").await.unwrap_or_default() {
+            s.state = "stopped".into();
+            let _ = store.update_sandbox(&s).await;
+        }
+        let _ = stop_tx.send(true);
+        let _ = agent_task.await;
+        served.with_context(|| format!("serving on {listen}"))
+    })
+}
+
+fn wrenn_host_agent_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The admin's API key: the stored CLI login if it still works, else a new
+/// key (creating admin, team on first start). Saves the CLI login.
+async fn admin_key(app: &App, config_file: &Path, listen: SocketAddr) -> anyhow::Result<String> {
+    let admin_email = "admin@localhost";
+    let user = match app.store.user_by_email(admin_email).await? {
+        Some(u) => u,
+        None => {
+            let password = wrenn_control_plane::ids::hex(12);
+            let (u, _) = wrenn_control_plane::api::create_user_with_team(
+                app,
+                admin_email,
+                &password,
+                Some("admin"),
+                Some("default"),
+                true,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("Created the admin user {admin_email} with password {password} (shown once).");
+            u
+        }
+    };
+    let base_url = format!("http://{listen}");
+    if let Ok(bytes) = std::fs::read(config_file) {
+        if let Ok(cfg) = serde_json::from_slice::<CliConfig>(&bytes) {
+            let hash = wrenn_control_plane::auth::sha256_hex(&cfg.api_key);
+            if app.store.api_key_by_hash(&hash).await?.is_some() {
+                save_config(
+                    config_file,
+                    &CliConfig {
+                        base_url,
+                        api_key: cfg.api_key.clone(),
+                    },
+                )?;
+                return Ok(cfg.api_key);
+            }
+        }
+    }
+    let (team, _) = app
+        .store
+        .teams_of(&user.id)
+        .await?
+        .into_iter()
+        .next()
+        .context("the admin has no team")?;
+    let (secret, _) = wrenn_control_plane::api::issue_key(app, &team.id, &user.id, "wrenn up")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    save_config(
+        config_file,
+        &CliConfig {
+            base_url,
+            api_key: secret.clone(),
+        },
+    )?;
+    Ok(secret)
+}
+
+fn save_config(path: &Path, cfg: &CliConfig) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("saving the CLI login to {}", path.display()))?;
+    f.write_all(&serde_json::to_vec_pretty(cfg)?)?;
+    Ok(())
+}

@@ -1,0 +1,149 @@
+"""The `wrenn` Python SDK 0.3.0 from PyPI, unchanged, against `wrenn up`;
+the README's curl walk-through; and team isolation on every route."""
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+@pytest.fixture()
+def wrenn_env(wrenn_up, monkeypatch):
+    base, key, _ = wrenn_up
+    monkeypatch.setenv("WRENN_API_KEY", key)
+    monkeypatch.setenv("WRENN_BASE_URL", base)
+    return base, key
+
+
+def test_capsule_lifecycle_with_the_wrenn_sdk(wrenn_env):
+    from wrenn import Capsule
+
+    c = Capsule.create(template="base", wait=True)
+    try:
+        assert c.get_info().status == "running"
+        r = c.commands.run("echo out; echo err >&2; exit 3")
+        assert (r.stdout, r.stderr, r.exit_code) == ("out\n", "err\n", 3)
+        r = c.commands.run("pwd; echo $GREETING", cwd="/tmp", envs={"GREETING": "hi"})
+        assert r.stdout == "/tmp\nhi\n"
+
+        c.files.write("/work/a.txt", "hello")
+        c.files.write("/work/b.bin", b"\x00\x01\x02")
+        assert c.files.read("/work/a.txt") == "hello"
+        assert c.files.read_bytes("/work/b.bin") == b"\x00\x01\x02"
+        assert sorted(e.name for e in c.files.list("/work")) == ["a.txt", "b.bin"]
+        made = c.files.make_dir("/work/sub")
+        assert made.name == "sub" and made.type.value == "directory"
+        c.files.remove("/work/sub")
+        assert sorted(e.name for e in c.files.list("/work")) == ["a.txt", "b.bin"]
+
+        assert c.capsule_id in [x.id for x in Capsule.list()]
+
+        h = c.commands.run("sleep 300", background=True)
+        assert h.pid in [p.pid for p in c.commands.list()]
+
+        c.pause()
+        assert c.get_info().status == "paused"
+        c.resume()
+        assert c.get_info().status == "running"
+        assert c.commands.run("cat /work/a.txt").stdout == "hello"
+        assert h.pid in [p.pid for p in c.commands.list()], "the background process survived pause"
+    finally:
+        c.destroy()
+    assert c.capsule_id not in [x.id for x in Capsule.list()]
+
+
+def _walkthrough() -> str:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    m = re.search(r"<!-- walkthrough -->\s*```sh\n(.*?)```", readme, re.S)
+    assert m, "README has no walk-through block"
+    return m.group(1)
+
+
+def test_the_readme_walkthrough_runs(wrenn_up):
+    base, key, _ = wrenn_up
+    script = "set -euo pipefail\n" + _walkthrough()
+    out = subprocess.run(
+        ["bash", "-c", script],
+        env={**os.environ, "WRENN_URL": base, "WRENN_API_KEY": key},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "hello from the sandbox" in out.stdout
+
+
+def test_another_team_sees_nothing(wrenn_up):
+    base, key, _ = wrenn_up
+    mine = httpx.Client(base_url=base, headers={"X-API-Key": key}, timeout=60)
+    sb = mine.post("/v1/sandboxes", json={"template": "base"}).json()
+    sid = sb["id"]
+    try:
+        # Another user signs up: a new team, its own key.
+        r = httpx.post(f"{base}/v1/auth/signup", json={"email": f"eve-{os.getpid()}@example.com", "password": "long enough pw"})
+        assert r.status_code == 201, r.text
+        token = r.json()["token"]
+        other_key = httpx.post(f"{base}/v1/api-keys", headers={"Authorization": f"Bearer {token}"}, json={"name": "eve"}).json()["key"]
+        theirs = httpx.Client(base_url=base, headers={"X-API-Key": other_key}, timeout=30)
+        routes = [
+            ("GET", f"/v1/sandboxes/{sid}", None),
+            ("DELETE", f"/v1/sandboxes/{sid}", None),
+            ("POST", f"/v1/sandboxes/{sid}/exec", {"cmd": "id"}),
+            ("GET", f"/v1/sandboxes/{sid}/processes", None),
+            ("DELETE", f"/v1/sandboxes/{sid}/processes/1", None),
+            ("POST", f"/v1/sandboxes/{sid}/ping", None),
+            ("POST", f"/v1/sandboxes/{sid}/pause", None),
+            ("POST", f"/v1/sandboxes/{sid}/resume", None),
+            ("GET", f"/v1/sandboxes/{sid}/metrics", None),
+            ("POST", f"/v1/sandboxes/{sid}/files/read", {"path": "/etc/hostname"}),
+            ("POST", f"/v1/sandboxes/{sid}/files/stream/read", {"path": "/etc/hostname"}),
+            ("POST", f"/v1/sandboxes/{sid}/files/list", {"path": "/"}),
+            ("POST", f"/v1/sandboxes/{sid}/files/mkdir", {"path": "/x"}),
+            ("POST", f"/v1/sandboxes/{sid}/files/remove", {"path": "/etc"}),
+            ("GET", f"/v1/capsules/{sid}", None),
+        ]
+        for method, path, body in routes:
+            r = theirs.request(method, path, json=body)
+            assert r.status_code == 404, f"{method} {path}: {r.status_code} {r.text}"
+            assert r.json()["error"]["code"] == "not_found"
+            assert sid not in r.text or "not found" in r.text
+        r = theirs.post(f"/v1/sandboxes/{sid}/files/write", files={"file": ("f", b"x")}, data={"path": "/pwned"})
+        assert r.status_code == 404
+        assert sid not in [s["id"] for s in theirs.get("/v1/sandboxes").json()]
+        # And it is untouched.
+        assert mine.get(f"/v1/sandboxes/{sid}").json()["status"] == "running"
+        r = mine.post(f"/v1/sandboxes/{sid}/exec", json={"cmd": "ls", "args": ["/pwned"]})
+        assert r.json()["exit_code"] != 0
+    finally:
+        mine.delete(f"/v1/sandboxes/{sid}")
+
+
+@pytest.mark.parametrize(
+    "method, path, body, status, code",
+    [
+        ("POST", "/v1/sandboxes", {"vcpus": "two"}, 400, "invalid_request"),
+        ("POST", "/v1/sandboxes", {"bogus": 1}, 400, "invalid_request"),
+        ("POST", "/v1/sandboxes", {"template": "no-such-template"}, 400, "invalid_request"),
+        ("POST", "/v1/sandboxes", {"memory_mb": 1}, 400, "invalid_request"),
+        ("GET", "/v1/sandboxes/sb-doesnotexist", None, 404, "not_found"),
+        ("GET", "/v1/sandboxes?state=sideways", None, 400, "invalid_request"),
+        ("POST", "/v1/sandboxes/sb-doesnotexist/exec", {"cmd": "true"}, 404, "not_found"),
+    ],
+)
+def test_bad_input_gets_clear_errors(wrenn_up, method, path, body, status, code):
+    base, key, _ = wrenn_up
+    r = httpx.request(method, base + path, json=body, headers={"X-API-Key": key}, timeout=60)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == code and err["message"]
+
+
+def test_no_key_is_401(wrenn_up):
+    base, _, _ = wrenn_up
+    r = httpx.get(f"{base}/v1/sandboxes")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    r = httpx.get(f"{base}/v1/sandboxes", headers={"X-API-Key": "wrn_" + "0" * 32})
+    assert r.status_code == 401
