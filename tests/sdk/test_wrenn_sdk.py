@@ -147,3 +147,48 @@ def test_no_key_is_401(wrenn_up):
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
     r = httpx.get(f"{base}/v1/sandboxes", headers={"X-API-Key": "wrn_" + "0" * 32})
     assert r.status_code == 401
+
+
+def test_cli_sandbox_and_key_commands(wrenn_up, tmp_path):
+    from conftest import wrenn_binary
+
+    base, key, data = wrenn_up
+    env = {**os.environ, "WRENN_CONFIG": str(tmp_path / "cli.json"), "RUST_BACKTRACE": "0"}
+    wrenn = str(wrenn_binary())
+
+    def run(*args, check=True):
+        r = subprocess.run([wrenn, *args], env=env, capture_output=True, text=True, timeout=120)
+        if check:
+            assert r.returncode == 0, r.stderr
+        return r
+
+    assert "not logged in" in run("sandbox", "ls", check=False).stderr
+    run("login", "--url", base, "--key", key)
+    sid = run("sandbox", "create").stdout.strip()
+    try:
+        assert sid.startswith("sb-")
+        assert sid in run("sandbox", "ls").stdout
+        r = run("sandbox", "exec", sid, "--", "sh", "-c", "echo out; echo err >&2; exit 4", check=False)
+        assert (r.stdout, r.stderr, r.returncode) == ("out\n", "err\n", 4)
+        local = tmp_path / "in.txt"
+        local.write_text("round trip")
+        run("sandbox", "cp", str(local), f"{sid}:/root/in.txt")
+        run("sandbox", "cp", f"{sid}:/root/in.txt", str(tmp_path / "out.txt"))
+        assert (tmp_path / "out.txt").read_text() == "round trip"
+        run("sandbox", "pause", sid)
+        r = run("sandbox", "exec", sid, "--", "true", check=False)
+        assert r.returncode == 1 and "paused" in r.stderr and "invalid_state" in r.stderr
+        run("sandbox", "resume", sid)
+        new_key = run("key", "create", "--name", "from-cli").stdout.strip()
+        assert new_key.startswith("wrn_")
+        assert "from-cli" in run("key", "ls").stdout
+        import json
+
+        keys = json.loads(run("key", "ls", "--json").stdout)
+        kid = next(k["id"] for k in keys if k["name"] == "from-cli")
+        run("key", "rm", kid)
+        assert "from-cli" not in run("key", "ls").stdout
+    finally:
+        run("sandbox", "rm", sid)
+    r = run("sandbox", "exec", "sb-doesnotexist", "--", "true", check=False)
+    assert r.returncode == 1 and r.stderr.startswith("error: ") and "not found" in r.stderr

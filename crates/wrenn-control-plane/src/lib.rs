@@ -30,6 +30,10 @@ pub struct App {
     pub scheduler: Arc<dyn hosts::Scheduler>,
     /// Lifecycle events, by team.
     pub events: tokio::sync::broadcast::Sender<(String, serde_json::Value)>,
+    /// Disk use per sandbox, as last asked of its agent (GET shows it; one
+    /// agent call a second per sandbox is plenty).
+    pub disk_used:
+        Arc<std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>>,
 }
 
 impl App {
@@ -41,6 +45,7 @@ impl App {
             hosts: hosts::HostPool::default(),
             scheduler: Arc::new(hosts::RoundRobin::default()),
             events: tokio::sync::broadcast::channel(1024).0,
+            disk_used: Arc::default(),
         }
     }
 }

@@ -60,9 +60,12 @@ impl Up {
             key: cfg["api_key"].as_str().unwrap().to_string(),
         }
     }
+}
 
-    fn stop(mut self) {
-        // Ctrl-C: wrenn up destroys its sandboxes and exits.
+impl Drop for Up {
+    /// Ctrl-C: wrenn up destroys its sandboxes and exits; then its data
+    /// goes. Runs on a panic too.
+    fn drop(&mut self) {
         let _ = Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
             .status();
@@ -254,5 +257,5 @@ async fn main() {
         "download 100 MiB (streamed)          {:>8.0} MB/s  (target >= 300)",
         median(download)
     );
-    up.stop();
+    drop(up);
 }

@@ -3,12 +3,14 @@
 //! - `wrenn up` starts everything on one machine;
 //! - `wrenn server` runs the control plane;
 //! - `wrenn agent` runs the host agent (namespace runtime);
-//! - `wrenn template build|ls|rm|import` manages templates on this host.
+//! - `wrenn template build|ls|rm|import` manages templates on this host;
+//! - `wrenn login`, `wrenn sandbox …`, `wrenn key …` use the REST API.
 //!
 //! `wrenn __sandbox-init` is internal: the agent runs it as the first
 //! process of every sandbox.
 
 mod agent;
+mod cli;
 mod server;
 mod template;
 
@@ -41,12 +43,46 @@ enum Command {
     Up(server::UpArgs),
     /// Run the control plane (the REST API).
     Server(server::ServerArgs),
+    /// Save the API URL and key the other commands use.
+    Login {
+        /// API base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// API key (`wrn_…`).
+        #[arg(long, env = "WRENN_API_KEY", hide_env_values = true)]
+        key: String,
+        /// Where to save it (default: ~/.config/wrenn/config.json).
+        #[arg(long, env = "WRENN_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Create, list, use and destroy sandboxes.
+    Sandbox {
+        #[command(flatten)]
+        conn: cli::Conn,
+        #[command(subcommand)]
+        command: cli::SandboxCommand,
+    },
+    /// Manage API keys.
+    Key {
+        #[command(flatten)]
+        conn: cli::Conn,
+        #[command(subcommand)]
+        command: cli::KeyCommand,
+    },
     /// Manage the templates sandboxes start from.
     #[command(subcommand)]
     Template(template::TemplateCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(e) = run() {
+        // The chain of causes, each naming what failed; no backtrace.
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     // The sandbox init must run before anything starts a thread.
     if std::env::args().nth(1).as_deref() == Some("__sandbox-init") {
         wrenn_host_agent::runtime::namespaces::init::main();
@@ -64,5 +100,8 @@ fn main() -> anyhow::Result<()> {
         Command::Up(args) => server::run_up(&cli.data_dir, args),
         Command::Server(args) => server::run_server(&cli.data_dir, args),
         Command::Template(cmd) => template::run(&cli.data_dir, cmd),
+        Command::Login { url, key, config } => cli::login(url, key, config),
+        Command::Sandbox { conn, command } => cli::sandbox(conn, command),
+        Command::Key { conn, command } => cli::key(conn, command),
     }
 }

@@ -313,7 +313,8 @@ async fn admin_key(app: &App, config_file: &Path, listen: SocketAddr) -> anyhow:
     Ok(secret)
 }
 
-fn save_config(path: &Path, cfg: &CliConfig) -> anyhow::Result<()> {
+/// Saves the CLI login (0600).
+pub fn save_config(path: &Path, cfg: &CliConfig) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

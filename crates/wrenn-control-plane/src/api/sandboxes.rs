@@ -39,8 +39,15 @@ pub(super) fn routes() -> axum::Router<App> {
         .route("/{id}/metrics", get(metrics))
         .route("/{id}/files/read", post(file_read))
         .route("/{id}/files/stream/read", post(file_read))
-        .route("/{id}/files/write", post(file_write))
-        .route("/{id}/files/stream/write", post(file_write))
+        // Uploads stream to the sandbox; no body limit applies to them.
+        .route(
+            "/{id}/files/write",
+            post(file_write).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/{id}/files/stream/write",
+            post(file_write).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route("/{id}/files/list", post(file_list))
         .route("/{id}/files/mkdir", post(file_mkdir))
         .route("/{id}/files/remove", post(file_remove))
@@ -300,19 +307,34 @@ async fn get_one(
     let s = find(&app, &caller, &id).await?;
     let mut v = sandbox_json(&s);
     if s.state == "running" || s.state == "paused" {
-        if let Ok(agent) = agent_for(&app, &s).await {
-            if let Ok(m) = agent
-                .get_sandbox_metrics(pb::SandboxRef {
-                    sandbox_id: s.id.clone(),
-                    ..Default::default()
-                })
-                .await
-            {
-                v["disk_used_mb"] = json!(m.into_owned().disk_used_bytes >> 20);
-            }
+        if let Some(bytes) = disk_used(&app, &s).await {
+            v["disk_used_mb"] = json!(bytes >> 20);
         }
     }
     Ok(Json(v))
+}
+
+/// Disk in use, from a cache refreshed from the agent at most once a second.
+async fn disk_used(app: &App, s: &Sandbox) -> Option<u64> {
+    let fresh = std::time::Duration::from_secs(1);
+    if let Some((at, v)) = app.disk_used.lock().expect("disk cache").get(&s.id) {
+        if at.elapsed() < fresh {
+            return Some(*v);
+        }
+    }
+    let agent = agent_for(app, s).await.ok()?;
+    let m = agent
+        .get_sandbox_metrics(pb::SandboxRef {
+            sandbox_id: s.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .ok()?;
+    let bytes = m.into_owned().disk_used_bytes;
+    let mut cache = app.disk_used.lock().expect("disk cache");
+    cache.retain(|_, (at, _)| at.elapsed() < fresh * 60);
+    cache.insert(s.id.clone(), (std::time::Instant::now(), bytes));
+    Some(bytes)
 }
 
 async fn destroy(

@@ -1,0 +1,279 @@
+//! The CLI's API commands: `login`, `sandbox …`, `key …`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde_json::Value;
+use wrenn_client::Client;
+
+use crate::server::{CliConfig, config_path};
+
+/// Where to reach the API; flags beat the environment beat the saved login.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Conn {
+    /// API base URL.
+    #[arg(long, global = true, env = "WRENN_BASE_URL")]
+    url: Option<String>,
+    /// API key.
+    #[arg(long, global = true, env = "WRENN_API_KEY", hide_env_values = true)]
+    key: Option<String>,
+    /// The saved login (default: ~/.config/wrenn/config.json).
+    #[arg(long, global = true, env = "WRENN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+impl Conn {
+    fn client(&self) -> anyhow::Result<Client> {
+        let saved: Option<CliConfig> = std::fs::read(config_path(self.config.clone()))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let url = self
+            .url
+            .clone()
+            .or_else(|| saved.as_ref().map(|c| c.base_url.clone()));
+        let key = self
+            .key
+            .clone()
+            .or_else(|| saved.as_ref().map(|c| c.api_key.clone()));
+        let (Some(url), Some(key)) = (url, key) else {
+            anyhow::bail!(
+                "not logged in: run `wrenn up`, or `wrenn login --url URL --key wrn_…`, or set WRENN_BASE_URL and WRENN_API_KEY"
+            );
+        };
+        Ok(Client::new(&url, &key)?)
+    }
+}
+
+/// `wrenn sandbox …`.
+#[derive(clap::Subcommand, Debug)]
+pub enum SandboxCommand {
+    /// Create a sandbox.
+    Create {
+        /// Template.
+        #[arg(long, default_value = "base")]
+        template: String,
+        /// CPUs.
+        #[arg(long)]
+        vcpus: Option<u32>,
+        /// Memory in MiB.
+        #[arg(long)]
+        memory_mb: Option<u32>,
+        /// Disk in MiB.
+        #[arg(long)]
+        disk_size_mb: Option<u32>,
+        /// Idle timeout in seconds (0: none).
+        #[arg(long)]
+        timeout_sec: Option<u32>,
+        /// Block egress.
+        #[arg(long)]
+        no_internet: bool,
+    },
+    /// List sandboxes.
+    Ls,
+    /// Run a command in a sandbox; exits with its exit code.
+    Exec {
+        /// Sandbox id.
+        id: String,
+        /// Command and arguments.
+        #[arg(trailing_var_arg = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Copy a file in or out: `wrenn sandbox cp ./local sb-x:/path` or back.
+    Cp {
+        /// Source (`ID:PATH` for inside a sandbox).
+        src: String,
+        /// Destination (`ID:PATH` for inside a sandbox).
+        dst: String,
+    },
+    /// Pause a sandbox.
+    Pause {
+        /// Sandbox id.
+        id: String,
+    },
+    /// Resume a paused sandbox.
+    Resume {
+        /// Sandbox id.
+        id: String,
+    },
+    /// Destroy sandboxes.
+    Rm {
+        /// Sandbox ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+/// `wrenn key …`.
+#[derive(clap::Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Create an API key (shown once).
+    Create {
+        /// Label.
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+    /// List API keys.
+    Ls,
+    /// Delete an API key.
+    Rm {
+        /// Key id (`key-…`).
+        id: String,
+    },
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).expect("json prints"));
+}
+
+fn split_remote(s: &str) -> Option<(&str, &str)> {
+    let (id, path) = s.split_once(':')?;
+    (id.starts_with("sb-") && path.starts_with('/')).then_some((id, path))
+}
+
+/// Saves a login after checking it works.
+pub fn login(url: String, key: String, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let client = Client::new(&url, &key)?;
+    rt.block_on(client.list_keys())
+        .context("checking the key")?;
+    crate::server::save_config(
+        &config_path(config.clone()),
+        &CliConfig {
+            base_url: url,
+            api_key: key,
+        },
+    )?;
+    println!("logged in ({})", config_path(config).display());
+    Ok(())
+}
+
+/// Runs a sandbox command.
+pub fn sandbox(conn: Conn, cmd: SandboxCommand) -> anyhow::Result<()> {
+    let c = conn.client()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        match cmd {
+            SandboxCommand::Create { template, vcpus, memory_mb, disk_size_mb, timeout_sec, no_internet } => {
+                let mut req = serde_json::json!({ "template": template, "allow_internet_access": !no_internet });
+                for (k, v) in [("vcpus", vcpus), ("memory_mb", memory_mb), ("disk_size_mb", disk_size_mb), ("timeout_sec", timeout_sec)] {
+                    if let Some(v) = v {
+                        req[k] = v.into();
+                    }
+                }
+                let sb = c.create_sandbox(&req).await?;
+                if conn.json { print_json(&sb) } else { println!("{}", sb["id"].as_str().unwrap_or_default()) }
+            }
+            SandboxCommand::Ls => {
+                let list = c.list_sandboxes().await?;
+                if conn.json {
+                    print_json(&Value::Array(list));
+                } else {
+                    println!("{:<18} {:<9} {:<10} {:>5} {:>7}  {}", "ID", "STATUS", "TEMPLATE", "VCPUS", "MEM_MB", "CREATED");
+                    for s in list {
+                        println!(
+                            "{:<18} {:<9} {:<10} {:>5} {:>7}  {}",
+                            s["id"].as_str().unwrap_or(""),
+                            s["status"].as_str().unwrap_or(""),
+                            s["template"].as_str().unwrap_or(""),
+                            s["vcpus"],
+                            s["memory_mb"],
+                            s["created_at"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+            }
+            SandboxCommand::Exec { id, cmd } => {
+                let args: Vec<&str> = cmd[1..].iter().map(String::as_str).collect();
+                let out = c.exec(&id, &cmd[0], &args).await?;
+                if conn.json {
+                    print_json(&out);
+                    return Ok(());
+                }
+                let decode = |v: &Value| -> Vec<u8> {
+                    let s = v.as_str().unwrap_or_default();
+                    if out["encoding"] == "base64" {
+                        use base64::Engine as _;
+                        base64::engine::general_purpose::STANDARD.decode(s).unwrap_or_default()
+                    } else {
+                        s.as_bytes().to_vec()
+                    }
+                };
+                use std::io::Write;
+                std::io::stdout().write_all(&decode(&out["stdout"]))?;
+                std::io::stderr().write_all(&decode(&out["stderr"]))?;
+                let code = out["exit_code"].as_i64().unwrap_or(1);
+                if code != 0 {
+                    std::process::exit(if (0..=255).contains(&code) { code as i32 } else { 1 });
+                }
+            }
+            SandboxCommand::Cp { src, dst } => match (split_remote(&src), split_remote(&dst)) {
+                (None, Some((id, path))) => {
+                    let data = std::fs::read(&src).with_context(|| format!("reading {src}"))?;
+                    c.write_file(id, path, data.into()).await?;
+                }
+                (Some((id, path)), None) => {
+                    let data = c.read_file(id, path).await?;
+                    std::fs::write(&dst, &data).with_context(|| format!("writing {dst}"))?;
+                }
+                _ => anyhow::bail!("one side of cp must be ID:/path in a sandbox and the other a local file"),
+            },
+            SandboxCommand::Pause { id } => {
+                c.set_paused(&id, true).await?;
+            }
+            SandboxCommand::Resume { id } => {
+                c.set_paused(&id, false).await?;
+            }
+            SandboxCommand::Rm { ids } => {
+                for id in ids {
+                    c.destroy_sandbox(&id).await?;
+                    println!("{id}");
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Runs a key command.
+pub fn key(conn: Conn, cmd: KeyCommand) -> anyhow::Result<()> {
+    let c = conn.client()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        match cmd {
+            KeyCommand::Create { name } => {
+                let k = c.create_key(&name).await?;
+                if conn.json {
+                    print_json(&k)
+                } else {
+                    println!("{}", k["key"].as_str().unwrap_or_default())
+                }
+            }
+            KeyCommand::Ls => {
+                let keys = c.list_keys().await?;
+                if conn.json {
+                    print_json(&Value::Array(keys));
+                } else {
+                    println!("{:<18} {:<16} {:<12} {}", "ID", "NAME", "KEY", "LAST USED");
+                    for k in keys {
+                        println!(
+                            "{:<18} {:<16} {:<12} {}",
+                            k["id"].as_str().unwrap_or(""),
+                            k["name"].as_str().unwrap_or(""),
+                            format!(
+                                "{}…{}",
+                                k["prefix"].as_str().unwrap_or(""),
+                                k["last4"].as_str().unwrap_or("")
+                            ),
+                            k["last_used_at"].as_str().unwrap_or("never")
+                        );
+                    }
+                }
+            }
+            KeyCommand::Rm { id } => c.delete_key(&id).await?,
+        }
+        Ok(())
+    })
+}
