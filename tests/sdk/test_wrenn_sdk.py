@@ -192,3 +192,46 @@ def test_cli_sandbox_and_key_commands(wrenn_up, tmp_path):
         run("sandbox", "rm", sid)
     r = run("sandbox", "exec", "sb-doesnotexist", "--", "true", check=False)
     assert r.returncode == 1 and r.stderr.startswith("error: ") and "not found" in r.stderr
+
+
+def test_exec_stream_and_pty_over_websocket(wrenn_env):
+    from wrenn import Capsule
+
+    c = Capsule.create(template="base", wait=True)
+    try:
+        events = list(c.commands.stream("echo one; echo two >&2; exit 5"))
+        kinds = [e.type for e in events]
+        assert kinds[0] == "start" and kinds[-1] == "exit", kinds
+        assert events[-1].exit_code == 5
+        assert "one" in "".join(e.data for e in events if e.type == "stdout")
+        assert "two" in "".join(e.data for e in events if e.type == "stderr")
+
+        # A PTY: type into it, resize it, then drop the socket mid-session.
+        with c.pty(cols=80, rows=24) as term:
+            term.write(b"stty size; echo marker-$((40+2))\n")
+            seen = b""
+            for ev in term:
+                if ev.type == "output":
+                    seen += ev.data
+                if b"marker-42" in seen:
+                    break
+            tag = term.tag
+            assert b"24 80" in seen
+            term.resize(cols=100, rows=30)
+            # Leave without killing: the session must survive.
+            term._ws.close()
+            term.kill = lambda: None
+        # Re-attach by tag and finish the session.
+        with c.pty_connect(tag) as term:
+            term.write(b"stty size; exit 7\n")
+            seen = b""
+            code = None
+            for ev in term:
+                if ev.type == "output":
+                    seen += ev.data
+                if ev.type == "exit":
+                    code = ev.exit_code
+                    break
+            assert b"30 100" in seen and code == 7, (seen, code)
+    finally:
+        c.destroy()

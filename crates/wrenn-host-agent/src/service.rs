@@ -617,7 +617,7 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
         let mut envs: std::collections::HashMap<String, String> = r.envs.into_iter().collect();
         envs.entry("TERM".into())
             .or_insert_with(|| "xterm-256color".into());
-        let mut req = start_request(&cmd, &args, &envs, &r.cwd, "", true);
+        let mut req = start_request(&cmd, &args, &envs, &r.cwd, &r.tag, true);
         let size = ep::pty::Size {
             cols: r.cols.max(1),
             rows: r.rows.max(1),
