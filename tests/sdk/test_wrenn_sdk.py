@@ -235,3 +235,15 @@ def test_exec_stream_and_pty_over_websocket(wrenn_env):
             assert b"30 100" in seen and code == 7, (seen, code)
     finally:
         c.destroy()
+
+
+def test_openapi_and_docs_are_served_from_the_binary(wrenn_up):
+    base, _, _ = wrenn_up
+    spec = httpx.get(f"{base}/openapi.yaml")
+    assert spec.status_code == 200 and spec.text.startswith("openapi: 3.1")
+    for path in ["/v1/sandboxes:", "/v1/sandboxes/{id}/exec:", "/v1/api-keys:", "/v1/auth/login:", "/v1/sandboxes/{id}/files/write:"]:
+        assert f"  {path}" in spec.text, path
+    docs = httpx.get(f"{base}/docs/")
+    assert docs.status_code == 200 and "swagger-ui" in docs.text
+    assert "unpkg" not in docs.text and "cdn" not in docs.text.lower(), "docs must not load assets from a CDN"
+    assert httpx.get(f"{base}/docs/swagger-ui.css").status_code == 200

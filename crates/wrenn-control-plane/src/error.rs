@@ -96,5 +96,21 @@ impl From<connectrpc::ConnectError> for ApiError {
     }
 }
 
+/// The shape of every error body (for the OpenAPI document).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Code and message of an error.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `not_found`, `invalid_state`.
+    pub code: String,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
 /// Result of a handler.
 pub type ApiResult<T> = Result<T, ApiError>;

@@ -9,11 +9,11 @@ use serde_json::{Value, json};
 use super::{ApiJson, OptionalJson, rfc3339};
 use crate::App;
 use crate::auth::{Caller, hash_password, new_api_key, verify_password};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::ids;
 use crate::store::{ApiKey, Team, User, now};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SignupReq {
     email: String,
@@ -32,6 +32,7 @@ fn check_email(email: &str) -> ApiResult<()> {
 }
 
 /// POST /v1/auth/signup: a user, their own team (as owner), and a token.
+#[utoipa::path(post, path = "/v1/auth/signup", tag = "auth", request_body = SignupReq, responses((status = 201, description = "User, team and token"), (status = 409, description = "Email taken", body = ErrorBody), (status = 400, description = "Bad input", body = ErrorBody)))]
 pub(super) async fn signup(
     State(app): State<App>,
     ApiJson(r): ApiJson<SignupReq>,
@@ -97,7 +98,7 @@ pub async fn create_user_with_team(
     Ok((user, team))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct LoginReq {
     email: String,
@@ -105,6 +106,7 @@ pub(super) struct LoginReq {
 }
 
 /// POST /v1/auth/login.
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginReq, responses((status = 200, description = "Token, user and teams"), (status = 401, description = "Wrong email or password", body = ErrorBody)))]
 pub(super) async fn login(
     State(app): State<App>,
     ApiJson(r): ApiJson<LoginReq>,
@@ -133,7 +135,7 @@ fn key_json(k: &ApiKey) -> Value {
     })
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, utoipa::ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct KeyReq {
     #[serde(default)]
@@ -166,6 +168,7 @@ pub async fn issue_key(
 }
 
 /// POST /v1/api-keys.
+#[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", request_body(content = KeyReq, description = "Optional"), responses((status = 201, description = "The key, shown once in `key`"), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 pub(super) async fn create_key(
     State(app): State<App>,
     caller: Caller,
@@ -180,6 +183,7 @@ pub(super) async fn create_key(
 }
 
 /// GET /v1/api-keys.
+#[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", responses((status = 200, description = "The team's keys (never their secrets)"), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 pub(super) async fn list_keys(State(app): State<App>, caller: Caller) -> ApiResult<Json<Value>> {
     let keys: Vec<Value> = app
         .store
@@ -192,6 +196,7 @@ pub(super) async fn list_keys(State(app): State<App>, caller: Caller) -> ApiResu
 }
 
 /// DELETE /v1/api-keys/{id}.
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "Key id")), responses((status = 204, description = "Deleted"), (status = 404, description = "No such key in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 pub(super) async fn delete_key(
     State(app): State<App>,
     caller: Caller,
@@ -208,6 +213,7 @@ pub(super) async fn delete_key(
 }
 
 /// GET /v1/teams: the caller's teams (for a key: its team).
+#[utoipa::path(get, path = "/v1/teams", tag = "teams", responses((status = 200, description = "The caller's teams")), security(("api_key" = []), ("bearer" = [])))]
 pub(super) async fn list_teams(State(app): State<App>, caller: Caller) -> ApiResult<Json<Value>> {
     let teams: Vec<Value> = match &caller.user_id {
         Some(u) => app
@@ -228,13 +234,14 @@ pub(super) async fn list_teams(State(app): State<App>, caller: Caller) -> ApiRes
     Ok(Json(json!({ "teams": teams })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TeamReq {
     name: String,
 }
 
 /// POST /v1/teams: a new team owned by the calling user.
+#[utoipa::path(post, path = "/v1/teams", tag = "teams", request_body = TeamReq, responses((status = 201, description = "The team, owned by the caller"), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody)), security(("bearer" = [])))]
 pub(super) async fn create_team(
     State(app): State<App>,
     caller: Caller,
@@ -272,6 +279,7 @@ fn own_team(caller: &Caller, id: &str) -> ApiResult<()> {
 }
 
 /// GET /v1/teams/{id}/members.
+#[utoipa::path(get, path = "/v1/teams/{id}/members", tag = "teams", params(("id" = String, Path)), responses((status = 200, description = "Members"), (status = 404, description = "Not the caller's team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 pub(super) async fn list_members(
     State(app): State<App>,
     caller: Caller,
@@ -281,7 +289,7 @@ pub(super) async fn list_members(
     Ok(Json(json!({ "members": app.store.members(&id).await? })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MemberReq {
     email: String,
@@ -290,6 +298,7 @@ pub(super) struct MemberReq {
 }
 
 /// POST /v1/teams/{id}/members: adds an existing user by email.
+#[utoipa::path(post, path = "/v1/teams/{id}/members", tag = "teams", params(("id" = String, Path)), request_body = MemberReq, responses((status = 204, description = "Added"), (status = 404, description = "No such team or user", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 pub(super) async fn add_member(
     State(app): State<App>,
     caller: Caller,
@@ -318,6 +327,7 @@ pub(super) async fn add_member(
 }
 
 /// DELETE /v1/teams/{id}/members/{user_id}.
+#[utoipa::path(delete, path = "/v1/teams/{id}/members/{user_id}", tag = "teams", params(("id" = String, Path), ("user_id" = String, Path)), responses((status = 204, description = "Removed"), (status = 404, description = "Not a member", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 pub(super) async fn remove_member(
     State(app): State<App>,
     caller: Caller,
@@ -338,6 +348,7 @@ pub(super) async fn remove_member(
 }
 
 /// GET /v1/audit-logs.
+#[utoipa::path(get, path = "/v1/audit-logs", tag = "audit", responses((status = 200, description = "The team's latest audit entries")), security(("api_key" = []), ("bearer" = [])))]
 pub(super) async fn audit_logs(State(app): State<App>, caller: Caller) -> ApiResult<Json<Value>> {
     let entries: Vec<Value> = app
         .store

@@ -3,6 +3,8 @@
 mod identity;
 mod sandboxes;
 
+use utoipa::OpenApi;
+
 pub use identity::{create_user_with_team, issue_key};
 
 use axum::Router;
@@ -79,8 +81,65 @@ pub fn rfc3339(secs: i64) -> Option<String> {
     })
 }
 
+#[utoipa::path(get, path = "/health", tag = "meta", responses((status = 200, description = "The control plane answers")))]
 async fn health() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Declares the API key and bearer-token schemes.
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let c = api.components.get_or_insert_with(Default::default);
+        c.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+        c.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document, generated from the handlers' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Wrenn API",
+        description = "Sandboxes for code that AI agents write. Every route but /health and /v1/auth needs `X-API-Key: wrn_…` or `Authorization: Bearer <token>`. Errors are `{\"error\":{\"code\",\"message\"}}`. Also served under /v1/capsules. WebSockets: GET /v1/sandboxes/{id}/exec/stream and /v1/sandboxes/{id}/pty."
+    ),
+    paths(
+        health,
+        identity::signup, identity::login,
+        identity::create_key, identity::list_keys, identity::delete_key,
+        identity::list_teams, identity::create_team, identity::list_members, identity::add_member, identity::remove_member,
+        identity::audit_logs,
+        sandboxes::create, sandboxes::list, sandboxes::get_one, sandboxes::destroy,
+        sandboxes::pause, sandboxes::resume, sandboxes::ping, sandboxes::metrics,
+        sandboxes::exec, sandboxes::processes, sandboxes::kill,
+        sandboxes::file_read, sandboxes::file_write, sandboxes::file_list, sandboxes::file_mkdir, sandboxes::file_remove,
+        sandboxes::list_templates, sandboxes::events,
+    ),
+    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail, sandboxes::SandboxView)),
+    modifiers(&Security),
+)]
+pub struct ApiDoc;
+
+async fn openapi_yaml() -> impl axum::response::IntoResponse {
+    (
+        [(http::header::CONTENT_TYPE, "application/yaml")],
+        ApiDoc::openapi().to_yaml().expect("the spec renders"),
+    )
 }
 
 /// Every route.
@@ -88,6 +147,8 @@ pub fn router(app: App) -> Router {
     let sandboxes = sandboxes::routes();
     Router::new()
         .route("/health", get(health))
+        .route("/openapi.yaml", get(openapi_yaml))
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .route("/v1/auth/signup", post(identity::signup))
         .route("/v1/auth/login", post(identity::login))
         .route(

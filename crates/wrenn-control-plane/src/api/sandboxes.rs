@@ -20,7 +20,7 @@ use wrenn_protocol::hostagent::v1 as pb;
 use super::{ApiJson, OptionalJson, rfc3339};
 use crate::App;
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::hosts::AgentClient;
 use crate::ids;
 use crate::store::{Sandbox, now};
@@ -56,24 +56,68 @@ pub(super) fn routes() -> axum::Router<App> {
 }
 
 /// A sandbox as the API shows it (the `Capsule` of the Wrenn SDK).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct SandboxView {
+    /// `sb-…`.
+    pub id: String,
+    /// pending, starting, running, paused, stopped, missing or error.
+    pub status: String,
+    /// Template.
+    pub template: String,
+    /// CPUs.
+    pub vcpus: i64,
+    /// Memory in MiB.
+    pub memory_mb: i64,
+    /// Disk in MiB.
+    pub disk_size_mb: i64,
+    /// Idle timeout in seconds; 0 = none.
+    pub timeout_sec: i64,
+    /// Whether egress is allowed.
+    pub allow_internet_access: bool,
+    /// Labels given at creation.
+    pub metadata: HashMap<String, String>,
+    /// Host it runs on.
+    pub host_id: String,
+    /// Why it is in `error`.
+    pub error: Option<String>,
+    /// RFC 3339.
+    pub created_at: Option<String>,
+    /// RFC 3339.
+    pub started_at: Option<String>,
+    /// RFC 3339.
+    pub last_active_at: Option<String>,
+    /// RFC 3339.
+    pub last_updated: Option<String>,
+    /// Disk in use, MiB (on GET of one running sandbox).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_used_mb: Option<u64>,
+}
+
+/// The view of a stored sandbox.
+pub fn sandbox_view(s: &Sandbox) -> SandboxView {
+    SandboxView {
+        id: s.id.clone(),
+        status: s.state.clone(),
+        template: s.template.clone(),
+        vcpus: s.vcpus,
+        memory_mb: s.memory_mb,
+        disk_size_mb: s.disk_size_mb,
+        timeout_sec: s.timeout_sec,
+        allow_internet_access: s.allow_internet_access,
+        metadata: s.metadata.clone(),
+        host_id: s.host_id.clone(),
+        error: (!s.error.is_empty()).then(|| s.error.clone()),
+        created_at: rfc3339(s.created_at),
+        started_at: rfc3339(s.started_at),
+        last_active_at: rfc3339(s.last_active_at),
+        last_updated: rfc3339(s.updated_at.max(s.created_at)),
+        disk_used_mb: None,
+    }
+}
+
+/// The sandbox as JSON.
 pub fn sandbox_json(s: &Sandbox) -> Value {
-    json!({
-        "id": s.id,
-        "status": s.state,
-        "template": s.template,
-        "vcpus": s.vcpus,
-        "memory_mb": s.memory_mb,
-        "disk_size_mb": s.disk_size_mb,
-        "timeout_sec": s.timeout_sec,
-        "allow_internet_access": s.allow_internet_access,
-        "metadata": s.metadata,
-        "host_id": s.host_id,
-        "error": if s.error.is_empty() { None } else { Some(&s.error) },
-        "created_at": rfc3339(s.created_at),
-        "started_at": rfc3339(s.started_at),
-        "last_active_at": rfc3339(s.last_active_at),
-        "last_updated": rfc3339(s.updated_at.max(s.created_at)),
-    })
+    serde_json::to_value(sandbox_view(s)).expect("view serializes")
 }
 
 fn emit(app: &App, team: &str, event: &str, s: &Sandbox) {
@@ -114,7 +158,7 @@ async fn running(app: &App, caller: &Caller, id: &str) -> ApiResult<(Sandbox, Ag
     Ok((s, agent))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, utoipa::ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateReq {
     #[serde(default)]
@@ -233,7 +277,8 @@ fn check_range(name: &str, v: u32, lo: u32, hi: u32) -> ApiResult<u32> {
     Ok(v)
 }
 
-async fn create(
+#[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes", request_body(content = CreateReq, description = "All fields optional"), responses((status = 201, description = "Running", body = SandboxView), (status = 400, description = "Bad input", body = ErrorBody), (status = 503, description = "No host available", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn create(
     State(app): State<App>,
     caller: Caller,
     OptionalJson(r): OptionalJson<CreateReq>,
@@ -265,7 +310,8 @@ async fn create(
     Ok((StatusCode::CREATED, Json(sandbox_json(&s))))
 }
 
-async fn list(
+#[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes", params(("state" = Option<String>, Query, description = "Only this state; default: all but stopped")), responses((status = 200, description = "The team's sandboxes; `metadata.KEY=VALUE` query parameters filter", body = [SandboxView])), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn list(
     State(app): State<App>,
     caller: Caller,
     Query(q): Query<HashMap<String, String>>,
@@ -301,7 +347,8 @@ async fn list(
     Ok(Json(Value::Array(items)))
 }
 
-async fn get_one(
+#[utoipa::path(get, path = "/v1/sandboxes/{id}", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), responses((status = 200, description = "The sandbox, with disk_used_mb while it runs", body = SandboxView), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn get_one(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
@@ -339,7 +386,8 @@ async fn disk_used(app: &App, s: &Sandbox) -> Option<u64> {
     Some(bytes)
 }
 
-async fn destroy(
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), responses((status = 204, description = "Destroyed"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn destroy(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
@@ -414,7 +462,8 @@ async fn set_paused(app: App, caller: Caller, id: String, pause: bool) -> ApiRes
     Ok(Json(sandbox_json(&s)))
 }
 
-async fn pause(
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/pause", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), responses((status = 200, body = SandboxView, description = "Paused"), (status = 404, description = "No such sandbox in the team", body = ErrorBody), (status = 409, description = "Wrong state (e.g. paused)", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn pause(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
@@ -422,7 +471,8 @@ async fn pause(
     set_paused(app, caller, id, true).await
 }
 
-async fn resume(
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/resume", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), responses((status = 200, body = SandboxView, description = "Running again"), (status = 404, description = "No such sandbox in the team", body = ErrorBody), (status = 409, description = "Wrong state (e.g. paused)", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn resume(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
@@ -430,7 +480,8 @@ async fn resume(
     set_paused(app, caller, id, false).await
 }
 
-async fn ping(
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/ping", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), responses((status = 204, description = "Idle timer restarted"), (status = 404, description = "No such sandbox in the team", body = ErrorBody), (status = 409, description = "Wrong state (e.g. paused)", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn ping(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
@@ -447,7 +498,8 @@ async fn ping(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn metrics(
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/metrics", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), responses((status = 200, description = "CPU, memory, disk and pids"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn metrics(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
@@ -475,7 +527,7 @@ async fn metrics(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ExecReq {
     cmd: String,
@@ -507,7 +559,8 @@ fn text_or_base64(stdout: Vec<u8>, stderr: Vec<u8>) -> (String, String, &'static
     }
 }
 
-async fn exec(
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/exec", tag = "processes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = ExecReq, responses((status = 200, description = "stdout, stderr (utf-8 or base64 per `encoding`), exit_code, duration_ms; or pid and tag when background"), (status = 404, description = "No such sandbox in the team", body = ErrorBody), (status = 409, description = "Wrong state (e.g. paused)", body = ErrorBody), (status = 504, description = "timeout_sec passed; the command was killed", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn exec(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
@@ -547,7 +600,8 @@ async fn exec(
     })))
 }
 
-async fn processes(
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/processes", tag = "processes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), responses((status = 200, description = "Running processes"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn processes(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
@@ -568,7 +622,8 @@ async fn processes(
     Ok(Json(json!({ "processes": processes })))
 }
 
-async fn kill(
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}/processes/{pid}", tag = "processes", params(("id" = String, Path), ("pid" = u32, Path)), responses((status = 204, description = "Killed"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn kill(
     State(app): State<App>,
     caller: Caller,
     Path((id, pid)): Path<(String, u32)>,
@@ -585,7 +640,7 @@ async fn kill(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PathReq {
     path: String,
@@ -601,7 +656,8 @@ fn check_path(p: &str) -> ApiResult<()> {
 }
 
 /// POST files/read and files/stream/read: the file's bytes, streamed.
-async fn file_read(
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/read", tag = "files", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = PathReq, responses((status = 200, description = "The file's bytes (streamed)", content_type = "application/octet-stream"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn file_read(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
@@ -640,7 +696,8 @@ async fn file_read(
 
 /// POST files/write and files/stream/write: multipart `path` then `file`,
 /// streamed to the sandbox in chunks (a large upload never sits in memory).
-async fn file_write(
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/write", tag = "files", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body(content_type = "multipart/form-data", description = "Parts `path` then `file`; streamed, no size limit"), responses((status = 200, description = "Path and size written"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn file_write(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
@@ -736,7 +793,8 @@ fn entry_json(e: &pb::DirEntry) -> Value {
     })
 }
 
-async fn file_list(
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/list", tag = "files", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = PathReq, responses((status = 200, description = "Entries"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn file_list(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
@@ -758,7 +816,8 @@ async fn file_list(
     ))
 }
 
-async fn file_mkdir(
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/mkdir", tag = "files", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = PathReq, responses((status = 200, description = "The new directory"), (status = 404, description = "No such sandbox in the team", body = ErrorBody), (status = 409, description = "Already exists", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn file_mkdir(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
@@ -791,7 +850,8 @@ async fn file_mkdir(
     Ok(Json(json!({ "entry": entry })))
 }
 
-async fn file_remove(
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/remove", tag = "files", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = PathReq, responses((status = 204, description = "Removed"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn file_remove(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
@@ -810,6 +870,7 @@ async fn file_remove(
 }
 
 /// GET /v1/templates: what the online hosts can start.
+#[utoipa::path(get, path = "/v1/templates", tag = "templates", responses((status = 200, description = "Templates the online hosts have")), security(("api_key" = []), ("bearer" = [])))]
 pub(super) async fn list_templates(
     State(app): State<App>,
     _caller: Caller,
@@ -840,6 +901,7 @@ pub(super) async fn list_templates(
 }
 
 /// GET /v1/events/stream: server-sent lifecycle events of the caller's team.
+#[utoipa::path(get, path = "/v1/events/stream", tag = "events", responses((status = 200, description = "Server-sent lifecycle events of the team", content_type = "text/event-stream")), security(("api_key" = []), ("bearer" = [])))]
 pub(super) async fn events(
     State(app): State<App>,
     caller: Caller,
