@@ -247,3 +247,36 @@ def test_openapi_and_docs_are_served_from_the_binary(wrenn_up):
     assert docs.status_code == 200 and "swagger-ui" in docs.text
     assert "unpkg" not in docs.text and "cdn" not in docs.text.lower(), "docs must not load assets from a CDN"
     assert httpx.get(f"{base}/docs/swagger-ui.css").status_code == 200
+
+
+def test_reattach_to_a_background_process_and_events(wrenn_up, wrenn_env):
+    import json
+    import threading
+
+    from wrenn import Capsule
+
+    base, key, _ = wrenn_up
+    events = []
+
+    def listen():
+        with httpx.stream("GET", f"{base}/v1/events/stream", headers={"X-API-Key": key}, timeout=30) as r:
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    events.append(json.loads(line[5:]))
+                    if events[-1].get("event") == "capsule.destroy":
+                        return
+
+    t = threading.Thread(target=listen, daemon=True)
+    t.start()
+    c = Capsule.create(template="base", wait=True)
+    try:
+        h = c.commands.run("for i in 1 2 3 4 5 6; do echo tick-$i; sleep 0.2; done", background=True)
+        got = list(c.commands.connect(h.pid))
+        assert got[-1].type == "exit" and got[-1].exit_code == 0
+        assert "tick-6" in "".join(e.data for e in got if e.type == "stdout")
+    finally:
+        c.destroy()
+    t.join(10)
+    kinds = [(e.get("event"), e.get("capsule_id")) for e in events]
+    assert ("connected", None) in kinds
+    assert ("capsule.create", c.capsule_id) in kinds and ("capsule.destroy", c.capsule_id) in kinds

@@ -33,6 +33,7 @@ pub(super) fn routes() -> axum::Router<App> {
         .route("/{id}/exec", post(exec))
         .route("/{id}/exec/stream", get(ws::exec_stream))
         .route("/{id}/pty", get(ws::pty))
+        .route("/{id}/processes/{pid}/stream", get(ws::process_stream))
         .route("/{id}/processes", get(processes))
         .route("/{id}/processes/{pid}", delete(kill))
         .route("/{id}/ping", post(ping))
@@ -983,48 +984,88 @@ pub(super) mod ws {
                 args,
                 ..Default::default()
             };
-            let mut stream = match agent.exec_stream(req).await {
-                Ok(s) => s,
+            match agent.exec_stream(req).await {
+                Ok(stream) => relay(stream, socket).await,
                 Err(e) => {
                     let _ = socket
                         .send(text(
                             json!({ "type": "error", "data": e.message.unwrap_or_default() }),
                         ))
                         .await;
-                    return;
-                }
-            };
-            loop {
-                let ev = match stream.message::<pb::ExecEvent>().await {
-                    Ok(Some(m)) => m.to_owned_message().event,
-                    Ok(None) => break,
-                    Err(e) => {
-                        let _ = socket
-                            .send(text(
-                                json!({ "type": "error", "data": e.message.unwrap_or_default() }),
-                            ))
-                            .await;
-                        break;
-                    }
-                };
-                let out = match ev {
-                    Some(exec_event::Event::Start(s)) => json!({ "type": "start", "pid": s.pid }),
-                    Some(exec_event::Event::Stdout(b)) | Some(exec_event::Event::Pty(b)) => {
-                        json!({ "type": "stdout", "data": String::from_utf8_lossy(&b) })
-                    }
-                    Some(exec_event::Event::Stderr(b)) => {
-                        json!({ "type": "stderr", "data": String::from_utf8_lossy(&b) })
-                    }
-                    Some(exec_event::Event::End(e)) => {
-                        json!({ "type": "exit", "exit_code": e.exit_code })
-                    }
-                    None => continue,
-                };
-                if socket.send(text(out)).await.is_err() {
-                    return; // the caller left; the process runs on
                 }
             }
-            let _ = socket.close().await;
+        }))
+    }
+
+    /// Forwards an agent's exec events to a socket as `start`, `stdout`,
+    /// `stderr`, `exit` or `error` JSON messages, then closes it.
+    async fn relay(
+        mut stream: connectrpc::client::ServerStream<
+            hyper::body::Incoming,
+            pb::__buffa::view::ExecEventView<'static>,
+        >,
+        mut socket: WebSocket,
+    ) {
+        loop {
+            let ev = match stream.message::<pb::ExecEvent>().await {
+                Ok(Some(m)) => m.to_owned_message().event,
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = socket
+                        .send(text(
+                            json!({ "type": "error", "data": e.message.unwrap_or_default() }),
+                        ))
+                        .await;
+                    break;
+                }
+            };
+            let out = match ev {
+                Some(exec_event::Event::Start(s)) => json!({ "type": "start", "pid": s.pid }),
+                Some(exec_event::Event::Stdout(b)) | Some(exec_event::Event::Pty(b)) => {
+                    json!({ "type": "stdout", "data": String::from_utf8_lossy(&b) })
+                }
+                Some(exec_event::Event::Stderr(b)) => {
+                    json!({ "type": "stderr", "data": String::from_utf8_lossy(&b) })
+                }
+                Some(exec_event::Event::End(e)) => {
+                    json!({ "type": "exit", "exit_code": e.exit_code })
+                }
+                None => continue,
+            };
+            if socket.send(text(out)).await.is_err() {
+                return; // the caller left; the process runs on
+            }
+        }
+        let _ = socket.close().await;
+    }
+
+    /// GET /{id}/processes/{pid}/stream: re-attaches to a running process;
+    /// the same events as exec/stream, from now on.
+    pub async fn process_stream(
+        State(app): State<App>,
+        caller: Caller,
+        Path((id, pid)): Path<(String, u32)>,
+        upgrade: WebSocketUpgrade,
+    ) -> ApiResult<Response> {
+        let (_, agent) = running(&app, &caller, &id).await?;
+        Ok(upgrade.on_upgrade(move |mut socket| async move {
+            match agent
+                .connect_process(pb::ProcessRef {
+                    sandbox_id: id,
+                    pid,
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(stream) => relay(stream, socket).await,
+                Err(e) => {
+                    let _ = socket
+                        .send(text(
+                            json!({ "type": "error", "data": e.message.unwrap_or_default() }),
+                        ))
+                        .await;
+                }
+            }
         }))
     }
 
