@@ -4,6 +4,7 @@ the README's curl walk-through; and team isolation on every route."""
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -112,6 +113,21 @@ def test_another_team_sees_nothing(wrenn_up):
             assert sid not in r.text or "not found" in r.text
         r = theirs.post(f"/v1/sandboxes/{sid}/files/write", files={"file": ("f", b"x")}, data={"path": "/pwned"})
         assert r.status_code == 404
+        # Keys, teams, members and the audit log of my team are out of reach too.
+        my_key_id = mine.get("/v1/api-keys").json()["api_keys"][0]["id"]
+        my_team = mine.get("/v1/teams").json()["teams"][0]["id"]
+        for method, path, body in [
+            ("DELETE", f"/v1/api-keys/{my_key_id}", None),
+            ("GET", f"/v1/teams/{my_team}/members", None),
+            ("POST", f"/v1/teams/{my_team}/members", {"email": "admin@localhost"}),
+            ("DELETE", f"/v1/teams/{my_team}/members/usr-x", None),
+        ]:
+            r = theirs.request(method, path, json=body)
+            assert r.status_code == 404, f"{method} {path}: {r.status_code} {r.text}"
+        assert my_key_id not in theirs.get("/v1/api-keys").text
+        assert my_team not in theirs.get("/v1/teams").text
+        assert sid not in theirs.get("/v1/audit-logs").text
+        assert mine.get("/v1/api-keys").status_code == 200, "my key still works"
         assert sid not in [s["id"] for s in theirs.get("/v1/sandboxes").json()]
         # And it is untouched.
         assert mine.get(f"/v1/sandboxes/{sid}").json()["status"] == "running"
@@ -280,3 +296,50 @@ def test_reattach_to_a_background_process_and_events(wrenn_up, wrenn_env):
     kinds = [(e.get("event"), e.get("capsule_id")) for e in events]
     assert ("connected", None) in kinds
     assert ("capsule.create", c.capsule_id) in kinds and ("capsule.destroy", c.capsule_id) in kinds
+
+
+def test_cli_shell_and_logs(wrenn_up, tmp_path):
+    """`wrenn sandbox shell` in a real terminal (a pty), and `sandbox logs`."""
+    import pty
+    import select
+    import struct
+    import fcntl
+    import termios
+
+    from conftest import wrenn_binary
+
+    base, key, _ = wrenn_up
+    env = {**os.environ, "WRENN_BASE_URL": base, "WRENN_API_KEY": key, "WRENN_CONFIG": str(tmp_path / "none.json"), "RUST_BACKTRACE": "0"}
+    wrenn = str(wrenn_binary())
+    sid = subprocess.run([wrenn, "sandbox", "create"], env=env, capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        pid, fd = pty.fork()
+        if pid == 0:
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
+            os.execve(wrenn, [wrenn, "sandbox", "shell", sid], env)
+        out = b""
+        sent = False
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            r, _, _ = select.select([fd], [], [], 0.2)
+            if r:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            if not sent and b"reattach with" in out:
+                os.write(fd, b"stty size; exit 3\n")
+                sent = True
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 3, out
+        assert b"33 111" in out, out
+
+        h = httpx.post(f"{base}/v1/sandboxes/{sid}/exec", headers={"X-API-Key": key},
+                       json={"cmd": "/bin/sh", "args": ["-c", "sleep 0.5; echo line-1; echo line-2; exit 2"], "background": True}).json()
+        r = subprocess.run([wrenn, "sandbox", "logs", sid, str(h["pid"])], env=env, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2 and "line-1\nline-2\n" in r.stdout, r
+    finally:
+        subprocess.run([wrenn, "sandbox", "rm", sid], env=env, capture_output=True)

@@ -245,3 +245,42 @@ impl Client {
             .unwrap_or_default())
     }
 }
+
+/// A WebSocket to the API.
+pub type WebSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+impl Client {
+    /// Opens a WebSocket on `path` (e.g. `/v1/sandboxes/{id}/pty`).
+    pub async fn websocket(&self, path: &str) -> Result<WebSocket, Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("{}{path}", self.base.replacen("http://", "ws://", 1));
+        let mut req = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        req.headers_mut().insert(
+            "x-api-key",
+            self.key
+                .parse()
+                .map_err(|_| Error::Invalid("the API key is not a valid header".into()))?,
+        );
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((ws, _)) => Ok(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let status = resp.status().as_u16();
+                let body = resp.body().clone().unwrap_or_default();
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                Err(Error::Api {
+                    status,
+                    code: v["error"]["code"].as_str().unwrap_or("unknown").to_string(),
+                    message: v["error"]["message"]
+                        .as_str()
+                        .unwrap_or("WebSocket refused")
+                        .to_string(),
+                })
+            }
+            Err(e) => Err(Error::Invalid(format!("WebSocket to {path}: {e}"))),
+        }
+    }
+}

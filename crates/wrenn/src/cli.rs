@@ -98,6 +98,25 @@ pub enum SandboxCommand {
         /// Sandbox id.
         id: String,
     },
+    /// An interactive shell (a PTY) in a sandbox; resizes follow the
+    /// terminal. Exits with the shell's exit code.
+    Shell {
+        /// Sandbox id.
+        id: String,
+        /// Program to run instead of bash.
+        #[arg(long)]
+        cmd: Option<String>,
+        /// Re-attach to a session by the tag it printed.
+        #[arg(long)]
+        attach: Option<String>,
+    },
+    /// Follow the output of a background process until it exits.
+    Logs {
+        /// Sandbox id.
+        id: String,
+        /// The process's pid (see `wrenn sandbox exec --background` or the API).
+        pid: u32,
+    },
     /// Destroy sandboxes.
     Rm {
         /// Sandbox ids.
@@ -226,6 +245,14 @@ pub fn sandbox(conn: Conn, cmd: SandboxCommand) -> anyhow::Result<()> {
             SandboxCommand::Resume { id } => {
                 c.set_paused(&id, false).await?;
             }
+            SandboxCommand::Shell { id, cmd, attach } => {
+                let code = shell(&c, &id, cmd, attach).await?;
+                std::process::exit(code);
+            }
+            SandboxCommand::Logs { id, pid } => {
+                let code = logs(&c, &id, pid).await?;
+                std::process::exit(code);
+            }
             SandboxCommand::Rm { ids } => {
                 for id in ids {
                     c.destroy_sandbox(&id).await?;
@@ -276,4 +303,134 @@ pub fn key(conn: Conn, cmd: KeyCommand) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Puts the terminal in raw mode until dropped.
+struct RawMode(Option<rustix::termios::Termios>);
+
+impl RawMode {
+    fn enter() -> RawMode {
+        let stdin = rustix::stdio::stdin();
+        match rustix::termios::tcgetattr(stdin) {
+            Ok(orig) => {
+                let mut raw = orig.clone();
+                raw.make_raw();
+                let _ =
+                    rustix::termios::tcsetattr(stdin, rustix::termios::OptionalActions::Now, &raw);
+                RawMode(Some(orig))
+            }
+            Err(_) => RawMode(None), // not a terminal
+        }
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(orig) = &self.0 {
+            let _ = rustix::termios::tcsetattr(
+                rustix::stdio::stdin(),
+                rustix::termios::OptionalActions::Now,
+                orig,
+            );
+        }
+    }
+}
+
+fn term_size() -> (u16, u16) {
+    rustix::termios::tcgetwinsize(rustix::stdio::stdout())
+        .map(|w| (w.ws_col, w.ws_row))
+        .ok()
+        .filter(|(c, r)| *c > 0 && *r > 0)
+        .unwrap_or((80, 24))
+}
+
+/// `wrenn sandbox shell`: a PTY over the API's WebSocket.
+async fn shell(
+    c: &Client,
+    id: &str,
+    cmd: Option<String>,
+    attach: Option<String>,
+) -> anyhow::Result<i32> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ws = c.websocket(&format!("/v1/sandboxes/{id}/pty")).await?;
+    let (mut tx, mut rx) = ws.split();
+    let (cols, rows) = term_size();
+    let first = match &attach {
+        Some(tag) => serde_json::json!({ "type": "connect", "tag": tag }),
+        None => {
+            let mut v = serde_json::json!({ "type": "start", "cols": cols, "rows": rows });
+            if let Some(cmd) = cmd {
+                v["cmd"] = cmd.into();
+            }
+            v
+        }
+    };
+    tx.send(Message::Text(first.to_string().into())).await?;
+    let _raw = RawMode::enter();
+    let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
+    let mut stdin = tokio::io::stdin();
+    let mut stdout = tokio::io::stdout();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        tokio::select! {
+            msg = rx.next() => match msg {
+                Some(Ok(Message::Binary(b))) => {
+                    stdout.write_all(&b).await?;
+                    stdout.flush().await?;
+                }
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
+                    match v["type"].as_str() {
+                        Some("started") if attach.is_none() => {
+                            eprint!("[wrenn: session {} — reattach with --attach {}]\r\n", v["tag"].as_str().unwrap_or(""), v["tag"].as_str().unwrap_or(""));
+                        }
+                        Some("exit") => return Ok(v["exit_code"].as_i64().unwrap_or(0).clamp(0, 255) as i32),
+                        Some("error") => anyhow::bail!("{}", v["data"].as_str().unwrap_or("PTY error")),
+                        _ => {}
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None => return Ok(0),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => anyhow::bail!("the connection broke: {e}; the session lives on, reattach with --attach"),
+            },
+            n = stdin.read(&mut buf) => match n? {
+                0 => {
+                    // End of input (not a terminal): wait for the shell to end.
+                    tx.send(Message::Binary(vec![4u8].into())).await?;
+                }
+                n => tx.send(Message::Binary(buf[..n].to_vec().into())).await?,
+            },
+            _ = winch.recv() => {
+                let (cols, rows) = term_size();
+                tx.send(Message::Text(serde_json::json!({ "type": "resize", "cols": cols, "rows": rows }).to_string().into())).await?;
+            }
+        }
+    }
+}
+
+/// `wrenn sandbox logs`: a background process's output until it exits.
+async fn logs(c: &Client, id: &str, pid: u32) -> anyhow::Result<i32> {
+    use std::io::Write;
+    let mut ws = c
+        .websocket(&format!("/v1/sandboxes/{id}/processes/{pid}/stream"))
+        .await?;
+    while let Some(msg) = ws.next().await {
+        let Message::Text(t) = msg? else { continue };
+        let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
+        match v["type"].as_str() {
+            Some("stdout") => {
+                std::io::stdout().write_all(v["data"].as_str().unwrap_or("").as_bytes())?
+            }
+            Some("stderr") => {
+                std::io::stderr().write_all(v["data"].as_str().unwrap_or("").as_bytes())?
+            }
+            Some("exit") => return Ok(v["exit_code"].as_i64().unwrap_or(0).clamp(0, 255) as i32),
+            Some("error") => anyhow::bail!("{}", v["data"].as_str().unwrap_or("stream error")),
+            _ => {}
+        }
+    }
+    Ok(0)
 }
