@@ -343,3 +343,35 @@ def test_cli_shell_and_logs(wrenn_up, tmp_path):
         assert r.returncode == 2 and "line-1\nline-2\n" in r.stdout, r
     finally:
         subprocess.run([wrenn, "sandbox", "rm", sid], env=env, capture_output=True)
+
+
+def test_server_without_hosts_and_oversized_bodies(tmp_path):
+    """`wrenn server` with no agent: creates answer 503 no_hosts_available;
+    a JSON body over the limit answers 413; `server migrate` applies and exits."""
+    from conftest import _free_port, _port_open, wrenn_binary
+
+    wrenn = str(wrenn_binary())
+    data = tmp_path / "server"
+    r = subprocess.run([wrenn, "--data-dir", str(data), "server", "migrate"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "migrations applied (sqlite)" in r.stdout, r.stderr
+    port = _free_port()
+    proc = subprocess.Popen([wrenn, "--data-dir", str(data), "server", "--listen", f"127.0.0.1:{port}"],
+                            env={**os.environ, "WRENN_LOG": "warn"})
+    try:
+        deadline = time.time() + 20
+        while not _port_open(port):
+            assert proc.poll() is None and time.time() < deadline, "wrenn server did not start"
+            time.sleep(0.05)
+        base = f"http://127.0.0.1:{port}"
+        token = httpx.post(f"{base}/v1/auth/signup", json={"email": "solo@example.com", "password": "long enough pw"}).json()["token"]
+        key = httpx.post(f"{base}/v1/api-keys", headers={"Authorization": f"Bearer {token}"}).json()["key"]
+        r = httpx.post(f"{base}/v1/sandboxes", headers={"X-API-Key": key}, json={"template": "base"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "no_hosts_available", r.text
+        big = {"template": "base", "metadata": {"k": "x" * (3 << 20)}}
+        r = httpx.post(f"{base}/v1/sandboxes", headers={"X-API-Key": key}, json=big)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "too_large", r.text
+        r = httpx.post(f"{base}/v1/auth/login", json={"email": "solo@example.com", "password": "wrong password"})
+        assert r.status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -61,8 +61,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        // 500s are our bugs; other 5xx (no host, host down) are conditions.
+        if self.status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(code = self.code, "{}", self.message);
+        } else if self.status.is_server_error() {
+            tracing::warn!(code = self.code, "{}", self.message);
         }
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
         (self.status, Json(body)).into_response()

@@ -61,7 +61,20 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+            .map_err(|e| {
+                if e.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        http::StatusCode::PAYLOAD_TOO_LARGE,
+                        "too_large",
+                        format!(
+                            "{}; bodies are limited to 2 MiB (send files through files/write)",
+                            e.body_text()
+                        ),
+                    )
+                } else {
+                    ApiError::bad_request(e.body_text())
+                }
+            })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(T::default()));
         }
