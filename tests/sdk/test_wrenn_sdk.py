@@ -375,3 +375,63 @@ def test_server_without_hosts_and_oversized_bodies(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_a_1gib_upload_streams_through_with_bounded_memory(wrenn_up):
+    """1 GiB through files/stream/write and back: the control plane (with the
+    agent in it) never holds the file; its RSS stays far below 1 GiB."""
+    import threading
+
+    base, key, data = wrenn_up
+    up_pid = next(
+        int(p)
+        for p in os.listdir("/proc")
+        if p.isdigit() and os.path.exists(f"/proc/{p}/cmdline")
+        and f"{data}\0up\0".encode() in open(f"/proc/{p}/cmdline", "rb").read()
+    )
+    h = {"X-API-Key": key}
+    sid = httpx.post(f"{base}/v1/sandboxes", headers=h, json={"template": "base", "disk_size_mb": 2048}, timeout=60).json()["id"]
+    peak = [0.0]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_mib(up_pid))
+            time.sleep(0.02)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        size = 1 << 30
+        boundary = "wrenn1gib"
+
+        def body():
+            yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"path\"\r\n\r\n/root/big.bin\r\n"
+                   f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big\"\r\n"
+                   "Content-Type: application/octet-stream\r\n\r\n").encode()
+            chunk = b"w" * (1 << 20)
+            for _ in range(size >> 20):
+                yield chunk
+            yield f"\r\n--{boundary}--\r\n".encode()
+
+        r = httpx.post(f"{base}/v1/sandboxes/{sid}/files/stream/write", headers={**h, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+                       content=body(), timeout=300)
+        assert r.status_code == 200 and r.json()["size"] == size, r.text
+        got = 0
+        with httpx.stream("POST", f"{base}/v1/sandboxes/{sid}/files/stream/read", headers=h, json={"path": "/root/big.bin"}, timeout=300) as resp:
+            for b in resp.iter_bytes():
+                got += len(b)
+        assert got == size
+    finally:
+        stop.set()
+        t.join()
+        httpx.delete(f"{base}/v1/sandboxes/{sid}", headers=h, timeout=60)
+    assert 0 < peak[0] < 256, f"control plane RSS peaked at {peak[0]:.0f} MiB during a 1 GiB transfer"
