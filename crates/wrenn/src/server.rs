@@ -164,6 +164,7 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
             "wrenn up runs sandboxes with namespaces, cgroups and veths: run it as root (sudo wrenn up)"
         );
     }
+    ensure_host_packages()?;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let templates = wrenn_host_agent::templates::TemplateStore::new(
@@ -242,6 +243,57 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
         let _ = agent_task.await;
         served.with_context(|| format!("serving on {listen}"))
     })
+}
+
+/// Installs, with apt-get, the Debian packages the namespace runtime calls
+/// (debootstrap, nft, mkfs.ext4, ip) when any is missing.
+fn ensure_host_packages() -> anyhow::Result<()> {
+    let needed = [
+        ("debootstrap", "debootstrap"),
+        ("nft", "nftables"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("ip", "iproute2"),
+    ];
+    let on_path = |bin: &str| {
+        std::env::var("PATH")
+            .unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+            .split(':')
+            .chain(["/usr/sbin", "/sbin"])
+            .any(|d| Path::new(d).join(bin).exists())
+    };
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|(bin, _)| !on_path(bin))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !on_path("apt-get") {
+        anyhow::bail!(
+            "missing programs from the packages {}; install them and run wrenn up again",
+            missing.join(" ")
+        );
+    }
+    eprintln!("Installing {} with apt-get.", missing.join(" "));
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        let st = std::process::Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get")?;
+        anyhow::ensure!(
+            st.success(),
+            "apt-get {} failed; install {} by hand",
+            args.join(" "),
+            missing.join(" ")
+        );
+        Ok(())
+    };
+    run(&["update", "-qq"])?;
+    let mut install = vec!["install", "-y", "-qq"];
+    install.extend(&missing);
+    run(&install)
 }
 
 fn wrenn_host_agent_is_root() -> bool {
