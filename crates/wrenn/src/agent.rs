@@ -1,7 +1,6 @@
 //! `wrenn agent`.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -25,27 +24,10 @@ pub struct AgentArgs {
 
 /// The agent token: given, or kept in a 0600 file.
 fn token(data_dir: &Path, given: Option<String>) -> anyhow::Result<String> {
-    if let Some(t) = given.filter(|t| !t.is_empty()) {
-        return Ok(t);
+    match given.filter(|t| !t.is_empty()) {
+        Some(t) => Ok(t),
+        None => crate::server::secret_file(&data_dir.join("agent.token"), 24),
     }
-    let path = data_dir.join("agent.token");
-    if let Ok(t) = std::fs::read_to_string(&path) {
-        return Ok(t.trim().to_string());
-    }
-    use rand::RngCore;
-    let mut b = [0u8; 24];
-    rand::rng().fill_bytes(&mut b);
-    let t: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("writing the agent token to {}", path.display()))?;
-    writeln!(f, "{t}")?;
-    eprintln!("agent token written to {}", path.display());
-    Ok(t)
 }
 
 /// Runs the agent until Ctrl-C, SIGTERM or a Terminate call.

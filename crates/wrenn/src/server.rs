@@ -62,7 +62,7 @@ pub struct UpArgs {
 }
 
 /// A secret kept in a 0600 file, made on first use.
-fn secret_file(path: &Path, bytes: usize) -> anyhow::Result<String> {
+pub fn secret_file(path: &Path, bytes: usize) -> anyhow::Result<String> {
     if let Ok(s) = std::fs::read_to_string(path) {
         return Ok(s.trim().to_string());
     }

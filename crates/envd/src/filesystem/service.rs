@@ -15,7 +15,7 @@ use wrenn_protocol::envd::filesystem::{
 use super::entry::{entry_from_metadata, entry_info};
 use super::watch::{FsEvent, Watcher};
 use crate::errors::{io_error, user_error};
-use crate::process::service::KEEPALIVE_HEADER;
+use crate::process::service::keepalive_interval;
 use crate::state::{AppState, resolve_path};
 use crate::users::{Names, User};
 
@@ -255,11 +255,7 @@ impl pb::Filesystem for FilesystemService {
         let include_entry = req.include_entry;
         let watcher =
             Watcher::new(&path, req.recursive).map_err(|e| io_error(e, "cannot watch", &path))?;
-        let keepalive = ctx
-            .header(KEEPALIVE_HEADER)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .filter(|s| *s > 0)
-            .map(Duration::from_secs);
+        let keepalive = keepalive_interval(&ctx);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<WatchDirResponse, ConnectError>>(64);
         tokio::spawn(async move {
             let mut watcher = watcher;

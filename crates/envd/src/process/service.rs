@@ -64,7 +64,8 @@ fn process_error(e: ProcessError) -> ConnectError {
     }
 }
 
-fn keepalive_interval(ctx: &RequestContext) -> Option<Duration> {
+/// The keepalive period a client asked for, if any.
+pub(crate) fn keepalive_interval(ctx: &RequestContext) -> Option<Duration> {
     let secs: u64 = ctx
         .header(KEEPALIVE_HEADER)?
         .to_str()

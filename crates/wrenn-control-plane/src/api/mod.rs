@@ -19,6 +19,22 @@ use crate::error::ApiError;
 /// JSON body whose errors are ours: 400 naming the field, 413 when too large.
 pub struct ApiJson<T>(pub T);
 
+/// A body that could not be read: 413 when over the limit, else 400.
+fn bytes_rejection(e: axum::extract::rejection::BytesRejection) -> ApiError {
+    if e.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            http::StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "{}; bodies are limited to 2 MiB (send files through files/write)",
+                e.body_text()
+            ),
+        )
+    } else {
+        ApiError::bad_request(e.body_text())
+    }
+}
+
 fn json_rejection(e: JsonRejection) -> ApiError {
     match e {
         JsonRejection::JsonDataError(e) => {
@@ -30,13 +46,7 @@ fn json_rejection(e: JsonRejection) -> ApiError {
         JsonRejection::MissingJsonContentType(_) => {
             ApiError::bad_request("send the body as JSON with Content-Type: application/json")
         }
-        JsonRejection::BytesRejection(e) if e.status() == http::StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(
-                http::StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                e.body_text(),
-            )
-        }
+        JsonRejection::BytesRejection(e) => bytes_rejection(e),
         e => ApiError::bad_request(e.body_text()),
     }
 }
@@ -61,20 +71,7 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| {
-                if e.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        http::StatusCode::PAYLOAD_TOO_LARGE,
-                        "too_large",
-                        format!(
-                            "{}; bodies are limited to 2 MiB (send files through files/write)",
-                            e.body_text()
-                        ),
-                    )
-                } else {
-                    ApiError::bad_request(e.body_text())
-                }
-            })?;
+            .map_err(bytes_rejection)?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(T::default()));
         }

@@ -353,15 +353,13 @@ pub(super) async fn get_one(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SandboxView>> {
     let s = find(&app, &caller, &id).await?;
-    let mut v = sandbox_json(&s);
+    let mut view = sandbox_view(&s);
     if s.state == "running" || s.state == "paused" {
-        if let Some(bytes) = disk_used(&app, &s).await {
-            v["disk_used_mb"] = json!(bytes >> 20);
-        }
+        view.disk_used_mb = disk_used(&app, &s).await.map(|bytes| bytes >> 20);
     }
-    Ok(Json(v))
+    Ok(Json(view))
 }
 
 /// Disk in use, from a cache refreshed from the agent at most once a second.
