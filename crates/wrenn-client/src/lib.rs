@@ -211,11 +211,12 @@ impl Client {
     }
 
     /// POST /v1/api-keys.
-    pub async fn create_key(&self, name: &str) -> Result<Value, Error> {
+    /// `format` is `wrenn` (`wrn_…`) or `e2b` (`e2b_…`).
+    pub async fn create_key(&self, name: &str, format: &str) -> Result<Value, Error> {
         self.json(
             "POST",
             "/v1/api-keys",
-            Some(&serde_json::json!({ "name": name })),
+            Some(&serde_json::json!({ "name": name, "format": format })),
         )
         .await
     }

@@ -36,9 +36,22 @@ pub fn sha256_hex(secret: &str) -> String {
         .collect()
 }
 
-/// A new API key: (secret `wrn_` + 32 hex, its hash, display prefix, last 4).
-pub fn new_api_key() -> (String, String, String, String) {
-    let secret = format!("wrn_{}", crate::ids::hex(16));
+/// How an API key's secret looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyFormat {
+    /// `wrn_` + 32 hex.
+    #[default]
+    Wrenn,
+    /// `e2b_` + 40 hex, the form E2B's SDKs validate.
+    E2b,
+}
+
+/// A new API key: (secret, its hash, display prefix, last 4).
+pub fn new_api_key(format: KeyFormat) -> (String, String, String, String) {
+    let secret = match format {
+        KeyFormat::Wrenn => format!("wrn_{}", crate::ids::hex(16)),
+        KeyFormat::E2b => format!("e2b_{}", crate::ids::hex(20)),
+    };
     let hash = sha256_hex(&secret);
     let prefix = secret[..8].to_string();
     let last4 = secret[secret.len() - 4..].to_string();
@@ -157,7 +170,7 @@ impl FromRequestParts<App> for Caller {
             .and_then(|v| v.strip_prefix("Bearer "));
         let Some(token) = bearer else {
             return Err(ApiError::unauthorized(
-                "missing credentials: send X-API-Key: wrn_… or Authorization: Bearer <token from /v1/auth/login>",
+                "missing credentials: send X-API-Key: wrn_… (or e2b_…) or Authorization: Bearer <token from /v1/auth/login>",
             ));
         };
         let user_id = app
@@ -200,8 +213,12 @@ mod tests {
         assert!(h.starts_with("$argon2id$"));
         assert!(verify_password("correct horse", &h));
         assert!(!verify_password("wrong", &h));
-        let (secret, hash, prefix, last4) = new_api_key();
+        let (secret, hash, prefix, last4) = new_api_key(KeyFormat::Wrenn);
         assert!(secret.starts_with("wrn_") && secret.len() == 36);
+        let (e2b, e2b_hash, ..) = new_api_key(KeyFormat::E2b);
+        assert!(e2b.starts_with("e2b_") && e2b.len() == 44, "{e2b}");
+        assert!(e2b[4..].bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(e2b_hash, sha256_hex(&e2b));
         assert_eq!(hash, sha256_hex(&secret));
         assert!(secret.starts_with(&prefix) && secret.ends_with(&last4));
         let jwt = Jwt::new(b"0123456789abcdef0123456789abcdef");

@@ -5,13 +5,15 @@
 //! - [`store`]: PostgreSQL or SQLite behind one `Store`;
 //! - [`auth`]: passwords, JWTs, API keys and the `Caller` extractor;
 //! - [`hosts`]: agent clients and schedulers;
-//! - [`api`]: the routes; [`reconcile`]: database against agents.
+//! - [`api`]: the routes (Wrenn's and E2B's); [`proxy`]: traffic to sandbox
+//!   ports; [`reconcile`]: database against agents.
 
 pub mod api;
 pub mod auth;
 pub mod error;
 pub mod hosts;
 pub mod ids;
+pub mod proxy;
 pub mod reconcile;
 pub mod store;
 
@@ -34,6 +36,12 @@ pub struct App {
     /// agent call a second per sandbox is plenty).
     pub disk_used:
         Arc<std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>>,
+    /// The sandbox proxy's settings.
+    pub proxy: proxy::ProxyConfig,
+    /// Pooled connections to agents for proxied traffic.
+    pub proxy_client: wrenn_http_proxy::Client,
+    /// Routes and API keys the proxy looked up recently.
+    pub proxy_cache: proxy::ProxyCache,
 }
 
 impl App {
@@ -46,6 +54,9 @@ impl App {
             scheduler: Arc::new(hosts::RoundRobin::default()),
             events: tokio::sync::broadcast::channel(1024).0,
             disk_used: Arc::default(),
+            proxy: proxy::ProxyConfig::default(),
+            proxy_client: wrenn_http_proxy::client(),
+            proxy_cache: proxy::ProxyCache::default(),
         }
     }
 }

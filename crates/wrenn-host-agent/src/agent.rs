@@ -22,6 +22,9 @@ pub struct Meta {
     pub expires_at: i64,
     /// Caller's labels.
     pub metadata: HashMap<String, String>,
+    /// At the timeout, pause instead of destroying.
+    #[serde(default)]
+    pub auto_pause: bool,
 }
 
 /// Unix time in seconds.
@@ -102,6 +105,7 @@ impl<R: Runtime> Agent<R> {
         spec: SandboxSpec,
         timeout_sec: u32,
         metadata: HashMap<String, String>,
+        auto_pause: bool,
     ) -> Result<(Instance, Meta), RuntimeError> {
         let id = spec.id.clone();
         let inst = self.runtime.create(spec).await?;
@@ -115,6 +119,7 @@ impl<R: Runtime> Agent<R> {
                 0
             },
             metadata,
+            auto_pause,
         };
         self.save(&id, &m);
         self.meta.lock().expect("meta").insert(id, m.clone());
@@ -174,7 +179,8 @@ impl<R: Runtime> Agent<R> {
         pct
     }
 
-    /// Destroys sandboxes whose timeout passed, every `period`.
+    /// Destroys (or, with `auto_pause`, pauses) running sandboxes whose
+    /// timeout passed, every `period`. Paused sandboxes do not expire.
     pub async fn reap_forever(self: Arc<Self>, period: Duration) {
         let mut tick = tokio::time::interval(period);
         loop {
@@ -189,6 +195,19 @@ impl<R: Runtime> Agent<R> {
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in expired {
+                let Some(inst) = self.runtime.get(&id) else {
+                    continue;
+                };
+                if inst.state == crate::runtime::RunState::Paused {
+                    continue;
+                }
+                if self.meta(&id).auto_pause {
+                    tracing::info!(sandbox = %id, "timeout reached; pausing (auto-pause)");
+                    if let Err(e) = self.runtime.pause(&id).await {
+                        tracing::error!(sandbox = %id, "pausing an expired sandbox: {e}");
+                    }
+                    continue;
+                }
                 tracing::info!(sandbox = %id, "timeout reached; destroying");
                 if let Err(e) = self.destroy(&id).await {
                     tracing::error!(sandbox = %id, "destroying an expired sandbox: {e}");

@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod envd;
+pub mod proxy;
 pub mod runtime;
 pub mod server;
 pub mod service;

@@ -21,13 +21,27 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn require_token(State(token): State<Token>, req: Request, next: Next) -> Response {
-    let ok = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| constant_time_eq(t.as_bytes(), token.0.as_bytes()));
+/// The header that carries the agent token on proxied requests, whose own
+/// `Authorization` belongs to the app in the sandbox.
+pub const PROXY_TOKEN_HEADER: &str = "x-wrenn-agent-token";
+
+async fn require_token(State(token): State<Token>, mut req: Request, next: Next) -> Response {
+    let matches = |v: &str| constant_time_eq(v.as_bytes(), token.0.as_bytes());
+    let ok = if req.uri().path().starts_with("/proxy/") {
+        let ok = req
+            .headers()
+            .get(PROXY_TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(matches);
+        req.headers_mut().remove(PROXY_TOKEN_HEADER);
+        ok
+    } else {
+        req.headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(matches)
+    };
     if ok {
         return next.run(req).await;
     }
@@ -38,10 +52,19 @@ async fn require_token(State(token): State<Token>, req: Request, next: Next) -> 
     (http::StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
 }
 
-/// The agent's HTTP app: every route needs `Authorization: Bearer <token>`.
+/// The agent's HTTP app: every route needs `Authorization: Bearer <token>`
+/// (`/proxy/…` takes it in [`PROXY_TOKEN_HEADER`]).
 pub fn router<R: Runtime + TemplateList>(agent: Arc<Agent<R>>, token: String) -> axum::Router {
-    let connect = connectrpc::Router::new().add_service(Arc::new(HostAgentService::new(agent)));
+    let connect =
+        connectrpc::Router::new().add_service(Arc::new(HostAgentService::new(agent.clone())));
     axum::Router::new()
+        .route(
+            "/proxy/{*rest}",
+            axum::routing::any(crate::proxy::handle::<R>).with_state(crate::proxy::ProxyState {
+                agent,
+                client: wrenn_http_proxy::client(),
+            }),
+        )
         .fallback_service(ConnectRpcService::new(connect))
         .layer(axum::middleware::from_fn_with_state(
             Token(Arc::new(token)),

@@ -84,14 +84,16 @@ fn sandbox_pb(inst: &Instance, meta: &Meta) -> pb::Sandbox {
         envd_access_token: inst.envd_token.clone(),
         envd_version: envd_version(),
         init_pid: inst.init_pid,
+        auto_pause: meta.auto_pause,
         ..Default::default()
     };
     s.metadata.extend(meta.metadata.clone());
     s
 }
 
+/// The E2B envd version whose features this envd has (SDKs gate on it).
 fn envd_version() -> String {
-    "0.5.7".into()
+    "0.6.4".into()
 }
 
 type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, ConnectError>> + Send>>;
@@ -280,7 +282,12 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
         };
         let (inst, meta) = self
             .agent
-            .create(spec, r.timeout_sec, r.metadata.into_iter().collect())
+            .create(
+                spec,
+                r.timeout_sec,
+                r.metadata.into_iter().collect(),
+                r.auto_pause,
+            )
             .await
             .map_err(runtime_error)?;
         Response::ok(sandbox_pb(&inst, &meta))

@@ -133,6 +133,9 @@ pub enum KeyCommand {
         /// Label.
         #[arg(long, default_value = "cli")]
         name: String,
+        /// Issue it as `e2b_…`, the form E2B's SDKs accept (E2B_API_KEY).
+        #[arg(long)]
+        e2b: bool,
     },
     /// List API keys.
     Ls,
@@ -270,8 +273,10 @@ pub fn key(conn: Conn, cmd: KeyCommand) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         match cmd {
-            KeyCommand::Create { name } => {
-                let k = c.create_key(&name).await?;
+            KeyCommand::Create { name, e2b } => {
+                let k = c
+                    .create_key(&name, if e2b { "e2b" } else { "wrenn" })
+                    .await?;
                 if conn.json {
                     print_json(&k)
                 } else {

@@ -29,8 +29,34 @@ pub struct ServerArgs {
     /// The agent's token.
     #[arg(long, env = "WRENN_AGENT_TOKEN", hide_env_values = true)]
     agent_token: Option<String>,
+    #[command(flatten)]
+    proxy: ProxyArgs,
     #[command(subcommand)]
     command: Option<ServerCommand>,
+}
+
+/// Flags of the sandbox proxy, for `wrenn server` and `wrenn up`.
+#[derive(clap::Args, Debug)]
+pub struct ProxyArgs {
+    /// Domain of sandbox ports: `<port>-<sandbox id>.<domain>` reaches a
+    /// port (default: localhost:<listen port>, which browsers resolve).
+    #[arg(long, env = "WRENN_DOMAIN")]
+    domain: Option<String>,
+    /// Answer 409 to traffic for a paused sandbox instead of resuming it.
+    #[arg(long, env = "WRENN_NO_AUTO_RESUME")]
+    no_auto_resume: bool,
+}
+
+impl ProxyArgs {
+    fn config(&self, listen: SocketAddr) -> wrenn_control_plane::proxy::ProxyConfig {
+        wrenn_control_plane::proxy::ProxyConfig {
+            domain: self
+                .domain
+                .clone()
+                .unwrap_or_else(|| format!("localhost:{}", listen.port())),
+            auto_resume: !self.no_auto_resume,
+        }
+    }
 }
 
 /// `wrenn server migrate`.
@@ -59,6 +85,8 @@ pub struct UpArgs {
     /// Where the CLI login is stored (default: ~/.config/wrenn/config.json).
     #[arg(long, env = "WRENN_CONFIG")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    proxy: ProxyArgs,
 }
 
 /// A secret kept in a 0600 file, made on first use.
@@ -125,7 +153,8 @@ pub fn run_server(data_dir: &Path, args: ServerArgs) -> anyhow::Result<()> {
                 })
                 .await?;
         }
-        let app = App::new(store, secret.as_bytes());
+        let mut app = App::new(store, secret.as_bytes());
+        app.proxy = args.proxy.config(args.listen);
         wrenn_control_plane::serve(app, args.listen, shutdown_signal())
             .await
             .with_context(|| format!("serving on {}", args.listen))
@@ -211,7 +240,9 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
                 last_seen_at: now(),
             })
             .await?;
-        let app = App::new(store.clone(), secret.as_bytes());
+        let mut app = App::new(store.clone(), secret.as_bytes());
+        app.proxy = args.proxy.config(listen);
+        let domain = app.proxy.domain.clone();
         let key = admin_key(&app, &config_file, listen).await?;
         let base = format!("http://{listen}");
         println!("\nWrenn is up.\n");
@@ -221,6 +252,9 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
         println!("\nCreate a sandbox and run a command:\n");
         println!("  curl -s -X POST {base}/v1/sandboxes -H 'X-API-Key: {key}' -H 'Content-Type: application/json' -d '{{\"template\":\"base\"}}'");
         println!("  curl -s -X POST {base}/v1/sandboxes/<id>/exec -H 'X-API-Key: {key}' -H 'Content-Type: application/json' -d '{{\"cmd\":\"echo\",\"args\":[\"hello\"]}}'\n");
+        println!("A port of a sandbox: http://<port>-<sandbox id>.{domain}/ (with X-API-Key).");
+        println!("E2B's SDKs: E2B_API_URL={base} E2B_SANDBOX_URL={base} E2B_API_KEY={key}");
+        println!("  (`wrenn key create --e2b` makes an e2b_… key for the JS SDK.)\n");
         let mut rx = stop_rx.clone();
         let served = wrenn_control_plane::serve(app, listen, async move {
             tokio::select! {
@@ -352,7 +386,13 @@ async fn admin_key(app: &App, config_file: &Path, listen: SocketAddr) -> anyhow:
         .into_iter()
         .next()
         .context("the admin has no team")?;
-    let (secret, _) = wrenn_control_plane::api::issue_key(app, &team.id, &user.id, "wrenn up")
+    let (secret, _) = wrenn_control_plane::api::issue_key(
+        app,
+        &team.id,
+        &user.id,
+        "wrenn up",
+        wrenn_control_plane::auth::KeyFormat::Wrenn,
+    )
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     save_config(

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::{ApiJson, OptionalJson, rfc3339};
 use crate::App;
-use crate::auth::{Caller, hash_password, new_api_key, verify_password};
+use crate::auth::{Caller, KeyFormat, hash_password, new_api_key, verify_password};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::ids;
 use crate::store::{ApiKey, Team, User, now};
@@ -140,6 +140,9 @@ fn key_json(k: &ApiKey) -> Value {
 pub(super) struct KeyReq {
     #[serde(default)]
     name: Option<String>,
+    /// `wrenn` (default, `wrn_…`) or `e2b` (`e2b_…`, for E2B's SDKs).
+    #[serde(default)]
+    format: Option<String>,
 }
 
 /// Creates an API key for the caller's team; the secret is returned once.
@@ -148,8 +151,9 @@ pub async fn issue_key(
     team_id: &str,
     actor: &str,
     name: &str,
+    format: KeyFormat,
 ) -> ApiResult<(String, ApiKey)> {
-    let (secret, hash, prefix, last4) = new_api_key();
+    let (secret, hash, prefix, last4) = new_api_key(format);
     let k = ApiKey {
         id: ids::new("key"),
         team_id: team_id.to_string(),
@@ -176,7 +180,16 @@ pub(super) async fn create_key(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     caller.require_team_admin()?;
     let name = body.name.unwrap_or_else(|| "api key".into());
-    let (secret, k) = issue_key(&app, &caller.team_id, &caller.actor, &name).await?;
+    let format = match body.format.as_deref() {
+        None | Some("wrenn") => KeyFormat::Wrenn,
+        Some("e2b") => KeyFormat::E2b,
+        Some(f) => {
+            return Err(ApiError::bad_request(format!(
+                "format: '{f}' is not a key format; use 'wrenn' or 'e2b'"
+            )));
+        }
+    };
+    let (secret, k) = issue_key(&app, &caller.team_id, &caller.actor, &name, format).await?;
     let mut v = key_json(&k);
     v["key"] = json!(secret);
     Ok((StatusCode::CREATED, Json(v)))

@@ -1,11 +1,13 @@
 //! The REST API: `/v1/...` routes, small handlers over [`App`].
 
+mod e2b;
 mod identity;
 mod sandboxes;
 
 use utoipa::OpenApi;
 
 pub use identity::{create_user_with_team, issue_key};
+pub use sandboxes::resume_for_traffic;
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
@@ -152,10 +154,12 @@ async fn openapi_yaml() -> impl axum::response::IntoResponse {
     )
 }
 
-/// Every route.
+/// Every route, behind the sandbox proxy (which takes the requests meant
+/// for sandbox ports before any route sees them).
 pub fn router(app: App) -> Router {
     let sandboxes = sandboxes::routes();
     Router::new()
+        .merge(e2b::routes())
         .route("/health", get(health))
         .route("/openapi.yaml", get(openapi_yaml))
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
@@ -184,5 +188,9 @@ pub fn router(app: App) -> Router {
         .nest("/v1/sandboxes", sandboxes.clone())
         .nest("/v1/capsules", sandboxes)
         .fallback(|| async { ApiError::not_found("route") })
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::proxy::intercept,
+        ))
         .with_state(app)
 }

@@ -121,19 +121,19 @@ pub fn sandbox_json(s: &Sandbox) -> Value {
     serde_json::to_value(sandbox_view(s)).expect("view serializes")
 }
 
-fn emit(app: &App, team: &str, event: &str, s: &Sandbox) {
+pub(super) fn emit(app: &App, team: &str, event: &str, s: &Sandbox) {
     let _ = app.events.send((team.to_string(), json!({ "event": event, "capsule_id": s.id, "status": s.state, "timestamp": rfc3339(now()) })));
 }
 
 /// The caller's sandbox, or 404 (also for another team's).
-async fn find(app: &App, caller: &Caller, id: &str) -> ApiResult<Sandbox> {
+pub(super) async fn find(app: &App, caller: &Caller, id: &str) -> ApiResult<Sandbox> {
     app.store
         .sandbox(&caller.team_id, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("sandbox '{id}'")))
 }
 
-async fn agent_for(app: &App, s: &Sandbox) -> ApiResult<AgentClient> {
+pub(super) async fn agent_for(app: &App, s: &Sandbox) -> ApiResult<AgentClient> {
     let host = app.store.host(&s.host_id).await?.ok_or_else(|| {
         ApiError::unavailable(
             "host_unavailable",
@@ -209,6 +209,8 @@ pub async fn create_sandbox(app: &App, caller: &Caller, r: CreateReqPublic) -> A
         allow_internet_access: r.allow_internet_access,
         metadata: r.metadata.clone(),
         created_at: now(),
+        traffic_token: ids::hex(16),
+        auto_pause: r.auto_pause,
         ..Default::default()
     };
     app.store.insert_sandbox(&s).await?;
@@ -222,6 +224,7 @@ pub async fn create_sandbox(app: &App, caller: &Caller, r: CreateReqPublic) -> A
         allow_internet_access: r.allow_internet_access,
         envs: r.envs.into_iter().collect(),
         metadata: r.metadata.into_iter().collect(),
+        auto_pause: r.auto_pause,
         ..Default::default()
     };
     match app.hosts.client(&host).create_sandbox(req).await {
@@ -267,9 +270,11 @@ pub struct CreateReqPublic {
     pub envs: HashMap<String, String>,
     /// Egress.
     pub allow_internet_access: bool,
+    /// Pause rather than destroy at the timeout.
+    pub auto_pause: bool,
 }
 
-fn check_range(name: &str, v: u32, lo: u32, hi: u32) -> ApiResult<u32> {
+pub(super) fn check_range(name: &str, v: u32, lo: u32, hi: u32) -> ApiResult<u32> {
     if v < lo || v > hi {
         return Err(ApiError::bad_request(format!(
             "{name}: must be between {lo} and {hi}, got {v}"
@@ -306,6 +311,7 @@ pub(super) async fn create(
         metadata,
         envs: r.envs.unwrap_or_default(),
         allow_internet_access: r.allow_internet_access.unwrap_or(true),
+        auto_pause: false,
     };
     let s = create_sandbox(&app, &caller, public).await?;
     Ok((StatusCode::CREATED, Json(sandbox_json(&s))))
@@ -391,11 +397,19 @@ pub(super) async fn destroy(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let mut s = find(&app, &caller, &id).await?;
-    if s.state == "stopped" {
+    let s = find(&app, &caller, &id).await?;
+    destroy_sandbox(&app, s, &caller.actor).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Destroys `s` on its agent (gone there already is fine) and records it
+/// `stopped`; 404 if it already is.
+pub async fn destroy_sandbox(app: &App, mut s: Sandbox, actor: &str) -> ApiResult<()> {
+    let id = s.id.clone();
+        if s.state == "stopped" {
         return Err(ApiError::not_found(format!("sandbox '{id}'")));
     }
-    if let Ok(agent) = agent_for(&app, &s).await {
+    if let Ok(agent) = agent_for(app, &s).await {
         match agent
             .destroy_sandbox(pb::SandboxRef {
                 sandbox_id: id.clone(),
@@ -412,16 +426,25 @@ pub(super) async fn destroy(
         }
     }
     s.state = "stopped".into();
+    app.proxy_cache.forget(&id);
     app.store.update_sandbox(&s).await?;
     app.store
-        .audit(&caller.team_id, &caller.actor, "sandbox.destroy", &id)
+        .audit(&s.team_id, actor, "sandbox.destroy", &id)
         .await?;
-    emit(&app, &caller.team_id, "capsule.destroy", &s);
-    Ok(StatusCode::NO_CONTENT)
+    emit(app, &s.team_id, "capsule.destroy", &s);
+    Ok(())
 }
 
 async fn set_paused(app: App, caller: Caller, id: String, pause: bool) -> ApiResult<Json<Value>> {
-    let mut s = find(&app, &caller, &id).await?;
+    let s = find(&app, &caller, &id).await?;
+    let s = apply_pause(&app, s, &caller.actor, pause).await?;
+    Ok(Json(sandbox_json(&s)))
+}
+
+/// Pauses or resumes `s` on its agent and records it; 409 unless it is
+/// running (to pause) or paused (to resume).
+pub async fn apply_pause(app: &App, mut s: Sandbox, actor: &str, pause: bool) -> ApiResult<Sandbox> {
+    let id = s.id.clone();
     let (from, to, action) = if pause {
         ("running", "paused", "pause")
     } else {
@@ -436,11 +459,12 @@ async fn set_paused(app: App, caller: Caller, id: String, pause: bool) -> ApiRes
             ),
         ));
     }
-    let agent = agent_for(&app, &s).await?;
+    let agent = agent_for(app, &s).await?;
     let r = pb::SandboxRef {
         sandbox_id: id.clone(),
         ..Default::default()
     };
+    app.proxy_cache.forget(&id);
     if pause {
         agent.pause_sandbox(r).await?;
     } else {
@@ -450,15 +474,23 @@ async fn set_paused(app: App, caller: Caller, id: String, pause: bool) -> ApiRes
     s.last_active_at = now();
     app.store.update_sandbox(&s).await?;
     app.store
-        .audit(
-            &caller.team_id,
-            &caller.actor,
-            &format!("sandbox.{action}"),
-            &id,
-        )
+        .audit(&s.team_id, actor, &format!("sandbox.{action}"), &id)
         .await?;
-    emit(&app, &caller.team_id, &format!("capsule.{action}"), &s);
-    Ok(Json(sandbox_json(&s)))
+    emit(app, &s.team_id, &format!("capsule.{action}"), &s);
+    Ok(s)
+}
+
+/// Resumes a paused sandbox because traffic arrived for it; a concurrent
+/// resume that won the race counts as success.
+pub async fn resume_for_traffic(app: &App, s: Sandbox) -> ApiResult<Sandbox> {
+    let id = s.id.clone();
+    match apply_pause(app, s, "proxy", false).await {
+        Ok(s) => Ok(s),
+        Err(e) => match app.store.sandbox_by_id(&id).await? {
+            Some(now) if now.state == "running" => Ok(now),
+            _ => Err(e),
+        },
+    }
 }
 
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/pause", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), responses((status = 200, body = SandboxView, description = "Paused"), (status = 404, description = "No such sandbox in the team", body = ErrorBody), (status = 409, description = "Wrong state (e.g. paused)", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]

@@ -2,7 +2,8 @@
 //! PostgreSQL and SQLite both run. Append; never edit an applied one.
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[(i64, &[&str])] = &[(
+pub const MIGRATIONS: &[(i64, &[&str])] = &[
+    (
     1,
     &[
         "CREATE TABLE users (id TEXT PRIMARY KEY, email TEXT NOT NULL UNIQUE, name TEXT NOT NULL, password_hash TEXT NOT NULL, is_admin BIGINT NOT NULL DEFAULT 0, created_at BIGINT NOT NULL)",
@@ -16,4 +17,15 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[(
         "CREATE TABLE audit_logs (id TEXT PRIMARY KEY, team_id TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, created_at BIGINT NOT NULL)",
         "CREATE INDEX audit_logs_team ON audit_logs (team_id, created_at)",
     ],
-)];
+),
+    (
+        2,
+        &[
+            // The sandbox proxy: a per-sandbox traffic token and public ports;
+            // E2B's autoPause (pause, not destroy, at the timeout).
+            "ALTER TABLE sandboxes ADD COLUMN traffic_token TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE sandboxes ADD COLUMN public_ports TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE sandboxes ADD COLUMN auto_pause BIGINT NOT NULL DEFAULT 0",
+        ],
+    ),
+];

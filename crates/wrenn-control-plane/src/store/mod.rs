@@ -141,6 +141,14 @@ pub struct Sandbox {
     pub last_active_at: i64,
     /// Unix seconds.
     pub updated_at: i64,
+    /// Token that opens the sandbox's ports through the proxy
+    /// (`e2b-traffic-access-token`).
+    #[serde(skip)]
+    pub traffic_token: String,
+    /// Ports anyone may reach through the proxy, without credentials.
+    pub public_ports: Vec<u16>,
+    /// Pause instead of destroy when the timeout passes (E2B `autoPause`).
+    pub auto_pause: bool,
 }
 
 /// One entry of the audit log.
@@ -225,10 +233,25 @@ fn sandbox(r: &AnyRow) -> Sandbox {
         started_at: r.get("started_at"),
         last_active_at: r.get("last_active_at"),
         updated_at: r.get("updated_at"),
+        traffic_token: r.get("traffic_token"),
+        public_ports: r
+            .get::<String, _>("public_ports")
+            .split(',')
+            .filter_map(|p| p.trim().parse().ok())
+            .collect(),
+        auto_pause: r.get::<i64, _>("auto_pause") != 0,
     }
 }
 
-const SANDBOX_COLS: &str = "id, team_id, host_id, template, state, vcpus, memory_mb, disk_size_mb, timeout_sec, allow_internet_access, metadata, envd_address, envd_token, error, created_at, started_at, last_active_at, updated_at";
+fn ports_text(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+const SANDBOX_COLS: &str = "id, team_id, host_id, template, state, vcpus, memory_mb, disk_size_mb, timeout_sec, allow_internet_access, metadata, envd_address, envd_token, error, created_at, started_at, last_active_at, updated_at, traffic_token, public_ports, auto_pause";
 
 impl Store {
     /// Connects to `url` (`postgres://…` or `sqlite://…`) and applies
@@ -529,7 +552,7 @@ impl Store {
 
     /// Records a new sandbox (normally `pending`).
     pub async fn insert_sandbox(&self, s: &Sandbox) -> Result<(), sqlx::Error> {
-        sqlx::query(&format!("INSERT INTO sandboxes ({SANDBOX_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"))
+        sqlx::query(&format!("INSERT INTO sandboxes ({SANDBOX_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"))
             .bind(&s.id)
             .bind(&s.team_id)
             .bind(&s.host_id)
@@ -548,6 +571,9 @@ impl Store {
             .bind(s.started_at)
             .bind(s.last_active_at)
             .bind(s.updated_at)
+            .bind(&s.traffic_token)
+            .bind(ports_text(&s.public_ports))
+            .bind(i64::from(s.auto_pause))
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -555,7 +581,7 @@ impl Store {
 
     /// Writes every mutable field of a sandbox.
     pub async fn update_sandbox(&self, s: &Sandbox) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE sandboxes SET state = $1, host_id = $2, envd_address = $3, envd_token = $4, error = $5, started_at = $6, last_active_at = $7, updated_at = $8, timeout_sec = $9 WHERE id = $10")
+        sqlx::query("UPDATE sandboxes SET state = $1, host_id = $2, envd_address = $3, envd_token = $4, error = $5, started_at = $6, last_active_at = $7, updated_at = $8, timeout_sec = $9, public_ports = $10 WHERE id = $11")
             .bind(&s.state)
             .bind(&s.host_id)
             .bind(&s.envd_address)
@@ -565,6 +591,7 @@ impl Store {
             .bind(s.last_active_at)
             .bind(now())
             .bind(s.timeout_sec)
+            .bind(ports_text(&s.public_ports))
             .bind(&s.id)
             .execute(&self.pool)
             .await?;
@@ -577,6 +604,18 @@ impl Store {
             "SELECT {SANDBOX_COLS} FROM sandboxes WHERE team_id = $1 AND id = $2"
         ))
         .bind(team_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| sandbox(&r)))
+    }
+
+    /// Any team's sandbox, for routing proxy traffic (which proves access
+    /// by other means than a team's credentials).
+    pub async fn sandbox_by_id(&self, id: &str) -> Result<Option<Sandbox>, sqlx::Error> {
+        Ok(sqlx::query(&format!(
+            "SELECT {SANDBOX_COLS} FROM sandboxes WHERE id = $1"
+        ))
         .bind(id)
         .fetch_optional(&self.pool)
         .await?

@@ -421,6 +421,7 @@ impl NamespaceRuntime {
                 ("HOME".into(), "/root".into()),
                 ("ENVD_ACCESS_TOKEN".into(), token.clone()),
                 ("ENVD_LOG".into(), "envd=warn".into()),
+                ("ENVD_FORWARD_LOOPBACK_PORTS".into(), "true".into()),
             ],
         };
         let mut child = tokio::process::Command::new(&self.cfg.init_exe)

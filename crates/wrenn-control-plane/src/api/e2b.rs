@@ -1,0 +1,517 @@
+//! E2B-compatible REST: what E2B's SDKs call at `E2B_API_URL`, so they
+//! work unchanged against Wrenn. Same store, same agents, same team scoping
+//! as the native routes; E2B's field names and `{code, message}` errors.
+//!
+//! E2B templates map to Wrenn templates by name (`base` is `base`).
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use wrenn_protocol::hostagent::v1 as pb;
+
+use super::rfc3339;
+use super::sandboxes::{
+    CreateReqPublic, agent_for, apply_pause, check_range, create_sandbox, destroy_sandbox, find,
+};
+use crate::App;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::store::{Sandbox, now};
+
+/// envd as E2B's SDKs know it: the feature level they gate on.
+const ENVD_VERSION: &str = "0.6.4";
+
+/// The E2B routes.
+pub(super) fn routes() -> axum::Router<App> {
+    axum::Router::new()
+        .route("/sandboxes", post(create).get(list_v1))
+        .route("/v2/sandboxes", post(create).get(list_v2))
+        .route("/sandboxes/{id}", get(get_one).delete(kill))
+        .route("/sandboxes/{id}/timeout", post(set_timeout))
+        .route("/sandboxes/{id}/refreshes", post(refresh))
+        .route("/sandboxes/{id}/pause", post(pause))
+        .route("/sandboxes/{id}/resume", post(resume))
+        .route("/sandboxes/{id}/connect", post(connect))
+        .route("/v2/sandboxes/{id}/connect", post(connect))
+        .route("/sandboxes/{id}/metrics", get(metrics))
+}
+
+/// An error in E2B's shape: `{"code": <status>, "message": …}`.
+pub(super) struct E2bError(ApiError);
+
+impl From<ApiError> for E2bError {
+    fn from(e: ApiError) -> Self {
+        E2bError(e)
+    }
+}
+
+impl From<sqlx::Error> for E2bError {
+    fn from(e: sqlx::Error) -> Self {
+        E2bError(e.into())
+    }
+}
+
+impl IntoResponse for E2bError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        if e.status.is_server_error() {
+            tracing::warn!(code = e.code, "{}", e.message);
+        }
+        (
+            e.status,
+            Json(json!({ "code": e.status.as_u16(), "message": e.message })),
+        )
+            .into_response()
+    }
+}
+
+type E2bResult<T> = Result<T, E2bError>;
+
+/// The JSON body, with a 400 in E2B's shape when it does not parse.
+fn body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> E2bResult<T> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| E2bError(ApiError::bad_request(format!("invalid body: {e}"))))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct NewSandbox {
+    #[serde(rename = "templateID")]
+    template_id: Option<String>,
+    timeout: Option<u32>,
+    auto_pause: Option<bool>,
+    #[serde(rename = "allow_internet_access", alias = "allowInternetAccess")]
+    allow_internet_access: Option<bool>,
+    metadata: Option<HashMap<String, String>>,
+    env_vars: Option<HashMap<String, String>>,
+}
+
+/// What create and connect answer: E2B's `Sandbox`.
+fn created(app: &App, s: &Sandbox) -> Value {
+    json!({
+        "templateID": s.template,
+        "sandboxID": s.id,
+        "clientID": s.host_id,
+        "alias": s.template,
+        "envdVersion": ENVD_VERSION,
+        "envdAccessToken": s.envd_token,
+        "trafficAccessToken": s.traffic_token,
+        "domain": app.proxy.domain,
+    })
+}
+
+/// E2B's state for a Wrenn state: only `running` and `paused` exist there.
+fn e2b_state(s: &Sandbox) -> Option<&'static str> {
+    match s.state.as_str() {
+        "running" | "pending" | "starting" => Some("running"),
+        "paused" => Some("paused"),
+        _ => None,
+    }
+}
+
+/// E2B's `ListedSandbox` (and, with more fields, `SandboxDetail`).
+fn listed(s: &Sandbox, end_at: i64) -> Value {
+    let started = s.started_at.max(s.created_at);
+    json!({
+        "templateID": s.template,
+        "alias": s.template,
+        "sandboxID": s.id,
+        "clientID": s.host_id,
+        "startedAt": rfc3339(started),
+        "endAt": rfc3339(end_at.max(started)),
+        "cpuCount": s.vcpus,
+        "memoryMB": s.memory_mb,
+        "diskSizeMB": s.disk_size_mb,
+        "metadata": s.metadata,
+        "state": e2b_state(s).unwrap_or("running"),
+        "envdVersion": ENVD_VERSION,
+    })
+}
+
+fn end_estimate(s: &Sandbox) -> i64 {
+    s.last_active_at.max(s.started_at) + s.timeout_sec
+}
+
+/// The caller's sandbox in a state E2B knows (running or paused), or 404.
+async fn e2b_find(app: &App, caller: &Caller, id: &str) -> E2bResult<Sandbox> {
+    let s = find(app, caller, id).await?;
+    if e2b_state(&s).is_none() {
+        return Err(ApiError::not_found(format!("sandbox '{id}'")).into());
+    }
+    Ok(s)
+}
+
+/// POST /sandboxes and /v2/sandboxes.
+async fn create(
+    State(app): State<App>,
+    caller: Result<Caller, ApiError>,
+    raw: axum::body::Bytes,
+) -> E2bResult<(StatusCode, Json<Value>)> {
+    let caller = caller?;
+    let r: NewSandbox = body(&raw)?;
+    let template = r.template_id.filter(|t| !t.is_empty()).ok_or_else(|| {
+        ApiError::bad_request("templateID: required (e.g. \"base\")")
+    })?;
+    let public = CreateReqPublic {
+        template,
+        vcpus: 1,
+        memory_mb: 512,
+        disk_size_mb: 1024,
+        timeout_sec: check_range("timeout", r.timeout.unwrap_or(15), 1, 30 * 86400)?,
+        metadata: r.metadata.unwrap_or_default(),
+        envs: r.env_vars.unwrap_or_default(),
+        allow_internet_access: r.allow_internet_access.unwrap_or(true),
+        auto_pause: r.auto_pause.unwrap_or(false),
+    };
+    let s = create_sandbox(&app, &caller, public).await?;
+    Ok((StatusCode::CREATED, Json(created(&app, &s))))
+}
+
+/// GET /sandboxes/{id}: E2B's `SandboxDetail`.
+async fn get_one(
+    State(app): State<App>,
+    caller: Result<Caller, ApiError>,
+    Path(id): Path<String>,
+) -> E2bResult<Json<Value>> {
+    let caller = caller?;
+    let s = e2b_find(&app, &caller, &id).await?;
+    // The agent knows when the idle timer runs out; fall back to an estimate.
+    let mut end_at = end_estimate(&s);
+    if let Ok(agent) = agent_for(&app, &s).await {
+        if let Ok(info) = agent
+            .get_sandbox(pb::SandboxRef {
+                sandbox_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+        {
+            let info = info.into_owned();
+            if info.expires_at > 0 {
+                end_at = info.expires_at;
+            }
+        }
+    }
+    let mut v = listed(&s, end_at);
+    v["envdAccessToken"] = json!(s.envd_token);
+    v["domain"] = json!(app.proxy.domain);
+    v["allowInternetAccess"] = json!(s.allow_internet_access);
+    Ok(Json(v))
+}
+
+/// The caller's sandboxes in E2B's states, newest first, with optional
+/// `state` (comma-separated) and `metadata` (`k=v&k2=v2`, URL-encoded)
+/// filters.
+async fn filtered(app: &App, caller: &Caller, q: &HashMap<String, String>) -> E2bResult<Vec<Sandbox>> {
+    let states: Vec<&str> = match q.get("state") {
+        Some(st) => st.split(',').map(str::trim).filter(|s| !s.is_empty()).collect(),
+        None => vec!["running", "paused"],
+    };
+    if let Some(bad) = states.iter().find(|s| !["running", "paused"].contains(s)) {
+        return Err(ApiError::bad_request(format!(
+            "state: '{bad}' is not a state; use running and/or paused"
+        ))
+        .into());
+    }
+    let wanted = match q.get("metadata") {
+        Some(m) => metadata_filter(m)?,
+        None => Vec::new(),
+    };
+    Ok(app
+        .store
+        .sandboxes(&caller.team_id, None)
+        .await?
+        .into_iter()
+        .filter(|s| e2b_state(s).is_some_and(|st| states.contains(&st)))
+        .filter(|s| {
+            wanted
+                .iter()
+                .all(|(k, v)| s.metadata.get(k).is_some_and(|x| x == v))
+        })
+        .collect())
+}
+
+/// Parses E2B's metadata filter: `k=v&k2=v2` whose keys and values the
+/// SDKs percent-encode before encoding the pairs.
+fn metadata_filter(m: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(m).map_err(|e| {
+        ApiError::bad_request(format!("metadata: expected key=value&key2=value2: {e}"))
+    })?;
+    Ok(pairs
+        .into_iter()
+        .map(|(k, v)| (percent_decode(&k), percent_decode(&v)))
+        .collect())
+}
+
+/// `%XX` sequences decoded (invalid ones kept as they are).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// GET /sandboxes (v1): the running sandboxes, all at once.
+async fn list_v1(
+    State(app): State<App>,
+    caller: Result<Caller, ApiError>,
+    Query(mut q): Query<HashMap<String, String>>,
+) -> E2bResult<Json<Value>> {
+    let caller = caller?;
+    q.entry("state".into()).or_insert_with(|| "running".into());
+    let all = filtered(&app, &caller, &q).await?;
+    Ok(Json(Value::Array(
+        all.iter().map(|s| listed(s, end_estimate(s))).collect(),
+    )))
+}
+
+/// GET /v2/sandboxes: pages of `limit` (default 100, at most 1000); the
+/// next page's token is in `X-Next-Token`.
+async fn list_v2(
+    State(app): State<App>,
+    caller: Result<Caller, ApiError>,
+    Query(q): Query<HashMap<String, String>>,
+) -> E2bResult<Response> {
+    let caller = caller?;
+    let limit = match q.get("limit") {
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| ApiError::bad_request("limit: a number from 1 to 1000"))?,
+        None => 100,
+    };
+    let all = filtered(&app, &caller, &q).await?;
+    // The token is the id of the last sandbox of the previous page (the
+    // order is newest first, then id): stable while sandboxes come and go.
+    let start = match q.get("nextToken").filter(|t| !t.is_empty()) {
+        Some(t) => all.iter().position(|s| &s.id == t).map(|i| i + 1).ok_or_else(|| {
+            ApiError::bad_request("nextToken: unknown or expired; list again from the start")
+        })?,
+        None => 0,
+    };
+    let page: Vec<Value> = all
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|s| listed(s, end_estimate(s)))
+        .collect();
+    let mut headers = HeaderMap::new();
+    if start + limit < all.len() {
+        let last = &all[start + limit - 1].id;
+        if let Ok(v) = HeaderValue::from_str(last) {
+            headers.insert("x-next-token", v);
+        }
+    }
+    Ok((headers, Json(Value::Array(page))).into_response())
+}
+
+/// DELETE /sandboxes/{id}: 204.
+async fn kill(
+    State(app): State<App>,
+    caller: Result<Caller, ApiError>,
+    Path(id): Path<String>,
+) -> E2bResult<StatusCode> {
+    let caller = caller?;
+    let s = find(&app, &caller, &id).await?;
+    destroy_sandbox(&app, s, &caller.actor).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+struct TimeoutReq {
+    timeout: Option<u32>,
+}
+
+/// Restarts the idle timer, with `timeout` as the new timeout if given.
+async fn retime(app: &App, mut s: Sandbox, timeout: Option<u32>) -> E2bResult<Sandbox> {
+    if let Some(t) = timeout {
+        check_range("timeout", t, 1, 30 * 86400)?;
+    }
+    if s.state == "running" {
+        agent_for(app, &s)
+            .await?
+            .ping(pb::PingRequest {
+                sandbox_id: s.id.clone(),
+                timeout_sec: timeout,
+                ..Default::default()
+            })
+            .await
+            .map_err(ApiError::from)?;
+    }
+    if let Some(t) = timeout {
+        s.timeout_sec = i64::from(t);
+    }
+    s.last_active_at = now();
+    app.store.update_sandbox(&s).await?;
+    Ok(s)
+}
+
+/// POST /sandboxes/{id}/timeout `{timeout}`: 204.
+async fn set_timeout(
+    State(app): State<App>,
+    caller: Result<Caller, ApiError>,
+    Path(id): Path<String>,
+    raw: axum::body::Bytes,
+) -> E2bResult<StatusCode> {
+    let caller = caller?;
+    let r: TimeoutReq = body(&raw)?;
+    let Some(t) = r.timeout else {
+        return Err(ApiError::bad_request("timeout: required, in seconds").into());
+    };
+    let s = e2b_find(&app, &caller, &id).await?;
+    retime(&app, s, Some(t)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+struct RefreshReq {
+    duration: Option<u32>,
+}
+
+/// POST /sandboxes/{id}/refreshes `{duration}`: keeps it alive; 204.
+async fn refresh(
+    State(app): State<App>,
+    caller: Result<Caller, ApiError>,
+    Path(id): Path<String>,
+    raw: axum::body::Bytes,
+) -> E2bResult<StatusCode> {
+    let caller = caller?;
+    let r: RefreshReq = body(&raw)?;
+    let s = e2b_find(&app, &caller, &id).await?;
+    retime(&app, s, r.duration).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// POST /sandboxes/{id}/pause: 204; 409 when already paused.
+async fn pause(
+    State(app): State<App>,
+    caller: Result<Caller, ApiError>,
+    Path(id): Path<String>,
+) -> E2bResult<StatusCode> {
+    let caller = caller?;
+    let s = e2b_find(&app, &caller, &id).await?;
+    apply_pause(&app, s, &caller.actor, true).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// POST /sandboxes/{id}/resume (E2B's older call): 201; 409 when running.
+async fn resume(
+    State(app): State<App>,
+    caller: Result<Caller, ApiError>,
+    Path(id): Path<String>,
+    raw: axum::body::Bytes,
+) -> E2bResult<(StatusCode, Json<Value>)> {
+    let caller = caller?;
+    let r: TimeoutReq = body(&raw)?;
+    let s = e2b_find(&app, &caller, &id).await?;
+    let s = apply_pause(&app, s, &caller.actor, false).await?;
+    let s = retime(&app, s, r.timeout).await?;
+    Ok((StatusCode::CREATED, Json(created(&app, &s))))
+}
+
+/// POST /v2/sandboxes/{id}/connect `{timeout}`: 200 if it was running,
+/// 201 if it was paused and is now resumed.
+async fn connect(
+    State(app): State<App>,
+    caller: Result<Caller, ApiError>,
+    Path(id): Path<String>,
+    raw: axum::body::Bytes,
+) -> E2bResult<(StatusCode, Json<Value>)> {
+    let caller = caller?;
+    let r: TimeoutReq = body(&raw)?;
+    let s = e2b_find(&app, &caller, &id).await?;
+    let (status, s) = if s.state == "paused" {
+        let s = apply_pause(&app, s, &caller.actor, false).await?;
+        (StatusCode::CREATED, s)
+    } else {
+        (StatusCode::OK, s)
+    };
+    let s = retime(&app, s, r.timeout).await?;
+    Ok((status, Json(created(&app, &s))))
+}
+
+/// GET /sandboxes/{id}/metrics: E2B's `[SandboxMetric]` (the current one).
+async fn metrics(
+    State(app): State<App>,
+    caller: Result<Caller, ApiError>,
+    Path(id): Path<String>,
+) -> E2bResult<Json<Value>> {
+    let caller = caller?;
+    let s = e2b_find(&app, &caller, &id).await?;
+    let m = agent_for(&app, &s)
+        .await?
+        .get_sandbox_metrics(pb::SandboxRef {
+            sandbox_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .map_err(ApiError::from)?
+        .into_owned();
+    let ts = if m.timestamp > 0 { m.timestamp } else { now() };
+    Ok(Json(json!([{
+        "timestamp": rfc3339(ts),
+        "timestampUnix": ts,
+        "cpuCount": s.vcpus,
+        "cpuUsedPct": m.cpu_used_pct,
+        "memUsed": m.memory_bytes,
+        "memTotal": m.memory_limit_bytes,
+        "memCache": 0,
+        "diskUsed": m.disk_used_bytes,
+        "diskTotal": m.disk_limit_bytes,
+    }])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn e2b_states() {
+        let s = |state: &str| Sandbox {
+            state: state.into(),
+            ..Default::default()
+        };
+        assert_eq!(e2b_state(&s("running")), Some("running"));
+        assert_eq!(e2b_state(&s("paused")), Some("paused"));
+        assert_eq!(e2b_state(&s("stopped")), None);
+        assert_eq!(e2b_state(&s("error")), None);
+    }
+
+    #[test]
+    fn metadata_filters_decode_like_the_sdk_encodes() {
+        // urlencode({quote(k): quote(v)}) in the Python SDK, as the query
+        // string decoder hands it over.
+        let pairs = metadata_filter("user%253Fid=a%2520b&kind=x%2526y&plain=v").unwrap();
+        assert_eq!(
+            pairs,
+            vec![
+                ("user?id".into(), "a b".into()),
+                ("kind".into(), "x&y".into()),
+                ("plain".into(), "v".into())
+            ]
+        );
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%41"), "%zzA");
+    }
+}

@@ -1,0 +1,370 @@
+//! The sandbox proxy: requests for `{port}-{sandbox}.{domain}`, or carrying
+//! `E2b-Sandbox-Id` (and `E2b-Sandbox-Port`, default envd's 49983), go to the
+//! owning agent's `/proxy/{sandbox}/{port}/…` and on to that port inside the
+//! sandbox: HTTP with streamed bodies, WebSocket upgrades, server-sent events.
+//!
+//! Access: a public port, the sandbox's envd token (`X-Access-Token`, what
+//! E2B's SDKs send), its traffic token (`e2b-traffic-access-token`), or an
+//! API key of the owning team (`X-API-Key`). None of these credentials is
+//! passed on to the sandbox (but `X-Access-Token` to envd, which checks it).
+//!
+//! A paused sandbox is resumed by traffic (unless `auto_resume` is off: 409).
+//! Routes of running sandboxes and API-key lookups are cached for a second,
+//! so a request costs no database round trip.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::App;
+use crate::auth::sha256_hex;
+use crate::store::{Host, Sandbox};
+
+/// envd's port: the data plane of E2B's SDKs.
+pub const ENVD_PORT: u16 = 49983;
+
+/// How the proxy behaves.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The domain in `{port}-{sandbox}.{domain}`, reported to E2B SDKs.
+    pub domain: String,
+    /// Resume a paused sandbox when traffic arrives (else answer 409).
+    pub auto_resume: bool,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            domain: "localhost".into(),
+            auto_resume: true,
+        }
+    }
+}
+
+/// How long a route or key lookup is reused.
+const CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// A running sandbox and the host it is on.
+#[derive(Clone)]
+struct Route {
+    sandbox: Sandbox,
+    host: Host,
+}
+
+/// Short-lived caches of routes (running sandboxes only) and API keys.
+#[derive(Clone, Default)]
+pub struct ProxyCache {
+    routes: Arc<Mutex<HashMap<String, (Instant, Route)>>>,
+    keys: Arc<Mutex<HashMap<String, (Instant, Option<String>)>>>,
+}
+
+impl ProxyCache {
+    /// Drops a sandbox's route (after a state change through this process).
+    pub fn forget(&self, sandbox_id: &str) {
+        self.routes.lock().expect("routes").remove(sandbox_id);
+    }
+
+    fn route(&self, id: &str) -> Option<Route> {
+        let routes = self.routes.lock().expect("routes");
+        let (at, r) = routes.get(id)?;
+        (at.elapsed() < CACHE_TTL).then(|| r.clone())
+    }
+
+    fn put_route(&self, r: Route) {
+        let mut routes = self.routes.lock().expect("routes");
+        if routes.len() > 10_000 {
+            routes.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
+        }
+        routes.insert(r.sandbox.id.clone(), (Instant::now(), r));
+    }
+}
+
+/// The sandbox and port a request is for, if it is proxy traffic.
+pub fn target(headers: &HeaderMap) -> Option<Result<(String, u16), String>> {
+    if let Some(id) = headers.get("e2b-sandbox-id") {
+        let id = id.to_str().unwrap_or_default().to_string();
+        let port = match headers.get("e2b-sandbox-port") {
+            None => Ok(ENVD_PORT),
+            Some(p) => p
+                .to_str()
+                .ok()
+                .and_then(|p| p.parse::<u16>().ok())
+                .filter(|p| *p > 0)
+                .ok_or_else(|| "E2b-Sandbox-Port: not a port number".to_string()),
+        };
+        return Some(port.map(|p| (id, p)));
+    }
+    let host = headers.get(http::header::HOST)?.to_str().ok()?;
+    let label = host.split(['.', ':']).next()?;
+    let (port, id) = label.split_once('-')?;
+    if !id.starts_with("sb-") || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(
+        port.parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .map(|p| (id.to_string(), p))
+            .ok_or_else(|| format!("'{port}' in the host name is not a port number")),
+    )
+}
+
+fn error(status: StatusCode, id: &str, port: u16, message: String) -> Response {
+    wrenn_http_proxy::text(
+        status,
+        json!({ "code": status.as_u16(), "message": message, "sandboxId": id, "port": port }),
+    )
+}
+
+/// Middleware in front of every route: proxy traffic goes to its sandbox,
+/// everything else on to the API.
+pub async fn intercept(State(app): State<App>, req: Request, next: Next) -> Response {
+    match target(req.headers()) {
+        None => next.run(req).await,
+        Some(Err(message)) => error(StatusCode::BAD_REQUEST, "", 0, message),
+        Some(Ok((id, port))) => handle(app, req, id, port).await,
+    }
+}
+
+fn header_eq(headers: &HeaderMap, name: &str, secret: &str) -> bool {
+    !secret.is_empty()
+        && headers
+            .get(name)
+            .is_some_and(|v| bool::from(v.as_bytes().ct_eq(secret.as_bytes())))
+}
+
+/// The team of an API key, cached.
+async fn key_team(app: &App, key: &str) -> Result<Option<String>, sqlx::Error> {
+    let hash = sha256_hex(key.trim());
+    if let Some((at, team)) = app.proxy_cache.keys.lock().expect("keys").get(&hash) {
+        if at.elapsed() < CACHE_TTL {
+            return Ok(team.clone());
+        }
+    }
+    let team = app.store.api_key_by_hash(&hash).await?.map(|k| k.team_id);
+    let mut keys = app.proxy_cache.keys.lock().expect("keys");
+    if keys.len() > 10_000 {
+        keys.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
+    }
+    keys.insert(hash, (Instant::now(), team.clone()));
+    Ok(team)
+}
+
+/// Whether the request may reach `port` of `s`; `Err` is the refusal.
+async fn authorize(app: &App, headers: &HeaderMap, s: &Sandbox, port: u16) -> Result<(), Response> {
+    if s.public_ports.contains(&port)
+        || header_eq(headers, "x-access-token", &s.envd_token)
+        || header_eq(headers, "e2b-traffic-access-token", &s.traffic_token)
+    {
+        return Ok(());
+    }
+    if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        match key_team(app, key).await {
+            Ok(Some(team)) if team == s.team_id => return Ok(()),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &s.id,
+                    port,
+                    format!("checking the API key: {e}"),
+                ));
+            }
+        }
+        // Another team's key: as if the sandbox did not exist.
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            &s.id,
+            port,
+            format!("sandbox {} not found", s.id),
+        ));
+    }
+    let offered = ["x-access-token", "e2b-traffic-access-token"]
+        .iter()
+        .any(|h| headers.contains_key(*h));
+    Err(if offered {
+        error(
+            StatusCode::FORBIDDEN,
+            &s.id,
+            port,
+            format!("wrong access token for sandbox {}", s.id),
+        )
+    } else {
+        error(
+            StatusCode::UNAUTHORIZED,
+            &s.id,
+            port,
+            format!(
+                "port {port} of sandbox {} is private: send X-API-Key (a key of its team), X-Access-Token (its envd token) or e2b-traffic-access-token, or make the port public",
+                s.id
+            ),
+        )
+    })
+}
+
+/// The route to a sandbox: from the cache while it runs, else from the
+/// store, resuming it if it is paused and traffic resumes sandboxes.
+async fn route(app: &App, id: &str, port: u16, headers: &HeaderMap) -> Result<Route, Response> {
+    if let Some(r) = app.proxy_cache.route(id) {
+        authorize(app, headers, &r.sandbox, port).await?;
+        return Ok(r);
+    }
+    let unavailable = |e: &dyn std::fmt::Display| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            id,
+            port,
+            format!("looking up sandbox {id}: {e}"),
+        )
+    };
+    let not_found = || {
+        error(
+            StatusCode::NOT_FOUND,
+            id,
+            port,
+            format!("sandbox {id} not found"),
+        )
+    };
+    let mut s = match app.store.sandbox_by_id(id).await {
+        Ok(Some(s)) if s.state != "stopped" => s,
+        Ok(_) => return Err(not_found()),
+        Err(e) => return Err(unavailable(&e)),
+    };
+    authorize(app, headers, &s, port).await?;
+    match s.state.as_str() {
+        "running" => {}
+        "paused" if app.proxy.auto_resume => {
+            s = crate::api::resume_for_traffic(app, s)
+                .await
+                .map_err(|e| error(e.status, id, port, e.message))?;
+        }
+        "paused" => {
+            return Err(error(
+                StatusCode::CONFLICT,
+                id,
+                port,
+                format!("sandbox {id} is paused; resume it (POST /v1/sandboxes/{id}/resume or Sandbox.connect) to reach port {port}"),
+            ));
+        }
+        "missing" => {
+            return Err(error(
+                StatusCode::BAD_GATEWAY,
+                id,
+                port,
+                format!("the host of sandbox {id} is not answering; try again when it is back"),
+            ));
+        }
+        other => {
+            return Err(error(
+                StatusCode::CONFLICT,
+                id,
+                port,
+                format!("sandbox {id} is {other}, not running"),
+            ));
+        }
+    }
+    let host = match app.store.host(&s.host_id).await {
+        Ok(Some(h)) => h,
+        Ok(None) => {
+            return Err(error(
+                StatusCode::BAD_GATEWAY,
+                id,
+                port,
+                format!("host '{}' of sandbox {id} is gone", s.host_id),
+            ));
+        }
+        Err(e) => return Err(unavailable(&e)),
+    };
+    let r = Route { sandbox: s, host };
+    app.proxy_cache.put_route(r.clone());
+    Ok(r)
+}
+
+async fn handle(app: App, mut req: Request, id: String, port: u16) -> Response {
+    let r = match route(&app, &id, port, req.headers()).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let h = req.headers_mut();
+    for name in ["x-api-key", "e2b-traffic-access-token", "e2b-sandbox-id", "e2b-sandbox-port"] {
+        h.remove(name);
+    }
+    if port != ENVD_PORT {
+        h.remove("x-access-token");
+    }
+    if let Ok(v) = HeaderValue::from_str(&r.host.token) {
+        h.insert(wrenn_host_agent_token_header(), v);
+    }
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let target = format!("http://{}/proxy/{id}/{port}{pq}", r.host.address);
+    let Ok(target) = target.parse() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &id,
+            port,
+            format!("cannot proxy the path '{pq}'"),
+        );
+    };
+    match wrenn_http_proxy::forward(&app.proxy_client, req, target).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            app.proxy_cache.forget(&id);
+            error(
+                StatusCode::BAD_GATEWAY,
+                &id,
+                port,
+                format!("the host of sandbox {id} ({}) did not answer: {e}", r.host.id),
+            )
+        }
+    }
+}
+
+/// The header carrying the agent's token on `/proxy` calls (the request's
+/// own `Authorization` belongs to the app in the sandbox).
+fn wrenn_host_agent_token_header() -> http::HeaderName {
+    http::HeaderName::from_static("x-wrenn-agent-token")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_from_host_names_and_e2b_headers() {
+        let host = |h: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(http::header::HOST, h.parse().unwrap());
+            target(&m)
+        };
+        assert_eq!(host("8000-sb-abc123.localhost:8080"), Some(Ok(("sb-abc123".into(), 8000))));
+        assert_eq!(host("3000-sb-x.wrenn.example.com"), Some(Ok(("sb-x".into(), 3000))));
+        assert_eq!(host("localhost:8080"), None);
+        assert_eq!(host("api.wrenn.example.com"), None);
+        assert_eq!(host("8000-other.example.com"), None);
+        assert!(matches!(host("99999-sb-x.localhost"), Some(Err(_))));
+        let mut m = HeaderMap::new();
+        m.insert("e2b-sandbox-id", "sb-q".parse().unwrap());
+        assert_eq!(target(&m), Some(Ok(("sb-q".into(), ENVD_PORT))));
+        m.insert("e2b-sandbox-port", "8888".parse().unwrap());
+        assert_eq!(target(&m), Some(Ok(("sb-q".into(), 8888))));
+        m.insert("e2b-sandbox-port", "x".parse().unwrap());
+        assert!(matches!(target(&m), Some(Err(_))));
+    }
+
+    #[test]
+    fn header_secrets_compare_whole() {
+        let mut m = HeaderMap::new();
+        m.insert("x-access-token", "secret".parse().unwrap());
+        assert!(header_eq(&m, "x-access-token", "secret"));
+        assert!(!header_eq(&m, "x-access-token", "secre"));
+        assert!(!header_eq(&m, "x-access-token", ""));
+        assert!(!header_eq(&m, "e2b-traffic-access-token", "secret"));
+    }
+}

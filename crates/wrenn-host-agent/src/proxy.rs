@@ -1,0 +1,129 @@
+//! `/proxy/{sandbox}/{port}/{path}`: the last hop of the sandbox proxy, from
+//! the agent to a port of a sandbox on this host (HTTP, streamed bodies,
+//! WebSocket upgrades). The control plane has already checked that the
+//! caller may reach the sandbox; the agent checks only its own token.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::response::Response;
+use http::StatusCode;
+use serde_json::json;
+
+use crate::agent::Agent;
+use crate::runtime::{RunState, Runtime};
+
+/// What the proxy route needs.
+pub struct ProxyState<R: Runtime> {
+    /// Where sandboxes are looked up.
+    pub agent: Arc<Agent<R>>,
+    /// Pooled connections to sandbox ports.
+    pub client: wrenn_http_proxy::Client,
+}
+
+impl<R: Runtime> Clone for ProxyState<R> {
+    fn clone(&self) -> Self {
+        ProxyState {
+            agent: self.agent.clone(),
+            client: self.client.clone(),
+        }
+    }
+}
+
+/// `(sandbox id, port, rest of the path and query)` from
+/// `/proxy/{id}/{port}[/rest][?query]`.
+pub fn parse_target(path_and_query: &str) -> Option<(&str, u16, String)> {
+    let rest = path_and_query.strip_prefix("/proxy/")?;
+    let (id, rest) = rest.split_once('/')?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let port: u16 = rest[..end].parse().ok().filter(|p| *p > 0)?;
+    let tail = &rest[end..];
+    let tail = if tail.starts_with('/') {
+        tail.to_string()
+    } else {
+        format!("/{tail}")
+    };
+    (!id.is_empty()).then_some((id, port, tail))
+}
+
+fn error(status: StatusCode, code: &str, message: String) -> Response {
+    wrenn_http_proxy::text(status, json!({ "code": code, "message": message }))
+}
+
+/// Forwards one request to a sandbox's port.
+pub async fn handle<R: Runtime>(State(st): State<ProxyState<R>>, req: Request) -> Response {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map_or("", |p| p.as_str())
+        .to_string();
+    let Some((id, port, tail)) = parse_target(&pq) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            format!("bad proxy path '{pq}'; expected /proxy/<sandbox>/<port>/<path>"),
+        );
+    };
+    let Some(inst) = st.agent.runtime.get(id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("sandbox '{id}' is not on this host"),
+        );
+    };
+    if inst.state == RunState::Paused {
+        return error(
+            StatusCode::CONFLICT,
+            "failed_precondition",
+            format!("sandbox {id} is paused; resume it to reach port {port}"),
+        );
+    }
+    let target = format!("http://{}:{port}{tail}", inst.envd_addr.ip());
+    let Ok(target) = target.parse() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            format!("bad proxy path '{pq}'"),
+        );
+    };
+    match wrenn_http_proxy::forward(&st.client, req, target).await {
+        Ok(resp) => resp,
+        Err(wrenn_http_proxy::ForwardError::Connect(e)) => error(
+            StatusCode::BAD_GATEWAY,
+            "port_not_open",
+            format!(
+                "nothing is listening on port {port} in sandbox {id} ({e}); start a server on 0.0.0.0:{port} or 127.0.0.1:{port} inside it"
+            ),
+        ),
+        Err(e) => error(
+            StatusCode::BAD_GATEWAY,
+            "upstream_failed",
+            format!("port {port} of sandbox {id}: {e}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_target;
+
+    #[test]
+    fn proxy_paths() {
+        let cases = [
+            ("/proxy/sb-1/8000/", Some(("sb-1", 8000, "/"))),
+            ("/proxy/sb-1/8000", Some(("sb-1", 8000, "/"))),
+            ("/proxy/sb-1/8000?x=1", Some(("sb-1", 8000, "/?x=1"))),
+            ("/proxy/sb-1/49983/files?path=/a", Some(("sb-1", 49983, "/files?path=/a"))),
+            ("/proxy/sb-1/0/", None),
+            ("/proxy/sb-1/99999/", None),
+            ("/proxy/sb-1/x/", None),
+            ("/proxy//80/", None),
+            ("/other/sb-1/80/", None),
+        ];
+        for (path, want) in cases {
+            let got = parse_target(path);
+            let got = got.as_ref().map(|(i, p, t)| (*i, *p, t.as_str()));
+            assert_eq!(got, want, "{path}");
+        }
+    }
+}
