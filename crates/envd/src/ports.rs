@@ -41,7 +41,7 @@ pub fn parse_proc_net_tcp(text: &str) -> Vec<Listener> {
         // The kernel prints addresses as native-endian 32-bit words.
         let ip = match ip.len() {
             8 => match u32::from_str_radix(ip, 16) {
-                        Ok(v) => IpAddr::V4(Ipv4Addr::from(v.to_ne_bytes())),
+                Ok(v) => IpAddr::V4(Ipv4Addr::from(v.to_ne_bytes())),
                 Err(_) => continue,
             },
             32 => {
@@ -213,7 +213,12 @@ mod tests {
         let addrs: Vec<String> = l.iter().map(|l| l.addr.to_string()).collect();
         assert_eq!(
             addrs,
-            ["127.0.0.1:8000", "0.0.0.0:50003", "127.0.0.1:3000", "10.200.1.2:8080"]
+            [
+                "127.0.0.1:8000",
+                "0.0.0.0:50003",
+                "127.0.0.1:3000",
+                "10.200.1.2:8080"
+            ]
         );
         let l6 = parse_proc_net_tcp(TCP6);
         let addrs: Vec<String> = l6.iter().map(|l| l.addr.to_string()).collect();
@@ -229,6 +234,9 @@ mod tests {
             want.iter().map(|(p, ip)| (*p, ip.to_string())).collect();
         ports.sort();
         // 3000 also listens on [::] (which takes IPv4 too): already reachable.
-        assert_eq!(ports, [(5000, "::1".to_string()), (8000, "127.0.0.1".to_string())]);
+        assert_eq!(
+            ports,
+            [(5000, "::1".to_string()), (8000, "127.0.0.1".to_string())]
+        );
     }
 }

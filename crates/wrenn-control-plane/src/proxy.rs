@@ -250,7 +250,9 @@ async fn route(app: &App, id: &str, port: u16, headers: &HeaderMap) -> Result<Ro
                 StatusCode::CONFLICT,
                 id,
                 port,
-                format!("sandbox {id} is paused; resume it (POST /v1/sandboxes/{id}/resume or Sandbox.connect) to reach port {port}"),
+                format!(
+                    "sandbox {id} is paused; resume it (POST /v1/sandboxes/{id}/resume or Sandbox.connect) to reach port {port}"
+                ),
             ));
         }
         "missing" => {
@@ -293,7 +295,12 @@ async fn handle(app: App, mut req: Request, id: String, port: u16) -> Response {
         Err(resp) => return resp,
     };
     let h = req.headers_mut();
-    for name in ["x-api-key", "e2b-traffic-access-token", "e2b-sandbox-id", "e2b-sandbox-port"] {
+    for name in [
+        "x-api-key",
+        "e2b-traffic-access-token",
+        "e2b-sandbox-id",
+        "e2b-sandbox-port",
+    ] {
         h.remove(name);
     }
     if port != ENVD_PORT {
@@ -320,7 +327,10 @@ async fn handle(app: App, mut req: Request, id: String, port: u16) -> Response {
                 StatusCode::BAD_GATEWAY,
                 &id,
                 port,
-                format!("the host of sandbox {id} ({}) did not answer: {e}", r.host.id),
+                format!(
+                    "the host of sandbox {id} ({}) did not answer: {e}",
+                    r.host.id
+                ),
             )
         }
     }
@@ -343,8 +353,14 @@ mod tests {
             m.insert(http::header::HOST, h.parse().unwrap());
             target(&m)
         };
-        assert_eq!(host("8000-sb-abc123.localhost:8080"), Some(Ok(("sb-abc123".into(), 8000))));
-        assert_eq!(host("3000-sb-x.wrenn.example.com"), Some(Ok(("sb-x".into(), 3000))));
+        assert_eq!(
+            host("8000-sb-abc123.localhost:8080"),
+            Some(Ok(("sb-abc123".into(), 8000)))
+        );
+        assert_eq!(
+            host("3000-sb-x.wrenn.example.com"),
+            Some(Ok(("sb-x".into(), 3000)))
+        );
         assert_eq!(host("localhost:8080"), None);
         assert_eq!(host("api.wrenn.example.com"), None);
         assert_eq!(host("8000-other.example.com"), None);

@@ -113,7 +113,10 @@ mod tests {
             ("/proxy/sb-1/8000/", Some(("sb-1", 8000, "/"))),
             ("/proxy/sb-1/8000", Some(("sb-1", 8000, "/"))),
             ("/proxy/sb-1/8000?x=1", Some(("sb-1", 8000, "/?x=1"))),
-            ("/proxy/sb-1/49983/files?path=/a", Some(("sb-1", 49983, "/files?path=/a"))),
+            (
+                "/proxy/sb-1/49983/files?path=/a",
+                Some(("sb-1", 49983, "/files?path=/a")),
+            ),
             ("/proxy/sb-1/0/", None),
             ("/proxy/sb-1/99999/", None),
             ("/proxy/sb-1/x/", None),

@@ -38,7 +38,6 @@ pub enum ForwardError {
     Upstream(String),
 }
 
-
 /// Whether a request asks to switch protocols (`Connection: upgrade`).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers
@@ -75,7 +74,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
         headers.remove(h);
     }
     if upgrading {
-        headers.insert(header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        headers.insert(
+            header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
     } else {
         headers.remove(header::UPGRADE);
     }
@@ -163,7 +165,9 @@ mod tests {
                     any(|req: Request<Body>| async move {
                         let host = req.headers()[header::HOST].to_str().unwrap().to_string();
                         let hop = req.headers().contains_key("keep-alive");
-                        let body = axum::body::to_bytes(req.into_body(), usize::MAX).await.unwrap();
+                        let body = axum::body::to_bytes(req.into_body(), usize::MAX)
+                            .await
+                            .unwrap();
                         format!("host={host} hop={hop} len={}", body.len())
                     }),
                 )
@@ -186,7 +190,10 @@ mod tests {
                 let target: Uri = format!("http://{upstream}{}", req.uri()).parse().unwrap();
                 match forward(&client, req, target).await {
                     Ok(r) => r,
-                    Err(e) => text(StatusCode::BAD_GATEWAY, serde_json::json!({"message": e.to_string()})),
+                    Err(e) => text(
+                        StatusCode::BAD_GATEWAY,
+                        serde_json::json!({"message": e.to_string()}),
+                    ),
                 }
             }
         }))
@@ -214,7 +221,10 @@ mod tests {
         let (mut s, mut head) = raw(addr, &req).await;
         s.read_to_string(&mut head).await.unwrap();
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert!(head.ends_with("host=8000-sb-abc.example hop=false len=3145728"), "{head}");
+        assert!(
+            head.ends_with("host=8000-sb-abc.example hop=false len=3145728"),
+            "{head}"
+        );
     }
 
     #[tokio::test]
@@ -245,9 +255,13 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         drop(l);
         let req = Request::get("/").body(Body::empty()).unwrap();
-        let e = forward(&client(), req, format!("http://127.0.0.1:{port}/").parse().unwrap())
-            .await
-            .unwrap_err();
+        let e = forward(
+            &client(),
+            req,
+            format!("http://127.0.0.1:{port}/").parse().unwrap(),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(e, ForwardError::Connect(_)), "{e:?}");
         assert!(e.to_string().contains("refused"), "{e}");
     }

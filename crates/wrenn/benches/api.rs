@@ -6,123 +6,21 @@
 //! concurrent load, and 100 MiB up and down through the streamed file
 //! routes. `WRENN_BENCH_RUNS` (default 3) repeats; medians are printed.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::{Up, call, http_client, median, ms, settings};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-
-type Http = Client<HttpConnector, Full<Bytes>>;
-
-struct Up {
-    child: Child,
-    data: PathBuf,
-    base: String,
-    key: String,
-}
-
-impl Up {
-    fn start(templates: &std::path::Path) -> Up {
-        let data = PathBuf::from(format!("/var/tmp/wrenn-bench-api-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&data);
-        std::fs::create_dir_all(data.join("templates")).unwrap();
-        std::os::unix::fs::symlink(templates.join("base"), data.join("templates/base")).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = data.join("cli.json");
-        let child = Command::new(env!("CARGO_BIN_EXE_wrenn"))
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--config"])
-            .arg(&config)
-            .env("WRENN_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start wrenn up");
-        while !(config.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let cfg: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
-        Up {
-            child,
-            data,
-            base: format!("http://127.0.0.1:{port}"),
-            key: cfg["api_key"].as_str().unwrap().to_string(),
-        }
-    }
-}
-
-impl Drop for Up {
-    /// Ctrl-C: wrenn up destroys its sandboxes and exits; then its data
-    /// goes. Runs on a panic too.
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.data);
-    }
-}
-
-async fn call(
-    http: &Http,
-    up: &Up,
-    method: &str,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> (u16, Bytes) {
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(format!("{}{path}", up.base))
-        .header("x-api-key", &up.key);
-    let body = match body {
-        Some(b) => {
-            req = req.header("content-type", "application/json");
-            Bytes::from(b.to_string())
-        }
-        None => Bytes::new(),
-    };
-    let resp = http
-        .request(req.body(Full::new(body)).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.into_body().collect().await.unwrap().to_bytes())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 #[tokio::main]
 async fn main() {
-    let templates = PathBuf::from(
-        std::env::var("WRENN_BENCH_TEMPLATES")
-            .unwrap_or_else(|_| "/var/tmp/wrenn-test-data/templates".into()),
-    );
-    let runs: usize = std::env::var("WRENN_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let (templates, runs) = settings();
     let up = Up::start(&templates);
-    let mut conn = HttpConnector::new();
-    conn.set_nodelay(true);
-    let http: Http = Client::builder(TokioExecutor::new()).build(conn);
+    let http = http_client();
     println!("control plane benchmark (wrenn up: SQLite, in-process agent): {runs} runs, medians");
 
     let (mut create, mut exec, mut rps, mut upload, mut download) =

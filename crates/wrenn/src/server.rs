@@ -393,8 +393,8 @@ async fn admin_key(app: &App, config_file: &Path, listen: SocketAddr) -> anyhow:
         "wrenn up",
         wrenn_control_plane::auth::KeyFormat::Wrenn,
     )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     save_config(
         config_file,
         &CliConfig {

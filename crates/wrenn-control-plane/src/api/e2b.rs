@@ -158,9 +158,10 @@ async fn create(
 ) -> E2bResult<(StatusCode, Json<Value>)> {
     let caller = caller?;
     let r: NewSandbox = body(&raw)?;
-    let template = r.template_id.filter(|t| !t.is_empty()).ok_or_else(|| {
-        ApiError::bad_request("templateID: required (e.g. \"base\")")
-    })?;
+    let template = r
+        .template_id
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::bad_request("templateID: required (e.g. \"base\")"))?;
     let public = CreateReqPublic {
         template,
         vcpus: 1,
@@ -210,9 +211,17 @@ async fn get_one(
 /// The caller's sandboxes in E2B's states, newest first, with optional
 /// `state` (comma-separated) and `metadata` (`k=v&k2=v2`, URL-encoded)
 /// filters.
-async fn filtered(app: &App, caller: &Caller, q: &HashMap<String, String>) -> E2bResult<Vec<Sandbox>> {
+async fn filtered(
+    app: &App,
+    caller: &Caller,
+    q: &HashMap<String, String>,
+) -> E2bResult<Vec<Sandbox>> {
     let states: Vec<&str> = match q.get("state") {
-        Some(st) => st.split(',').map(str::trim).filter(|s| !s.is_empty()).collect(),
+        Some(st) => st
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect(),
         None => vec!["running", "paused"],
     };
     if let Some(bad) = states.iter().find(|s| !["running", "paused"].contains(s)) {
@@ -305,9 +314,13 @@ async fn list_v2(
     // The token is the id of the last sandbox of the previous page (the
     // order is newest first, then id): stable while sandboxes come and go.
     let start = match q.get("nextToken").filter(|t| !t.is_empty()) {
-        Some(t) => all.iter().position(|s| &s.id == t).map(|i| i + 1).ok_or_else(|| {
-            ApiError::bad_request("nextToken: unknown or expired; list again from the start")
-        })?,
+        Some(t) => all
+            .iter()
+            .position(|s| &s.id == t)
+            .map(|i| i + 1)
+            .ok_or_else(|| {
+                ApiError::bad_request("nextToken: unknown or expired; list again from the start")
+            })?,
         None => 0,
     };
     let page: Vec<Value> = all

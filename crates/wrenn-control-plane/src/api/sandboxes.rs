@@ -406,7 +406,7 @@ pub(super) async fn destroy(
 /// `stopped`; 404 if it already is.
 pub async fn destroy_sandbox(app: &App, mut s: Sandbox, actor: &str) -> ApiResult<()> {
     let id = s.id.clone();
-        if s.state == "stopped" {
+    if s.state == "stopped" {
         return Err(ApiError::not_found(format!("sandbox '{id}'")));
     }
     if let Ok(agent) = agent_for(app, &s).await {
@@ -443,7 +443,12 @@ async fn set_paused(app: App, caller: Caller, id: String, pause: bool) -> ApiRes
 
 /// Pauses or resumes `s` on its agent and records it; 409 unless it is
 /// running (to pause) or paused (to resume).
-pub async fn apply_pause(app: &App, mut s: Sandbox, actor: &str, pause: bool) -> ApiResult<Sandbox> {
+pub async fn apply_pause(
+    app: &App,
+    mut s: Sandbox,
+    actor: &str,
+    pause: bool,
+) -> ApiResult<Sandbox> {
     let id = s.id.clone();
     let (from, to, action) = if pause {
         ("running", "paused", "pause")

@@ -4,20 +4,20 @@
 /// Every migration, in order.
 pub const MIGRATIONS: &[(i64, &[&str])] = &[
     (
-    1,
-    &[
-        "CREATE TABLE users (id TEXT PRIMARY KEY, email TEXT NOT NULL UNIQUE, name TEXT NOT NULL, password_hash TEXT NOT NULL, is_admin BIGINT NOT NULL DEFAULT 0, created_at BIGINT NOT NULL)",
-        "CREATE TABLE teams (id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at BIGINT NOT NULL)",
-        "CREATE TABLE team_members (team_id TEXT NOT NULL REFERENCES teams(id) ON DELETE CASCADE, user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE, role TEXT NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (team_id, user_id))",
-        "CREATE TABLE api_keys (id TEXT PRIMARY KEY, team_id TEXT NOT NULL REFERENCES teams(id) ON DELETE CASCADE, created_by TEXT NOT NULL, name TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL, last4 TEXT NOT NULL, created_at BIGINT NOT NULL, last_used_at BIGINT)",
-        "CREATE TABLE hosts (id TEXT PRIMARY KEY, name TEXT NOT NULL, address TEXT NOT NULL, token TEXT NOT NULL, status TEXT NOT NULL, created_at BIGINT NOT NULL, last_seen_at BIGINT NOT NULL)",
-        "CREATE TABLE sandboxes (id TEXT PRIMARY KEY, team_id TEXT NOT NULL REFERENCES teams(id), host_id TEXT NOT NULL, template TEXT NOT NULL, state TEXT NOT NULL, vcpus BIGINT NOT NULL, memory_mb BIGINT NOT NULL, disk_size_mb BIGINT NOT NULL, timeout_sec BIGINT NOT NULL, allow_internet_access BIGINT NOT NULL, metadata TEXT NOT NULL, envd_address TEXT NOT NULL, envd_token TEXT NOT NULL, error TEXT NOT NULL, created_at BIGINT NOT NULL, started_at BIGINT NOT NULL, last_active_at BIGINT NOT NULL, updated_at BIGINT NOT NULL)",
-        "CREATE INDEX sandboxes_team ON sandboxes (team_id, state)",
-        "CREATE INDEX sandboxes_host ON sandboxes (host_id, state)",
-        "CREATE TABLE audit_logs (id TEXT PRIMARY KEY, team_id TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, created_at BIGINT NOT NULL)",
-        "CREATE INDEX audit_logs_team ON audit_logs (team_id, created_at)",
-    ],
-),
+        1,
+        &[
+            "CREATE TABLE users (id TEXT PRIMARY KEY, email TEXT NOT NULL UNIQUE, name TEXT NOT NULL, password_hash TEXT NOT NULL, is_admin BIGINT NOT NULL DEFAULT 0, created_at BIGINT NOT NULL)",
+            "CREATE TABLE teams (id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at BIGINT NOT NULL)",
+            "CREATE TABLE team_members (team_id TEXT NOT NULL REFERENCES teams(id) ON DELETE CASCADE, user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE, role TEXT NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (team_id, user_id))",
+            "CREATE TABLE api_keys (id TEXT PRIMARY KEY, team_id TEXT NOT NULL REFERENCES teams(id) ON DELETE CASCADE, created_by TEXT NOT NULL, name TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL, last4 TEXT NOT NULL, created_at BIGINT NOT NULL, last_used_at BIGINT)",
+            "CREATE TABLE hosts (id TEXT PRIMARY KEY, name TEXT NOT NULL, address TEXT NOT NULL, token TEXT NOT NULL, status TEXT NOT NULL, created_at BIGINT NOT NULL, last_seen_at BIGINT NOT NULL)",
+            "CREATE TABLE sandboxes (id TEXT PRIMARY KEY, team_id TEXT NOT NULL REFERENCES teams(id), host_id TEXT NOT NULL, template TEXT NOT NULL, state TEXT NOT NULL, vcpus BIGINT NOT NULL, memory_mb BIGINT NOT NULL, disk_size_mb BIGINT NOT NULL, timeout_sec BIGINT NOT NULL, allow_internet_access BIGINT NOT NULL, metadata TEXT NOT NULL, envd_address TEXT NOT NULL, envd_token TEXT NOT NULL, error TEXT NOT NULL, created_at BIGINT NOT NULL, started_at BIGINT NOT NULL, last_active_at BIGINT NOT NULL, updated_at BIGINT NOT NULL)",
+            "CREATE INDEX sandboxes_team ON sandboxes (team_id, state)",
+            "CREATE INDEX sandboxes_host ON sandboxes (host_id, state)",
+            "CREATE TABLE audit_logs (id TEXT PRIMARY KEY, team_id TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, created_at BIGINT NOT NULL)",
+            "CREATE INDEX audit_logs_team ON audit_logs (team_id, created_at)",
+        ],
+    ),
     (
         2,
         &[

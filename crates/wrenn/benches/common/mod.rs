@@ -1,0 +1,135 @@
+//! What the REST benchmarks share: `wrenn up` on a scratch data directory,
+//! an HTTP client, and medians.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// A pooled HTTP/1.1 client.
+pub type Http = Client<HttpConnector, Full<Bytes>>;
+
+/// `wrenn up` running on a scratch data directory.
+pub struct Up {
+    /// Its process.
+    pub child: Child,
+    /// Its data directory.
+    pub data: PathBuf,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    /// The admin's API key.
+    pub key: String,
+}
+
+impl Up {
+    /// Starts it with the test `base` template of `templates`.
+    pub fn start(templates: &std::path::Path) -> Up {
+        let data = PathBuf::from(format!("/var/tmp/wrenn-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        std::fs::create_dir_all(data.join("templates")).unwrap();
+        std::os::unix::fs::symlink(templates.join("base"), data.join("templates/base")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = data.join("cli.json");
+        let child = Command::new(env!("CARGO_BIN_EXE_wrenn"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--config"])
+            .arg(&config)
+            .env("WRENN_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start wrenn up");
+        while !(config.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+        Up {
+            child,
+            data,
+            base: format!("http://127.0.0.1:{port}"),
+            key: cfg["api_key"].as_str().unwrap().to_string(),
+        }
+    }
+}
+
+impl Drop for Up {
+    /// Ctrl-C: wrenn up destroys its sandboxes and exits; then its data
+    /// goes. Runs on a panic too.
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+/// One API call with the admin key: (status, body).
+pub async fn call(
+    http: &Http,
+    up: &Up,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, Bytes) {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", up.base))
+        .header("x-api-key", &up.key);
+    let body = match body {
+        Some(b) => {
+            req = req.header("content-type", "application/json");
+            Bytes::from(b.to_string())
+        }
+        None => Bytes::new(),
+    };
+    let resp = http
+        .request(req.body(Full::new(body)).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.into_body().collect().await.unwrap().to_bytes())
+}
+
+/// The median.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Milliseconds.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A client with `TCP_NODELAY`.
+pub fn http_client() -> Http {
+    let mut conn = HttpConnector::new();
+    conn.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).build(conn)
+}
+
+/// Where the benchmarks find the test template, and how many runs.
+pub fn settings() -> (PathBuf, usize) {
+    let templates = PathBuf::from(
+        std::env::var("WRENN_BENCH_TEMPLATES")
+            .unwrap_or_else(|_| "/var/tmp/wrenn-test-data/templates".into()),
+    );
+    let runs: usize = std::env::var("WRENN_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    (templates, runs)
+}

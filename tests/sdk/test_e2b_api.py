@@ -1,0 +1,344 @@
+"""The official `e2b` SDK from PyPI, unchanged, against `wrenn up`: the E2B
+REST API at E2B_API_URL and envd through the sandbox proxy at
+E2B_SANDBOX_URL. And the proxy itself: a web server and a WebSocket echo
+server inside a sandbox, reached by Host header, refused without a key."""
+
+import base64
+import hashlib
+import os
+import socket
+import struct
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+from e2b import CommandExitException, NotFoundException, Sandbox, SandboxQuery, SandboxState
+from e2b.sandbox.commands.command_handle import PtySize
+from e2b.sandbox.filesystem.watch_handle import FilesystemEventType
+
+
+@pytest.fixture()
+def e2b_env(wrenn_up, monkeypatch):
+    """E2B's SDK pointed at Wrenn with an `e2b_…` key of the admin's team."""
+    base, key, _ = wrenn_up
+    r = httpx.post(f"{base}/v1/api-keys", headers={"X-API-Key": key}, json={"name": "e2b", "format": "e2b"})
+    assert r.status_code == 201, r.text
+    e2b_key = r.json()["key"]
+    assert e2b_key.startswith("e2b_") and len(e2b_key) == 44
+    monkeypatch.delenv("E2B_DEBUG", raising=False)
+    monkeypatch.setenv("E2B_API_URL", base)
+    monkeypatch.setenv("E2B_SANDBOX_URL", base)
+    monkeypatch.setenv("E2B_API_KEY", e2b_key)
+    return base, e2b_key
+
+
+def _until(pred, timeout=10.0, every=0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(every)
+    return pred()
+
+
+def test_e2b_sdk_lifecycle_against_wrenn(e2b_env):
+    case = uuid.uuid4().hex[:8]
+    sbx = Sandbox.create("base", timeout=120, metadata={"suite": "e2b", "case": case}, envs={"GREETING": "hi"})
+    try:
+        # Commands, with the sandbox's env.
+        r = sbx.commands.run("echo $GREETING; echo oops >&2")
+        assert (r.stdout, r.stderr, r.exit_code) == ("hi\n", "oops\n", 0)
+        with pytest.raises(CommandExitException) as err:
+            sbx.commands.run("exit 7")
+        assert err.value.exit_code == 7
+
+        # A background command: connect to it from elsewhere, then kill it.
+        h = sbx.commands.run("for i in $(seq 1 1000); do echo tick $i; sleep 0.05; done", background=True)
+        seen = []
+        again = sbx.commands.connect(h.pid)
+        got = threading.Event()
+        t = threading.Thread(
+            target=lambda: _swallow(lambda: again.wait(on_stdout=lambda s: (seen.append(s), got.set()))),
+            daemon=True,
+        )
+        t.start()
+        assert got.wait(10), "no output through connect"
+        assert sbx.commands.kill(h.pid) is True
+        t.join(10)
+        assert any("tick" in s for s in seen)
+        assert h.pid not in [p.pid for p in sbx.commands.list()]
+
+        # Files: write, read, list, watch.
+        sbx.files.make_dir("/tmp/w")
+        w = sbx.files.watch_dir("/tmp/w")
+        try:
+            sbx.files.write("/tmp/w/a.txt", "hello")
+            sbx.files.write("/tmp/w/b.bin", b"\x00\x01\x02")
+            events = []
+            _until(lambda: events.extend(w.get_new_events()) or ("b.bin", FilesystemEventType.WRITE) in [(e.name, e.type) for e in events])
+        finally:
+            w.stop()
+        assert ("a.txt", FilesystemEventType.CREATE) in [(e.name, e.type) for e in events]
+        assert sbx.files.read("/tmp/w/a.txt") == "hello"
+        assert bytes(sbx.files.read("/tmp/w/b.bin", format="bytes")) == b"\x00\x01\x02"
+        assert sorted(e.name for e in sbx.files.list("/tmp/w")) == ["a.txt", "b.bin"]
+
+        # A PTY.
+        out = []
+        p = sbx.pty.create(PtySize(rows=24, cols=80))
+        sbx.pty.send_stdin(p.pid, b"stty size; echo pty-$((40+2)); exit 3\n")
+        with pytest.raises(CommandExitException):
+            p.wait(on_pty=out.append)
+        text = b"".join(out).decode(errors="replace")
+        assert "24 80" in text and "pty-42" in text, text
+
+        # Info, list (by metadata), timeout, metrics.
+        info = sbx.get_info()
+        assert info.sandbox_id == sbx.sandbox_id
+        assert info.template_id == "base"
+        assert info.state.value == "running"
+        assert info.metadata == {"suite": "e2b", "case": case}
+        listed = Sandbox.list(query=SandboxQuery(metadata={"case": case})).next_items()
+        assert [s.sandbox_id for s in listed] == [sbx.sandbox_id]
+        assert Sandbox.list(query=SandboxQuery(metadata={"case": "no-such"})).next_items() == []
+        sbx.set_timeout(300)
+        assert sbx.get_info().end_at.timestamp() > time.time() + 250
+        m = sbx.get_metrics()
+        assert m and m[-1].mem_total > 0 and m[-1].cpu_count == 1
+
+        # Pause, then connect: the files and a running process are still there.
+        sbx.files.write("/tmp/keep.txt", "kept")
+        bg = sbx.commands.run("sleep 600", background=True)
+        assert sbx.beta_pause() is True
+        assert sbx.get_info().state.value == "paused"
+        assert Sandbox.list(query=SandboxQuery(metadata={"case": case}, state=[SandboxState.PAUSED])).next_items()[0].sandbox_id == sbx.sandbox_id
+        back = Sandbox.connect(sbx.sandbox_id)
+        assert back.get_info().state.value == "running"
+        assert back.files.read("/tmp/keep.txt") == "kept"
+        assert bg.pid in [p.pid for p in back.commands.list()]
+        assert back.commands.run("echo after").stdout == "after\n"
+    finally:
+        sbx.kill()
+    with pytest.raises(NotFoundException):
+        Sandbox.get_info(sbx.sandbox_id)
+    assert Sandbox.list(query=SandboxQuery(metadata={"case": case})).next_items() == []
+
+
+def _swallow(f):
+    try:
+        f()
+    except Exception:
+        pass
+
+
+def test_e2b_rest_errors_and_paging(e2b_env, wrenn_up):
+    base, key = e2b_env
+    h = {"X-API-Key": key}
+    r = httpx.get(f"{base}/sandboxes/sb-nosuch", headers=h)
+    assert r.status_code == 404 and r.json()["code"] == 404 and "sb-nosuch" in r.json()["message"]
+    r = httpx.post(f"{base}/v2/sandboxes", headers={"X-API-Key": "e2b_" + "0" * 40}, json={"templateID": "base"})
+    assert r.status_code == 401 and r.json()["code"] == 401
+    r = httpx.post(f"{base}/v2/sandboxes", headers=h, json={"templateID": "no-such-template"})
+    assert r.status_code == 400 and "no-such-template" in r.json()["message"], r.text
+    r = httpx.post(f"{base}/v2/sandboxes", headers=h, content=b"{not json", )
+    assert r.status_code == 400 and r.json()["code"] == 400
+    r = httpx.get(f"{base}/v2/sandboxes?state=bogus", headers=h)
+    assert r.status_code == 400
+
+    tag = uuid.uuid4().hex[:8]
+    ids = []
+    try:
+        for _ in range(3):
+            r = httpx.post(f"{base}/v2/sandboxes", headers=h, json={"templateID": "base", "timeout": 60, "metadata": {"page": tag}})
+            assert r.status_code == 201, r.text
+            body = r.json()
+            assert set(body) >= {"templateID", "sandboxID", "clientID", "envdVersion", "envdAccessToken", "domain"}
+            ids.append(body["sandboxID"])
+        seen, token = [], None
+        for _ in range(5):
+            q = {"metadata": f"page={tag}", "limit": 2}
+            if token:
+                q["nextToken"] = token
+            r = httpx.get(f"{base}/v2/sandboxes", headers=h, params=q)
+            assert r.status_code == 200
+            seen += [s["sandboxID"] for s in r.json()]
+            token = r.headers.get("x-next-token")
+            if not token:
+                break
+        assert sorted(seen) == sorted(ids)
+        # Pause twice: 409 the second time; connect resumes (201), then 200.
+        assert httpx.post(f"{base}/sandboxes/{ids[0]}/pause", headers=h).status_code == 204
+        assert httpx.post(f"{base}/sandboxes/{ids[0]}/pause", headers=h).status_code == 409
+        assert httpx.post(f"{base}/v2/sandboxes/{ids[0]}/connect", headers=h, json={"timeout": 60}).status_code == 201
+        assert httpx.post(f"{base}/v2/sandboxes/{ids[0]}/connect", headers=h, json={"timeout": 60}).status_code == 200
+    finally:
+        for i in ids:
+            assert httpx.delete(f"{base}/sandboxes/{i}", headers=h).status_code == 204
+    assert httpx.delete(f"{base}/sandboxes/{ids[0]}", headers=h).status_code == 404
+
+
+# ---- the proxy
+
+WS_ECHO = r'''
+import base64, hashlib, socket, struct, threading, time
+def serve(c):
+    req = b""
+    while b"\r\n\r\n" not in req:
+        req += c.recv(4096)
+    keys = [l.split(b":", 1)[1].strip() for l in req.split(b"\r\n") if l.lower().startswith(b"sec-websocket-key")]
+    if not keys and req.startswith(b"GET /events"):  # server-sent events, 0.3 s apart
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
+        for i in range(3):
+            c.sendall(b"data: tick %d\n\n" % i)
+            time.sleep(0.3)
+        c.close()
+        return
+    if not keys:  # plain HTTP: answer with the request's head and the body's SHA-256
+        head, body = req.split(b"\r\n\r\n", 1)
+        n = [int(l.split(b":", 1)[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")]
+        digest = hashlib.sha256()
+        digest.update(body)
+        left = (n[0] if n else 0) - len(body)
+        while left > 0:
+            chunk = c.recv(min(left, 1 << 16))
+            if not chunk: break
+            digest.update(chunk)
+            left -= len(chunk)
+        out = head + b"\r\n\r\nsha256=" + digest.hexdigest().encode()
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(out) + out)
+        c.close()
+        return
+    key = keys[0]
+    acc = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + acc + b"\r\n\r\n")
+    while True:
+        h = c.recv(2)
+        if len(h) < 2: return
+        n = h[1] & 0x7f
+        if n == 126: n = struct.unpack(">H", c.recv(2))[0]
+        mask = c.recv(4)
+        data = b""
+        while len(data) < n: data += c.recv(n - len(data))
+        data = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+        if h[0] & 0x0f == 8: return
+        out = b"echo " + data
+        c.sendall(bytes([0x81, len(out)]) + out)
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 8765)); s.listen()
+while True:
+    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+'''
+
+
+def _ws_echo(base: str, host: str, headers: dict, text: bytes) -> bytes:
+    """A WebSocket round trip through the proxy, by hand (stdlib only)."""
+    addr = httpx.URL(base)
+    s = socket.create_connection((addr.host, addr.port), timeout=10)
+    try:
+        key = base64.b64encode(os.urandom(16))
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        s.sendall(
+            f"GET /ws HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key.decode()}\r\n{extra}\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(4096)
+        head, rest = head.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        want = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        assert want in head
+        mask = os.urandom(4)
+        s.sendall(bytes([0x81, 0x80 | len(text)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(text)))
+        got = rest
+        while len(got) < 2 or len(got) < 2 + got[1]:
+            got += s.recv(4096)
+        return got[2 : 2 + got[1]]
+    finally:
+        s.close()
+
+
+def test_proxy_reaches_http_and_websocket_servers_in_a_sandbox(wrenn_up):
+    base, key, _ = wrenn_up
+    h = {"X-API-Key": key}
+    r = httpx.post(f"{base}/v1/sandboxes", headers=h, json={"template": "base", "timeout_sec": 300})
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    port = httpx.URL(base).port
+    try:
+        def run(cmd, background=False):
+            r = httpx.post(f"{base}/v1/sandboxes/{sid}/exec", headers=h, json={"cmd": "/bin/sh", "args": ["-c", cmd], "background": background}, timeout=30)
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        run("mkdir -p /srv && echo 'hello from the sandbox' > /srv/index.html")
+        run("cd /srv && exec python3 -m http.server 8000", background=True)
+        run("cd /srv && exec python3 -m http.server 8001 --bind 127.0.0.1", background=True)
+        httpx.post(f"{base}/v1/sandboxes/{sid}/files/write", headers=h, data={"path": "/srv/ws.py"}, files={"file": ("ws.py", WS_ECHO.encode())}).raise_for_status()
+        run("exec python3 /srv/ws.py", background=True)
+
+        def get(p, headers, path="/index.html"):
+            return httpx.get(f"{base}{path}", headers={"Host": f"{p}-{sid}.localhost:{port}", **headers}, timeout=10)
+
+        # A server on 0.0.0.0, and one on 127.0.0.1 (envd forwards it).
+        for p in (8000, 8001):
+            r = _until(lambda: (lambda r: r if r.status_code == 200 else None)(get(p, h)), timeout=15)
+            assert r is not None and r.text == "hello from the sandbox\n", f"port {p}"
+        # Without credentials: refused; with another team's key: not found.
+        r = get(8000, {})
+        assert r.status_code == 401 and "private" in r.json()["message"]
+        r = get(8000, {"X-API-Key": "wrn_" + "0" * 32})
+        assert r.status_code == 404
+        r = get(8000, {"e2b-traffic-access-token": "wrong"})
+        assert r.status_code == 403
+        # The E2B headers name the sandbox and port as well as the Host does.
+        r = httpx.get(f"{base}/index.html", headers={"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": "8000", **h})
+        assert r.status_code == 200 and r.text == "hello from the sandbox\n"
+        # Nothing on the port: 502 naming it; unknown sandbox: 404.
+        r = get(8999, h)
+        assert r.status_code == 502 and "8999" in r.json()["message"], r.text
+        r = httpx.get(f"{base}/", headers={"Host": f"8000-sb-nosuch.localhost:{port}", **h})
+        assert r.status_code == 404
+        # The app sees the Host the client used, never the credentials.
+        r = _until(lambda: _try(lambda: get(8765, {**h, "Authorization": "Bearer app-token"}, path="/headers")), timeout=15)
+        assert r is not None and r.status_code == 200
+        seen = r.text.lower()
+        assert f"host: 8765-{sid}.localhost:{port}".lower() in seen
+        assert "authorization: bearer app-token" in seen
+        assert "x-api-key" not in seen and "x-wrenn-agent-token" not in seen and key.lower() not in seen
+        # WebSocket through the proxy, to a server bound to 127.0.0.1 inside.
+        got = _until(lambda: _try(lambda: _ws_echo(base, f"8765-{sid}.localhost:{port}", h, b"ping")), timeout=15)
+        assert got == b"echo ping"
+        # Server-sent events arrive as they are sent, not at the end.
+        t0 = time.time()
+        arrivals = []
+        with httpx.stream("GET", f"{base}/events", headers={"Host": f"8765-{sid}.localhost:{port}", **h}, timeout=10) as r:
+            assert r.headers["content-type"] == "text/event-stream"
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    arrivals.append((line, time.time() - t0))
+        assert [a[0] for a in arrivals] == ["data: tick 0", "data: tick 1", "data: tick 2"]
+        assert arrivals[0][1] < arrivals[2][1] - 0.4, arrivals
+        # A large upload streams through to the app, whole.
+        blob = os.urandom(64 << 20)
+        r = httpx.put(f"{base}/upload", headers={"Host": f"8765-{sid}.localhost:{port}", **h}, content=blob, timeout=60)
+        assert r.status_code == 200 and r.text.endswith("sha256=" + hashlib.sha256(blob).hexdigest())
+        # Paused: traffic resumes it.
+        assert httpx.post(f"{base}/v1/sandboxes/{sid}/pause", headers=h).status_code == 200
+        r = get(8000, h)
+        assert r.status_code == 200 and r.text == "hello from the sandbox\n"
+        assert httpx.get(f"{base}/v1/sandboxes/{sid}", headers=h).json()["status"] == "running"
+    finally:
+        assert httpx.delete(f"{base}/v1/sandboxes/{sid}", headers=h).status_code == 204
+    r = get(8000, h)
+    assert r.status_code == 404
+
+
+def _try(f):
+    try:
+        return f()
+    except Exception:
+        return None
