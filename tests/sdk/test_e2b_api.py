@@ -326,6 +326,17 @@ def test_proxy_reaches_http_and_websocket_servers_in_a_sandbox(wrenn_up):
         blob = os.urandom(64 << 20)
         r = httpx.put(f"{base}/upload", headers={"Host": f"8765-{sid}.localhost:{port}", **h}, content=blob, timeout=60)
         assert r.status_code == 200 and r.text.endswith("sha256=" + hashlib.sha256(blob).hexdigest())
+        # A public port needs no credentials; the others still do.
+        r = httpx.put(f"{base}/v1/sandboxes/{sid}/public-ports", headers=h, json={"ports": [8000]})
+        assert r.status_code == 200 and r.json()["public_ports"] == [8000]
+        assert get(8000, {}).status_code == 200
+        assert get(8001, {}).status_code == 401
+        # The traffic token opens every port.
+        traffic = httpx.get(f"{base}/v1/sandboxes/{sid}", headers=h).json()["traffic_token"]
+        assert get(8001, {"e2b-traffic-access-token": traffic}).status_code == 200
+        assert httpx.put(f"{base}/v1/sandboxes/{sid}/public-ports", headers=h, json={"ports": [0]}).status_code == 400
+        assert httpx.put(f"{base}/v1/sandboxes/{sid}/public-ports", headers=h, json={"ports": []}).status_code == 200
+        assert get(8000, {}).status_code == 401
         # Paused: traffic resumes it.
         assert httpx.post(f"{base}/v1/sandboxes/{sid}/pause", headers=h).status_code == 200
         r = get(8000, h)

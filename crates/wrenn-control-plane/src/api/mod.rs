@@ -137,7 +137,7 @@ impl utoipa::Modify for Security {
         identity::list_teams, identity::create_team, identity::list_members, identity::add_member, identity::remove_member,
         identity::audit_logs,
         sandboxes::create, sandboxes::list, sandboxes::get_one, sandboxes::destroy,
-        sandboxes::pause, sandboxes::resume, sandboxes::ping, sandboxes::metrics,
+        sandboxes::pause, sandboxes::resume, sandboxes::ping, sandboxes::metrics, sandboxes::set_public_ports,
         sandboxes::exec, sandboxes::processes, sandboxes::kill,
         sandboxes::file_read, sandboxes::file_write, sandboxes::file_list, sandboxes::file_mkdir, sandboxes::file_remove,
         sandboxes::list_templates, sandboxes::events,

@@ -40,6 +40,7 @@ pub(super) fn routes() -> axum::Router<App> {
         .route("/{id}/pause", post(pause))
         .route("/{id}/resume", post(resume))
         .route("/{id}/metrics", get(metrics))
+        .route("/{id}/public-ports", axum::routing::put(set_public_ports))
         .route("/{id}/files/read", post(file_read))
         .route("/{id}/files/stream/read", post(file_read))
         // Uploads stream to the sandbox; no body limit applies to them.
@@ -89,6 +90,10 @@ pub struct SandboxView {
     pub last_active_at: Option<String>,
     /// RFC 3339.
     pub last_updated: Option<String>,
+    /// Ports anyone may reach through the proxy, without credentials.
+    pub public_ports: Vec<u16>,
+    /// Opens every port through the proxy (`e2b-traffic-access-token`).
+    pub traffic_token: String,
     /// Disk in use, MiB (on GET of one running sandbox).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_used_mb: Option<u64>,
@@ -112,6 +117,8 @@ pub fn sandbox_view(s: &Sandbox) -> SandboxView {
         started_at: rfc3339(s.started_at),
         last_active_at: rfc3339(s.last_active_at),
         last_updated: rfc3339(s.updated_at.max(s.created_at)),
+        public_ports: s.public_ports.clone(),
+        traffic_token: s.traffic_token.clone(),
         disk_used_mb: None,
     }
 }
@@ -178,6 +185,9 @@ pub(super) struct CreateReq {
     envs: Option<HashMap<String, String>>,
     #[serde(default)]
     allow_internet_access: Option<bool>,
+    /// Ports reachable through the proxy without credentials.
+    #[serde(default)]
+    public_ports: Option<Vec<u16>>,
 }
 
 /// Creates a sandbox on a host the scheduler picks: recorded `pending`,
@@ -211,6 +221,7 @@ pub async fn create_sandbox(app: &App, caller: &Caller, r: CreateReqPublic) -> A
         created_at: now(),
         traffic_token: ids::hex(16),
         auto_pause: r.auto_pause,
+        public_ports: r.public_ports.clone(),
         ..Default::default()
     };
     app.store.insert_sandbox(&s).await?;
@@ -272,6 +283,8 @@ pub struct CreateReqPublic {
     pub allow_internet_access: bool,
     /// Pause rather than destroy at the timeout.
     pub auto_pause: bool,
+    /// Ports open to anyone through the proxy.
+    pub public_ports: Vec<u16>,
 }
 
 pub(super) fn check_range(name: &str, v: u32, lo: u32, hi: u32) -> ApiResult<u32> {
@@ -312,9 +325,45 @@ pub(super) async fn create(
         envs: r.envs.unwrap_or_default(),
         allow_internet_access: r.allow_internet_access.unwrap_or(true),
         auto_pause: false,
+        public_ports: check_ports(r.public_ports.unwrap_or_default())?,
     };
     let s = create_sandbox(&app, &caller, public).await?;
     Ok((StatusCode::CREATED, Json(sandbox_json(&s))))
+}
+
+fn check_ports(mut ports: Vec<u16>) -> ApiResult<Vec<u16>> {
+    if ports.contains(&0) || ports.len() > 64 {
+        return Err(ApiError::bad_request(
+            "public_ports: up to 64 port numbers from 1 to 65535",
+        ));
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    Ok(ports)
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PublicPortsReq {
+    /// The ports anyone may reach; the others need credentials.
+    ports: Vec<u16>,
+}
+
+#[utoipa::path(put, path = "/v1/sandboxes/{id}/public-ports", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = PublicPortsReq, responses((status = 200, description = "The sandbox with its new public ports", body = SandboxView), (status = 400, description = "Bad port", body = ErrorBody), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn set_public_ports(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<PublicPortsReq>,
+) -> ApiResult<Json<SandboxView>> {
+    let mut s = find(&app, &caller, &id).await?;
+    s.public_ports = check_ports(r.ports)?;
+    app.store.update_sandbox(&s).await?;
+    app.proxy_cache.forget(&id);
+    app.store
+        .audit(&caller.team_id, &caller.actor, "sandbox.public_ports", &id)
+        .await?;
+    Ok(Json(sandbox_view(&s)))
 }
 
 #[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes", params(("state" = Option<String>, Query, description = "Only this state; default: all but stopped")), responses((status = 200, description = "The team's sandboxes; `metadata.KEY=VALUE` query parameters filter", body = [SandboxView])), security(("api_key" = []), ("bearer" = [])))]
