@@ -63,6 +63,9 @@ struct Claims {
     sub: String,
     exp: u64,
     iat: u64,
+    /// `host` for host tokens; empty (or `user`) for users'.
+    #[serde(default)]
+    typ: String,
 }
 
 /// Issues and checks user JWTs (HS256).
@@ -74,6 +77,9 @@ pub struct Jwt {
 /// How long a login lasts.
 pub const JWT_TTL_SECS: u64 = 24 * 3600;
 
+/// How long a host's JWT lasts.
+pub const HOST_JWT_TTL_SECS: u64 = 7 * 24 * 3600;
+
 impl Jwt {
     /// With `secret` (at least 16 bytes).
     pub fn new(secret: &[u8]) -> Self {
@@ -84,11 +90,22 @@ impl Jwt {
 
     /// A token for `user_id`.
     pub fn issue(&self, user_id: &str) -> String {
+        self.encode(user_id, "user", JWT_TTL_SECS)
+    }
+
+    /// A host's token (7 days) and when it expires.
+    pub fn issue_host(&self, host_id: &str) -> (String, i64) {
+        let exp = crate::store::now() + HOST_JWT_TTL_SECS as i64;
+        (self.encode(host_id, "host", HOST_JWT_TTL_SECS), exp)
+    }
+
+    fn encode(&self, sub: &str, typ: &str, ttl: u64) -> String {
         let now = crate::store::now() as u64;
         let claims = Claims {
-            sub: user_id.into(),
+            sub: sub.into(),
             iat: now,
-            exp: now + JWT_TTL_SECS,
+            exp: now + ttl,
+            typ: typ.into(),
         };
         jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
@@ -98,8 +115,21 @@ impl Jwt {
         .expect("HS256 encodes")
     }
 
-    /// The user a valid token names.
+    /// The user a valid user token names.
     pub fn verify(&self, token: &str) -> Option<String> {
+        self.decode(token)
+            .filter(|c| c.typ != "host")
+            .map(|c| c.sub)
+    }
+
+    /// The host a valid host token names.
+    pub fn verify_host(&self, token: &str) -> Option<String> {
+        self.decode(token)
+            .filter(|c| c.typ == "host")
+            .map(|c| c.sub)
+    }
+
+    fn decode(&self, token: &str) -> Option<Claims> {
         let v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
         jsonwebtoken::decode::<Claims>(
             token,
@@ -107,7 +137,7 @@ impl Jwt {
             &v,
         )
         .ok()
-        .map(|d| d.claims.sub)
+        .map(|d| d.claims)
     }
 }
 
@@ -229,5 +259,11 @@ mod tests {
             None
         );
         assert_eq!(jwt.verify("garbage"), None);
+        // Host and user tokens are not interchangeable.
+        let (h, exp) = jwt.issue_host("host-1");
+        assert!(exp > crate::store::now() + 6 * 86400);
+        assert_eq!(jwt.verify_host(&h).as_deref(), Some("host-1"));
+        assert_eq!(jwt.verify(&h), None);
+        assert_eq!(jwt.verify_host(&t), None);
     }
 }

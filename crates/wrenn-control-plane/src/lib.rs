@@ -42,21 +42,30 @@ pub struct App {
     pub proxy_client: wrenn_http_proxy::Client,
     /// Routes and API keys the proxy looked up recently.
     pub proxy_cache: proxy::ProxyCache,
+    /// How often registered hosts heartbeat (told to them).
+    pub heartbeat_interval: std::time::Duration,
+    /// Silence after which a registered host is `unreachable`.
+    pub host_timeout: std::time::Duration,
+    /// How often the database is reconciled with the agents.
+    pub reconcile_interval: std::time::Duration,
 }
 
 impl App {
-    /// An app over `store` with the JWT secret and round-robin scheduling.
+    /// An app over `store` with the JWT secret and least-loaded scheduling.
     pub fn new(store: store::Store, jwt_secret: &[u8]) -> App {
         App {
             store,
             jwt: auth::Jwt::new(jwt_secret),
             hosts: hosts::HostPool::default(),
-            scheduler: Arc::new(hosts::RoundRobin::default()),
+            scheduler: Arc::new(hosts::LeastLoaded),
             events: tokio::sync::broadcast::channel(1024).0,
             disk_used: Arc::default(),
             proxy: proxy::ProxyConfig::default(),
             proxy_client: wrenn_http_proxy::client(),
             proxy_cache: proxy::ProxyCache::default(),
+            heartbeat_interval: std::time::Duration::from_secs(30),
+            host_timeout: std::time::Duration::from_secs(90),
+            reconcile_interval: std::time::Duration::from_secs(2),
         }
     }
 }
@@ -73,10 +82,7 @@ pub async fn serve(
         let _ = t.set_nodelay(true);
     });
     tracing::info!(%addr, backend = app.store.backend, "control plane listening");
-    let reconciler = tokio::spawn(reconcile::run_forever(
-        app.clone(),
-        std::time::Duration::from_secs(2),
-    ));
+    let reconciler = tokio::spawn(reconcile::run_forever(app.clone(), app.reconcile_interval));
     let r = axum::serve(listener, api::router(app))
         .with_graceful_shutdown(shutdown)
         .await;

@@ -1,67 +1,126 @@
-//! Reconciliation: the agents are the truth about what runs. Sandboxes the
-//! database thinks alive but an online agent does not have are `stopped`
-//! (destroyed by a timeout, or their init died).
+//! Reconciliation: the agents are the truth about what runs.
+//!
+//! Every pass: registered hosts silent past the host timeout become
+//! `unreachable` and their live sandboxes `missing`; then, on every online
+//! host, each sandbox takes the state its agent reports (`missing` comes
+//! back as `running` or `paused`), sandboxes the agent no longer has are
+//! `stopped`, and sandboxes the agent has but the database does not know
+//! (or knows as stopped) are destroyed.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use wrenn_protocol::hostagent::v1 as pb;
 
 use crate::App;
+use crate::store::{Host, now};
 
-/// One pass over every online host.
-pub async fn pass(app: &App) -> Result<(), crate::error::ApiError> {
-    for host in app
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PassReport {
+    /// Hosts looked at.
+    pub hosts: usize,
+    /// Hosts newly marked unreachable.
+    pub unreachable: usize,
+    /// Sandboxes whose state changed.
+    pub changed: usize,
+    /// Orphans destroyed.
+    pub orphans: usize,
+}
+
+/// One pass over every host.
+pub async fn pass(app: &App) -> Result<PassReport, crate::error::ApiError> {
+    let mut report = PassReport::default();
+    let cutoff = now() - app.host_timeout.as_secs() as i64;
+    for id in app.store.mark_silent_hosts(cutoff).await? {
+        tracing::warn!(host = %id, "host silent past the timeout: unreachable, its sandboxes missing");
+        report.unreachable += 1;
+    }
+    let online: Vec<Host> = app
         .store
         .hosts()
         .await?
         .into_iter()
-        .filter(|h| h.status == "online")
-    {
-        let listed = match app
-            .hosts
-            .client(&host)
-            .list_sandboxes(pb::ListSandboxesRequest::default())
-            .await
-        {
-            Ok(l) => l.into_owned(),
-            Err(e) => {
-                tracing::warn!(host = %host.id, "listing sandboxes: {e:?}");
-                continue;
+        .filter(|h| h.status == "online" && !h.address.is_empty())
+        .collect();
+    // Hosts are independent: ask them all at once.
+    let results = futures::future::join_all(online.iter().map(|h| host_pass(app, h))).await;
+    for (h, r) in online.iter().zip(results) {
+        report.hosts += 1;
+        match r {
+            Ok((changed, orphans)) => {
+                report.changed += changed;
+                report.orphans += orphans;
             }
-        };
-        let alive: std::collections::HashMap<String, pb::SandboxState> = listed
-            .sandboxes
-            .iter()
-            .map(|s| {
-                (
-                    s.sandbox_id.clone(),
-                    s.state
-                        .as_known()
-                        .unwrap_or(pb::SandboxState::SANDBOX_STATE_UNSPECIFIED),
-                )
-            })
-            .collect();
-        for mut s in app.store.sandboxes_on_host(&host.id).await? {
-            let now_state = match alive.get(&s.id) {
-                None if s.state == "pending" || s.state == "error" => continue,
-                None => "stopped",
-                Some(pb::SandboxState::SANDBOX_STATE_PAUSED) => "paused",
-                Some(_) => "running",
-            };
-            if now_state != s.state {
-                tracing::info!(sandbox = %s.id, from = %s.state, to = now_state, "reconciled");
-                s.state = now_state.into();
-                app.store.update_sandbox(&s).await?;
-                let _ = app.events.send((s.team_id.clone(), serde_json::json!({ "event": "capsule.state.changed", "capsule_id": s.id, "status": s.state })));
-            }
+            Err(e) => tracing::warn!(host = %h.id, "reconciling: {e}"),
         }
     }
-    Ok(())
+    Ok(report)
+}
+
+/// Reconciles one online host: (state changes, orphans destroyed).
+pub async fn host_pass(app: &App, host: &Host) -> Result<(usize, usize), crate::error::ApiError> {
+    let client = app.hosts.client(host);
+    let listed = client
+        .list_sandboxes(pb::ListSandboxesRequest::default())
+        .await?
+        .into_owned();
+    let alive: HashMap<String, pb::SandboxState> = listed
+        .sandboxes
+        .iter()
+        .map(|s| {
+            (
+                s.sandbox_id.clone(),
+                s.state
+                    .as_known()
+                    .unwrap_or(pb::SandboxState::SANDBOX_STATE_UNSPECIFIED),
+            )
+        })
+        .collect();
+    let mut changed = 0;
+    let known = app.store.sandboxes_on_host(&host.id).await?;
+    for mut s in known.iter().cloned() {
+        let now_state = match alive.get(&s.id) {
+            None if s.state == "pending" || s.state == "error" => continue,
+            None => "stopped",
+            Some(pb::SandboxState::SANDBOX_STATE_PAUSED) => "paused",
+            Some(_) => "running",
+        };
+        if now_state != s.state {
+            tracing::info!(sandbox = %s.id, from = %s.state, to = now_state, "reconciled");
+            s.state = now_state.into();
+            app.store.update_sandbox(&s).await?;
+            app.proxy_cache.forget(&s.id);
+            changed += 1;
+            let _ = app.events.send((s.team_id.clone(), serde_json::json!({ "event": "capsule.state.changed", "capsule_id": s.id, "status": s.state })));
+        }
+    }
+    let mut orphans = 0;
+    for id in alive.keys() {
+        if known.iter().any(|s| &s.id == id) {
+            continue;
+        }
+        // Not live in the database (unknown, or stopped while the host was
+        // away): nobody can reach it, so it goes.
+        tracing::warn!(host = %host.id, sandbox = %id, "orphan sandbox; destroying it");
+        match client
+            .destroy_sandbox(pb::SandboxRef {
+                sandbox_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(_) => orphans += 1,
+            Err(e) => tracing::warn!(sandbox = %id, "destroying an orphan: {e:?}"),
+        }
+    }
+    Ok((changed, orphans))
 }
 
 /// Reconciles every `period`.
 pub async fn run_forever(app: App, period: Duration) {
     let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         if let Err(e) = pass(&app).await {

@@ -111,6 +111,7 @@ async fn suite(store: &Store) {
         status: "online".into(),
         created_at: now(),
         last_seen_at: now(),
+        ..Default::default()
     };
     store.upsert_host(&h).await.unwrap();
     store.upsert_host(&h).await.unwrap();

@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod envd;
 pub mod proxy;
+pub mod registration;
 pub mod runtime;
 pub mod server;
 pub mod service;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use wrenn_host_agent::agent::Agent;
+use wrenn_host_agent::registration::{ControlPlane, Credentials, Specs};
 use wrenn_host_agent::runtime::namespaces::{Config, NamespaceRuntime};
 
 /// Flags of `wrenn agent`.
@@ -20,6 +21,22 @@ pub struct AgentArgs {
     /// envd binary to put in sandboxes (default: `envd` next to `wrenn`).
     #[arg(long, env = "WRENN_ENVD")]
     envd: Option<PathBuf>,
+    /// Register with a control plane using this one-time token (from
+    /// `POST /v1/hosts`); needs --control-plane. Ignored once registered.
+    #[arg(long, env = "WRENN_REGISTRATION_TOKEN", hide_env_values = true)]
+    register: Option<String>,
+    /// The control plane's URL, e.g. http://10.0.0.1:8080.
+    #[arg(long, env = "WRENN_CONTROL_PLANE")]
+    control_plane: Option<String>,
+    /// host:port where the control plane reaches this agent (default: --listen).
+    #[arg(long, env = "WRENN_AGENT_ADDRESS")]
+    address: Option<String>,
+    /// cgroup under which sandboxes' cgroups go (one per agent on a machine).
+    #[arg(long, env = "WRENN_CGROUP_PARENT", default_value = "wrenn")]
+    cgroup_parent: String,
+    /// Seconds between heartbeats to the control plane.
+    #[arg(long, env = "WRENN_HEARTBEAT_INTERVAL", default_value_t = 30)]
+    heartbeat_interval: u64,
 }
 
 /// The agent token: given, or kept in a 0600 file.
@@ -34,16 +51,46 @@ fn token(data_dir: &Path, given: Option<String>) -> anyhow::Result<String> {
 pub fn run(data_dir: &Path, args: AgentArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    let token = token(data_dir, args.token)?;
+    let token = token(data_dir, args.token.clone())?;
+    let token_for_cp = token.clone();
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
         let mut cfg = Config::new(data_dir.to_path_buf());
         if let Some(e) = args.envd {
             cfg.envd_binary = e;
         }
+        cfg.cgroup_parent = args.cgroup_parent.clone();
         let runtime = NamespaceRuntime::new(cfg).context("setting up the namespace runtime")?;
         tracing::info!(cgroups = runtime.cgroup_version(), templates = ?runtime.templates().list(), "namespace runtime ready");
         let agent = Agent::new(runtime, data_dir.join("agent")).context("creating the agent's state directory")?;
+        let creds_path = data_dir.join("credentials.json");
+        let creds = match (Credentials::load(&creds_path), &args.register) {
+            (Some(c), _) => {
+                tracing::info!(host = %c.host_id, control_plane = %c.control_plane, "registered before; reusing the credentials");
+                Some(c)
+            }
+            (None, Some(token)) => {
+                let cp = args.control_plane.as_deref().context("--register needs --control-plane URL")?;
+                let address = args.address.clone().unwrap_or_else(|| args.listen.to_string());
+                let specs = Specs::of_this_machine(data_dir);
+                let c = ControlPlane::new(cp)
+                    .register(token, &address, &token_for_cp, &specs)
+                    .await
+                    .context("registering with the control plane")?;
+                c.save(&creds_path).with_context(|| format!("saving {}", creds_path.display()))?;
+                tracing::info!(host = %c.host_id, "registered");
+                Some(c)
+            }
+            (None, None) => None,
+        };
+        if let Some(c) = creds {
+            tokio::spawn(wrenn_host_agent::registration::heartbeat_forever(
+                agent.clone(),
+                c,
+                creds_path,
+                std::time::Duration::from_secs(args.heartbeat_interval.max(1)),
+            ));
+        }
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
             tokio::select! {

@@ -31,8 +31,44 @@ pub struct ServerArgs {
     agent_token: Option<String>,
     #[command(flatten)]
     proxy: ProxyArgs,
+    #[command(flatten)]
+    fleet: FleetArgs,
     #[command(subcommand)]
     command: Option<ServerCommand>,
+}
+
+/// Flags of the fleet, for `wrenn server`.
+#[derive(clap::Args, Debug)]
+pub struct FleetArgs {
+    /// Where sandboxes go: least-loaded or round-robin.
+    #[arg(long, env = "WRENN_SCHEDULER", default_value = "least-loaded")]
+    scheduler: String,
+    /// Seconds between hosts' heartbeats (told to them at registration).
+    #[arg(long, env = "WRENN_HEARTBEAT_INTERVAL", default_value_t = 30)]
+    heartbeat_interval: u64,
+    /// Seconds of silence after which a host is unreachable and its
+    /// sandboxes missing.
+    #[arg(long, env = "WRENN_HOST_TIMEOUT", default_value_t = 90)]
+    host_timeout: u64,
+    /// Seconds between reconciliations of the database with the agents.
+    #[arg(long, env = "WRENN_RECONCILE_INTERVAL", default_value_t = 2)]
+    reconcile_interval: u64,
+}
+
+impl FleetArgs {
+    fn apply(&self, app: &mut App) -> anyhow::Result<()> {
+        app.scheduler =
+            wrenn_control_plane::hosts::scheduler(&self.scheduler).with_context(|| {
+                format!(
+                    "--scheduler {}: use least-loaded or round-robin",
+                    self.scheduler
+                )
+            })?;
+        app.heartbeat_interval = std::time::Duration::from_secs(self.heartbeat_interval.max(1));
+        app.host_timeout = std::time::Duration::from_secs(self.host_timeout.max(1));
+        app.reconcile_interval = std::time::Duration::from_secs(self.reconcile_interval.max(1));
+        Ok(())
+    }
 }
 
 /// Flags of the sandbox proxy, for `wrenn server` and `wrenn up`.
@@ -150,11 +186,13 @@ pub fn run_server(data_dir: &Path, args: ServerArgs) -> anyhow::Result<()> {
                     status: "online".into(),
                     created_at: now(),
                     last_seen_at: now(),
+                    ..Default::default()
                 })
                 .await?;
         }
         let mut app = App::new(store, secret.as_bytes());
         app.proxy = args.proxy.config(args.listen);
+        args.fleet.apply(&mut app)?;
         wrenn_control_plane::serve(app, args.listen, shutdown_signal())
             .await
             .with_context(|| format!("serving on {}", args.listen))
@@ -238,6 +276,7 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
                 status: "online".into(),
                 created_at: now(),
                 last_seen_at: now(),
+                ..Default::default()
             })
             .await?;
         let mut app = App::new(store.clone(), secret.as_bytes());

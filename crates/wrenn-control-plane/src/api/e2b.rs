@@ -173,6 +173,7 @@ async fn create(
         allow_internet_access: r.allow_internet_access.unwrap_or(true),
         auto_pause: r.auto_pause.unwrap_or(false),
         public_ports: Vec::new(),
+        host_tags: Vec::new(),
     };
     let s = create_sandbox(&app, &caller, public).await?;
     Ok((StatusCode::CREATED, Json(created(&app, &s))))

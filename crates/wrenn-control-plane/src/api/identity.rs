@@ -47,13 +47,15 @@ pub(super) async fn signup(
             format!("a user with email {} exists; log in instead", r.email),
         ));
     }
+    // The first user of a fresh server is its platform admin.
+    let first = app.store.user_count().await? == 0;
     let (user, team) = create_user_with_team(
         &app,
         &r.email,
         &r.password,
         r.name.as_deref(),
         r.team_name.as_deref(),
-        false,
+        first,
     )
     .await?;
     let token = app.jwt.issue(&user.id);

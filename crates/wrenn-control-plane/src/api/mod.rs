@@ -1,6 +1,7 @@
 //! The REST API: `/v1/...` routes, small handlers over [`App`].
 
 mod e2b;
+mod hosts;
 mod identity;
 mod sandboxes;
 
@@ -185,6 +186,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/audit-logs", get(identity::audit_logs))
         .route("/v1/templates", get(sandboxes::list_templates))
         .route("/v1/events/stream", get(sandboxes::events))
+        .nest("/v1/hosts", hosts::routes())
         .nest("/v1/sandboxes", sandboxes.clone())
         .nest("/v1/capsules", sandboxes)
         .fallback(|| async { ApiError::not_found("route") })

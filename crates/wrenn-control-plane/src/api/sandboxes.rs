@@ -21,7 +21,7 @@ use super::{ApiJson, OptionalJson, rfc3339};
 use crate::App;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::hosts::AgentClient;
+use crate::hosts::{AgentClient, Candidate, Demand};
 use crate::ids;
 use crate::store::{Sandbox, now};
 
@@ -188,23 +188,45 @@ pub(super) struct CreateReq {
     /// Ports reachable through the proxy without credentials.
     #[serde(default)]
     public_ports: Option<Vec<u16>>,
+    /// Only hosts with all these tags.
+    #[serde(default)]
+    host_tags: Option<Vec<String>>,
 }
 
 /// Creates a sandbox on a host the scheduler picks: recorded `pending`,
 /// then `running` or `error` with the agent's message.
 pub async fn create_sandbox(app: &App, caller: &Caller, r: CreateReqPublic) -> ApiResult<Sandbox> {
-    let hosts: Vec<_> = app
+    let alloc = app.store.allocations().await?;
+    let candidates: Vec<Candidate> = app
         .store
         .hosts()
         .await?
         .into_iter()
         .filter(|h| h.status == "online")
+        .filter(|h| h.team_id.is_empty() || h.team_id == caller.team_id)
+        .filter(|h| r.host_tags.iter().all(|t| h.tags.contains(t)))
+        .map(|h| Candidate {
+            allocated: alloc.get(&h.id).copied().unwrap_or_default(),
+            host: h,
+        })
         .collect();
-    let Some(host) = app.scheduler.pick(&hosts).cloned() else {
-        return Err(ApiError::unavailable(
-            "no_hosts_available",
-            "no host is online to run the sandbox; start an agent or register a host",
-        ));
+    let demand = Demand {
+        vcpus: i64::from(r.vcpus),
+        memory_mb: i64::from(r.memory_mb),
+        disk_mb: i64::from(r.disk_size_mb),
+    };
+    let Some(host) = app.scheduler.pick(&candidates, &demand).cloned() else {
+        let why = if candidates.is_empty() && !r.host_tags.is_empty() {
+            format!(
+                "no online host has the tags {:?}; tag a host (PUT /v1/hosts/{{id}}/tags) or drop host_tags",
+                r.host_tags
+            )
+        } else if candidates.is_empty() {
+            "no host is online to run the sandbox; start an agent or register a host".to_string()
+        } else {
+            "no online host has room for the sandbox (memory or disk); destroy sandboxes or add a host".to_string()
+        };
+        return Err(ApiError::unavailable("no_hosts_available", why));
     };
     let mut s = Sandbox {
         id: ids::new("sb"),
@@ -285,6 +307,8 @@ pub struct CreateReqPublic {
     pub auto_pause: bool,
     /// Ports open to anyone through the proxy.
     pub public_ports: Vec<u16>,
+    /// Only hosts with all these tags.
+    pub host_tags: Vec<String>,
 }
 
 pub(super) fn check_range(name: &str, v: u32, lo: u32, hi: u32) -> ApiResult<u32> {
@@ -326,6 +350,7 @@ pub(super) async fn create(
         allow_internet_access: r.allow_internet_access.unwrap_or(true),
         auto_pause: false,
         public_ports: check_ports(r.public_ports.unwrap_or_default())?,
+        host_tags: r.host_tags.unwrap_or_default(),
     };
     let s = create_sandbox(&app, &caller, public).await?;
     Ok((StatusCode::CREATED, Json(sandbox_json(&s))))

@@ -28,4 +28,22 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
             "ALTER TABLE sandboxes ADD COLUMN auto_pause BIGINT NOT NULL DEFAULT 0",
         ],
     ),
+    (
+        3,
+        &[
+            // Registered hosts: owner team, tags, capacity, registration.
+            "ALTER TABLE hosts ADD COLUMN kind TEXT NOT NULL DEFAULT 'static'",
+            "ALTER TABLE hosts ADD COLUMN team_id TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE hosts ADD COLUMN tags TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE hosts ADD COLUMN arch TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE hosts ADD COLUMN cpu_count BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE hosts ADD COLUMN memory_mb BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE hosts ADD COLUMN disk_mb BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE hosts ADD COLUMN reg_token_hash TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE hosts ADD COLUMN reg_expires_at BIGINT NOT NULL DEFAULT 0",
+            // Refresh tokens of hosts (only hashes); revoked_at 0 = valid.
+            "CREATE TABLE host_tokens (id TEXT PRIMARY KEY, host_id TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE, expires_at BIGINT NOT NULL, revoked_at BIGINT NOT NULL DEFAULT 0, created_at BIGINT NOT NULL)",
+            "CREATE INDEX host_tokens_host ON host_tokens (host_id)",
+        ],
+    ),
 ];

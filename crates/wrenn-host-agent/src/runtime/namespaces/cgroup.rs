@@ -54,15 +54,19 @@ pub trait Cgroups: Send + Sync {
 
 /// Picks the layout of this host: v2 when `/sys/fs/cgroup` is a unified
 /// hierarchy, else v1 (a hybrid host's `unified` mount has no controllers).
-pub fn detect() -> Box<dyn Cgroups> {
+///
+/// Sandboxes' cgroups go under `parent` (`wrenn` unless several agents
+/// share the machine: each needs its own, as `recover` owns all of it).
+pub fn detect(parent: &str) -> Box<dyn Cgroups> {
     let root = Path::new("/sys/fs/cgroup");
     if root.join("cgroup.controllers").exists() {
         Box::new(V2 {
-            root: root.join("wrenn"),
+            root: root.join(parent),
         })
     } else {
         Box::new(V1 {
             root: root.to_path_buf(),
+            parent: parent.to_string(),
         })
     }
 }
@@ -97,13 +101,14 @@ fn subdirs(p: &Path) -> Vec<String> {
 /// cgroup v1: one hierarchy per controller.
 pub struct V1 {
     root: PathBuf,
+    parent: String,
 }
 
 const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "freezer"];
 
 impl V1 {
     fn dir(&self, ctrl: &str, id: &str) -> PathBuf {
-        self.root.join(ctrl).join("wrenn").join(id)
+        self.root.join(ctrl).join(&self.parent).join(id)
     }
 
     /// Controllers mounted on this host; `cpu` and `cpuacct` may share one.
@@ -164,7 +169,7 @@ impl Cgroups for V1 {
         let mut v: Vec<String> = self
             .controllers()
             .iter()
-            .flat_map(|c| subdirs(&self.root.join(c).join("wrenn")))
+            .flat_map(|c| subdirs(&self.root.join(c).join(&self.parent)))
             .collect();
         v.sort();
         v.dedup();
@@ -333,7 +338,7 @@ mod tests {
             eprintln!("skipped: cgroups need root");
             return;
         }
-        let cg = detect();
+        let cg = detect("wrenn");
         let id = format!("unit-{}", std::process::id());
         let procs = cg
             .create(

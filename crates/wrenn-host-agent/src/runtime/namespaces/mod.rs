@@ -52,6 +52,9 @@ pub struct Config {
     pub pids_max: u32,
     /// How long a sandbox may take to answer on envd's /health.
     pub ready_timeout: Duration,
+    /// The cgroup (in every hierarchy) under which sandboxes' cgroups go;
+    /// each agent on a machine needs its own.
+    pub cgroup_parent: String,
 }
 
 impl Config {
@@ -68,6 +71,7 @@ impl Config {
             uid_count: 65536,
             pids_max: 4096,
             ready_timeout: Duration::from_secs(10),
+            cgroup_parent: "wrenn".into(),
         }
     }
 }
@@ -172,7 +176,7 @@ impl NamespaceRuntime {
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http();
         Ok(Arc::new_cyclic(|this| NamespaceRuntime {
-            cgroups: cgroup::detect(),
+            cgroups: cgroup::detect(&cfg.cgroup_parent),
             net,
             slots: Slots::default(),
             templates,

@@ -1,0 +1,425 @@
+//! Hosts: records that admins (or team admins, for their team's own hosts)
+//! manage, and the agent's side of the lifecycle: register with a one-time
+//! token, refresh the host JWT with a rotating refresh token, heartbeat.
+//!
+//! Secrets are stored only as SHA-256 hashes: registration tokens (`wrh_`,
+//! 1 hour, one use) and refresh tokens (`wrr_`, 60 days). Refresh issues
+//! the new token before it revokes the old one, so a crash in between
+//! leaves the host with a token that still works.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use wrenn_protocol::hostagent::v1 as pb;
+
+use super::sandboxes::destroy_sandbox;
+use super::{ApiJson, OptionalJson, rfc3339};
+use crate::App;
+use crate::auth::{Caller, sha256_hex};
+use crate::error::{ApiError, ApiResult};
+use crate::ids;
+use crate::store::{Host, HostToken, now};
+
+/// How long a registration token is valid.
+pub const REGISTRATION_TTL_SECS: i64 = 3600;
+/// How long a refresh token is valid.
+pub const REFRESH_TTL_SECS: i64 = 60 * 86400;
+
+/// The routes under `/v1/hosts`.
+pub(super) fn routes() -> axum::Router<App> {
+    axum::Router::new()
+        .route("/", post(create).get(list))
+        .route("/register", post(register))
+        .route("/refresh", post(refresh))
+        .route("/heartbeat", post(heartbeat))
+        .route("/{id}", get(get_one).delete(delete))
+        .route("/{id}/tags", put(set_tags))
+        .route("/{id}/token", post(regenerate))
+}
+
+fn host_json(h: &Host, sandboxes: i64) -> Value {
+    json!({
+        "id": h.id,
+        "name": h.name,
+        "address": h.address,
+        "status": h.status,
+        "kind": h.kind,
+        "team_id": (!h.team_id.is_empty()).then_some(&h.team_id),
+        "tags": h.tags,
+        "arch": h.arch,
+        "cpu_count": h.cpu_count,
+        "memory_mb": h.memory_mb,
+        "disk_mb": h.disk_mb,
+        "sandboxes": sandboxes,
+        "created_at": rfc3339(h.created_at),
+        "last_seen_at": rfc3339(h.last_seen_at),
+    })
+}
+
+/// Platform admins manage every host; team owners and admins their team's.
+fn may_manage(caller: &Caller, h: &Host) -> bool {
+    caller.is_admin
+        || (!h.team_id.is_empty()
+            && h.team_id == caller.team_id
+            && (caller.role == "owner" || caller.role == "admin"))
+}
+
+async fn managed(app: &App, caller: &Caller, id: &str) -> ApiResult<Host> {
+    match app.store.host(id).await? {
+        Some(h) if may_manage(caller, &h) => Ok(h),
+        _ => Err(ApiError::not_found(format!("host '{id}'"))),
+    }
+}
+
+fn check_tags(tags: &[String]) -> ApiResult<()> {
+    if tags.len() > 32
+        || tags.iter().any(|t| {
+            t.is_empty()
+                || t.len() > 64
+                || !t
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:=".contains(&b))
+        })
+    {
+        return Err(ApiError::bad_request(
+            "tags: up to 32 tags of 1-64 letters, digits or - _ . : =",
+        ));
+    }
+    Ok(())
+}
+
+async fn new_registration_token(app: &App, host_id: &str) -> ApiResult<(String, i64)> {
+    let token = format!("wrh_{}", ids::hex(24));
+    let expires = now() + REGISTRATION_TTL_SECS;
+    app.store
+        .set_registration_token(host_id, &sha256_hex(&token), expires)
+        .await?;
+    Ok((token, expires))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CreateReq {
+    name: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    /// The caller's team's own host (else a shared one: platform admins).
+    #[serde(default)]
+    team_owned: bool,
+}
+
+/// POST /v1/hosts: a host record and its one-time registration token.
+async fn create(
+    State(app): State<App>,
+    caller: Caller,
+    OptionalJson(r): OptionalJson<CreateReq>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    if r.team_owned {
+        caller.require_team_admin()?;
+    } else if !caller.is_admin {
+        return Err(ApiError::forbidden(
+            "only platform admins add shared hosts; add your team's own with {\"team_owned\": true}",
+        ));
+    }
+    check_tags(&r.tags)?;
+    let h = Host {
+        id: ids::new("host"),
+        name: r.name.unwrap_or_else(|| "host".into()),
+        status: "pending".into(),
+        kind: "registered".into(),
+        created_at: now(),
+        team_id: if r.team_owned {
+            caller.team_id.clone()
+        } else {
+            String::new()
+        },
+        tags: r.tags,
+        ..Default::default()
+    };
+    app.store.insert_host(&h).await?;
+    let (token, expires) = new_registration_token(&app, &h.id).await?;
+    app.store
+        .audit(&caller.team_id, &caller.actor, "host.create", &h.id)
+        .await?;
+    let mut v = host_json(&h, 0);
+    v["registration_token"] = json!(token);
+    v["registration_expires_at"] = json!(rfc3339(expires));
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+/// GET /v1/hosts: every host for platform admins, else the team's own.
+async fn list(State(app): State<App>, caller: Caller) -> ApiResult<Json<Value>> {
+    let alloc = app.store.allocations().await?;
+    let hosts: Vec<Value> = app
+        .store
+        .hosts()
+        .await?
+        .iter()
+        .filter(|h| caller.is_admin || (!h.team_id.is_empty() && h.team_id == caller.team_id))
+        .map(|h| host_json(h, alloc.get(&h.id).map_or(0, |a| a.sandboxes)))
+        .collect();
+    Ok(Json(Value::Array(hosts)))
+}
+
+/// GET /v1/hosts/{id}.
+async fn get_one(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let h = managed(&app, &caller, &id).await?;
+    let alloc = app.store.allocations().await?;
+    Ok(Json(host_json(
+        &h,
+        alloc.get(&h.id).map_or(0, |a| a.sandboxes),
+    )))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TagsReq {
+    tags: Vec<String>,
+}
+
+/// PUT /v1/hosts/{id}/tags.
+async fn set_tags(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<TagsReq>,
+) -> ApiResult<Json<Value>> {
+    let mut h = managed(&app, &caller, &id).await?;
+    check_tags(&r.tags)?;
+    h.tags = r.tags;
+    app.store.update_host(&h).await?;
+    Ok(Json(host_json(&h, 0)))
+}
+
+/// POST /v1/hosts/{id}/token: a new registration token (the old one dies).
+async fn regenerate(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let h = managed(&app, &caller, &id).await?;
+    let (token, expires) = new_registration_token(&app, &h.id).await?;
+    app.store
+        .audit(&caller.team_id, &caller.actor, "host.token", &h.id)
+        .await?;
+    Ok(Json(json!({
+        "id": h.id,
+        "registration_token": token,
+        "registration_expires_at": rfc3339(expires),
+    })))
+}
+
+#[derive(Deserialize)]
+struct DeleteQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// DELETE /v1/hosts/{id}: 409 with the ids of its live sandboxes, unless
+/// `?force=true`, which destroys them, stops the agent and revokes its
+/// credentials.
+async fn delete(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> ApiResult<Response> {
+    let h = managed(&app, &caller, &id).await?;
+    let live = app.store.sandboxes_on_host(&h.id).await?;
+    if !live.is_empty() && !q.force {
+        let ids: Vec<&str> = live.iter().map(|s| s.id.as_str()).collect();
+        let body = json!({ "error": {
+            "code": "host_has_sandboxes",
+            "message": format!("host {id} has {} live sandboxes; destroy them first or delete with ?force=true", ids.len()),
+            "sandbox_ids": ids,
+        }});
+        return Ok((StatusCode::CONFLICT, Json(body)).into_response());
+    }
+    for s in live {
+        let sid = s.id.clone();
+        if let Err(e) = destroy_sandbox(&app, s.clone(), &caller.actor).await {
+            // The host may be gone: the sandbox is gone with it.
+            tracing::warn!(sandbox = %sid, "destroying on host delete: {e}");
+            let mut s = s;
+            s.state = "stopped".into();
+            app.store.update_sandbox(&s).await?;
+        }
+    }
+    app.store.revoke_host_tokens(&h.id).await?;
+    if h.status == "online" && !h.address.is_empty() {
+        let _ = app
+            .hosts
+            .client(&h)
+            .terminate(pb::TerminateRequest::default())
+            .await;
+    }
+    app.store.delete_host(&h.id).await?;
+    app.hosts.evict(&h.id);
+    app.store
+        .audit(&caller.team_id, &caller.actor, "host.delete", &h.id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ---- the agent's side
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterReq {
+    /// The registration token.
+    token: String,
+    /// Where the control plane reaches the agent, host:port.
+    address: String,
+    /// The token the agent requires on its API.
+    agent_token: String,
+    #[serde(default)]
+    arch: String,
+    #[serde(default)]
+    cpu_count: i64,
+    #[serde(default)]
+    memory_mb: i64,
+    #[serde(default)]
+    disk_mb: i64,
+}
+
+/// A fresh host JWT and refresh token (stored hashed).
+async fn credentials(app: &App, host_id: &str) -> ApiResult<Value> {
+    let (jwt, jwt_expires) = app.jwt.issue_host(host_id);
+    let refresh = format!("wrr_{}", ids::hex(32));
+    let t = HostToken {
+        id: ids::new("htk"),
+        host_id: host_id.to_string(),
+        expires_at: now() + REFRESH_TTL_SECS,
+        revoked_at: 0,
+    };
+    app.store
+        .insert_host_token(&t, &sha256_hex(&refresh))
+        .await?;
+    Ok(json!({
+        "host_id": host_id,
+        "host_jwt": jwt,
+        "host_jwt_expires_at": jwt_expires,
+        "refresh_token": refresh,
+        "refresh_expires_at": t.expires_at,
+        "heartbeat_interval_sec": app.heartbeat_interval.as_secs(),
+    }))
+}
+
+/// POST /v1/hosts/register: the agent trades a registration token (and its
+/// specs and address) for its credentials.
+async fn register(
+    State(app): State<App>,
+    ApiJson(r): ApiJson<RegisterReq>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    if r.address.parse::<std::net::SocketAddr>().is_err()
+        && !r
+            .address
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+    {
+        return Err(ApiError::bad_request("address: expected host:port"));
+    }
+    if r.agent_token.len() < 16 {
+        return Err(ApiError::bad_request("agent_token: at least 16 characters"));
+    }
+    let Some(mut h) = app
+        .store
+        .take_registration_token(&sha256_hex(r.token.trim()))
+        .await?
+    else {
+        return Err(ApiError::unauthorized(
+            "registration token unknown, used or expired; get a new one with POST /v1/hosts/{id}/token",
+        ));
+    };
+    h.address = r.address;
+    h.token = r.agent_token;
+    h.arch = r.arch;
+    h.cpu_count = r.cpu_count;
+    h.memory_mb = r.memory_mb;
+    h.disk_mb = r.disk_mb;
+    h.status = "online".into();
+    h.last_seen_at = now();
+    app.store.update_host(&h).await?;
+    // A host registering again starts over: old refresh tokens die.
+    app.store.revoke_host_tokens(&h.id).await?;
+    app.hosts.evict(&h.id);
+    let creds = credentials(&app, &h.id).await?;
+    tracing::info!(host = %h.id, address = %h.address, "host registered");
+    Ok((StatusCode::CREATED, Json(creds)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshReq {
+    refresh_token: String,
+}
+
+/// POST /v1/hosts/refresh: a new JWT and refresh token for a valid refresh
+/// token, which is revoked only after the new one is stored.
+async fn refresh(
+    State(app): State<App>,
+    ApiJson(r): ApiJson<RefreshReq>,
+) -> ApiResult<Json<Value>> {
+    let old = app
+        .store
+        .host_token(&sha256_hex(r.refresh_token.trim()))
+        .await?;
+    let Some(old) = old.filter(|t| t.revoked_at == 0 && t.expires_at > now()) else {
+        return Err(ApiError::unauthorized(
+            "refresh token unknown, revoked or expired; register the host again",
+        ));
+    };
+    if app.store.host(&old.host_id).await?.is_none() {
+        return Err(ApiError::not_found(format!("host '{}'", old.host_id)));
+    }
+    let creds = credentials(&app, &old.host_id).await?;
+    if std::env::var_os("WRENN_FAULT_CRASH_AFTER_REFRESH_ISSUE").is_some() {
+        // Fault injection for the rotation test: die between issue and revoke.
+        tracing::error!("fault injection: aborting between issue and revoke");
+        std::process::abort();
+    }
+    app.store.revoke_host_token(&old.id).await?;
+    Ok(Json(creds))
+}
+
+/// The host a request's `Authorization: Bearer <host JWT>` names.
+fn host_of(app: &App, headers: &HeaderMap) -> ApiResult<String> {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| app.jwt.verify_host(t.trim()))
+        .ok_or_else(|| ApiError::unauthorized("missing, invalid or expired host token; refresh it"))
+}
+
+/// POST /v1/hosts/heartbeat: the host is alive. 404 once it is deleted.
+async fn heartbeat(State(app): State<App>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    let id = host_of(&app, &headers)?;
+    let Some(h) = app.store.host(&id).await? else {
+        return Err(ApiError::not_found(format!("host '{id}'")));
+    };
+    app.store.host_seen(&id).await?;
+    if h.status != "online" {
+        tracing::info!(host = %id, "host is back; reconciling it");
+        let app = app.clone();
+        tokio::spawn(async move {
+            if let Ok(Some(h)) = app.store.host(&id).await {
+                if let Err(e) = crate::reconcile::host_pass(&app, &h).await {
+                    tracing::warn!(host = %id, "reconciling: {e}");
+                }
+            }
+        });
+    }
+    Ok(Json(json!({
+        "ok": true,
+        "heartbeat_interval_sec": app.heartbeat_interval.as_secs(),
+    })))
+}
