@@ -254,7 +254,9 @@ async fn delete(
         }
     }
     app.store.revoke_host_tokens(&h.id).await?;
-    if h.status == "online" && !h.address.is_empty() {
+    // Forced: the agent stops now. Otherwise (no sandboxes) its next
+    // heartbeat hears 404, and it forgets its credentials and stops.
+    if q.force && h.status == "online" && !h.address.is_empty() {
         let _ = app
             .hosts
             .client(&h)

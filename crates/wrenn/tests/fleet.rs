@@ -1,0 +1,756 @@
+//! A fleet on one machine: one `wrenn server` and three `wrenn agent`s, each
+//! agent in its own network namespace (its own address, firewall table and
+//! sandbox links), data directory and cgroup parent, registered with
+//! one-time tokens. Shows registration and refusals, credential rotation
+//! across a control-plane crash, scheduling, a host that dies and comes
+//! back, orphan clean-up, and host deletion.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+
+type Http = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+const HOSTS: usize = 3;
+
+fn unique() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn ip(args: &[&str]) {
+    let st = Command::new("ip").args(args).status().expect("run ip");
+    assert!(st.success(), "ip {args:?} failed");
+}
+
+/// The control plane, the agents, their namespaces and directories;
+/// everything is removed on drop, also when a test fails.
+struct Fleet {
+    tag: String,
+    dir: PathBuf,
+    port: u16,
+    cp: Option<Child>,
+    agents: Vec<Option<Child>>,
+    agent_tokens: Vec<String>,
+    http: Http,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        let tag = format!("{:x}", unique() % 0xffff_ffff);
+        let dir = PathBuf::from(format!("/var/tmp/wrenn-test-fleet-{tag}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = std::net::TcpListener::bind("0.0.0.0:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let f = Fleet {
+            tag,
+            dir,
+            port,
+            cp: None,
+            agents: (0..HOSTS).map(|_| None).collect(),
+            agent_tokens: (0..HOSTS)
+                .map(|i| format!("fleet-agent-token-{i}-{}", unique()))
+                .collect(),
+            http: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http(),
+        };
+        for i in 0..HOSTS {
+            let ns = f.netns(i);
+            ip(&["netns", "add", &ns]);
+            let (h, a) = f.links(i);
+            ip(&["link", "add", &h, "type", "veth", "peer", "name", &a]);
+            ip(&["link", "set", &a, "netns", &ns]);
+            ip(&["addr", "add", &format!("{}/30", f.cp_ip(i)), "dev", &h]);
+            ip(&["link", "set", &h, "up"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/30", f.agent_ip(i)),
+                "dev",
+                &a,
+            ]);
+            ip(&["-n", &ns, "link", "set", &a, "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            let data = f.agent_dir(i);
+            std::fs::create_dir_all(data.join("templates")).unwrap();
+            std::os::unix::fs::symlink(
+                common::template_dir().join("base"),
+                data.join("templates/base"),
+            )
+            .unwrap();
+        }
+        f
+    }
+
+    fn netns(&self, i: usize) -> String {
+        format!("wrnfl{}{i}", &self.tag[..4])
+    }
+    fn links(&self, i: usize) -> (String, String) {
+        (
+            format!("wfl{}{i}h", &self.tag[..4]),
+            format!("wfl{}{i}a", &self.tag[..4]),
+        )
+    }
+    fn cp_ip(&self, i: usize) -> String {
+        format!("10.251.{}.1", 4 * i)
+    }
+    fn agent_ip(&self, i: usize) -> String {
+        format!("10.251.{}.2", 4 * i)
+    }
+    fn agent_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("agent{i}"))
+    }
+    fn cgroup_parent(&self, i: usize) -> String {
+        format!("wrenn-fleet-{}-{i}", self.tag)
+    }
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the control plane; `extra` flags and environment.
+    fn start_cp(&mut self, flags: &[&str], env: &[(&str, &str)]) {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_wrenn"));
+        c.arg("--data-dir")
+            .arg(self.dir.join("cp"))
+            .args(["server", "--listen", &format!("0.0.0.0:{}", self.port)])
+            .args([
+                "--heartbeat-interval",
+                "1",
+                "--host-timeout",
+                "4",
+                "--reconcile-interval",
+                "1",
+            ])
+            .args(flags)
+            .env("WRENN_LOG", "warn")
+            .stdout(Stdio::null());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        self.cp = Some(c.spawn().expect("start wrenn server"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "wrenn server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop_cp(&mut self) {
+        if let Some(mut c) = self.cp.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts agent `i` in its namespace; with a registration token the
+    /// first time, without one afterwards (it keeps its credentials).
+    fn start_agent(&mut self, i: usize, registration: Option<&str>) {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.netns(i)))
+            .arg(env!("CARGO_BIN_EXE_wrenn"))
+            .arg("--data-dir")
+            .arg(self.agent_dir(i))
+            .args(["agent", "--listen", &format!("{}:7070", self.agent_ip(i))])
+            .args(["--token", &self.agent_tokens[i]])
+            .args(["--cgroup-parent", &self.cgroup_parent(i)])
+            .args([
+                "--control-plane",
+                &format!("http://{}:{}", self.cp_ip(i), self.port),
+            ])
+            .args(["--heartbeat-interval", "1"])
+            .env("WRENN_LOG", "warn")
+            .stdout(Stdio::null());
+        if let Some(t) = registration {
+            c.args(["--register", t]);
+        }
+        self.agents[i] = Some(c.spawn().expect("start wrenn agent"));
+    }
+
+    /// SIGKILL, by pid.
+    fn kill_agent(&mut self, i: usize) {
+        if let Some(mut c) = self.agents[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn agent_exited(&mut self, i: usize) -> bool {
+        match self.agents[i].as_mut() {
+            None => true,
+            Some(c) => c.try_wait().ok().flatten().is_some(),
+        }
+    }
+
+    async fn api(&self, method: &str, path: &str, auth: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base()))
+            .header("content-type", "application/json");
+        if !auth.is_empty() {
+            req = req.header("authorization", format!("Bearer {auth}"));
+        }
+        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let resp = self
+            .http
+            .request(req.body(Full::new(body)).unwrap())
+            .await
+            .unwrap();
+        let st = resp.status().as_u16();
+        let b = resp.into_body().collect().await.unwrap().to_bytes();
+        (st, serde_json::from_slice(&b).unwrap_or(Value::Null))
+    }
+}
+
+/// Waits until `f` holds, or fails naming `what`.
+async fn until<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits for agent `i` to exit by itself.
+async fn exited(f: &mut Fleet, i: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f.agent_exited(i) {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    f.agents[i] = None;
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for i in 0..HOSTS {
+            // Terminate through the agent's API (destroying its sandboxes),
+            // then kill by pid whatever is left.
+            if self.agents[i].is_none() {
+                continue;
+            }
+            let addr = format!("http://{}:7070", self.agent_ip(i));
+            let token = self.agent_tokens[i].clone();
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    use connectrpc::client::{ClientConfig, HttpClient};
+                    use wrenn_protocol::hostagent::v1::{self as pb, HostAgentServiceClient};
+                    let cfg = ClientConfig::new(addr.parse().unwrap())
+                        .with_default_header("authorization", format!("Bearer {token}"));
+                    let c = HostAgentServiceClient::new(HttpClient::plaintext(), cfg);
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(20),
+                        c.terminate(pb::TerminateRequest {
+                            destroy_sandboxes: true,
+                            ..Default::default()
+                        }),
+                    )
+                    .await;
+                });
+            })
+            .join();
+            if let Some(mut c) = self.agents[i].take() {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        self.stop_cp();
+        for i in 0..HOSTS {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.netns(i)])
+                .status();
+            let _ = Command::new("ip")
+                .args(["link", "del", &self.links(i).0])
+                .stderr(Stdio::null())
+                .status();
+            for ctrl in ["memory", "cpu", "cpuacct", "pids", "freezer", ""] {
+                let _ = std::fs::remove_dir(
+                    PathBuf::from("/sys/fs/cgroup")
+                        .join(ctrl)
+                        .join(self.cgroup_parent(i)),
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn host_of(hosts: &Value, id: &str) -> Value {
+    hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["id"] == id)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_agents_register_fail_come_back_and_are_deleted() {
+    let _serial = common::SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut f = Fleet::new();
+    f.start_cp(&["--scheduler", "round-robin"], &[]);
+
+    // The first user of a server is its admin.
+    let (st, v) = f
+        .api(
+            "POST",
+            "/v1/auth/signup",
+            "",
+            Some(json!({"email": "admin@fleet.test", "password": "fleet-password"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let admin = v["token"].as_str().unwrap().to_string();
+    let (st, v) = f
+        .api(
+            "POST",
+            "/v1/auth/signup",
+            "",
+            Some(json!({"email": "user@fleet.test", "password": "fleet-password"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let user = v["token"].as_str().unwrap().to_string();
+    let (st, v) = f
+        .api("POST", "/v1/hosts", &user, Some(json!({"name": "nope"})))
+        .await;
+    assert_eq!(st, 403, "a member may not add shared hosts: {v}");
+    let (st, v) = f
+        .api(
+            "POST",
+            "/v1/hosts",
+            &user,
+            Some(json!({"name": "mine", "team_owned": true})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let team_host = v["id"].as_str().unwrap().to_string();
+    let (_, v) = f.api("GET", "/v1/hosts", &user, None).await;
+    assert_eq!(
+        v.as_array().unwrap().len(),
+        1,
+        "a team sees only its own hosts: {v}"
+    );
+    let (st, _) = f
+        .api("DELETE", &format!("/v1/hosts/{team_host}"), &user, None)
+        .await;
+    assert_eq!(st, 204);
+
+    // Three hosts, three one-time tokens.
+    let mut host_ids = vec![];
+    let mut tokens = vec![];
+    for i in 0..HOSTS {
+        let (st, v) = f
+            .api(
+                "POST",
+                "/v1/hosts",
+                &admin,
+                Some(json!({"name": format!("h{i}")})),
+            )
+            .await;
+        assert_eq!(st, 201, "{v}");
+        assert_eq!(v["status"], "pending");
+        host_ids.push(v["id"].as_str().unwrap().to_string());
+        tokens.push(v["registration_token"].as_str().unwrap().to_string());
+    }
+    let reg = |token: &str| json!({"token": token, "address": "10.0.0.1:7070", "agent_token": "x".repeat(20)});
+    let (st, _) = f
+        .api("POST", "/v1/hosts/register", "", Some(reg("wrh_bogus")))
+        .await;
+    assert_eq!(st, 401, "an unknown token is refused");
+    // A regenerated token replaces the old one.
+    let (st, v) = f
+        .api(
+            "POST",
+            &format!("/v1/hosts/{}/token", host_ids[2]),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (st, _) = f
+        .api("POST", "/v1/hosts/register", "", Some(reg(&tokens[2])))
+        .await;
+    assert_eq!(st, 401, "the replaced token is refused");
+    tokens[2] = v["registration_token"].as_str().unwrap().to_string();
+
+    for i in 0..HOSTS {
+        f.start_agent(i, Some(&tokens[i].clone()));
+    }
+    let (fr, ids, adm) = (&f, &host_ids, &admin);
+    until(
+        "three hosts online with their specs",
+        Duration::from_secs(30),
+        || async move {
+            let (_, v) = fr.api("GET", "/v1/hosts", adm, None).await;
+            ids.iter().all(|id| {
+                let h = host_of(&v, id);
+                h["status"] == "online"
+                    && h["cpu_count"].as_i64() > Some(0)
+                    && h["memory_mb"].as_i64() > Some(0)
+            })
+        },
+    )
+    .await;
+    for i in 0..HOSTS {
+        let creds = f.agent_dir(i).join("credentials.json");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&creds).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let (st, _) = f
+        .api("POST", "/v1/hosts/register", "", Some(reg(&tokens[0])))
+        .await;
+    assert_eq!(st, 401, "a used token is refused");
+
+    // Round-robin: 30 sandboxes, 10 on each host.
+    let create = |tags: Value| json!({"template": "base", "memory_mb": 128, "disk_size_mb": 128, "timeout_sec": 0, "host_tags": tags});
+    let mut sandboxes: Vec<(String, String)> = vec![];
+    for _ in 0..30 {
+        let (st, v) = f
+            .api("POST", "/v1/sandboxes", &admin, Some(create(json!([]))))
+            .await;
+        assert_eq!(st, 201, "{v}");
+        sandboxes.push((
+            v["id"].as_str().unwrap().into(),
+            v["host_id"].as_str().unwrap().into(),
+        ));
+    }
+    for id in &host_ids {
+        assert_eq!(
+            sandboxes.iter().filter(|(_, h)| h == id).count(),
+            10,
+            "round-robin spreads evenly"
+        );
+    }
+    for (id, _) in sandboxes.drain(..) {
+        let (st, _) = f
+            .api("DELETE", &format!("/v1/sandboxes/{id}"), &admin, None)
+            .await;
+        assert_eq!(st, 204);
+    }
+
+    // Rotation survives a crash between issuing the new refresh token and
+    // revoking the old: the old one still works once, then never again.
+    let creds: Value =
+        serde_json::from_slice(&std::fs::read(f.agent_dir(0).join("credentials.json")).unwrap())
+            .unwrap();
+    let old_refresh = creds["refresh_token"].as_str().unwrap().to_string();
+    f.stop_cp();
+    f.start_cp(
+        &["--scheduler", "least-loaded"],
+        &[("WRENN_FAULT_CRASH_AFTER_REFRESH_ISSUE", "1")],
+    );
+    let req = http::Request::post(format!("{}/v1/hosts/refresh", f.base()))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(
+            json!({"refresh_token": old_refresh}).to_string(),
+        )))
+        .unwrap();
+    assert!(
+        f.http.request(req).await.is_err(),
+        "the control plane crashed mid-rotation"
+    );
+    let _ = f.cp.as_mut().unwrap().wait();
+    f.cp = None;
+    f.start_cp(&["--scheduler", "least-loaded"], &[]);
+    let (st, v) = f
+        .api(
+            "POST",
+            "/v1/hosts/refresh",
+            "",
+            Some(json!({"refresh_token": old_refresh})),
+        )
+        .await;
+    assert_eq!(st, 200, "the old token survived the crash: {v}");
+    let (st, _) = f
+        .api(
+            "POST",
+            "/v1/hosts/refresh",
+            "",
+            Some(json!({"refresh_token": old_refresh})),
+        )
+        .await;
+    assert_eq!(st, 401, "a used refresh token is refused");
+
+    // Least-loaded: 30 more, even over equal hosts; tags pin.
+    for _ in 0..30 {
+        let (st, v) = f
+            .api("POST", "/v1/sandboxes", &admin, Some(create(json!([]))))
+            .await;
+        assert_eq!(st, 201, "{v}");
+        sandboxes.push((
+            v["id"].as_str().unwrap().into(),
+            v["host_id"].as_str().unwrap().into(),
+        ));
+    }
+    for id in &host_ids {
+        assert_eq!(
+            sandboxes.iter().filter(|(_, h)| h == id).count(),
+            10,
+            "least-loaded spreads evenly"
+        );
+    }
+    let (st, _) = f
+        .api(
+            "PUT",
+            &format!("/v1/hosts/{}/tags", host_ids[1]),
+            &admin,
+            Some(json!({"tags": ["gpu"]})),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (st, v) = f
+        .api(
+            "POST",
+            "/v1/sandboxes",
+            &admin,
+            Some(create(json!(["gpu"]))),
+        )
+        .await;
+    assert_eq!(
+        (st, v["host_id"].as_str()),
+        (201, Some(host_ids[1].as_str())),
+        "{v}"
+    );
+    sandboxes.push((v["id"].as_str().unwrap().into(), host_ids[1].clone()));
+    let (st, v) = f
+        .api(
+            "POST",
+            "/v1/sandboxes",
+            &admin,
+            Some(create(json!(["tpu"]))),
+        )
+        .await;
+    assert_eq!(st, 503);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("tpu"),
+        "{v}"
+    );
+    // Keep a marker in one sandbox of host 0.
+    let on0: Vec<String> = sandboxes
+        .iter()
+        .filter(|(_, h)| *h == host_ids[0])
+        .map(|(s, _)| s.clone())
+        .collect();
+    let (st, v) = f
+        .api(
+            "POST",
+            &format!("/v1/sandboxes/{}/exec", on0[0]),
+            &admin,
+            Some(json!({"cmd": "/bin/sh", "args": ["-c", "echo kept > /root/marker"]})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+
+    // kill -9 of host 0: unreachable, its sandboxes missing; new ones go elsewhere.
+    f.kill_agent(0);
+    let t = Instant::now();
+    let (fr, ids, adm, first) = (&f, &host_ids, &admin, &on0[0]);
+    until(
+        "host 0 unreachable and its sandboxes missing",
+        Duration::from_secs(15),
+        || async move {
+            let (_, v) = fr.api("GET", "/v1/hosts", adm, None).await;
+            if host_of(&v, &ids[0])["status"] != "unreachable" {
+                return false;
+            }
+            let (_, v) = fr
+                .api("GET", &format!("/v1/sandboxes/{first}"), adm, None)
+                .await;
+            v["status"] == "missing"
+        },
+    )
+    .await;
+    assert!(
+        t.elapsed() < Duration::from_secs(4 + 1 + 3),
+        "noticed within the threshold: {:?}",
+        t.elapsed()
+    );
+    for _ in 0..4 {
+        let (st, v) = f
+            .api("POST", "/v1/sandboxes", &admin, Some(create(json!([]))))
+            .await;
+        assert_eq!(st, 201, "{v}");
+        assert_ne!(
+            v["host_id"], host_ids[0],
+            "nothing lands on an unreachable host"
+        );
+        sandboxes.push((
+            v["id"].as_str().unwrap().into(),
+            v["host_id"].as_str().unwrap().into(),
+        ));
+    }
+
+    // It comes back (same credentials): online, its sandboxes running, the marker there.
+    f.start_agent(0, None);
+    let (fr, ids, adm, on0r) = (&f, &host_ids, &admin, &on0);
+    until(
+        "host 0 online and its sandboxes running",
+        Duration::from_secs(20),
+        || async move {
+            let (_, v) = fr.api("GET", "/v1/hosts", adm, None).await;
+            if host_of(&v, &ids[0])["status"] != "online" {
+                return false;
+            }
+            let (_, v) = fr
+                .api("GET", "/v1/sandboxes?state=running", adm, None)
+                .await;
+            let running: Vec<&str> = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|s| s["id"].as_str())
+                .collect();
+            on0r.iter().all(|s| running.contains(&s.as_str()))
+        },
+    )
+    .await;
+    let (st, v) = f
+        .api(
+            "POST",
+            &format!("/v1/sandboxes/{}/exec", on0[0]),
+            &admin,
+            Some(json!({"cmd": "cat", "args": ["/root/marker"]})),
+        )
+        .await;
+    assert_eq!((st, v["stdout"].as_str()), (200, Some("kept\n")), "{v}");
+
+    // An orphan (on the agent, unknown to the database) is destroyed.
+    {
+        use connectrpc::client::{ClientConfig, HttpClient};
+        use wrenn_protocol::hostagent::v1::{self as pb, HostAgentServiceClient};
+        let cfg = ClientConfig::new(format!("http://{}:7070", f.agent_ip(2)).parse().unwrap())
+            .with_default_header("authorization", format!("Bearer {}", f.agent_tokens[2]));
+        let c = HostAgentServiceClient::new(HttpClient::plaintext(), cfg);
+        let orphan = common::new_id("orphan");
+        c.create_sandbox(common::create_req(&orphan)).await.unwrap();
+        let (cr, orr) = (&c, &orphan);
+        until(
+            "the orphan destroyed",
+            Duration::from_secs(10),
+            || async move {
+                let l = cr
+                    .list_sandboxes(pb::ListSandboxesRequest::default())
+                    .await
+                    .unwrap()
+                    .into_owned();
+                !l.sandboxes.iter().any(|s| &s.sandbox_id == orr)
+            },
+        )
+        .await;
+    }
+
+    // Delete host 0 with live sandboxes: 409 naming them; with force: gone,
+    // its agent stopped, its credentials revoked.
+    let (st, v) = f
+        .api(
+            "DELETE",
+            &format!("/v1/hosts/{}", host_ids[0]),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(st, 409, "{v}");
+    let listed: Vec<&str> = v["error"]["sandbox_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.as_str())
+        .collect();
+    for s in &on0 {
+        assert!(listed.contains(&s.as_str()), "{s} listed in {v}");
+    }
+    let creds0: Value =
+        serde_json::from_slice(&std::fs::read(f.agent_dir(0).join("credentials.json")).unwrap())
+            .unwrap();
+    let (st, _) = f
+        .api(
+            "DELETE",
+            &format!("/v1/hosts/{}?force=true", host_ids[0]),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(st, 204);
+    for s in &on0 {
+        let (_, v) = f
+            .api("GET", &format!("/v1/sandboxes/{s}"), &admin, None)
+            .await;
+        assert_eq!(v["status"], "stopped");
+    }
+    exited(&mut f, 0, "agent 0 stopped by the forced delete").await;
+    let (st, _) = f
+        .api(
+            "POST",
+            "/v1/hosts/refresh",
+            "",
+            Some(json!({"refresh_token": creds0["refresh_token"]})),
+        )
+        .await;
+    assert_eq!(st, 401, "a deleted host's refresh token is refused");
+
+    // Delete host 2 once its sandboxes are gone: its agent hears 404 on the
+    // next heartbeat, forgets its credentials and stops.
+    for (id, h) in &sandboxes {
+        if *h == host_ids[2] {
+            let (st, _) = f
+                .api("DELETE", &format!("/v1/sandboxes/{id}"), &admin, None)
+                .await;
+            assert_eq!(st, 204);
+        }
+    }
+    let (st, v) = f
+        .api(
+            "DELETE",
+            &format!("/v1/hosts/{}", host_ids[2]),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(st, 204, "{v}");
+    exited(&mut f, 2, "agent 2 stopped after its host was deleted").await;
+    assert!(
+        !f.agent_dir(2).join("credentials.json").exists(),
+        "credentials forgotten"
+    );
+
+    for (id, h) in &sandboxes {
+        if *h == host_ids[1] {
+            let (st, _) = f
+                .api("DELETE", &format!("/v1/sandboxes/{id}"), &admin, None)
+                .await;
+            assert_eq!(st, 204);
+        }
+    }
+}
