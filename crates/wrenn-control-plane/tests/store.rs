@@ -182,6 +182,122 @@ async fn suite(store: &Store) {
     let log = store.audit_log(&t1.id, 10).await.unwrap();
     assert_eq!(log.len(), 2);
     assert!(store.audit_log(&t2.id, 10).await.unwrap().is_empty());
+
+    hosts_suite(store, &t1.id).await;
+}
+
+/// Registration and refresh tokens, allocations, the silent-host monitor.
+async fn hosts_suite(store: &Store, team: &str) {
+    let mut h = Host {
+        id: ids::new("host"),
+        name: "r1".into(),
+        kind: "registered".into(),
+        status: "pending".into(),
+        created_at: now(),
+        tags: vec!["gpu".into(), "eu".into()],
+        ..Default::default()
+    };
+    store.insert_host(&h).await.unwrap();
+    // A registration token works once, and not after it expired.
+    store
+        .set_registration_token(&h.id, "reg-1", now() + 3600)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .take_registration_token("reg-1")
+            .await
+            .unwrap()
+            .map(|x| x.id),
+        Some(h.id.clone())
+    );
+    assert_eq!(
+        store.take_registration_token("reg-1").await.unwrap(),
+        None,
+        "used"
+    );
+    store
+        .set_registration_token(&h.id, "reg-2", now() - 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.take_registration_token("reg-2").await.unwrap(),
+        None,
+        "expired"
+    );
+    assert_eq!(store.take_registration_token("").await.unwrap(), None);
+
+    // Refresh tokens: stored by hash, revocable one by one or per host.
+    let t = wrenn_control_plane::store::HostToken {
+        id: ids::new("htk"),
+        host_id: h.id.clone(),
+        expires_at: now() + 60,
+        revoked_at: 0,
+    };
+    store.insert_host_token(&t, "rt-1").await.unwrap();
+    assert_eq!(store.host_token("rt-1").await.unwrap(), Some(t.clone()));
+    store.revoke_host_token(&t.id).await.unwrap();
+    assert!(store.host_token("rt-1").await.unwrap().unwrap().revoked_at > 0);
+    let t2 = wrenn_control_plane::store::HostToken {
+        id: ids::new("htk"),
+        ..t.clone()
+    };
+    store.insert_host_token(&t2, "rt-2").await.unwrap();
+    store.revoke_host_tokens(&h.id).await.unwrap();
+    assert!(store.host_token("rt-2").await.unwrap().unwrap().revoked_at > 0);
+
+    // Online, then silent: unreachable, its live sandboxes missing.
+    h.status = "online".into();
+    h.last_seen_at = now() - 100;
+    h.cpu_count = 8;
+    store.update_host(&h).await.unwrap();
+    let got = store.host(&h.id).await.unwrap().unwrap();
+    assert_eq!(
+        (got.cpu_count, got.tags.clone()),
+        (8, vec!["gpu".to_string(), "eu".to_string()])
+    );
+    let sb = Sandbox {
+        id: ids::new("sb"),
+        team_id: team.into(),
+        host_id: h.id.clone(),
+        template: "base".into(),
+        state: "running".into(),
+        vcpus: 2,
+        memory_mb: 256,
+        disk_size_mb: 512,
+        created_at: now(),
+        ..Default::default()
+    };
+    store.insert_sandbox(&sb).await.unwrap();
+    let a = store.allocations().await.unwrap()[&h.id];
+    assert_eq!(
+        (a.sandboxes, a.vcpus, a.memory_mb, a.disk_mb),
+        (1, 2, 256, 512)
+    );
+    assert_eq!(
+        store.mark_silent_hosts(now() - 90).await.unwrap(),
+        vec![h.id.clone()]
+    );
+    assert_eq!(
+        store.host(&h.id).await.unwrap().unwrap().status,
+        "unreachable"
+    );
+    assert_eq!(
+        store.sandbox(team, &sb.id).await.unwrap().unwrap().state,
+        "missing"
+    );
+    assert!(
+        store
+            .mark_silent_hosts(now() - 90)
+            .await
+            .unwrap()
+            .is_empty(),
+        "once"
+    );
+    assert!(store.host_seen(&h.id).await.unwrap());
+    assert_eq!(store.host(&h.id).await.unwrap().unwrap().status, "online");
+    store.delete_host(&h.id).await.unwrap();
+    assert!(!store.host_seen(&h.id).await.unwrap(), "gone");
 }
 
 #[tokio::test]
