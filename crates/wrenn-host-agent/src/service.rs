@@ -239,11 +239,21 @@ fn host_info<R: Runtime>(agent: &Agent<R>, templates: Vec<String>) -> pb::Host {
 pub trait TemplateList {
     /// Template names.
     fn template_names(&self) -> Vec<String>;
+    /// Removes a template; `Ok(false)` when there is none by that name.
+    fn remove_template(&self, name: &str) -> Result<bool, String>;
 }
 
 impl TemplateList for crate::runtime::namespaces::NamespaceRuntime {
     fn template_names(&self) -> Vec<String> {
         self.templates().list()
+    }
+
+    fn remove_template(&self, name: &str) -> Result<bool, String> {
+        match self.templates().remove(name) {
+            Ok(()) => Ok(true),
+            Err(crate::templates::TemplateError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 
@@ -852,6 +862,37 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
             )
             .await?;
         Response::ok(pb::RemovePathResponse::default())
+    }
+
+    async fn delete_template(
+        &self,
+        _ctx: RequestContext,
+        r: ServiceRequest<'_, pb::DeleteTemplateRequest>,
+    ) -> ServiceResult<pb::DeleteTemplateResponse> {
+        let name = r.name;
+        let users: Vec<String> = self
+            .agent
+            .runtime
+            .list()
+            .into_iter()
+            .filter(|i| i.spec.template == name)
+            .map(|i| i.spec.id)
+            .collect();
+        if !users.is_empty() {
+            return Err(ConnectError::failed_precondition(format!(
+                "template '{name}' is in use by {}; destroy them first",
+                users.join(", ")
+            )));
+        }
+        match self.agent.runtime.remove_template(name) {
+            Ok(true) => Response::ok(pb::DeleteTemplateResponse::default()),
+            Ok(false) => Err(ConnectError::not_found(format!(
+                "no template '{name}' on this host"
+            ))),
+            Err(e) => Err(ConnectError::internal(format!(
+                "removing template '{name}': {e}"
+            ))),
+        }
     }
 
     async fn terminate(

@@ -33,7 +33,7 @@ async fn get(http: &Http, url: &str, headers: &[(&str, &str)]) {
         .unwrap();
     let st = resp.status();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(st, 200, "{url}: {body:?}");
+    assert!(st.is_success(), "{url}: {st} {body:?}");
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {

@@ -141,7 +141,7 @@ impl utoipa::Modify for Security {
         sandboxes::pause, sandboxes::resume, sandboxes::ping, sandboxes::metrics, sandboxes::set_public_ports,
         sandboxes::exec, sandboxes::processes, sandboxes::kill,
         sandboxes::file_read, sandboxes::file_write, sandboxes::file_list, sandboxes::file_mkdir, sandboxes::file_remove,
-        sandboxes::list_templates, sandboxes::events,
+        sandboxes::list_templates, sandboxes::delete_template, sandboxes::events,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail, sandboxes::SandboxView)),
     modifiers(&Security),
@@ -185,6 +185,7 @@ pub fn router(app: App) -> Router {
         )
         .route("/v1/audit-logs", get(identity::audit_logs))
         .route("/v1/templates", get(sandboxes::list_templates))
+        .route("/v1/templates/{name}", delete(sandboxes::delete_template))
         .route("/v1/events/stream", get(sandboxes::events))
         .nest("/v1/hosts", hosts::routes())
         .nest("/v1/sandboxes", sandboxes.clone())

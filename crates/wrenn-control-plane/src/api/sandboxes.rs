@@ -980,6 +980,71 @@ pub(super) async fn file_remove(
 }
 
 /// GET /v1/templates: what the online hosts can start.
+#[utoipa::path(delete, path = "/v1/templates/{name}", tag = "templates", params(("name" = String, Path, description = "Template name")), responses((status = 200, description = "Removed; `deleted_on` lists the hosts"), (status = 403, description = "Not a platform admin", body = ErrorBody), (status = 404, description = "No online host has it", body = ErrorBody), (status = 409, description = "A sandbox uses it", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+/// DELETE /v1/templates/{name} (platform admins): removed from every
+/// online host at once. 404 when no host had it; 409 when a sandbox uses it
+/// somewhere (removed where it was free).
+pub(super) async fn delete_template(
+    State(app): State<App>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    if !caller.is_admin {
+        return Err(ApiError::forbidden("only platform admins delete templates"));
+    }
+    let hosts: Vec<_> = app
+        .store
+        .hosts()
+        .await?
+        .into_iter()
+        .filter(|h| h.status == "online")
+        .collect();
+    let calls = hosts.iter().map(|h| {
+        let c = app.hosts.client(h);
+        let name = name.clone();
+        async move {
+            c.delete_template(pb::DeleteTemplateRequest {
+                name,
+                ..Default::default()
+            })
+            .await
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let (mut deleted, mut in_use, mut failed) = (vec![], vec![], vec![]);
+    for (h, r) in hosts.iter().zip(results) {
+        match r {
+            Ok(_) => deleted.push(h.id.clone()),
+            Err(e) if e.code == connectrpc::ErrorCode::NotFound => {}
+            Err(e) if e.code == connectrpc::ErrorCode::FailedPrecondition => {
+                in_use.push(json!({ "host_id": h.id, "message": e.message }))
+            }
+            Err(e) => failed.push(json!({ "host_id": h.id, "message": e.message })),
+        }
+    }
+    app.store
+        .audit(&caller.team_id, &caller.actor, "template.delete", &name)
+        .await?;
+    if !in_use.is_empty() {
+        return Err(ApiError::conflict(
+            "template_in_use",
+            format!(
+                "template '{name}' is in use: {}; removed from {} other hosts",
+                serde_json::to_string(&in_use).unwrap_or_default(),
+                deleted.len()
+            ),
+        ));
+    }
+    if deleted.is_empty() && failed.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "template '{name}' on any online host"
+        )));
+    }
+    Ok(Json(
+        json!({ "name": name, "deleted_on": deleted, "failed": failed }),
+    ))
+}
+
 #[utoipa::path(get, path = "/v1/templates", tag = "templates", responses((status = 200, description = "Templates the online hosts have")), security(("api_key" = []), ("bearer" = [])))]
 pub(super) async fn list_templates(
     State(app): State<App>,
