@@ -671,6 +671,61 @@ async fn three_agents_register_fail_come_back_and_are_deleted() {
         .await;
     }
 
+    // A host whose refresh is refused pauses every sandbox. Host 0's refresh
+    // token was used up above; a new JWT secret makes every host JWT invalid:
+    // hosts 1 and 2 refresh and carry on, host 0 cannot.
+    f.stop_cp();
+    f.start_cp(
+        &[
+            "--scheduler",
+            "least-loaded",
+            "--jwt-secret",
+            "a-new-secret-for-every-token-0123",
+        ],
+        &[],
+    );
+    let login = json!({"email": "admin@fleet.test", "password": "fleet-password"});
+    let (st, v) = f.api("POST", "/v1/auth/login", "", Some(login)).await;
+    assert_eq!(st, 200, "{v}");
+    let admin = v["token"].as_str().unwrap().to_string();
+    let login = json!({"email": "user@fleet.test", "password": "fleet-password"});
+    let user = f.api("POST", "/v1/auth/login", "", Some(login)).await.1["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (fr, adm, on0r) = (&f, &admin, &on0);
+    until(
+        "host 0's sandboxes paused",
+        Duration::from_secs(20),
+        || async move {
+            let (_, v) = fr.api("GET", "/v1/sandboxes?state=paused", adm, None).await;
+            let paused: Vec<&str> = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|s| s["id"].as_str())
+                .collect();
+            on0r.iter().all(|s| paused.contains(&s.as_str()))
+        },
+    )
+    .await;
+    let (_, v) = f.api("GET", "/v1/hosts", &admin, None).await;
+    assert_eq!(
+        host_of(&v, &host_ids[1])["status"],
+        "online",
+        "host 1 refreshed its credentials"
+    );
+    let on1 = sandboxes
+        .iter()
+        .find(|(_, h)| *h == host_ids[1])
+        .unwrap()
+        .0
+        .clone();
+    let (_, v) = f
+        .api("GET", &format!("/v1/sandboxes/{on1}"), &admin, None)
+        .await;
+    assert_eq!(v["status"], "running");
+
     // Delete host 0 with live sandboxes: 409 naming them; with force: gone,
     // its agent stopped, its credentials revoked.
     let (st, v) = f

@@ -643,6 +643,18 @@ impl Store {
         Ok(r.rows_affected() > 0)
     }
 
+    /// A heartbeat from a host that is online already: one statement, true
+    /// if the host is online (false: gone, or coming back).
+    pub async fn online_host_seen(&self, id: &str) -> Result<bool, sqlx::Error> {
+        let r =
+            sqlx::query("UPDATE hosts SET last_seen_at = $1 WHERE id = $2 AND status = 'online'")
+                .bind(now())
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
     /// Removes a host and its refresh tokens.
     pub async fn delete_host(&self, id: &str) -> Result<(), sqlx::Error> {
         sqlx::query("DELETE FROM host_tokens WHERE host_id = $1")
