@@ -353,3 +353,17 @@ def _try(f):
         return f()
     except Exception:
         return None
+
+
+def test_e2b_auto_pause_at_the_timeout(e2b_env):
+    """`on_timeout: pause` (E2B's autoPause): the timeout pauses instead of
+    killing; connect brings it back with its files."""
+    sbx = Sandbox.create("base", timeout=2, lifecycle={"on_timeout": "pause"})
+    try:
+        sbx.files.write("/tmp/survives.txt", "yes")
+        assert _until(lambda: sbx.get_info().state.value == "paused", timeout=15), "not paused at the timeout"
+        back = Sandbox.connect(sbx.sandbox_id, timeout=60)
+        assert back.get_info().state.value == "running"
+        assert back.files.read("/tmp/survives.txt") == "yes"
+    finally:
+        sbx.kill()

@@ -9,6 +9,7 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use connectrpc::ConnectRpcService;
+use subtle::ConstantTimeEq;
 
 use crate::agent::Agent;
 use crate::runtime::Runtime;
@@ -17,16 +18,12 @@ use crate::service::{HostAgentService, TemplateList};
 #[derive(Clone)]
 struct Token(Arc<String>);
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// The header that carries the agent token on proxied requests, whose own
 /// `Authorization` belongs to the app in the sandbox.
 pub const PROXY_TOKEN_HEADER: &str = "x-wrenn-agent-token";
 
 async fn require_token(State(token): State<Token>, mut req: Request, next: Next) -> Response {
-    let matches = |v: &str| constant_time_eq(v.as_bytes(), token.0.as_bytes());
+    let matches = |v: &str| bool::from(v.as_bytes().ct_eq(token.0.as_bytes()));
     let ok = if req.uri().path().starts_with("/proxy/") {
         let ok = req
             .headers()
