@@ -1,6 +1,7 @@
 """The `wrenn` Python SDK 0.3.0 from PyPI, unchanged, against `wrenn up`;
 the README's curl walk-through; and team isolation on every route."""
 
+import json
 import os
 import re
 import subprocess
@@ -435,3 +436,45 @@ def test_a_1gib_upload_streams_through_with_bounded_memory(wrenn_up):
         t.join()
         httpx.delete(f"{base}/v1/sandboxes/{sid}", headers=h, timeout=60)
     assert 0 < peak[0] < 256, f"control plane RSS peaked at {peak[0]:.0f} MiB during a 1 GiB transfer"
+
+
+def test_cli_host_commands(wrenn_up, tmp_path):
+    """`wrenn host …` with `wrenn up`'s key (an admin's key may add hosts):
+    create prints a one-time registration token, ls shows the pending host,
+    token replaces it, tag sets tags, rm deletes; a member's key may not."""
+    base, key, _ = wrenn_up
+    wrenn = os.environ.get("WRENN_BIN", "wrenn")
+    env = {**os.environ, "WRENN_BASE_URL": base, "WRENN_API_KEY": key, "WRENN_CONFIG": str(tmp_path / "none.json"), "RUST_BACKTRACE": "0"}
+
+    def cli(*args, check=True):
+        r = subprocess.run([wrenn, *args], env=env, capture_output=True, text=True, timeout=60)
+        if check:
+            assert r.returncode == 0, r.stderr
+        return r
+
+    r = cli("host", "create", "--name", "edge-1", "--tag", "gpu")
+    token = r.stdout.strip()
+    assert token.startswith("wrh_"), r.stdout
+    assert "wrenn agent" in r.stderr and "--register " + token in r.stderr
+    hosts = json.loads(cli("host", "ls", "--json").stdout)
+    host = [h for h in hosts if h["name"] == "edge-1"][0]
+    assert (host["status"], host["tags"]) == ("pending", ["gpu"])
+    assert "edge-1" in cli("host", "ls").stdout
+    new = cli("host", "token", host["id"]).stdout.strip()
+    assert new.startswith("wrh_") and new != token
+    # The replaced token no longer registers anything.
+    r = httpx.post(f"{base}/v1/hosts/register", json={"token": token, "address": "10.9.9.9:7070", "agent_token": "t" * 20})
+    assert r.status_code == 401
+    cli("host", "tag", host["id"], "gpu", "eu")
+    assert [h for h in json.loads(cli("host", "ls", "--json").stdout) if h["id"] == host["id"]][0]["tags"] == ["gpu", "eu"]
+    cli("host", "rm", host["id"])
+    assert host["id"] not in cli("host", "ls").stdout
+    r = cli("host", "rm", host["id"], check=False)
+    assert r.returncode == 1 and "not found" in r.stderr
+
+    # A member of another team cannot add shared hosts.
+    email = f"m{time.time_ns()}@example.com"
+    t = httpx.post(f"{base}/v1/auth/signup", json={"email": email, "password": "member-password"}).json()["token"]
+    other = httpx.post(f"{base}/v1/api-keys", headers={"Authorization": f"Bearer {t}"}).json()["key"]
+    r = subprocess.run([wrenn, "host", "create"], env={**env, "WRENN_API_KEY": other}, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "admins" in r.stderr

@@ -236,6 +236,55 @@ impl Client {
             .map(|_| ())
     }
 
+    /// POST /v1/hosts: a host record with its one-time registration token.
+    pub async fn create_host(
+        &self,
+        name: &str,
+        tags: &[String],
+        team_owned: bool,
+    ) -> Result<Value, Error> {
+        self.json(
+            "POST",
+            "/v1/hosts",
+            Some(&serde_json::json!({ "name": name, "tags": tags, "team_owned": team_owned })),
+        )
+        .await
+    }
+
+    /// GET /v1/hosts.
+    pub async fn list_hosts(&self) -> Result<Vec<Value>, Error> {
+        Ok(self
+            .json("GET", "/v1/hosts", None)
+            .await?
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// DELETE /v1/hosts/{id} (`force`: destroy its sandboxes first).
+    pub async fn delete_host(&self, id: &str, force: bool) -> Result<(), Error> {
+        let q = if force { "?force=true" } else { "" };
+        self.json("DELETE", &format!("/v1/hosts/{id}{q}"), None)
+            .await
+            .map(|_| ())
+    }
+
+    /// POST /v1/hosts/{id}/token: a new registration token.
+    pub async fn host_token(&self, id: &str) -> Result<Value, Error> {
+        self.json("POST", &format!("/v1/hosts/{id}/token"), None)
+            .await
+    }
+
+    /// PUT /v1/hosts/{id}/tags.
+    pub async fn set_host_tags(&self, id: &str, tags: &[String]) -> Result<Value, Error> {
+        self.json(
+            "PUT",
+            &format!("/v1/hosts/{id}/tags"),
+            Some(&serde_json::json!({ "tags": tags })),
+        )
+        .await
+    }
+
     /// GET /v1/templates.
     pub async fn list_templates(&self) -> Result<Vec<Value>, Error> {
         Ok(self

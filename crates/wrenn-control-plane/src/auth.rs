@@ -190,7 +190,7 @@ impl FromRequestParts<App> for Caller {
                 actor: k.id,
                 user_id: None,
                 role: "admin".into(),
-                is_admin: false,
+                is_admin: k.platform_admin,
             });
         }
         let bearer = parts

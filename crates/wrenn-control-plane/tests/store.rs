@@ -79,6 +79,7 @@ async fn suite(store: &Store) {
         last4: "ff00".into(),
         created_at: now(),
         last_used_at: None,
+        platform_admin: true,
     };
     store.create_api_key(&k, "hash-1").await.unwrap();
     assert_eq!(

@@ -26,10 +26,22 @@ pub struct Conn {
 }
 
 impl Conn {
-    fn client(&self) -> anyhow::Result<Client> {
-        let saved: Option<CliConfig> = std::fs::read(config_path(self.config.clone()))
+    fn saved(&self) -> Option<CliConfig> {
+        std::fs::read(config_path(self.config.clone()))
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    /// The API's base URL, as the commands will use it.
+    fn base_url(&self) -> String {
+        self.url
+            .clone()
+            .or_else(|| self.saved().map(|c| c.base_url))
+            .unwrap_or_default()
+    }
+
+    fn client(&self) -> anyhow::Result<Client> {
+        let saved = self.saved();
         let url = self
             .url
             .clone()
@@ -144,6 +156,117 @@ pub enum KeyCommand {
         /// Key id (`key-…`).
         id: String,
     },
+}
+
+/// `wrenn host …`.
+#[derive(clap::Subcommand, Debug)]
+pub enum HostCommand {
+    /// Add a host; prints its one-time registration token (valid 1 hour)
+    /// and the `wrenn agent` command to run on it.
+    Create {
+        /// Label.
+        #[arg(long, default_value = "host")]
+        name: String,
+        /// Tags sandboxes can ask for (repeat).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Your team's own host (only its sandboxes run there).
+        #[arg(long)]
+        team: bool,
+    },
+    /// List hosts.
+    Ls,
+    /// A new registration token for a host (the old one stops working).
+    Token {
+        /// Host id (`host-…`).
+        id: String,
+    },
+    /// Set a host's tags.
+    Tag {
+        /// Host id.
+        id: String,
+        /// The tags (none clears them).
+        tags: Vec<String>,
+    },
+    /// Delete a host (refused while it has sandboxes unless --force).
+    Rm {
+        /// Host id.
+        id: String,
+        /// Destroy its sandboxes and stop its agent.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Runs a host command.
+pub fn host(conn: Conn, cmd: HostCommand) -> anyhow::Result<()> {
+    let c = conn.client()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let token_hint = |h: &Value| {
+            println!("{}", h["registration_token"].as_str().unwrap_or_default());
+            eprintln!(
+                "On the host (within the hour):\n  wrenn agent --listen <its address>:7070 --control-plane {} --register {}",
+                conn.base_url(),
+                h["registration_token"].as_str().unwrap_or_default()
+            );
+        };
+        match cmd {
+            HostCommand::Create { name, tags, team } => {
+                let h = c.create_host(&name, &tags, team).await?;
+                if conn.json {
+                    print_json(&h)
+                } else {
+                    eprintln!("host {}", h["id"].as_str().unwrap_or_default());
+                    token_hint(&h);
+                }
+            }
+            HostCommand::Ls => {
+                let hosts = c.list_hosts().await?;
+                if conn.json {
+                    print_json(&Value::Array(hosts));
+                } else {
+                    println!(
+                        "{:<18} {:<12} {:<12} {:<22} {:>5} {:>8} {:>9}  {}",
+                        "ID", "NAME", "STATUS", "ADDRESS", "CPUS", "MEM MB", "SANDBOXES", "TAGS"
+                    );
+                    for h in hosts {
+                        let tags: Vec<&str> = h["tags"]
+                            .as_array()
+                            .map(|t| t.iter().filter_map(Value::as_str).collect())
+                            .unwrap_or_default();
+                        println!(
+                            "{:<18} {:<12} {:<12} {:<22} {:>5} {:>8} {:>9}  {}",
+                            h["id"].as_str().unwrap_or(""),
+                            h["name"].as_str().unwrap_or(""),
+                            h["status"].as_str().unwrap_or(""),
+                            h["address"].as_str().unwrap_or(""),
+                            h["cpu_count"].as_i64().unwrap_or(0),
+                            h["memory_mb"].as_i64().unwrap_or(0),
+                            h["sandboxes"].as_i64().unwrap_or(0),
+                            tags.join(",")
+                        );
+                    }
+                }
+            }
+            HostCommand::Token { id } => {
+                let h = c.host_token(&id).await?;
+                if conn.json {
+                    print_json(&h)
+                } else {
+                    token_hint(&h);
+                }
+            }
+            HostCommand::Tag { id, tags } => {
+                let h = c.set_host_tags(&id, &tags).await?;
+                if conn.json {
+                    print_json(&h)
+                }
+            }
+            HostCommand::Rm { id, force } => c.delete_host(&id, force).await?,
+        }
+        Ok(())
+    })
 }
 
 fn print_json(v: &Value) {

@@ -4,7 +4,8 @@
 //! - `wrenn server` runs the control plane;
 //! - `wrenn agent` runs the host agent (namespace runtime);
 //! - `wrenn template build|ls|rm|import` manages templates on this host;
-//! - `wrenn login`, `wrenn sandbox …`, `wrenn key …` use the REST API.
+//! - `wrenn login`, `wrenn sandbox …`, `wrenn key …`, `wrenn host …` use
+//!   the REST API.
 //!
 //! `wrenn __sandbox-init` is internal: the agent runs it as the first
 //! process of every sandbox.
@@ -69,6 +70,13 @@ enum Command {
         #[command(subcommand)]
         command: cli::KeyCommand,
     },
+    /// Manage the hosts sandboxes run on (register agents with the tokens).
+    Host {
+        #[command(flatten)]
+        conn: cli::Conn,
+        #[command(subcommand)]
+        command: cli::HostCommand,
+    },
     /// Manage the templates sandboxes start from.
     #[command(subcommand)]
     Template(template::TemplateCommand),
@@ -103,5 +111,6 @@ fn run() -> anyhow::Result<()> {
         Command::Login { url, key, config } => cli::login(url, key, config),
         Command::Sandbox { conn, command } => cli::sandbox(conn, command),
         Command::Key { conn, command } => cli::key(conn, command),
+        Command::Host { conn, command } => cli::host(conn, command),
     }
 }

@@ -431,6 +431,7 @@ async fn admin_key(app: &App, config_file: &Path, listen: SocketAddr) -> anyhow:
         &user.id,
         "wrenn up",
         wrenn_control_plane::auth::KeyFormat::Wrenn,
+        true,
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -94,6 +94,8 @@ impl Fleet {
                 data.join("templates/base"),
             )
             .unwrap();
+            // A small template of its own, for the fleet-wide delete.
+            std::fs::create_dir_all(data.join("templates/tiny/rootfs/bin")).unwrap();
         }
         f
     }
@@ -808,4 +810,22 @@ async fn three_agents_register_fail_come_back_and_are_deleted() {
             assert_eq!(st, 204);
         }
     }
+
+    // A template deleted through the control plane goes from every online
+    // host (only host 1 is left); the shared `base` stays.
+    let (st, v) = f.api("GET", "/v1/templates", &admin, None).await;
+    assert_eq!(st, 200);
+    assert!(
+        v.as_array().unwrap().iter().any(|t| t["name"] == "tiny"),
+        "{v}"
+    );
+    let (st, _) = f.api("DELETE", "/v1/templates/tiny", &user, None).await;
+    assert_eq!(st, 403, "members do not delete templates");
+    let (st, v) = f.api("DELETE", "/v1/templates/tiny", &admin, None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["deleted_on"], json!([host_ids[1]]), "{v}");
+    assert!(!f.agent_dir(1).join("templates/tiny").exists());
+    assert!(common::template_dir().join("base/rootfs/bin").exists());
+    let (st, _) = f.api("DELETE", "/v1/templates/tiny", &admin, None).await;
+    assert_eq!(st, 404);
 }

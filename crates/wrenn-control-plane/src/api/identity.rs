@@ -154,6 +154,7 @@ pub async fn issue_key(
     actor: &str,
     name: &str,
     format: KeyFormat,
+    platform_admin: bool,
 ) -> ApiResult<(String, ApiKey)> {
     let (secret, hash, prefix, last4) = new_api_key(format);
     let k = ApiKey {
@@ -165,6 +166,7 @@ pub async fn issue_key(
         last4,
         created_at: now(),
         last_used_at: None,
+        platform_admin,
     };
     app.store.create_api_key(&k, &hash).await?;
     app.store
@@ -191,7 +193,15 @@ pub(super) async fn create_key(
             )));
         }
     };
-    let (secret, k) = issue_key(&app, &caller.team_id, &caller.actor, &name, format).await?;
+    let (secret, k) = issue_key(
+        &app,
+        &caller.team_id,
+        &caller.actor,
+        &name,
+        format,
+        caller.is_admin,
+    )
+    .await?;
     let mut v = key_json(&k);
     v["key"] = json!(secret);
     Ok((StatusCode::CREATED, Json(v)))

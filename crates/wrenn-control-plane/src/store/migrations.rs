@@ -46,4 +46,12 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
             "CREATE INDEX host_tokens_host ON host_tokens (host_id)",
         ],
     ),
+    (
+        4,
+        &[
+            // A key made by a platform admin carries the admin's platform
+            // rights (hosts, templates), so `wrenn up`'s key can manage them.
+            "ALTER TABLE api_keys ADD COLUMN platform_admin BIGINT NOT NULL DEFAULT 0",
+        ],
+    ),
 ];

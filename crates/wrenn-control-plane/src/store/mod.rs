@@ -79,6 +79,9 @@ pub struct ApiKey {
     pub created_at: i64,
     /// Unix seconds, if ever used.
     pub last_used_at: Option<i64>,
+    /// Made by a platform admin: acts with platform rights.
+    #[serde(skip)]
+    pub platform_admin: bool,
 }
 
 /// A host running an agent.
@@ -258,6 +261,7 @@ fn api_key(r: &AnyRow) -> ApiKey {
         last4: r.get("last4"),
         created_at: r.get("created_at"),
         last_used_at: r.get("last_used_at"),
+        platform_admin: r.try_get::<i64, _>("platform_admin").unwrap_or(0) != 0,
     }
 }
 
@@ -529,7 +533,7 @@ impl Store {
 
     /// Stores a key by the SHA-256 of its secret.
     pub async fn create_api_key(&self, k: &ApiKey, hash: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("INSERT INTO api_keys (id, team_id, created_by, name, key_hash, prefix, last4, created_at, last_used_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)")
+        sqlx::query("INSERT INTO api_keys (id, team_id, created_by, name, key_hash, prefix, last4, created_at, last_used_at, platform_admin) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9)")
             .bind(&k.id)
             .bind(&k.team_id)
             .bind(&k.created_by)
@@ -538,6 +542,7 @@ impl Store {
             .bind(&k.prefix)
             .bind(&k.last4)
             .bind(k.created_at)
+            .bind(i64::from(k.platform_admin))
             .execute(&self.pool)
             .await?;
         Ok(())
