@@ -334,6 +334,16 @@ def test_proxy_reaches_http_and_websocket_servers_in_a_sandbox(wrenn_up):
         # The traffic token opens every port.
         traffic = httpx.get(f"{base}/v1/sandboxes/{sid}", headers=h).json()["traffic_token"]
         assert get(8001, {"e2b-traffic-access-token": traffic}).status_code == 200
+        # A browser: the token in the URL once, then a cookie for that host name.
+        r = get(8001, {}, path=f"/index.html?wrenn_traffic_token={traffic}")
+        assert r.status_code == 200 and r.text == "hello from the sandbox\n"
+        cookie = r.headers["set-cookie"]
+        assert cookie.startswith(f"wrenn-traffic-token={traffic};") and "HttpOnly" in cookie
+        assert get(8001, {"Cookie": f"wrenn-traffic-token={traffic}"}).status_code == 200
+        r = get(8765, {"Cookie": f"theme=dark; wrenn-traffic-token={traffic}"}, path=f"/headers?a=1&wrenn_traffic_token={traffic}")
+        assert r.status_code == 200 and "theme=dark" in r.text and traffic not in r.text, r.text
+        assert "get /headers?a=1 " in r.text.lower()
+        assert get(8001, {}, path="/index.html?wrenn_traffic_token=wrong").status_code == 403
         assert httpx.put(f"{base}/v1/sandboxes/{sid}/public-ports", headers=h, json={"ports": [0]}).status_code == 400
         assert httpx.put(f"{base}/v1/sandboxes/{sid}/public-ports", headers=h, json={"ports": []}).status_code == 200
         assert get(8000, {}).status_code == 401

@@ -4,8 +4,9 @@
 //! sandbox: HTTP with streamed bodies, WebSocket upgrades, server-sent events.
 //!
 //! Access: a public port, the sandbox's envd token (`X-Access-Token`, what
-//! E2B's SDKs send), its traffic token (`e2b-traffic-access-token`), or an
-//! API key of the owning team (`X-API-Key`). None of these credentials is
+//! E2B's SDKs send), its traffic token (`e2b-traffic-access-token`, or from
+//! a browser `?wrenn_traffic_token=`, then a cookie), or an API key of the
+//! owning team (`X-API-Key`). None of these credentials is
 //! passed on to the sandbox (but `X-Access-Token` to envd, which checks it).
 //!
 //! A paused sandbox is resumed by traffic (unless `auto_resume` is off: 409).
@@ -289,7 +290,73 @@ async fn route(app: &App, id: &str, port: u16, headers: &HeaderMap) -> Result<Ro
     Ok(r)
 }
 
+/// The query parameter that carries the traffic token from a browser.
+pub const TOKEN_PARAM: &str = "wrenn_traffic_token";
+/// The cookie it is kept in afterwards (scoped to the port's host name).
+pub const TOKEN_COOKIE: &str = "wrenn-traffic-token";
+
+/// Browsers cannot send headers: a traffic token may come as
+/// `?wrenn_traffic_token=…` (then kept in a cookie for the host name) or
+/// in that cookie. Either becomes the `e2b-traffic-access-token` header
+/// here, and neither reaches the app. Returns the token to set as a cookie.
+fn browser_token(req: &mut Request) -> Option<String> {
+    let mut from_query = None;
+    if let Some(q) = req.uri().query() {
+        let mut kept = Vec::new();
+        for pair in q.split('&') {
+            match pair.split_once('=') {
+                Some((k, v)) if k == TOKEN_PARAM => from_query = Some(v.to_string()),
+                _ => kept.push(pair),
+            }
+        }
+        if from_query.is_some() {
+            let path = req.uri().path();
+            let pq = if kept.is_empty() {
+                path.to_string()
+            } else {
+                format!("{path}?{}", kept.join("&"))
+            };
+            if let Ok(uri) = pq.parse() {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    let headers = req.headers_mut();
+    let mut from_cookie = None;
+    if let Some(c) = headers
+        .get(http::header::COOKIE)
+        .and_then(|v| v.to_str().ok())
+    {
+        let mut kept = Vec::new();
+        for part in c.split(';').map(str::trim) {
+            match part.split_once('=') {
+                Some((k, v)) if k == TOKEN_COOKIE => from_cookie = Some(v.to_string()),
+                _ if !part.is_empty() => kept.push(part),
+                _ => {}
+            }
+        }
+        if from_cookie.is_some() {
+            match HeaderValue::from_str(&kept.join("; ")) {
+                Ok(v) if !kept.is_empty() => {
+                    headers.insert(http::header::COOKIE, v);
+                }
+                _ => {
+                    headers.remove(http::header::COOKIE);
+                }
+            }
+        }
+    }
+    let token = from_query.clone().or(from_cookie)?;
+    if !headers.contains_key("e2b-traffic-access-token") {
+        if let Ok(v) = HeaderValue::from_str(&token) {
+            headers.insert("e2b-traffic-access-token", v);
+        }
+    }
+    from_query
+}
+
 async fn handle(app: App, mut req: Request, id: String, port: u16) -> Response {
+    let set_cookie = browser_token(&mut req);
     let r = match route(&app, &id, port, req.headers()).await {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -320,7 +387,15 @@ async fn handle(app: App, mut req: Request, id: String, port: u16) -> Response {
         );
     };
     match wrenn_http_proxy::forward(&app.proxy_client, req, target).await {
-        Ok(resp) => resp,
+        Ok(mut resp) => {
+            if let Some(t) = set_cookie {
+                let c = format!("{TOKEN_COOKIE}={t}; Path=/; HttpOnly; SameSite=Lax");
+                if let Ok(v) = HeaderValue::from_str(&c) {
+                    resp.headers_mut().append(http::header::SET_COOKIE, v);
+                }
+            }
+            resp
+        }
         Err(e) => {
             app.proxy_cache.forget(&id);
             error(
@@ -372,6 +447,38 @@ mod tests {
         assert_eq!(target(&m), Some(Ok(("sb-q".into(), 8888))));
         m.insert("e2b-sandbox-port", "x".parse().unwrap());
         assert!(matches!(target(&m), Some(Err(_))));
+    }
+
+    #[test]
+    fn browser_tokens_come_from_the_query_or_the_cookie_and_go_no_further() {
+        let mut req = Request::get("/a/b?x=1&wrenn_traffic_token=tok&y=2")
+            .header(http::header::COOKIE, "theme=dark")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        assert_eq!(browser_token(&mut req).as_deref(), Some("tok"));
+        assert_eq!(req.uri().to_string(), "/a/b?x=1&y=2");
+        assert_eq!(req.headers()["e2b-traffic-access-token"], "tok");
+        assert_eq!(req.headers()[http::header::COOKIE], "theme=dark");
+
+        let mut req = Request::get("/")
+            .header(http::header::COOKIE, "a=1; wrenn-traffic-token=tok; b=2")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        assert_eq!(browser_token(&mut req), None, "a cookie is not set again");
+        assert_eq!(req.headers()["e2b-traffic-access-token"], "tok");
+        assert_eq!(req.headers()[http::header::COOKIE], "a=1; b=2");
+
+        let mut req = Request::get("/?wrenn_traffic_token=t")
+            .header(http::header::COOKIE, "wrenn-traffic-token=old")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        assert_eq!(
+            browser_token(&mut req).as_deref(),
+            Some("t"),
+            "the query wins"
+        );
+        assert_eq!(req.uri().to_string(), "/");
+        assert!(!req.headers().contains_key(http::header::COOKIE));
     }
 
     #[test]
