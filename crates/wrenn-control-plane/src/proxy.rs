@@ -203,7 +203,7 @@ async fn authorize(app: &App, headers: &HeaderMap, s: &Sandbox, port: u16) -> Re
             &s.id,
             port,
             format!(
-                "port {port} of sandbox {} is private: send X-API-Key (a key of its team), X-Access-Token (its envd token) or e2b-traffic-access-token, or make the port public",
+                "port {port} of sandbox {} is private: send X-API-Key (a key of its team), X-Access-Token (its envd token) or e2b-traffic-access-token; in a browser add ?wrenn_traffic_token=<its traffic token> once; or make the port public (PUT /v1/sandboxes/{{id}}/public-ports)",
                 s.id
             ),
         )
