@@ -130,6 +130,23 @@ async fn main() {
             .spawn()
             .expect("start wrenn server"),
     );
+    // panic = "abort" in benchmarks: no Drop on a failed assertion, so the
+    // panic hook kills what we started (by pid) and removes the directory.
+    let (pids, hook_dir) = (
+        procs.children.iter().map(Child::id).collect::<Vec<_>>(),
+        dir.clone(),
+    );
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        for pid in &pids {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = std::fs::remove_dir_all(&hook_dir);
+    }));
     wait_port(agent_port);
     wait_port(cp_port);
     let cp_pid = procs.children[1].id();

@@ -55,6 +55,29 @@ impl Up {
         }
         let cfg: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+        // Benchmarks build with panic = "abort": no Drop runs on a failed
+        // assertion, but the panic hook does. It stops `wrenn up` (which
+        // destroys its sandboxes) and removes the data directory.
+        let (pid, dir) = (child.id(), data.clone());
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            previous(info);
+            let _ = Command::new("kill")
+                .args(["-INT", &pid.to_string()])
+                .status();
+            for _ in 0..300 {
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                    || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                        s.rsplit_once(')')
+                            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+                    })
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }));
         Up {
             child,
             data,
