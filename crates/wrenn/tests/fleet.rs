@@ -614,6 +614,20 @@ async fn three_agents_register_fail_come_back_and_are_deleted() {
         ));
     }
 
+    // A missing sandbox can be destroyed while its host is away: stopped
+    // now, destroyed on the host when it is back.
+    let gone_while_away = on0.last().unwrap().clone();
+    let (st, v) = f
+        .api(
+            "DELETE",
+            &format!("/v1/sandboxes/{gone_while_away}"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(st, 204, "{v}");
+    let on0: Vec<String> = on0[..on0.len() - 1].to_vec();
+
     // It comes back (same credentials): online, its sandboxes running, the marker there.
     f.start_agent(0, None);
     let (fr, ids, adm, on0r) = (&f, &host_ids, &admin, &on0);
@@ -671,6 +685,34 @@ async fn three_agents_register_fail_come_back_and_are_deleted() {
             },
         )
         .await;
+
+        // And the sandbox destroyed while host 0 was away is gone from it.
+        let cfg = ClientConfig::new(format!("http://{}:7070", f.agent_ip(0)).parse().unwrap())
+            .with_default_header("authorization", format!("Bearer {}", f.agent_tokens[0]));
+        let c0 = HostAgentServiceClient::new(HttpClient::plaintext(), cfg);
+        let (cr, gone) = (&c0, &gone_while_away);
+        until(
+            "the sandbox destroyed while its host was away gone from the host",
+            Duration::from_secs(10),
+            || async move {
+                let l = cr
+                    .list_sandboxes(pb::ListSandboxesRequest::default())
+                    .await
+                    .unwrap()
+                    .into_owned();
+                !l.sandboxes.iter().any(|s| &s.sandbox_id == gone)
+            },
+        )
+        .await;
+        let (_, v) = f
+            .api(
+                "GET",
+                &format!("/v1/sandboxes/{gone_while_away}"),
+                &admin,
+                None,
+            )
+            .await;
+        assert_eq!(v["status"], "stopped");
     }
 
     // A host whose refresh is refused pauses every sandbox. Host 0's refresh

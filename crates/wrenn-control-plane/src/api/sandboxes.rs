@@ -477,7 +477,8 @@ pub(super) async fn destroy(
 }
 
 /// Destroys `s` on its agent (gone there already is fine) and records it
-/// `stopped`; 404 if it already is.
+/// `stopped`; 404 if it already is. A `missing` sandbox (host away) is
+/// recorded stopped at once and destroyed when its host is back.
 pub async fn destroy_sandbox(app: &App, mut s: Sandbox, actor: &str) -> ApiResult<()> {
     let id = s.id.clone();
     if s.state == "stopped" {
@@ -495,6 +496,11 @@ pub async fn destroy_sandbox(app: &App, mut s: Sandbox, actor: &str) -> ApiResul
             Err(e) if e.code == connectrpc::ErrorCode::NotFound => {}
             Err(e) if s.state == "error" || s.state == "pending" => {
                 tracing::warn!("destroying {id}: {e:?}")
+            }
+            // Its host is away: recorded stopped now, and destroyed by the
+            // reconciler (as an orphan) when the host answers again.
+            Err(e) if s.state == "missing" => {
+                tracing::warn!("destroying {id} while its host is away: {e:?}")
             }
             Err(e) => return Err(e.into()),
         }
