@@ -258,7 +258,8 @@ def test_openapi_and_docs_are_served_from_the_binary(wrenn_up):
     base, _, _ = wrenn_up
     spec = httpx.get(f"{base}/openapi.yaml")
     assert spec.status_code == 200 and spec.text.startswith("openapi: 3.1")
-    for path in ["/v1/sandboxes:", "/v1/sandboxes/{id}/exec:", "/v1/api-keys:", "/v1/auth/login:", "/v1/sandboxes/{id}/files/write:"]:
+    for path in ["/v1/sandboxes:", "/v1/sandboxes/{id}/exec:", "/v1/api-keys:", "/v1/auth/login:", "/v1/sandboxes/{id}/files/write:",
+                 "/v1/hosts:", "/v1/hosts/register:", "/v1/sandboxes/{id}/public-ports:", "/v2/sandboxes:", "/v2/sandboxes/{id}/connect:"]:
         assert f"  {path}" in spec.text, path
     docs = httpx.get(f"{base}/docs/")
     assert docs.status_code == 200 and "swagger-ui" in docs.text

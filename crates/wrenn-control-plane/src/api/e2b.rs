@@ -82,9 +82,9 @@ fn body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> E2bResult<T> 
         .map_err(|e| E2bError(ApiError::bad_request(format!("invalid body: {e}"))))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(utoipa::ToSchema, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct NewSandbox {
+pub(super) struct NewSandbox {
     #[serde(rename = "templateID")]
     template_id: Option<String>,
     timeout: Option<u32>,
@@ -150,8 +150,9 @@ async fn e2b_find(app: &App, caller: &Caller, id: &str) -> E2bResult<Sandbox> {
     Ok(s)
 }
 
+#[utoipa::path(post, path = "/v2/sandboxes", tag = "e2b", request_body(content = NewSandbox, description = "E2B's NewSandbox (also at POST /sandboxes)"), responses((status = 201, description = "E2B's Sandbox: templateID, sandboxID, clientID, envdVersion, envdAccessToken, trafficAccessToken, domain")), security(("api_key" = []), ("bearer" = [])))]
 /// POST /sandboxes and /v2/sandboxes.
-async fn create(
+pub(super) async fn create(
     State(app): State<App>,
     caller: Result<Caller, ApiError>,
     raw: axum::body::Bytes,
@@ -179,8 +180,9 @@ async fn create(
     Ok((StatusCode::CREATED, Json(created(&app, &s))))
 }
 
+#[utoipa::path(get, path = "/sandboxes/{id}", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), responses((status = 200, description = "E2B's SandboxDetail"), (status = 404, description = "Not found: `{code, message}`")), security(("api_key" = []), ("bearer" = [])))]
 /// GET /sandboxes/{id}: E2B's `SandboxDetail`.
-async fn get_one(
+pub(super) async fn get_one(
     State(app): State<App>,
     caller: Result<Caller, ApiError>,
     Path(id): Path<String>,
@@ -282,8 +284,9 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+#[utoipa::path(get, path = "/sandboxes", tag = "e2b", responses((status = 200, description = "Running sandboxes, E2B's ListedSandbox")), security(("api_key" = []), ("bearer" = [])))]
 /// GET /sandboxes (v1): the running sandboxes, all at once.
-async fn list_v1(
+pub(super) async fn list_v1(
     State(app): State<App>,
     caller: Result<Caller, ApiError>,
     Query(mut q): Query<HashMap<String, String>>,
@@ -296,9 +299,10 @@ async fn list_v1(
     )))
 }
 
+#[utoipa::path(get, path = "/v2/sandboxes", tag = "e2b", params(("state" = Option<String>, Query, description = "running,paused"), ("metadata" = Option<String>, Query, description = "k=v&k2=v2, encoded"), ("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("nextToken" = Option<String>, Query, description = "From X-Next-Token")), responses((status = 200, description = "A page; the next page's token in X-Next-Token")), security(("api_key" = []), ("bearer" = [])))]
 /// GET /v2/sandboxes: pages of `limit` (default 100, at most 1000); the
 /// next page's token is in `X-Next-Token`.
-async fn list_v2(
+pub(super) async fn list_v2(
     State(app): State<App>,
     caller: Result<Caller, ApiError>,
     Query(q): Query<HashMap<String, String>>,
@@ -341,8 +345,9 @@ async fn list_v2(
     Ok((headers, Json(Value::Array(page))).into_response())
 }
 
+#[utoipa::path(delete, path = "/sandboxes/{id}", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), responses((status = 204, description = "Killed"), (status = 404, description = "Not found")), security(("api_key" = []), ("bearer" = [])))]
 /// DELETE /sandboxes/{id}: 204.
-async fn kill(
+pub(super) async fn kill(
     State(app): State<App>,
     caller: Result<Caller, ApiError>,
     Path(id): Path<String>,
@@ -353,8 +358,8 @@ async fn kill(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize, Default)]
-struct TimeoutReq {
+#[derive(utoipa::ToSchema, Deserialize, Default)]
+pub(super) struct TimeoutReq {
     timeout: Option<u32>,
 }
 
@@ -382,8 +387,9 @@ async fn retime(app: &App, mut s: Sandbox, timeout: Option<u32>) -> E2bResult<Sa
     Ok(s)
 }
 
+#[utoipa::path(post, path = "/sandboxes/{id}/timeout", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), request_body = TimeoutReq, responses((status = 204, description = "Timer restarted with the new timeout")), security(("api_key" = []), ("bearer" = [])))]
 /// POST /sandboxes/{id}/timeout `{timeout}`: 204.
-async fn set_timeout(
+pub(super) async fn set_timeout(
     State(app): State<App>,
     caller: Result<Caller, ApiError>,
     Path(id): Path<String>,
@@ -404,8 +410,9 @@ struct RefreshReq {
     duration: Option<u32>,
 }
 
+#[utoipa::path(post, path = "/sandboxes/{id}/refreshes", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), responses((status = 204, description = "Kept alive")), security(("api_key" = []), ("bearer" = [])))]
 /// POST /sandboxes/{id}/refreshes `{duration}`: keeps it alive; 204.
-async fn refresh(
+pub(super) async fn refresh(
     State(app): State<App>,
     caller: Result<Caller, ApiError>,
     Path(id): Path<String>,
@@ -418,8 +425,9 @@ async fn refresh(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/sandboxes/{id}/pause", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), responses((status = 204, description = "Paused"), (status = 409, description = "Already paused")), security(("api_key" = []), ("bearer" = [])))]
 /// POST /sandboxes/{id}/pause: 204; 409 when already paused.
-async fn pause(
+pub(super) async fn pause(
     State(app): State<App>,
     caller: Result<Caller, ApiError>,
     Path(id): Path<String>,
@@ -430,8 +438,9 @@ async fn pause(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/sandboxes/{id}/resume", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), responses((status = 201, description = "Resumed"), (status = 409, description = "Running")), security(("api_key" = []), ("bearer" = [])))]
 /// POST /sandboxes/{id}/resume (E2B's older call): 201; 409 when running.
-async fn resume(
+pub(super) async fn resume(
     State(app): State<App>,
     caller: Result<Caller, ApiError>,
     Path(id): Path<String>,
@@ -445,9 +454,10 @@ async fn resume(
     Ok((StatusCode::CREATED, Json(created(&app, &s))))
 }
 
+#[utoipa::path(post, path = "/v2/sandboxes/{id}/connect", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), request_body = TimeoutReq, responses((status = 200, description = "Was running"), (status = 201, description = "Was paused; resumed")), security(("api_key" = []), ("bearer" = [])))]
 /// POST /v2/sandboxes/{id}/connect `{timeout}`: 200 if it was running,
 /// 201 if it was paused and is now resumed.
-async fn connect(
+pub(super) async fn connect(
     State(app): State<App>,
     caller: Result<Caller, ApiError>,
     Path(id): Path<String>,
@@ -466,8 +476,9 @@ async fn connect(
     Ok((status, Json(created(&app, &s))))
 }
 
+#[utoipa::path(get, path = "/sandboxes/{id}/metrics", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), responses((status = 200, description = "E2B's [SandboxMetric]")), security(("api_key" = []), ("bearer" = [])))]
 /// GET /sandboxes/{id}/metrics: E2B's `[SandboxMetric]` (the current one).
-async fn metrics(
+pub(super) async fn metrics(
     State(app): State<App>,
     caller: Result<Caller, ApiError>,
     Path(id): Path<String>,

@@ -20,7 +20,7 @@ use super::sandboxes::destroy_sandbox;
 use super::{ApiJson, OptionalJson, rfc3339};
 use crate::App;
 use crate::auth::{Caller, sha256_hex};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::ids;
 use crate::store::{Host, HostToken, now};
 
@@ -101,9 +101,9 @@ async fn new_registration_token(app: &App, host_id: &str) -> ApiResult<(String, 
     Ok((token, expires))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(utoipa::ToSchema, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct CreateReq {
+pub(super) struct CreateReq {
     name: Option<String>,
     #[serde(default)]
     tags: Vec<String>,
@@ -112,8 +112,9 @@ struct CreateReq {
     team_owned: bool,
 }
 
+#[utoipa::path(post, path = "/v1/hosts", tag = "hosts", request_body(content = CreateReq, description = "All fields optional"), responses((status = 201, description = "The host, with `registration_token` (one use, 1 hour)"), (status = 403, description = "Shared hosts: platform admins only", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 /// POST /v1/hosts: a host record and its one-time registration token.
-async fn create(
+pub(super) async fn create(
     State(app): State<App>,
     caller: Caller,
     OptionalJson(r): OptionalJson<CreateReq>,
@@ -151,8 +152,9 @@ async fn create(
     Ok((StatusCode::CREATED, Json(v)))
 }
 
+#[utoipa::path(get, path = "/v1/hosts", tag = "hosts", responses((status = 200, description = "Every host (platform admins) or the team's own")), security(("api_key" = []), ("bearer" = [])))]
 /// GET /v1/hosts: every host for platform admins, else the team's own.
-async fn list(State(app): State<App>, caller: Caller) -> ApiResult<Json<Value>> {
+pub(super) async fn list(State(app): State<App>, caller: Caller) -> ApiResult<Json<Value>> {
     let alloc = app.store.allocations().await?;
     let hosts: Vec<Value> = app
         .store
@@ -165,8 +167,9 @@ async fn list(State(app): State<App>, caller: Caller) -> ApiResult<Json<Value>> 
     Ok(Json(Value::Array(hosts)))
 }
 
+#[utoipa::path(get, path = "/v1/hosts/{id}", tag = "hosts", params(("id" = String, Path, description = "Host id")), responses((status = 200, description = "The host"), (status = 404, description = "No such host you manage", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 /// GET /v1/hosts/{id}.
-async fn get_one(
+pub(super) async fn get_one(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
@@ -179,14 +182,15 @@ async fn get_one(
     )))
 }
 
-#[derive(Deserialize)]
+#[derive(utoipa::ToSchema, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TagsReq {
+pub(super) struct TagsReq {
     tags: Vec<String>,
 }
 
+#[utoipa::path(put, path = "/v1/hosts/{id}/tags", tag = "hosts", params(("id" = String, Path, description = "Host id")), request_body = TagsReq, responses((status = 200, description = "The host with its tags"), (status = 400, description = "Bad tag", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 /// PUT /v1/hosts/{id}/tags.
-async fn set_tags(
+pub(super) async fn set_tags(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
@@ -199,8 +203,9 @@ async fn set_tags(
     Ok(Json(host_json(&h, 0)))
 }
 
+#[utoipa::path(post, path = "/v1/hosts/{id}/token", tag = "hosts", params(("id" = String, Path, description = "Host id")), responses((status = 200, description = "A new `registration_token`; the old one is dead")), security(("api_key" = []), ("bearer" = [])))]
 /// POST /v1/hosts/{id}/token: a new registration token (the old one dies).
-async fn regenerate(
+pub(super) async fn regenerate(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
@@ -218,15 +223,16 @@ async fn regenerate(
 }
 
 #[derive(Deserialize)]
-struct DeleteQuery {
+pub(super) struct DeleteQuery {
     #[serde(default)]
     force: bool,
 }
 
+#[utoipa::path(delete, path = "/v1/hosts/{id}", tag = "hosts", params(("id" = String, Path, description = "Host id"), ("force" = Option<bool>, Query, description = "Destroy its sandboxes and stop its agent")), responses((status = 204, description = "Deleted"), (status = 409, description = "Live sandboxes; their ids in `error.sandbox_ids`", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 /// DELETE /v1/hosts/{id}: 409 with the ids of its live sandboxes, unless
 /// `?force=true`, which destroys them, stops the agent and revokes its
 /// credentials.
-async fn delete(
+pub(super) async fn delete(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
@@ -273,9 +279,9 @@ async fn delete(
 
 // ---- the agent's side
 
-#[derive(Deserialize)]
+#[derive(utoipa::ToSchema, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RegisterReq {
+pub(super) struct RegisterReq {
     /// The registration token.
     token: String,
     /// Where the control plane reaches the agent, host:port.
@@ -315,9 +321,10 @@ async fn credentials(app: &App, host_id: &str) -> ApiResult<Value> {
     }))
 }
 
+#[utoipa::path(post, path = "/v1/hosts/register", tag = "hosts", request_body = RegisterReq, responses((status = 201, description = "`host_id`, `host_jwt` (7 days), `refresh_token` (60 days), `heartbeat_interval_sec`"), (status = 401, description = "Token unknown, used or expired", body = ErrorBody)))]
 /// POST /v1/hosts/register: the agent trades a registration token (and its
 /// specs and address) for its credentials.
-async fn register(
+pub(super) async fn register(
     State(app): State<App>,
     ApiJson(r): ApiJson<RegisterReq>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -358,15 +365,16 @@ async fn register(
     Ok((StatusCode::CREATED, Json(creds)))
 }
 
-#[derive(Deserialize)]
+#[derive(utoipa::ToSchema, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RefreshReq {
+pub(super) struct RefreshReq {
     refresh_token: String,
 }
 
+#[utoipa::path(post, path = "/v1/hosts/refresh", tag = "hosts", request_body = RefreshReq, responses((status = 200, description = "New credentials; the old refresh token is revoked"), (status = 401, description = "Token unknown, used, revoked or expired", body = ErrorBody), (status = 404, description = "The host was deleted", body = ErrorBody)))]
 /// POST /v1/hosts/refresh: a new JWT and refresh token for a valid refresh
 /// token, which is revoked only after the new one is stored.
-async fn refresh(
+pub(super) async fn refresh(
     State(app): State<App>,
     ApiJson(r): ApiJson<RefreshReq>,
 ) -> ApiResult<Json<Value>> {
@@ -402,8 +410,12 @@ fn host_of(app: &App, headers: &HeaderMap) -> ApiResult<String> {
         .ok_or_else(|| ApiError::unauthorized("missing, invalid or expired host token; refresh it"))
 }
 
+#[utoipa::path(post, path = "/v1/hosts/heartbeat", tag = "hosts", responses((status = 200, description = "Seen"), (status = 401, description = "Host JWT missing, invalid or expired: refresh", body = ErrorBody), (status = 404, description = "The host was deleted: forget the credentials", body = ErrorBody)), security(("bearer" = [])))]
 /// POST /v1/hosts/heartbeat: the host is alive. 404 once it is deleted.
-async fn heartbeat(State(app): State<App>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+pub(super) async fn heartbeat(
+    State(app): State<App>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
     let id = host_of(&app, &headers)?;
     // The common case, an online host, costs one statement.
     if !app.store.online_host_seen(&id).await? {

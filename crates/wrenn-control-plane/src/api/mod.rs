@@ -129,7 +129,7 @@ impl utoipa::Modify for Security {
 #[openapi(
     info(
         title = "Wrenn API",
-        description = "Sandboxes for code that AI agents write. Every route but /health and /v1/auth needs `X-API-Key: wrn_…` or `Authorization: Bearer <token>`. Errors are `{\"error\":{\"code\",\"message\"}}`. Also served under /v1/capsules. WebSockets: GET /v1/sandboxes/{id}/exec/stream and /v1/sandboxes/{id}/pty."
+        description = "Sandboxes for code that AI agents write. Every route but /health, /v1/auth and the agents' /v1/hosts/{register,refresh,heartbeat} needs `X-API-Key: wrn_…` (or `e2b_…`) or `Authorization: Bearer <token>`. The `e2b` routes are E2B's REST API (errors `{code, message}`); requests for `{port}-{sandbox}.{domain}` or with `E2b-Sandbox-Id` go to the sandbox proxy. Errors are `{\"error\":{\"code\",\"message\"}}`. Also served under /v1/capsules. WebSockets: GET /v1/sandboxes/{id}/exec/stream and /v1/sandboxes/{id}/pty."
     ),
     paths(
         health,
@@ -142,6 +142,10 @@ impl utoipa::Modify for Security {
         sandboxes::exec, sandboxes::processes, sandboxes::kill,
         sandboxes::file_read, sandboxes::file_write, sandboxes::file_list, sandboxes::file_mkdir, sandboxes::file_remove,
         sandboxes::list_templates, sandboxes::delete_template, sandboxes::events,
+        hosts::create, hosts::list, hosts::get_one, hosts::set_tags, hosts::regenerate, hosts::delete,
+        hosts::register, hosts::refresh, hosts::heartbeat,
+        e2b::create, e2b::get_one, e2b::list_v1, e2b::list_v2, e2b::kill, e2b::set_timeout,
+        e2b::refresh, e2b::pause, e2b::resume, e2b::connect, e2b::metrics,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail, sandboxes::SandboxView)),
     modifiers(&Security),
