@@ -30,6 +30,15 @@ async fn bad_input_is_refused_and_leaves_nothing() {
         r,
         connectrpc::ErrorCode::InvalidArgument,
     ));
+    // A rootfs without the loader the (dynamically linked, debug) envd needs.
+    std::fs::create_dir_all(agent.data_dir.join("templates/bare/rootfs/bin")).unwrap();
+    let mut r = create_req(&new_id("bare"));
+    r.template = "bare".into();
+    cases.push((
+        "template without envd's loader",
+        r,
+        connectrpc::ErrorCode::InvalidArgument,
+    ));
     let mut r = create_req(&new_id("mem"));
     r.memory_mb = 10_000_000;
     cases.push((
@@ -61,6 +70,13 @@ async fn bad_input_is_refused_and_leaves_nothing() {
     for (name, req, code) in cases {
         let err = c.create_sandbox(req).await.expect_err(name);
         assert_eq!(err.code, code, "{name}: {err:?}");
+        if name.contains("loader") {
+            let m = err.message.as_deref().unwrap_or_default();
+            assert!(
+                m.contains("dynamically linked") && m.contains("crt-static"),
+                "{m}"
+            );
+        }
         assert!(
             err.message.as_deref().is_some_and(|m| !m.is_empty()),
             "{name}: no message"

@@ -107,6 +107,36 @@ pub struct NamespaceRuntime {
         http_body_util::Full<bytes::Bytes>,
     >,
     this: std::sync::Weak<NamespaceRuntime>,
+    /// envd's dynamic loader (`None`: envd is static and runs anywhere).
+    envd_interp: Option<String>,
+}
+
+/// The program interpreter (dynamic loader) an ELF executable names, if
+/// any: `None` for a static binary.
+pub fn elf_interpreter(path: &std::path::Path) -> Option<String> {
+    let b = std::fs::read(path).ok()?;
+    if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 {
+        return None;
+    }
+    let u16_at = |o: usize| Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?));
+    let (phoff, phentsize, phnum) = (
+        u64_at(0x20)? as usize,
+        u16_at(0x36)? as usize,
+        u16_at(0x38)?,
+    );
+    for i in 0..usize::from(phnum) {
+        let ph = phoff + i * phentsize;
+        const PT_INTERP: u32 = 3;
+        if u32_at(ph)? == PT_INTERP {
+            let (off, len) = (u64_at(ph + 8)? as usize, u64_at(ph + 32)? as usize);
+            let raw = b.get(off..off + len)?;
+            let end = raw.iter().position(|c| *c == 0).unwrap_or(raw.len());
+            return Some(String::from_utf8_lossy(&raw[..end]).into_owned());
+        }
+    }
+    None
 }
 
 fn failed(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> RuntimeError {
@@ -175,7 +205,9 @@ impl NamespaceRuntime {
         let http =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http();
+        let envd_interp = elf_interpreter(&cfg.envd_binary);
         Ok(Arc::new_cyclic(|this| NamespaceRuntime {
+            envd_interp,
             cgroups: cgroup::detect(&cfg.cgroup_parent),
             net,
             slots: Slots::default(),
@@ -348,9 +380,22 @@ impl NamespaceRuntime {
                 spec.disk_size_mb
             ));
         }
-        self.templates
+        let template = self
+            .templates
             .get(&spec.template)
             .map_err(|e| RuntimeError::InvalidSpec(e.to_string()))?;
+        // A dynamically linked envd runs only where its loader exists.
+        if let Some(interp) = &self.envd_interp {
+            let inside = template.rootfs.join(interp.trim_start_matches('/'));
+            if std::fs::symlink_metadata(&inside).is_err() {
+                return bad(format!(
+                    "template '{}' has no {interp}, which envd ({}) needs: it is dynamically linked; \
+                     build a static envd (RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release -p envd --target x86_64-unknown-linux-gnu) and pass it with --envd",
+                    spec.template,
+                    self.cfg.envd_binary.display()
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -863,6 +908,23 @@ impl Runtime for NamespaceRuntime {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn elf_interpreters() {
+        let sh = super::elf_interpreter(std::path::Path::new("/bin/sh"));
+        assert!(
+            sh.as_deref().is_some_and(|i| i.contains("ld-linux")),
+            "{sh:?}"
+        );
+        assert_eq!(
+            super::elf_interpreter(std::path::Path::new("/etc/passwd")),
+            None
+        );
+        assert_eq!(
+            super::elf_interpreter(std::path::Path::new("/nonexistent")),
+            None
+        );
+    }
+
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
