@@ -374,7 +374,7 @@ async fn handle(app: App, mut req: Request, id: String, port: u16) -> Response {
         h.remove("x-access-token");
     }
     if let Ok(v) = HeaderValue::from_str(&r.host.token) {
-        h.insert(wrenn_host_agent_token_header(), v);
+        h.insert(wrenn_protocol::hostagent::PROXY_TOKEN_HEADER, v);
     }
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let target = format!("http://{}/proxy/{id}/{port}{pq}", r.host.address);
@@ -409,12 +409,6 @@ async fn handle(app: App, mut req: Request, id: String, port: u16) -> Response {
             )
         }
     }
-}
-
-/// The header carrying the agent's token on `/proxy` calls (the request's
-/// own `Authorization` belongs to the app in the sandbox).
-fn wrenn_host_agent_token_header() -> http::HeaderName {
-    http::HeaderName::from_static("x-wrenn-agent-token")
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use connectrpc::ConnectRpcService;
 use subtle::ConstantTimeEq;
+use wrenn_protocol::hostagent::PROXY_TOKEN_HEADER;
 
 use crate::agent::Agent;
 use crate::runtime::Runtime;
@@ -17,10 +18,6 @@ use crate::service::{HostAgentService, TemplateList};
 
 #[derive(Clone)]
 struct Token(Arc<String>);
-
-/// The header that carries the agent token on proxied requests, whose own
-/// `Authorization` belongs to the app in the sandbox.
-pub const PROXY_TOKEN_HEADER: &str = "x-wrenn-agent-token";
 
 async fn require_token(State(token): State<Token>, mut req: Request, next: Next) -> Response {
     let matches = |v: &str| bool::from(v.as_bytes().ct_eq(token.0.as_bytes()));

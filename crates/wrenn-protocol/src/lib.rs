@@ -17,9 +17,14 @@ pub mod envd {
     pub use crate::generated::{filesystem, process};
 }
 
-/// The host agent's API, `hostagent.v1.HostAgentService`.
+/// The host agent's API, `hostagent.v1.HostAgentService`, and its HTTP
+/// route `/proxy/{sandbox}/{port}/…`.
 pub mod hostagent {
     pub use crate::generated::hostagent::v1;
+
+    /// The header that carries the agent token on `/proxy/…` requests,
+    /// whose own `Authorization` belongs to the app in the sandbox.
+    pub const PROXY_TOKEN_HEADER: &str = "x-wrenn-agent-token";
 }
 
 pub use connectrpc;

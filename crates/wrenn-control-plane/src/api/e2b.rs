@@ -73,13 +73,10 @@ impl IntoResponse for E2bError {
 
 type E2bResult<T> = Result<T, E2bError>;
 
-/// The JSON body, with a 400 in E2B's shape when it does not parse.
+/// The JSON body (may be empty), with a 400 in E2B's shape when it does
+/// not parse.
 fn body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> E2bResult<T> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(bytes)
-        .map_err(|e| E2bError(ApiError::bad_request(format!("invalid body: {e}"))))
+    super::optional_json(bytes).map_err(E2bError)
 }
 
 #[derive(utoipa::ToSchema, Deserialize, Default)]

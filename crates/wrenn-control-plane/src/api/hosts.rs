@@ -419,17 +419,16 @@ pub(super) async fn heartbeat(
     let id = host_of(&app, &headers)?;
     // The common case, an online host, costs one statement.
     if !app.store.online_host_seen(&id).await? {
-        if app.store.host(&id).await?.is_none() {
+        let Some(mut h) = app.store.host(&id).await? else {
             return Err(ApiError::not_found(format!("host '{id}'")));
-        }
+        };
         app.store.host_seen(&id).await?;
+        h.status = "online".into();
         tracing::info!(host = %id, "host is online again; reconciling it");
         let app = app.clone();
         tokio::spawn(async move {
-            if let Ok(Some(h)) = app.store.host(&id).await {
-                if let Err(e) = crate::reconcile::host_pass(&app, &h).await {
-                    tracing::warn!(host = %id, "reconciling: {e}");
-                }
+            if let Err(e) = crate::reconcile::host_pass(&app, &h).await {
+                tracing::warn!(host = %h.id, "reconciling: {e}");
             }
         });
     }

@@ -75,13 +75,19 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(bytes_rejection)?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(OptionalJson(T::default()));
-        }
-        axum::Json::<T>::from_bytes(&bytes)
-            .map(|axum::Json(v)| OptionalJson(v))
-            .map_err(json_rejection)
+        optional_json(&bytes).map(OptionalJson)
     }
+}
+
+/// A JSON body that may be empty or blank (then `T::default()`); errors
+/// name the field, as [`ApiJson`]'s do.
+pub(crate) fn optional_json<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    axum::Json::<T>::from_bytes(bytes)
+        .map(|axum::Json(v)| v)
+        .map_err(json_rejection)
 }
 
 /// RFC 3339 from unix seconds; `None` for 0.

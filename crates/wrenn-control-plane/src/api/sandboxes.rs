@@ -1164,38 +1164,42 @@ pub(super) mod ws {
                 args,
                 ..Default::default()
             };
-            match agent.exec_stream(req).await {
-                Ok(stream) => relay(stream, socket).await,
-                Err(e) => {
-                    let _ = socket
-                        .send(text(
-                            json!({ "type": "error", "data": e.message.unwrap_or_default() }),
-                        ))
-                        .await;
-                }
-            }
+            relay(agent.exec_stream(req).await, socket).await
         }))
     }
 
-    /// Forwards an agent's exec events to a socket as `start`, `stdout`,
-    /// `stderr`, `exit` or `error` JSON messages, then closes it.
+    /// Sends an agent's error as an `error` message.
+    async fn send_error(socket: &mut WebSocket, e: connectrpc::ConnectError) {
+        let _ = socket
+            .send(text(
+                json!({ "type": "error", "data": e.message.unwrap_or_default() }),
+            ))
+            .await;
+    }
+
+    /// Forwards an agent's exec events (or its refusal to start them) to a
+    /// socket as `start`, `stdout`, `stderr`, `exit` or `error` JSON
+    /// messages, then closes it.
     async fn relay(
-        mut stream: connectrpc::client::ServerStream<
-            hyper::body::Incoming,
-            pb::__buffa::view::ExecEventView<'static>,
+        started: Result<
+            connectrpc::client::ServerStream<
+                hyper::body::Incoming,
+                pb::__buffa::view::ExecEventView<'static>,
+            >,
+            connectrpc::ConnectError,
         >,
         mut socket: WebSocket,
     ) {
+        let mut stream = match started {
+            Ok(s) => s,
+            Err(e) => return send_error(&mut socket, e).await,
+        };
         loop {
             let ev = match stream.message::<pb::ExecEvent>().await {
                 Ok(Some(m)) => m.to_owned_message().event,
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = socket
-                        .send(text(
-                            json!({ "type": "error", "data": e.message.unwrap_or_default() }),
-                        ))
-                        .await;
+                    send_error(&mut socket, e).await;
                     break;
                 }
             };
@@ -1228,24 +1232,15 @@ pub(super) mod ws {
         upgrade: WebSocketUpgrade,
     ) -> ApiResult<Response> {
         let (_, agent) = running(&app, &caller, &id).await?;
-        Ok(upgrade.on_upgrade(move |mut socket| async move {
-            match agent
+        Ok(upgrade.on_upgrade(move |socket| async move {
+            let started = agent
                 .connect_process(pb::ProcessRef {
                     sandbox_id: id,
                     pid,
                     ..Default::default()
                 })
-                .await
-            {
-                Ok(stream) => relay(stream, socket).await,
-                Err(e) => {
-                    let _ = socket
-                        .send(text(
-                            json!({ "type": "error", "data": e.message.unwrap_or_default() }),
-                        ))
-                        .await;
-                }
-            }
+                .await;
+            relay(started, socket).await
         }))
     }
 
