@@ -115,6 +115,18 @@ impl Fleet {
     fn agent_ip(&self, i: usize) -> String {
         format!("10.251.{}.2", 4 * i)
     }
+    fn agent_addr(&self, i: usize) -> String {
+        format!("{}:7070", self.agent_ip(i))
+    }
+    /// Agent `i`'s saved credentials.
+    fn credentials(&self, i: usize) -> Value {
+        let path = self.agent_dir(i).join("credentials.json");
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+    /// A client for agent `i`'s own API.
+    fn agent(&self, i: usize) -> common::Client {
+        common::agent_client(&self.agent_addr(i), &self.agent_tokens[i])
+    }
     fn agent_dir(&self, i: usize) -> PathBuf {
         self.dir.join(format!("agent{i}"))
     }
@@ -199,6 +211,30 @@ impl Fleet {
         }
     }
 
+    /// Whether every sandbox of `ids` is listed in `state`.
+    async fn all_in_state(&self, auth: &str, state: &str, ids: &[String]) -> bool {
+        let (_, v) = self
+            .api("GET", &format!("/v1/sandboxes?state={state}"), auth, None)
+            .await;
+        let listed: Vec<&str> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["id"].as_str())
+            .collect();
+        ids.iter().all(|s| listed.contains(&s.as_str()))
+    }
+
+    /// Signs a user up or logs them in (`action`); their token.
+    async fn user_token(&self, action: &str, email: &str, want: u16) -> String {
+        let body = json!({"email": email, "password": "fleet-password"});
+        let (st, v) = self
+            .api("POST", &format!("/v1/auth/{action}"), "", Some(body))
+            .await;
+        assert_eq!(st, want, "{action} {email}: {v}");
+        v["token"].as_str().unwrap().to_string()
+    }
+
     async fn api(&self, method: &str, path: &str, auth: &str, body: Option<Value>) -> (u16, Value) {
         let mut req = http::Request::builder()
             .method(method)
@@ -232,6 +268,52 @@ where
     }
 }
 
+/// Waits until agent `i` no longer has sandbox `id`.
+async fn gone_from_host(f: &Fleet, i: usize, id: &str, what: &str) {
+    let c = f.agent(i);
+    let (c, id) = (&c, id);
+    until(what, Duration::from_secs(10), || async move {
+        let l = c
+            .list_sandboxes(wrenn_protocol::hostagent::v1::ListSandboxesRequest::default())
+            .await
+            .unwrap()
+            .into_owned();
+        !l.sandboxes.iter().any(|s| s.sandbox_id == id)
+    })
+    .await;
+}
+
+/// Creates `n` sandboxes and asserts they spread evenly over `hosts`;
+/// returns (sandbox id, host id) of each.
+async fn create_evenly(
+    f: &Fleet,
+    admin: &str,
+    body: &Value,
+    n: usize,
+    hosts: &[String],
+    how: &str,
+) -> Vec<(String, String)> {
+    let mut made = Vec::new();
+    for _ in 0..n {
+        let (st, v) = f
+            .api("POST", "/v1/sandboxes", admin, Some(body.clone()))
+            .await;
+        assert_eq!(st, 201, "{v}");
+        made.push((
+            v["id"].as_str().unwrap().to_string(),
+            v["host_id"].as_str().unwrap().to_string(),
+        ));
+    }
+    for id in hosts {
+        assert_eq!(
+            made.iter().filter(|(_, h)| h == id).count(),
+            n / hosts.len(),
+            "{how} spreads evenly"
+        );
+    }
+    made
+}
+
 /// Waits for agent `i` to exit by itself.
 async fn exited(f: &mut Fleet, i: usize, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -250,37 +332,9 @@ impl Drop for Fleet {
             if self.agents[i].is_none() {
                 continue;
             }
-            let addr = format!("http://{}:7070", self.agent_ip(i));
-            let token = self.agent_tokens[i].clone();
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async {
-                    use connectrpc::client::{ClientConfig, HttpClient};
-                    use wrenn_protocol::hostagent::v1::{self as pb, HostAgentServiceClient};
-                    let cfg = ClientConfig::new(addr.parse().unwrap())
-                        .with_default_header("authorization", format!("Bearer {token}"));
-                    let c = HostAgentServiceClient::new(HttpClient::plaintext(), cfg);
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(20),
-                        c.terminate(pb::TerminateRequest {
-                            destroy_sandboxes: true,
-                            ..Default::default()
-                        }),
-                    )
-                    .await;
-                });
-            })
-            .join();
-            if let Some(mut c) = self.agents[i].take() {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let _ = c.kill();
-                let _ = c.wait();
+            common::terminate_agent(&self.agent_addr(i), &self.agent_tokens[i]);
+            if let Some(c) = self.agents[i].take() {
+                common::reap(c);
             }
         }
         self.stop_cp();
@@ -321,26 +375,8 @@ async fn three_agents_register_fail_come_back_and_are_deleted() {
     f.start_cp(&["--scheduler", "round-robin"], &[]);
 
     // The first user of a server is its admin.
-    let (st, v) = f
-        .api(
-            "POST",
-            "/v1/auth/signup",
-            "",
-            Some(json!({"email": "admin@fleet.test", "password": "fleet-password"})),
-        )
-        .await;
-    assert_eq!(st, 201, "{v}");
-    let admin = v["token"].as_str().unwrap().to_string();
-    let (st, v) = f
-        .api(
-            "POST",
-            "/v1/auth/signup",
-            "",
-            Some(json!({"email": "user@fleet.test", "password": "fleet-password"})),
-        )
-        .await;
-    assert_eq!(st, 201, "{v}");
-    let user = v["token"].as_str().unwrap().to_string();
+    let admin = f.user_token("signup", "admin@fleet.test", 201).await;
+    let user = f.user_token("signup", "user@fleet.test", 201).await;
     let (st, v) = f
         .api("POST", "/v1/hosts", &user, Some(json!({"name": "nope"})))
         .await;
@@ -437,24 +473,8 @@ async fn three_agents_register_fail_come_back_and_are_deleted() {
 
     // Round-robin: 30 sandboxes, 10 on each host.
     let create = |tags: Value| json!({"template": "base", "memory_mb": 128, "disk_size_mb": 128, "timeout_sec": 0, "host_tags": tags});
-    let mut sandboxes: Vec<(String, String)> = vec![];
-    for _ in 0..30 {
-        let (st, v) = f
-            .api("POST", "/v1/sandboxes", &admin, Some(create(json!([]))))
-            .await;
-        assert_eq!(st, 201, "{v}");
-        sandboxes.push((
-            v["id"].as_str().unwrap().into(),
-            v["host_id"].as_str().unwrap().into(),
-        ));
-    }
-    for id in &host_ids {
-        assert_eq!(
-            sandboxes.iter().filter(|(_, h)| h == id).count(),
-            10,
-            "round-robin spreads evenly"
-        );
-    }
+    let mut sandboxes =
+        create_evenly(&f, &admin, &create(json!([])), 30, &host_ids, "round-robin").await;
     for (id, _) in sandboxes.drain(..) {
         let (st, _) = f
             .api("DELETE", &format!("/v1/sandboxes/{id}"), &admin, None)
@@ -464,9 +484,7 @@ async fn three_agents_register_fail_come_back_and_are_deleted() {
 
     // Rotation survives a crash between issuing the new refresh token and
     // revoking the old: the old one still works once, then never again.
-    let creds: Value =
-        serde_json::from_slice(&std::fs::read(f.agent_dir(0).join("credentials.json")).unwrap())
-            .unwrap();
+    let creds = f.credentials(0);
     let old_refresh = creds["refresh_token"].as_str().unwrap().to_string();
     f.stop_cp();
     f.start_cp(
@@ -506,23 +524,17 @@ async fn three_agents_register_fail_come_back_and_are_deleted() {
     assert_eq!(st, 401, "a used refresh token is refused");
 
     // Least-loaded: 30 more, even over equal hosts; tags pin.
-    for _ in 0..30 {
-        let (st, v) = f
-            .api("POST", "/v1/sandboxes", &admin, Some(create(json!([]))))
-            .await;
-        assert_eq!(st, 201, "{v}");
-        sandboxes.push((
-            v["id"].as_str().unwrap().into(),
-            v["host_id"].as_str().unwrap().into(),
-        ));
-    }
-    for id in &host_ids {
-        assert_eq!(
-            sandboxes.iter().filter(|(_, h)| h == id).count(),
-            10,
-            "least-loaded spreads evenly"
-        );
-    }
+    sandboxes.extend(
+        create_evenly(
+            &f,
+            &admin,
+            &create(json!([])),
+            30,
+            &host_ids,
+            "least-loaded",
+        )
+        .await,
+    );
     let (st, _) = f
         .api(
             "PUT",
@@ -639,16 +651,7 @@ async fn three_agents_register_fail_come_back_and_are_deleted() {
             if host_of(&v, &ids[0])["status"] != "online" {
                 return false;
             }
-            let (_, v) = fr
-                .api("GET", "/v1/sandboxes?state=running", adm, None)
-                .await;
-            let running: Vec<&str> = v
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(|s| s["id"].as_str())
-                .collect();
-            on0r.iter().all(|s| running.contains(&s.as_str()))
+            fr.all_in_state(adm, "running", on0r).await
         },
     )
     .await;
@@ -663,57 +666,30 @@ async fn three_agents_register_fail_come_back_and_are_deleted() {
     assert_eq!((st, v["stdout"].as_str()), (200, Some("kept\n")), "{v}");
 
     // An orphan (on the agent, unknown to the database) is destroyed.
-    {
-        use connectrpc::client::{ClientConfig, HttpClient};
-        use wrenn_protocol::hostagent::v1::{self as pb, HostAgentServiceClient};
-        let cfg = ClientConfig::new(format!("http://{}:7070", f.agent_ip(2)).parse().unwrap())
-            .with_default_header("authorization", format!("Bearer {}", f.agent_tokens[2]));
-        let c = HostAgentServiceClient::new(HttpClient::plaintext(), cfg);
-        let orphan = common::new_id("orphan");
-        c.create_sandbox(common::create_req(&orphan)).await.unwrap();
-        let (cr, orr) = (&c, &orphan);
-        until(
-            "the orphan destroyed",
-            Duration::from_secs(10),
-            || async move {
-                let l = cr
-                    .list_sandboxes(pb::ListSandboxesRequest::default())
-                    .await
-                    .unwrap()
-                    .into_owned();
-                !l.sandboxes.iter().any(|s| &s.sandbox_id == orr)
-            },
-        )
-        .await;
+    let orphan = common::new_id("orphan");
+    f.agent(2)
+        .create_sandbox(common::create_req(&orphan))
+        .await
+        .unwrap();
+    gone_from_host(&f, 2, &orphan, "the orphan destroyed").await;
 
-        // And the sandbox destroyed while host 0 was away is gone from it.
-        let cfg = ClientConfig::new(format!("http://{}:7070", f.agent_ip(0)).parse().unwrap())
-            .with_default_header("authorization", format!("Bearer {}", f.agent_tokens[0]));
-        let c0 = HostAgentServiceClient::new(HttpClient::plaintext(), cfg);
-        let (cr, gone) = (&c0, &gone_while_away);
-        until(
-            "the sandbox destroyed while its host was away gone from the host",
-            Duration::from_secs(10),
-            || async move {
-                let l = cr
-                    .list_sandboxes(pb::ListSandboxesRequest::default())
-                    .await
-                    .unwrap()
-                    .into_owned();
-                !l.sandboxes.iter().any(|s| &s.sandbox_id == gone)
-            },
+    // And the sandbox destroyed while host 0 was away is gone from it.
+    gone_from_host(
+        &f,
+        0,
+        &gone_while_away,
+        "the sandbox destroyed while its host was away gone from the host",
+    )
+    .await;
+    let (_, v) = f
+        .api(
+            "GET",
+            &format!("/v1/sandboxes/{gone_while_away}"),
+            &admin,
+            None,
         )
         .await;
-        let (_, v) = f
-            .api(
-                "GET",
-                &format!("/v1/sandboxes/{gone_while_away}"),
-                &admin,
-                None,
-            )
-            .await;
-        assert_eq!(v["status"], "stopped");
-    }
+    assert_eq!(v["status"], "stopped");
 
     // A host whose refresh is refused pauses every sandbox. Host 0's refresh
     // token was used up above; a new JWT secret makes every host JWT invalid:
@@ -728,29 +704,13 @@ async fn three_agents_register_fail_come_back_and_are_deleted() {
         ],
         &[],
     );
-    let login = json!({"email": "admin@fleet.test", "password": "fleet-password"});
-    let (st, v) = f.api("POST", "/v1/auth/login", "", Some(login)).await;
-    assert_eq!(st, 200, "{v}");
-    let admin = v["token"].as_str().unwrap().to_string();
-    let login = json!({"email": "user@fleet.test", "password": "fleet-password"});
-    let user = f.api("POST", "/v1/auth/login", "", Some(login)).await.1["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = f.user_token("login", "admin@fleet.test", 200).await;
+    let user = f.user_token("login", "user@fleet.test", 200).await;
     let (fr, adm, on0r) = (&f, &admin, &on0);
     until(
         "host 0's sandboxes paused",
         Duration::from_secs(20),
-        || async move {
-            let (_, v) = fr.api("GET", "/v1/sandboxes?state=paused", adm, None).await;
-            let paused: Vec<&str> = v
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(|s| s["id"].as_str())
-                .collect();
-            on0r.iter().all(|s| paused.contains(&s.as_str()))
-        },
+        || async move { fr.all_in_state(adm, "paused", on0r).await },
     )
     .await;
     let (_, v) = f.api("GET", "/v1/hosts", &admin, None).await;
@@ -790,9 +750,7 @@ async fn three_agents_register_fail_come_back_and_are_deleted() {
     for s in &on0 {
         assert!(listed.contains(&s.as_str()), "{s} listed in {v}");
     }
-    let creds0: Value =
-        serde_json::from_slice(&std::fs::read(f.agent_dir(0).join("credentials.json")).unwrap())
-            .unwrap();
+    let creds0 = f.credentials(0);
     let (st, _) = f
         .api(
             "DELETE",

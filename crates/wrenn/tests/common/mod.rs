@@ -99,9 +99,7 @@ impl AgentProc {
     }
 
     pub fn client(&self) -> Client {
-        let config = ClientConfig::new(format!("http://127.0.0.1:{}", self.port).parse().unwrap())
-            .with_default_header("authorization", format!("Bearer {}", self.token));
-        HostAgentServiceClient::new(HttpClient::plaintext(), config)
+        agent_client(&format!("127.0.0.1:{}", self.port), &self.token)
     }
 
     /// SIGKILLs the agent (sandboxes keep running).
@@ -118,37 +116,54 @@ impl Drop for AgentProc {
         if self.child.is_none() {
             self.spawn();
         }
-        let port = self.port;
-        let token = self.token.clone();
         // Destroy every sandbox through the agent, then let it exit.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let config = ClientConfig::new(format!("http://127.0.0.1:{port}").parse().unwrap())
-                    .with_default_header("authorization", format!("Bearer {token}"));
-                let c = HostAgentServiceClient::new(HttpClient::plaintext(), config);
-                let _ = c
-                    .terminate(pb::TerminateRequest {
-                        destroy_sandboxes: true,
-                        ..Default::default()
-                    })
-                    .await;
-            })
-        })
-        .join();
-        if let Some(mut c) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        terminate_agent(&format!("127.0.0.1:{}", self.port), &self.token);
+        if let Some(c) = self.child.take() {
+            reap(c);
         }
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
+}
+
+/// Gives a process we started 10 s to exit by itself, then kills it (by
+/// pid) and reaps it.
+pub fn reap(mut c: Child) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+/// A client for the agent at `addr` (host:port) with its token.
+pub fn agent_client(addr: &str, token: &str) -> Client {
+    let config = ClientConfig::new(format!("http://{addr}").parse().unwrap())
+        .with_default_header("authorization", format!("Bearer {token}"));
+    HostAgentServiceClient::new(HttpClient::plaintext(), config)
+}
+
+/// Asks the agent at `addr` to destroy its sandboxes and exit (from any
+/// context, sync or async: on a thread of its own), waiting at most 60 s.
+pub fn terminate_agent(addr: &str, token: &str) {
+    let c = agent_client(addr, token);
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(60),
+                c.terminate(pb::TerminateRequest {
+                    destroy_sandboxes: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        })
+    })
+    .join();
 }
 
 pub fn create_req(id: &str) -> pb::CreateSandboxRequest {
