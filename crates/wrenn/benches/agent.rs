@@ -7,10 +7,13 @@
 //! and the same create-exec-destroy done by bwrap and crun.
 //! `WRENN_BENCH_RUNS` (default 3) repeats; medians are printed.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{free_port, median, ms, pct, scratch_data_dir, settings, wait_port};
 use connectrpc::client::{ClientConfig, HttpClient};
 use wrenn_protocol::hostagent::v1::{self as pb, HostAgentServiceClient};
 
@@ -25,15 +28,8 @@ struct Agent {
 
 impl Agent {
     fn start(templates: &std::path::Path) -> Agent {
-        let data = PathBuf::from(format!("/var/tmp/wrenn-bench-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&data);
-        std::fs::create_dir_all(data.join("templates")).unwrap();
-        std::os::unix::fs::symlink(templates.join("base"), data.join("templates/base")).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let data = scratch_data_dir(templates);
+        let port = free_port();
         let token = "bench-token".to_string();
         let child = Command::new(env!("CARGO_BIN_EXE_wrenn"))
             .arg("--data-dir")
@@ -48,9 +44,7 @@ impl Agent {
             .env("WRENN_LOG", "warn")
             .spawn()
             .expect("start the agent");
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_port(port);
         Agent {
             child,
             data,
@@ -98,19 +92,6 @@ fn sref(id: &str) -> pb::SandboxRef {
         sandbox_id: id.into(),
         ..Default::default()
     }
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    pct(&mut v, 0.5)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 fn mem_available_kib() -> u64 {
@@ -210,19 +191,7 @@ fn crun_cycles(rootfs: &std::path::Path, n: usize) -> Option<Vec<Duration>> {
 
 #[tokio::main]
 async fn main() {
-    let templates = PathBuf::from(
-        std::env::var("WRENN_BENCH_TEMPLATES")
-            .unwrap_or_else(|_| "/var/tmp/wrenn-test-data/templates".into()),
-    );
-    assert!(
-        templates.join("base/rootfs/bin").exists(),
-        "no base template in {}; build one with `wrenn template build base`",
-        templates.display()
-    );
-    let runs: usize = std::env::var("WRENN_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let (templates, runs) = settings();
     let density_target: usize = std::env::var("WRENN_BENCH_DENSITY")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Http, Up, call, http_client, median, ms, settings};
+use common::{Http, Up, call, http_client, median, ms, pct, settings};
 use http_body_util::{BodyExt, Full};
 
 /// One GET; panics unless 200.
@@ -34,11 +34,6 @@ async fn get(http: &Http, url: &str, headers: &[(&str, &str)]) {
     let st = resp.status();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert!(st.is_success(), "{url}: {st} {body:?}");
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
 }
 
 /// Requests per second from `clients` concurrent loops for `secs`.

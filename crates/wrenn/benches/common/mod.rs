@@ -31,15 +31,8 @@ pub struct Up {
 impl Up {
     /// Starts it with the test `base` template of `templates`.
     pub fn start(templates: &std::path::Path) -> Up {
-        let data = PathBuf::from(format!("/var/tmp/wrenn-bench-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&data);
-        std::fs::create_dir_all(data.join("templates")).unwrap();
-        std::os::unix::fs::symlink(templates.join("base"), data.join("templates/base")).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let data = scratch_data_dir(templates);
+        let port = free_port();
         let config = data.join("cli.json");
         let child = Command::new(env!("CARGO_BIN_EXE_wrenn"))
             .arg("--data-dir")
@@ -128,8 +121,44 @@ pub async fn call(
 
 /// The median.
 pub fn median(mut v: Vec<f64>) -> f64 {
+    pct(&mut v, 0.5)
+}
+
+/// The `p` quantile (0 to 1) of `v`, nearest rank; sorts `v`.
+pub fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// A port nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits (up to 20 s) until something listens on 127.0.0.1:`port`.
+pub fn wait_port(port: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing listens on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A fresh `/var/tmp/wrenn-bench-<pid>` whose `base` template is the one
+/// in `templates`.
+pub fn scratch_data_dir(templates: &std::path::Path) -> PathBuf {
+    let data = PathBuf::from(format!("/var/tmp/wrenn-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(data.join("templates")).unwrap();
+    std::os::unix::fs::symlink(templates.join("base"), data.join("templates/base")).unwrap();
+    data
 }
 
 /// Milliseconds.
@@ -149,6 +178,11 @@ pub fn settings() -> (PathBuf, usize) {
     let templates = PathBuf::from(
         std::env::var("WRENN_BENCH_TEMPLATES")
             .unwrap_or_else(|_| "/var/tmp/wrenn-test-data/templates".into()),
+    );
+    assert!(
+        templates.join("base/rootfs/bin").exists(),
+        "no base template in {}; build one with `wrenn template build base`",
+        templates.display()
     );
     let runs: usize = std::env::var("WRENN_BENCH_RUNS")
         .ok()
