@@ -271,6 +271,11 @@ async fn hosts_suite(store: &Store, team: &str) {
     };
     store.insert_sandbox(&sb).await.unwrap();
     let a = store.allocations().await.unwrap()[&h.id];
+    assert_eq!(store.allocated_on(&h.id).await.unwrap(), a);
+    assert_eq!(
+        store.allocated_on("host-none").await.unwrap(),
+        Default::default()
+    );
     assert_eq!(
         (a.sandboxes, a.vcpus, a.memory_mb, a.disk_mb),
         (1, 2, 256, 512)

@@ -175,11 +175,8 @@ pub(super) async fn get_one(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let h = managed(&app, &caller, &id).await?;
-    let alloc = app.store.allocations().await?;
-    Ok(Json(host_json(
-        &h,
-        alloc.get(&h.id).map_or(0, |a| a.sandboxes),
-    )))
+    let n = app.store.allocated_on(&h.id).await?.sandboxes;
+    Ok(Json(host_json(&h, n)))
 }
 
 #[derive(utoipa::ToSchema, Deserialize)]
@@ -200,7 +197,8 @@ pub(super) async fn set_tags(
     check_tags(&r.tags)?;
     h.tags = r.tags;
     app.store.update_host(&h).await?;
-    Ok(Json(host_json(&h, 0)))
+    let n = app.store.allocated_on(&h.id).await?.sandboxes;
+    Ok(Json(host_json(&h, n)))
 }
 
 #[utoipa::path(post, path = "/v1/hosts/{id}/token", tag = "hosts", params(("id" = String, Path, description = "Host id")), responses((status = 200, description = "A new `registration_token`; the old one is dead")), security(("api_key" = []), ("bearer" = [])))]

@@ -791,9 +791,35 @@ impl Store {
 
     /// Resources given to live sandboxes, per host.
     pub async fn allocations(&self) -> Result<HashMap<String, Allocated>, sqlx::Error> {
-        let rows = sqlx::query("SELECT host_id, COUNT(*) AS n, CAST(SUM(vcpus) AS BIGINT) AS v, CAST(SUM(memory_mb) AS BIGINT) AS m, CAST(SUM(disk_size_mb) AS BIGINT) AS d FROM sandboxes WHERE state IN ('pending', 'starting', 'running', 'paused', 'missing') GROUP BY host_id")
-            .fetch_all(&self.pool)
-            .await?;
+        self.allocated(None).await
+    }
+
+    /// Resources given to live sandboxes on one host.
+    pub async fn allocated_on(&self, host_id: &str) -> Result<Allocated, sqlx::Error> {
+        Ok(self
+            .allocated(Some(host_id))
+            .await?
+            .remove(host_id)
+            .unwrap_or_default())
+    }
+
+    async fn allocated(
+        &self,
+        host: Option<&str>,
+    ) -> Result<HashMap<String, Allocated>, sqlx::Error> {
+        let one = if host.is_some() {
+            "AND host_id = $1"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT host_id, COUNT(*) AS n, CAST(SUM(vcpus) AS BIGINT) AS v, CAST(SUM(memory_mb) AS BIGINT) AS m, CAST(SUM(disk_size_mb) AS BIGINT) AS d FROM sandboxes WHERE state IN ('pending', 'starting', 'running', 'paused', 'missing') {one} GROUP BY host_id"
+        );
+        let mut q = sqlx::query(&sql);
+        if let Some(h) = host {
+            q = q.bind(h);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
         Ok(rows
             .iter()
             .map(|r| {
