@@ -445,16 +445,20 @@ async fn three_agents_register_fail_come_back_and_are_deleted() {
     }
     let (fr, ids, adm) = (&f, &host_ids, &admin);
     until(
-        "three hosts online with their specs",
+        "three hosts online with their specs, their agents with credentials saved",
         Duration::from_secs(30),
         || async move {
+            // The control plane records the host before the agent has the
+            // answer (and writes its credentials file).
+            let saved = (0..HOSTS).all(|i| fr.agent_dir(i).join("credentials.json").exists());
             let (_, v) = fr.api("GET", "/v1/hosts", adm, None).await;
-            ids.iter().all(|id| {
-                let h = host_of(&v, id);
-                h["status"] == "online"
-                    && h["cpu_count"].as_i64() > Some(0)
-                    && h["memory_mb"].as_i64() > Some(0)
-            })
+            saved
+                && ids.iter().all(|id| {
+                    let h = host_of(&v, id);
+                    h["status"] == "online"
+                        && h["cpu_count"].as_i64() > Some(0)
+                        && h["memory_mb"].as_i64() > Some(0)
+                })
         },
     )
     .await;
