@@ -57,7 +57,18 @@ pub fn router(state: AppState) -> axum::Router {
             state.clone(),
             http::require_token,
         ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .with_state(state)
+}
+
+/// A handler that panicked (a bug of ours) answers a Connect `internal`
+/// error instead of taking envd, and with it the sandbox, down.
+fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    tracing::error!("a request handler panicked");
+    http::http_error(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        "envd hit a bug handling this request; try again or report it",
+    )
 }
 
 /// Serves envd on `addr` until `shutdown` resolves.

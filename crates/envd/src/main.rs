@@ -31,12 +31,19 @@ struct Args {
     /// expose the host's loopback services).
     #[arg(long, env = "ENVD_FORWARD_LOOPBACK_PORTS")]
     forward_loopback_ports: bool,
+    /// File where `/init` saves its settings, and from which a restarted
+    /// envd takes them back (its directory must exist).
+    #[arg(long, env = "ENVD_STATE_FILE")]
+    state_file: Option<PathBuf>,
 }
 
-/// Pid of envd proper, for the PID-1 reaper's signal forwarding.
+/// Pid of envd proper, for the PID-1 supervisor's signal forwarding.
 static CHILD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+/// Set once the supervisor was asked to stop: the child is not restarted.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 extern "C" fn forward(sig: libc::c_int) {
+    STOPPING.store(true, std::sync::atomic::Ordering::Relaxed);
     let child = CHILD.load(std::sync::atomic::Ordering::Relaxed);
     if child > 0 {
         // SAFETY: kill is async-signal-safe.
@@ -44,51 +51,147 @@ extern "C" fn forward(sig: libc::c_int) {
     }
 }
 
+/// Closes every descriptor above stderr that envd inherited, but for the
+/// workload cgroup's (named in `ENVD_WORK_CGROUP_FDS` by the sandbox's
+/// init): whatever started envd (an agent, a shell, a test runner) may have
+/// left some open without close-on-exec, and nothing inside a sandbox may
+/// reach them. Runs first thing, before envd opens anything of its own.
+/// Returns the kept descriptors, now close-on-exec.
+fn close_inherited_fds() -> Vec<std::os::fd::OwnedFd> {
+    let mut keep: Vec<u32> = std::env::var(envd::process::WORK_CGROUP_FDS_ENV)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|f| f.trim().parse().ok())
+        .filter(|&f| f > 2)
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut from = 3u32;
+    for &fd in keep.iter().chain(std::iter::once(&u32::MAX)) {
+        if fd > from {
+            close_range(from, fd - 1);
+        }
+        from = fd.saturating_add(1);
+    }
+    keep.into_iter()
+        .filter_map(|fd| {
+            // SAFETY: the descriptor was handed to envd for this use and
+            // nothing else in this process owns it.
+            let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+            rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)
+                .ok()
+                .map(|()| owned)
+        })
+        .collect()
+}
+
+/// Closes descriptors `first..=last`.
+fn close_range(first: u32, last: u32) {
+    // SAFETY: close_range on descriptors nothing in this process uses yet.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
+    if r != 0 {
+        // Kernels before 5.9: close them one by one.
+        let max = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(1024)
+            .min(1 << 20);
+        for fd in first..=last.min(max as u32) {
+            // SAFETY: as above.
+            unsafe { libc::close(fd as i32) };
+        }
+    }
+}
+
+/// Shortest and longest wait before envd is started again after it died.
+const RESTART_MIN: std::time::Duration = std::time::Duration::from_millis(50);
+const RESTART_MAX: std::time::Duration = std::time::Duration::from_millis(800);
+
 /// As PID 1 of a sandbox, envd splits in two before any thread exists: the
-/// parent stays PID 1 and reaps every orphan (as init must), forwarding
-/// SIGTERM/SIGINT; the child goes on to be envd. The parent exits with the
-/// child's status.
+/// parent stays PID 1, reaps every orphan (as init must), forwards
+/// SIGTERM/SIGINT, and starts envd again whenever it dies (`kill -9 -1`,
+/// `pkill envd` or the OOM killer in the sandbox take envd, never PID 1,
+/// which the kernel shields from signals sent inside its namespace). The
+/// child goes on to be envd. The parent exits, with the child's status,
+/// only once it was told to stop.
 fn become_init_if_pid1() {
     if std::process::id() != 1 {
         return;
     }
-    // SAFETY: single-threaded here; the child continues normally.
-    let child = unsafe { libc::fork() };
-    if child < 0 {
-        eprintln!(
-            "envd: fork for the PID 1 reaper failed: {}",
-            std::io::Error::last_os_error()
-        );
-        return;
-    }
-    if child == 0 {
-        return;
-    }
-    CHILD.store(child, std::sync::atomic::Ordering::Relaxed);
-    // SAFETY: installing a handler that only calls kill.
+    // SAFETY: installing a handler that only stores and calls kill.
     unsafe {
         libc::signal(libc::SIGTERM, forward as *const () as libc::sighandler_t);
         libc::signal(libc::SIGINT, forward as *const () as libc::sighandler_t);
     }
+    let mut delay = RESTART_MIN;
+    loop {
+        // SAFETY: single-threaded here; the child continues normally.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            // envd proper: default signal handling, and the OOM killer's
+            // ordinary treatment (PID 1 may be shielded from it).
+            // SAFETY: resetting handlers in a fresh single-threaded child.
+            unsafe {
+                libc::signal(libc::SIGTERM, libc::SIG_DFL);
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+            }
+            let _ = std::fs::write("/proc/self/oom_score_adj", "0");
+            return;
+        }
+        if child < 0 {
+            // Out of pids (a fork bomb): reap, wait and try again.
+            reap_all_nohang();
+            std::thread::sleep(RESTART_MIN);
+            continue;
+        }
+        CHILD.store(child, std::sync::atomic::Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let code = wait_for(child);
+        CHILD.store(0, std::sync::atomic::Ordering::Relaxed);
+        if STOPPING.load(std::sync::atomic::Ordering::Relaxed) {
+            std::process::exit(code);
+        }
+        // Back off when envd dies right after starting; a long-lived envd
+        // that was killed comes back at once.
+        delay = if started.elapsed() > std::time::Duration::from_secs(5) {
+            RESTART_MIN
+        } else {
+            (delay * 2).min(RESTART_MAX)
+        };
+        std::thread::sleep(delay);
+    }
+}
+
+/// Reaps children until `child` exits; its status as an exit code.
+fn wait_for(child: libc::pid_t) -> i32 {
     loop {
         let mut status = 0;
         // SAFETY: waitpid with a valid status pointer.
         let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
         if pid == child {
-            let code = if libc::WIFEXITED(status) {
+            return if libc::WIFEXITED(status) {
                 libc::WEXITSTATUS(status)
             } else {
                 128 + libc::WTERMSIG(status)
             };
-            std::process::exit(code);
         }
         if pid < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
-            std::process::exit(0);
+            return 0;
+        }
+    }
+}
+
+fn reap_all_nohang() {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid with a valid status pointer; WNOHANG never blocks.
+        if unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } <= 0 {
+            return;
         }
     }
 }
 
 fn main() -> anyhow::Result<()> {
+    let work_cgroup = close_inherited_fds();
     become_init_if_pid1();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -101,12 +204,17 @@ fn main() -> anyhow::Result<()> {
     if let Some(u) = &args.default_user {
         envd::users::lookup(u).with_context(|| format!("--default-user {u}"))?;
     }
-    let defaults = envd::Defaults {
-        access_token: args.access_token,
-        user: args.default_user,
-        workdir: args.default_workdir,
-        ..Default::default()
-    };
+    let defaults = args
+        .state_file
+        .as_deref()
+        .and_then(envd::Defaults::load)
+        .unwrap_or(envd::Defaults {
+            access_token: args.access_token,
+            user: args.default_user,
+            workdir: args.default_workdir,
+            ..Default::default()
+        });
+    envd::process::start_children_in(work_cgroup);
     // Two worker threads: envd shares its sandbox's CPUs with the workload.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -130,7 +238,7 @@ fn main() -> anyhow::Result<()> {
                 _ = term.recv() => {}
             }
         };
-        envd::serve(addr, envd::AppState::new(defaults), shutdown)
+        envd::serve(addr, envd::AppState::with_state_file(defaults, args.state_file), shutdown)
             .await
             .with_context(|| format!("serving on {addr}; is another envd on that port?"))
     })

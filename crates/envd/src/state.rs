@@ -13,7 +13,12 @@ use crate::users::{self, User, UserError};
 pub const ENVD_VERSION: &str = "0.5.7";
 
 /// Settings given on the command line and changed by `POST /init`.
-#[derive(Debug, Clone, Default)]
+///
+/// With a state file (`--state-file`), `/init` saves them there and a
+/// restarted envd (after `kill -9 -1` in its sandbox, say) loads them back,
+/// so the sandbox keeps its token, environment, user and workdir.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Defaults {
     /// Token every call must carry in `X-Access-Token`, once set.
     pub access_token: Option<String>,
@@ -23,6 +28,37 @@ pub struct Defaults {
     pub user: Option<String>,
     /// Working directory for processes and relative paths.
     pub workdir: Option<PathBuf>,
+}
+
+impl Defaults {
+    /// The defaults saved in `path` by an earlier envd, if any.
+    pub fn load(path: &Path) -> Option<Defaults> {
+        let bytes = std::fs::read(path).ok()?;
+        match serde_json::from_slice(&bytes) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "ignoring an unreadable state file: {e}");
+                None
+            }
+        }
+    }
+
+    /// Saves the defaults to `path` (mode 0600), through a temporary file
+    /// and a rename so that a crash never leaves half a file.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, path)
+    }
 }
 
 /// Everything envd's handlers share.
@@ -39,6 +75,8 @@ pub struct Inner {
     pub watchers: WatcherTable,
     /// CPU sample of the previous `/metrics` call, for a usage delta.
     pub last_cpu: std::sync::Mutex<Option<(u64, u64)>>,
+    /// Where `/init` saves the defaults (see [`Defaults::save`]).
+    pub state_file: Option<PathBuf>,
 }
 
 impl std::ops::Deref for AppState {
@@ -51,11 +89,18 @@ impl std::ops::Deref for AppState {
 impl AppState {
     /// Creates the state with the given defaults.
     pub fn new(defaults: Defaults) -> Self {
+        Self::with_state_file(defaults, None)
+    }
+
+    /// Creates the state with the given defaults, which `/init` saves to
+    /// `state_file`.
+    pub fn with_state_file(defaults: Defaults, state_file: Option<PathBuf>) -> Self {
         AppState(Arc::new(Inner {
             defaults: RwLock::new(defaults),
             processes: Arc::new(ProcessTable::default()),
             watchers: WatcherTable::default(),
             last_cpu: std::sync::Mutex::new(None),
+            state_file,
         }))
     }
 

@@ -28,6 +28,203 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
     })
 }
 
+/// Password hashing and checking off the async runtime: argon2id costs
+/// tens of milliseconds of CPU, so at most `permits` run at once (one core
+/// is left for every other request) on the blocking pool, and a queue
+/// longer than `max_waiting` is refused at once with 503.
+pub struct Passwords {
+    permits: tokio::sync::Semaphore,
+    waiting: std::sync::atomic::AtomicUsize,
+    max_waiting: usize,
+    /// A hash to check unknown accounts against, so that they take as long.
+    decoy: std::sync::OnceLock<String>,
+}
+
+impl Default for Passwords {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Passwords::new(cores.saturating_sub(1).max(1), 64)
+    }
+}
+
+impl Passwords {
+    /// At most `permits` hashes at once, at most `max_waiting` queued.
+    pub fn new(permits: usize, max_waiting: usize) -> Self {
+        Passwords {
+            permits: tokio::sync::Semaphore::new(permits),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            max_waiting,
+            decoy: std::sync::OnceLock::new(),
+        }
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        use std::sync::atomic::Ordering;
+        let queued = self.waiting.fetch_add(1, Ordering::SeqCst);
+        struct Leave<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _leave = Leave(&self.waiting);
+        if queued >= self.max_waiting {
+            let mut e = ApiError::unavailable(
+                "busy",
+                "too many logins at once; try again in a second",
+            );
+            e.retry_after = Some(1);
+            return Err(e);
+        }
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| ApiError::internal("password checks are shut down"))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| ApiError::internal(format!("password check failed: {e}")))
+    }
+
+    /// [`hash_password`], off the runtime.
+    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+        self.run(move || hash_password(&password)).await
+    }
+
+    /// [`verify_password`] against `phc`, or against a decoy hash when the
+    /// account does not exist (same cost, same answer: no).
+    pub async fn verify(&self, password: String, phc: Option<String>) -> Result<bool, ApiError> {
+        let known = phc.is_some();
+        let phc = match phc {
+            Some(p) => p,
+            None => self
+                .decoy
+                .get_or_init(|| hash_password(&crate::ids::hex(16)))
+                .clone(),
+        };
+        Ok(self.run(move || verify_password(&password, &phc)).await? && known)
+    }
+}
+
+/// Failed logins, per account and per client address, with exponential
+/// backoff once the free attempts are used: a password-guessing flood is
+/// answered 429 before any hashing, and memory stays bounded.
+pub struct LoginGuard {
+    inner: std::sync::Mutex<std::collections::HashMap<String, Failures>>,
+}
+
+#[derive(Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: std::time::Instant,
+    blocked_until: std::time::Instant,
+}
+
+/// Failures an account may have before backoff starts.
+pub const FREE_ACCOUNT_FAILURES: u32 = 5;
+/// Failures one address may have (across accounts) before backoff starts.
+pub const FREE_ADDRESS_FAILURES: u32 = 20;
+/// Quiet time after which failures are forgotten; also the longest block.
+pub const LOGIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+const MAX_TRACKED: usize = 100_000;
+/// How long a login refused for backoff waits before its 429 goes out.
+pub const LOGIN_REFUSAL_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+
+impl Default for LoginGuard {
+    fn default() -> Self {
+        LoginGuard {
+            inner: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+}
+
+impl LoginGuard {
+    fn keys(email: &str, ip: Option<std::net::IpAddr>) -> Vec<(String, u32)> {
+        let mut k = vec![(
+            format!("account:{}", email.trim().to_lowercase()),
+            FREE_ACCOUNT_FAILURES,
+        )];
+        if let Some(ip) = ip {
+            k.push((format!("address:{ip}"), FREE_ADDRESS_FAILURES));
+        }
+        k
+    }
+
+    /// `Err(seconds)` while the account or the address must wait.
+    pub fn check(&self, email: &str, ip: Option<std::net::IpAddr>) -> Result<(), u64> {
+        let now = std::time::Instant::now();
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let wait = Self::keys(email, ip)
+            .iter()
+            .filter_map(|(k, _)| map.get(k))
+            .filter(|f| f.blocked_until > now)
+            .map(|f| (f.blocked_until - now).as_secs() + 1)
+            .max();
+        match wait {
+            Some(w) => Err(w),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a failed login.
+    pub fn failed(&self, email: &str, ip: Option<std::net::IpAddr>) {
+        let now = std::time::Instant::now();
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_TRACKED {
+            map.retain(|_, f| now.duration_since(f.last) < LOGIN_WINDOW);
+            if map.len() >= MAX_TRACKED {
+                map.clear();
+            }
+        }
+        for (key, free) in Self::keys(email, ip) {
+            let f = map.entry(key).or_insert(Failures {
+                count: 0,
+                last: now,
+                blocked_until: now,
+            });
+            if now.duration_since(f.last) >= LOGIN_WINDOW {
+                f.count = 0;
+            }
+            f.count += 1;
+            f.last = now;
+            if f.count >= free {
+                let secs = 1u64 << (f.count - free).min(10);
+                f.blocked_until = now + std::time::Duration::from_secs(secs).min(LOGIN_WINDOW);
+            }
+        }
+    }
+
+    /// A successful login clears the account's failures (not the address's).
+    pub fn succeeded(&self, email: &str) {
+        let key = format!("account:{}", email.trim().to_lowercase());
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+    }
+}
+
+/// The client's address, when the server was started with connection info
+/// (`wrenn server` and `wrenn up` are); `None` in tests that call the router
+/// directly.
+pub struct ClientIp(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
 /// SHA-256 of a secret, hex.
 pub fn sha256_hex(secret: &str) -> String {
     Sha256::digest(secret.as_bytes())
@@ -236,6 +433,53 @@ impl FromRequestParts<App> for Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_logins_back_off_per_account_and_per_address() {
+        let g = LoginGuard::default();
+        let ip: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..FREE_ACCOUNT_FAILURES - 1 {
+            assert!(g.check("v@x", Some(ip)).is_ok());
+            g.failed("v@x", Some(ip));
+        }
+        g.failed("v@x", Some(ip));
+        let wait = g.check("V@X ", None).unwrap_err();
+        assert!((1..=2).contains(&wait), "{wait}");
+        // Another account from another address is unaffected.
+        assert!(g.check("other@x", None).is_ok());
+        // One address spraying many accounts is held back too.
+        let spray: std::net::IpAddr = "192.0.2.2".parse().unwrap();
+        for i in 0..FREE_ADDRESS_FAILURES {
+            g.failed(&format!("u{i}@x"), Some(spray));
+        }
+        assert!(g.check("fresh@x", Some(spray)).is_err());
+        assert!(g.check("fresh@x", None).is_ok());
+        g.succeeded("v@x");
+        assert!(g.check("v@x", None).is_ok());
+    }
+
+    #[tokio::test]
+    async fn password_checks_run_off_the_runtime_with_a_bounded_queue() {
+        let p = std::sync::Arc::new(Passwords::new(1, 2));
+        let h = p.hash("pw".into()).await.unwrap();
+        assert!(p.verify("pw".into(), Some(h.clone())).await.unwrap());
+        assert!(!p.verify("pw".into(), None).await.unwrap());
+        // More callers than the queue holds: the extra ones hear 503 at once.
+        let tasks: Vec<_> = (0..6)
+            .map(|_| {
+                let (p, h) = (p.clone(), h.clone());
+                tokio::spawn(async move { p.verify("x".into(), Some(h)).await })
+            })
+            .collect();
+        let mut busy = 0;
+        for t in tasks {
+            if let Err(e) = t.await.unwrap() {
+                assert_eq!(e.status, http::StatusCode::SERVICE_UNAVAILABLE);
+                busy += 1;
+            }
+        }
+        assert!(busy >= 1, "a full queue refuses");
+    }
 
     #[test]
     fn passwords_keys_and_tokens() {

@@ -14,6 +14,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// What went wrong and what to do.
     pub message: String,
+    /// Seconds to wait before trying again (`Retry-After`), for 429 and 503.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -23,7 +25,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+    /// 429, with when to try again.
+    pub fn too_many(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+        e.retry_after = Some(retry_after_secs.max(1));
+        e
     }
     /// 400.
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -68,13 +77,30 @@ impl IntoResponse for ApiError {
             tracing::warn!(code = self.code, "{}", self.message);
         }
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
+        resp
     }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         ApiError::internal(format!("database: {e}"))
+    }
+}
+
+/// A host the control plane will not (or cannot) call: 502, the host's
+/// record is wrong, not the request.
+impl From<crate::hosts::AddressError> for ApiError {
+    fn from(e: crate::hosts::AddressError) -> Self {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "host_address_refused",
+            format!("{e}; register the host again with a valid address"),
+        )
     }
 }
 

@@ -48,6 +48,10 @@ pub struct App {
     pub host_timeout: std::time::Duration,
     /// How often the database is reconciled with the agents.
     pub reconcile_interval: std::time::Duration,
+    /// Password hashing, bounded and off the async runtime.
+    pub passwords: Arc<auth::Passwords>,
+    /// Backoff for failed logins.
+    pub login_guard: Arc<auth::LoginGuard>,
 }
 
 impl App {
@@ -66,6 +70,8 @@ impl App {
             heartbeat_interval: std::time::Duration::from_secs(30),
             host_timeout: std::time::Duration::from_secs(90),
             reconcile_interval: std::time::Duration::from_secs(2),
+            passwords: Arc::default(),
+            login_guard: Arc::default(),
         }
     }
 }
@@ -83,7 +89,8 @@ pub async fn serve(
     });
     tracing::info!(%addr, backend = app.store.backend, "control plane listening");
     let reconciler = tokio::spawn(reconcile::run_forever(app.clone(), app.reconcile_interval));
-    let r = axum::serve(listener, api::router(app))
+    let service = api::router(app).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let r = axum::serve(listener, service)
         .with_graceful_shutdown(shutdown)
         .await;
     reconciler.abort();

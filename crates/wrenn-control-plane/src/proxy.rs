@@ -377,7 +377,11 @@ async fn handle(app: App, mut req: Request, id: String, port: u16) -> Response {
         h.insert(wrenn_protocol::hostagent::PROXY_TOKEN_HEADER, v);
     }
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let target = format!("http://{}/proxy/{id}/{port}{pq}", r.host.address);
+    let addr = match app.hosts.endpoint(&r.host).await {
+        Ok((_, addr)) => addr,
+        Err(e) => return error(StatusCode::BAD_GATEWAY, &id, port, e.to_string()),
+    };
+    let target = format!("http://{addr}/proxy/{id}/{port}{pq}");
     let Ok(target) = target.parse() else {
         return error(
             StatusCode::BAD_REQUEST,

@@ -60,7 +60,7 @@ pub async fn pass(app: &App) -> Result<PassReport, crate::error::ApiError> {
 
 /// Reconciles one online host: (state changes, orphans destroyed).
 pub async fn host_pass(app: &App, host: &Host) -> Result<(usize, usize), crate::error::ApiError> {
-    let client = app.hosts.client(host);
+    let client = app.hosts.client(host).await?;
     let listed = client
         .list_sandboxes(pb::ListSandboxesRequest::default())
         .await?
@@ -123,8 +123,12 @@ pub async fn run_forever(app: App, period: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = pass(&app).await {
-            tracing::warn!("reconciliation: {e}");
+        use futures::FutureExt;
+        // A panic in one pass is logged and the next pass runs.
+        match std::panic::AssertUnwindSafe(pass(&app)).catch_unwind().await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("reconciliation: {e}"),
+            Err(_) => tracing::error!("a reconciliation pass panicked; the next one runs as usual"),
         }
     }
 }

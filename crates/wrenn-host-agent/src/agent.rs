@@ -182,9 +182,26 @@ impl<R: Runtime> Agent<R> {
     /// Destroys (or, with `auto_pause`, pauses) running sandboxes whose
     /// timeout passed, every `period`. Paused sandboxes do not expire.
     pub async fn reap_forever(self: Arc<Self>, period: Duration) {
+        use futures::FutureExt;
         let mut tick = tokio::time::interval(period);
         loop {
             tick.tick().await;
+            // A panic in one round is logged (by the panic hook) and the
+            // next round runs: the reaper never stops for good.
+            if std::panic::AssertUnwindSafe(self.reap_once())
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                tracing::error!("the reaper panicked; it goes on at the next tick");
+            }
+        }
+    }
+
+    /// One round of the reaper: expired sandboxes paused or destroyed,
+    /// records of vanished ones forgotten.
+    async fn reap_once(&self) {
+        {
             let t = now();
             let expired: Vec<String> = self
                 .meta

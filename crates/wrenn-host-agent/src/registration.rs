@@ -291,42 +291,77 @@ pub async fn heartbeat_forever<R: Runtime>(
     let mut paused_for_auth = false;
     loop {
         tick.tick().await;
+        use futures::FutureExt;
+        let beat = std::panic::AssertUnwindSafe(heartbeat_once(
+            &agent,
+            &cp,
+            &mut creds,
+            &path,
+            &mut paused_for_auth,
+        ))
+        .catch_unwind()
+        .await;
+        match beat {
+            Ok(Beat::Continue) => {}
+            Ok(Beat::Stop) => return,
+            Err(_) => tracing::error!("a heartbeat panicked; the next one runs as usual"),
+        }
+    }
+}
+
+/// Whether the heartbeat loop goes on.
+enum Beat {
+    Continue,
+    Stop,
+}
+
+/// One heartbeat: refresh when due or refused, pause everything when the
+/// control plane refuses the host for good, stop when it was deleted.
+async fn heartbeat_once<R: Runtime>(
+    agent: &Arc<Agent<R>>,
+    cp: &ControlPlane,
+    creds: &mut Credentials,
+    path: &std::path::Path,
+    paused_for_auth: &mut bool,
+) -> Beat {
+    {
         if creds.host_jwt_expires_at > 0 && creds.host_jwt_expires_at - crate::agent::now() < 86400
         {
-            if let Err(e) = refresh_and_save(&cp, &mut creds, &path).await {
+            if let Err(e) = refresh_and_save(cp, creds, path).await {
                 tracing::warn!("refreshing ahead of expiry: {e}");
             }
         }
         let n = agent.runtime.list().len();
-        let mut result = cp.heartbeat(&creds, n).await;
+        let mut result = cp.heartbeat(creds, n).await;
         if let Err(RegistrationError::Refused(_)) = &result {
-            result = match refresh_and_save(&cp, &mut creds, &path).await {
-                Ok(()) => cp.heartbeat(&creds, n).await,
+            result = match refresh_and_save(cp, creds, path).await {
+                Ok(()) => cp.heartbeat(creds, n).await,
                 Err(e) => Err(e),
             };
         }
         match result {
-            Ok(()) => paused_for_auth = false,
+            Ok(()) => *paused_for_auth = false,
             Err(RegistrationError::Gone(m)) => {
                 tracing::error!(
                     "{m}: this host was deleted; forgetting its credentials and stopping"
                 );
-                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(path);
                 let _ = agent.shutdown.send(true);
-                return;
+                return Beat::Stop;
             }
             Err(RegistrationError::Refused(m)) => {
-                if !paused_for_auth {
+                if !*paused_for_auth {
                     tracing::error!(
                         "{m}: pausing every sandbox until the host is registered again"
                     );
-                    pause_all(&agent).await;
-                    paused_for_auth = true;
+                    pause_all(agent).await;
+                    *paused_for_auth = true;
                 }
             }
             Err(e) => tracing::warn!("heartbeat: {e}"),
         }
     }
+    Beat::Continue
 }
 
 #[cfg(test)]

@@ -64,6 +64,18 @@ pub fn router<R: Runtime + TemplateList>(agent: Arc<Agent<R>>, token: String) ->
             Token(Arc::new(token)),
             require_token,
         ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+}
+
+/// A handler that panicked (a bug of ours) answers a Connect `internal`
+/// error; the panic hook logged where, and the agent and its sandboxes go on.
+fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    tracing::error!("a request handler panicked");
+    let body = serde_json::json!({
+        "code": "internal",
+        "message": "the agent hit a bug handling this request (it was logged); try again or report it"
+    });
+    (http::StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
 }
 
 /// Re-adopts sandboxes, starts the reaper, and serves on `addr` until

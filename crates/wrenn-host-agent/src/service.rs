@@ -409,6 +409,9 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
         })
     }
 
+    /// Runs a command to its end and answers with its output, at most
+    /// `max_output_bytes` of each stream (the rest is read and dropped, so
+    /// the command never blocks on a full pipe and memory stays bounded).
     async fn exec(
         &self,
         _ctx: RequestContext,
@@ -430,6 +433,10 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
             .start_with_options(req, user_opts(&r.user, r.timeout_sec))
             .await?;
         let mut out = pb::ExecResponse::default();
+        let limit = match r.max_output_bytes {
+            0 => DEFAULT_EXEC_OUTPUT_LIMIT,
+            n => usize::try_from(n).unwrap_or(usize::MAX).min(MAX_EXEC_OUTPUT_LIMIT),
+        };
         loop {
             let msg = match stream.message::<ep::StartResponse>().await {
                 Ok(Some(m)) => m.to_owned_message(),
@@ -476,9 +483,12 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
                         break;
                     }
                 }
-                exec_event::Event::Stdout(b) => out.stdout.extend(b),
-                exec_event::Event::Stderr(b) => out.stderr.extend(b),
-                exec_event::Event::Pty(b) => out.stdout.extend(b),
+                exec_event::Event::Stdout(b) | exec_event::Event::Pty(b) => {
+                    out.stdout_truncated |= keep_bounded(&mut out.stdout, &b, limit);
+                }
+                exec_event::Event::Stderr(b) => {
+                    out.stderr_truncated |= keep_bounded(&mut out.stderr, &b, limit);
+                }
                 exec_event::Event::End(e) => {
                     out.exit_code = e.exit_code;
                     out.error = e.error;
@@ -910,5 +920,32 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
         }
         let _ = self.agent.shutdown.send(true);
         Response::ok(pb::TerminateResponse::default())
+    }
+}
+
+/// Output kept per stream by a buffered exec when the request names no limit.
+pub const DEFAULT_EXEC_OUTPUT_LIMIT: usize = 16 << 20;
+/// The most a request may ask for per stream (the answer is one message).
+pub const MAX_EXEC_OUTPUT_LIMIT: usize = 64 << 20;
+
+/// Appends what fits of `chunk` to `buf` under `limit`; true if some was
+/// dropped.
+fn keep_bounded(buf: &mut Vec<u8>, chunk: &[u8], limit: usize) -> bool {
+    let room = limit.saturating_sub(buf.len());
+    buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    chunk.len() > room
+}
+
+#[cfg(test)]
+mod bounded_output_tests {
+    #[test]
+    fn output_is_kept_up_to_the_limit_then_dropped() {
+        let mut buf = Vec::new();
+        assert!(!super::keep_bounded(&mut buf, b"abc", 5));
+        assert!(super::keep_bounded(&mut buf, b"defg", 5));
+        assert_eq!(buf, b"abcde");
+        assert!(super::keep_bounded(&mut buf, b"h", 5));
+        assert!(!super::keep_bounded(&mut buf, b"", 5));
+        assert_eq!(buf, b"abcde");
     }
 }

@@ -15,6 +15,12 @@ mod generated {
 /// envd's protobuf packages `process` and `filesystem`.
 pub mod envd {
     pub use crate::generated::{filesystem, process};
+
+    /// The variable in which a sandbox's init names the descriptors
+    /// (comma-separated) of the workload cgroup's `cgroup.procs` files:
+    /// envd keeps them open and each process it starts writes itself into
+    /// them before its exec.
+    pub const WORK_CGROUP_FDS_ENV: &str = "ENVD_WORK_CGROUP_FDS";
 }
 
 /// The host agent's API, `hostagent.v1.HostAgentService`, and its HTTP

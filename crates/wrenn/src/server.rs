@@ -53,10 +53,21 @@ pub struct FleetArgs {
     /// Seconds between reconciliations of the database with the agents.
     #[arg(long, env = "WRENN_RECONCILE_INTERVAL", default_value_t = 2)]
     reconcile_interval: u64,
+    /// Let teams register their own hosts at private addresses (10/8,
+    /// 172.16/12, 192.168/16, 100.64/10, fc00::/7). Loopback, link-local and
+    /// this machine's own addresses stay refused.
+    #[arg(long, env = "WRENN_ALLOW_PRIVATE_HOST_ADDRESSES")]
+    allow_private_host_addresses: bool,
 }
 
 impl FleetArgs {
-    fn apply(&self, app: &mut App) -> anyhow::Result<()> {
+    fn apply(&self, app: &mut App, listen: SocketAddr) -> anyhow::Result<()> {
+        app.hosts = wrenn_control_plane::hosts::HostPool::new(
+            wrenn_control_plane::hosts::AddressPolicy {
+                allow_private: self.allow_private_host_addresses,
+                own: vec![listen],
+            },
+        );
         app.scheduler =
             wrenn_control_plane::hosts::scheduler(&self.scheduler).with_context(|| {
                 format!(
@@ -192,7 +203,7 @@ pub fn run_server(data_dir: &Path, args: ServerArgs) -> anyhow::Result<()> {
         }
         let mut app = App::new(store, secret.as_bytes());
         app.proxy = args.proxy.config(args.listen);
-        args.fleet.apply(&mut app)?;
+        args.fleet.apply(&mut app, args.listen)?;
         wrenn_control_plane::serve(app, args.listen, shutdown_signal())
             .await
             .with_context(|| format!("serving on {}", args.listen))

@@ -150,6 +150,8 @@ impl Fleet {
                 "4",
                 "--reconcile-interval",
                 "1",
+                // The test's agents sit at private addresses (10.251.x).
+                "--allow-private-host-addresses",
             ])
             .args(flags)
             .env("WRENN_LOG", "warn")

@@ -4,87 +4,27 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use common::{ServerProc, call, http_client};
 use serde_json::{Value, json};
-
-type Http = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Full<Bytes>,
->;
-
-async fn call(
-    http: &Http,
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: Option<Value>,
-) -> (u16, String) {
-    let mut req = http::Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    if body.is_some() {
-        req = req.header("content-type", "application/json");
-    }
-    let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-    let resp = http
-        .request(req.body(Full::new(body)).unwrap())
-        .await
-        .unwrap();
-    let st = resp.status().as_u16();
-    let b = resp.into_body().collect().await.unwrap().to_bytes();
-    (st, String::from_utf8_lossy(&b).into_owned())
-}
-
-struct Server(std::process::Child, std::path::PathBuf);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_sandbox_answers_409_without_auto_resume() {
     let agent = common::AgentProc::start();
-    let dir = std::path::PathBuf::from(format!("/var/tmp/wrenn-test-proxy-{}", std::process::id()));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let server = Server(
-        Command::new(env!("CARGO_BIN_EXE_wrenn"))
-            .arg("--data-dir")
-            .arg(&dir)
-            .args([
-                "server",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--no-auto-resume",
-            ])
-            .args(["--agent", &format!("127.0.0.1:{}", agent.port)])
-            .args(["--agent-token", &agent.token])
-            .env("WRENN_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start wrenn server"),
-        dir.clone(),
+    let agent_addr = format!("127.0.0.1:{}", agent.port);
+    let server = ServerProc::start(
+        "proxy",
+        &[
+            "--no-auto-resume",
+            "--agent",
+            &agent_addr,
+            "--agent-token",
+            &agent.token,
+        ],
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "wrenn server did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let http: Http =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
+    let port = server.port;
+    let http = http_client();
     let base = format!("http://127.0.0.1:{port}");
     let (st, body) = call(
         &http,

@@ -181,19 +181,46 @@ pub async fn download(
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(
             header::CONTENT_DISPOSITION,
-            format!(
-                "attachment; filename=\"{}\"",
-                path.file_name()
-                    .map(|n| n.to_string_lossy())
-                    .unwrap_or_default()
-            ),
+            content_disposition(&path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()),
         );
     resp = if gzip {
         resp.header(header::CONTENT_ENCODING, "gzip")
     } else {
         resp.header(header::CONTENT_LENGTH, meta.len())
     };
-    resp.body(body).expect("valid response")
+    match resp.body(body) {
+        Ok(r) => r,
+        Err(e) => http_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("building the response for {}: {e}", path.display()),
+        ),
+    }
+}
+
+/// `Content-Disposition` for a download of `name`: any file name a sandbox
+/// can hold (quotes, newlines, non-ASCII) gives a valid header, an ASCII
+/// fallback in `filename` and the exact name in RFC 5987's `filename*`.
+pub fn content_disposition(name: &str) -> header::HeaderValue {
+    let fallback: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut encoded = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let v = format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}");
+    header::HeaderValue::from_str(&v).unwrap_or(header::HeaderValue::from_static("attachment"))
 }
 
 /// A `Write` that hands full chunks to the response body.
@@ -412,4 +439,22 @@ async fn upload_multipart(state: AppState, q: FilesQuery, req: Request) -> Respo
         );
     }
     axum::Json(out).into_response()
+}
+
+#[cfg(test)]
+mod disposition_tests {
+    use super::content_disposition;
+
+    #[test]
+    fn every_file_name_gives_a_valid_header() {
+        for (name, want) in [
+            ("a.txt", "attachment; filename=\"a.txt\"; filename*=UTF-8''a.txt"),
+            ("a\nb", "attachment; filename=\"a_b\"; filename*=UTF-8''a%0Ab"),
+            ("q\"uote", "attachment; filename=\"q_uote\"; filename*=UTF-8''q%22uote"),
+            ("é", "attachment; filename=\"_\"; filename*=UTF-8''%C3%A9"),
+            ("a b", "attachment; filename=\"a b\"; filename*=UTF-8''a%20b"),
+        ] {
+            assert_eq!(content_disposition(name).to_str().unwrap(), want, "{name:?}");
+        }
+    }
 }

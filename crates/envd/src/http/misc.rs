@@ -79,6 +79,19 @@ pub async fn init(
     if let Some(w) = req.default_workdir.filter(|w| !w.is_empty()) {
         d.workdir = Some(PathBuf::from(w));
     }
+    let saved = d.clone();
+    drop(d);
+    if let Some(path) = &state.state_file {
+        if let Err(e) = saved.save(path) {
+            return http_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "saving the settings to {}: {e}; they hold until envd restarts",
+                    path.display()
+                ),
+            );
+        }
+    }
     StatusCode::NO_CONTENT.into_response()
 }
 

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
-pub use spawn::{SpawnError, SpawnRequest, spawn};
+pub use spawn::{SpawnError, SpawnRequest, WORK_CGROUP_FDS_ENV, spawn, start_children_in};
 
 /// Capacity, in chunks, of each subscriber's queue. With 64 KiB chunks a
 /// subscriber holds at most 1 MiB before the process's output pauses.

@@ -122,6 +122,19 @@ fn environment(req: &SpawnRequest) -> Vec<(String, String)> {
     env
 }
 
+pub use wrenn_protocol::envd::WORK_CGROUP_FDS_ENV;
+
+/// Descriptors every started process writes itself into before its exec.
+static WORK_CGROUP: std::sync::OnceLock<Vec<OwnedFd>> = std::sync::OnceLock::new();
+
+/// Makes every process envd starts from now on join the cgroup whose
+/// `cgroup.procs` files `fds` are (one per hierarchy), so that envd's own
+/// cgroup keeps its reserve of memory, pids and CPU time whatever they do.
+/// Only the first call counts.
+pub fn start_children_in(fds: Vec<OwnedFd>) {
+    let _ = WORK_CGROUP.set(fds);
+}
+
 /// Starts the process, registers it in `table`, and returns it with a
 /// subscription that sees all of its output from the first byte.
 pub fn spawn(
@@ -173,13 +186,22 @@ pub fn spawn(
 
     let user = req.user.clone();
     let switch_user = user.uid != rustix::process::getuid().as_raw();
+    let work_cgroup: Vec<std::os::fd::RawFd> = WORK_CGROUP
+        .get()
+        .map(|fds| fds.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect())
+        .unwrap_or_default();
+    let join_cgroup = !work_cgroup.is_empty();
     // Without a pre_exec hook the standard library can spawn with
     // posix_spawn (vfork-like), which is several times faster than fork.
     // SAFETY: the closure runs between fork and exec and only makes
     // async-signal-safe system calls; it allocates nothing.
-    if is_pty || switch_user {
+    if is_pty || switch_user || join_cgroup {
         unsafe {
             cmd.pre_exec(move || {
+                for &fd in &work_cgroup {
+                    // "0": the writing process itself, before it can fork.
+                    rustix::io::write(std::os::fd::BorrowedFd::borrow_raw(fd), b"0")?;
+                }
                 if is_pty {
                     rustix::process::setsid()?;
                     // fd 0 is the PTY slave by now.

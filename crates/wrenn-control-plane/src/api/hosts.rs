@@ -261,11 +261,9 @@ pub(super) async fn delete(
     // Forced: the agent stops now. Otherwise (no sandboxes) its next
     // heartbeat hears 404, and it forgets its credentials and stops.
     if q.force && h.status == "online" && !h.address.is_empty() {
-        let _ = app
-            .hosts
-            .client(&h)
-            .terminate(pb::TerminateRequest::default())
-            .await;
+        if let Ok(client) = app.hosts.client(&h).await {
+            let _ = client.terminate(pb::TerminateRequest::default()).await;
+        }
     }
     app.store.delete_host(&h.id).await?;
     app.hosts.evict(&h.id);
@@ -326,16 +324,16 @@ pub(super) async fn register(
     State(app): State<App>,
     ApiJson(r): ApiJson<RegisterReq>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    if r.address.parse::<std::net::SocketAddr>().is_err()
-        && !r
-            .address
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
-    {
-        return Err(ApiError::bad_request("address: expected host:port"));
+    if let Err(e) = crate::hosts::parse_address(&r.address) {
+        return Err(ApiError::bad_request(format!("address: {e}")));
     }
-    if r.agent_token.len() < 16 {
-        return Err(ApiError::bad_request("agent_token: at least 16 characters"));
+    if r.agent_token.len() < 16
+        || r.agent_token.len() > 512
+        || !r.agent_token.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ApiError::bad_request(
+            "agent_token: 16 to 512 printable ASCII characters",
+        ));
     }
     let Some(mut h) = app
         .store
@@ -346,6 +344,15 @@ pub(super) async fn register(
             "registration token unknown, used or expired; get a new one with POST /v1/hosts/{id}/token",
         ));
     };
+    if !h.team_id.is_empty() {
+        // A team's host: the control plane must be allowed to call it. (The
+        // token is spent either way; the team admin asks for a new one.)
+        if let Err(e) = app.hosts.policy.resolve(&r.address, true).await {
+            return Err(ApiError::bad_request(format!(
+                "address: {e}; get a new registration token with POST /v1/hosts/{{id}}/token and register again"
+            )));
+        }
+    }
     h.address = r.address;
     h.token = r.agent_token;
     h.arch = r.arch;

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::{ApiJson, OptionalJson, rfc3339};
 use crate::App;
-use crate::auth::{Caller, KeyFormat, hash_password, new_api_key, verify_password};
+use crate::auth::{Caller, ClientIp, KeyFormat, new_api_key};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::ids;
 use crate::store::{ApiKey, Team, User, now};
@@ -80,7 +80,7 @@ pub async fn create_user_with_team(
         name: name
             .unwrap_or(email.split('@').next().unwrap_or(email))
             .to_string(),
-        password_hash: hash_password(password),
+        password_hash: app.passwords.hash(password.to_string()).await?,
         is_admin,
         created_at: now(),
     };
@@ -94,6 +94,7 @@ pub async fn create_user_with_team(
     };
     app.store.create_team(&team).await?;
     app.store.set_member(&team.id, &user.id, "owner").await?;
+    app.store.set_home_team(&user.id, &team.id).await?;
     app.store
         .audit(&team.id, &user.id, "team.create", &team.id)
         .await?;
@@ -111,13 +112,30 @@ pub(super) struct LoginReq {
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginReq, responses((status = 200, description = "Token, user and teams"), (status = 401, description = "Wrong email or password", body = ErrorBody)))]
 pub(super) async fn login(
     State(app): State<App>,
+    ClientIp(ip): ClientIp,
     ApiJson(r): ApiJson<LoginReq>,
 ) -> ApiResult<Json<Value>> {
+    if let Err(wait) = app.login_guard.check(&r.email, ip) {
+        // Answered late (a sleeping task, no CPU): a client that guesses in
+        // a loop slows to a few requests a second instead of spinning the
+        // server on refusals.
+        tokio::time::sleep(crate::auth::LOGIN_REFUSAL_DELAY).await;
+        return Err(ApiError::too_many(
+            format!("too many failed logins for this account or address; try again in {wait} s"),
+            wait,
+        ));
+    }
     let user = app.store.user_by_email(&r.email).await?;
-    // Same answer for unknown email and wrong password.
-    let Some(user) = user.filter(|u| verify_password(&r.password, &u.password_hash)) else {
+    // Same answer, and the same cost, for unknown email and wrong password.
+    let ok = app
+        .passwords
+        .verify(r.password.clone(), user.as_ref().map(|u| u.password_hash.clone()))
+        .await?;
+    let Some(user) = user.filter(|_| ok) else {
+        app.login_guard.failed(&r.email, ip);
         return Err(ApiError::unauthorized("wrong email or password"));
     };
+    app.login_guard.succeeded(&r.email);
     let teams: Vec<Value> = app
         .store
         .teams_of(&user.id)
@@ -322,14 +340,19 @@ pub(super) struct MemberReq {
     role: Option<String>,
 }
 
-/// POST /v1/teams/{id}/members: adds an existing user by email.
-#[utoipa::path(post, path = "/v1/teams/{id}/members", tag = "teams", params(("id" = String, Path)), request_body = MemberReq, responses((status = 204, description = "Added"), (status = 404, description = "No such team or user", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+/// How long an invitation waits for its answer.
+pub const INVITATION_TTL_SECS: i64 = 7 * 86400;
+
+/// POST /v1/teams/{id}/members: invites an existing user by email (202; the
+/// user becomes a member only by accepting), or changes a member's role.
+#[utoipa::path(post, path = "/v1/teams/{id}/members", tag = "teams", params(("id" = String, Path)), request_body = MemberReq, responses((status = 202, description = "Invited: `invitation` {id, team_id, user_id, role, expires_at}; the user accepts with POST /v1/invitations/{id}/accept"), (status = 204, description = "Already a member: role changed"), (status = 404, description = "No such team or user", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 pub(super) async fn add_member(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
     ApiJson(r): ApiJson<MemberReq>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
     own_team(&caller, &id)?;
     caller.require_team_admin()?;
     let role = r.role.unwrap_or_else(|| "member".into());
@@ -344,11 +367,112 @@ pub(super) async fn add_member(
         .user_by_email(&r.email)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("user '{}'", r.email)))?;
-    app.store.set_member(&id, &user.id, &role).await?;
+    if app.store.role(&id, &user.id).await?.is_some() {
+        app.store.set_member(&id, &user.id, &role).await?;
+        app.store
+            .audit(&id, &caller.actor, "team.member.role", &user.id)
+            .await?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let inv = crate::store::Invitation {
+        id: ids::new("inv"),
+        team_id: id.clone(),
+        team_name: String::new(),
+        user_id: user.id.clone(),
+        role,
+        invited_by: caller.actor.clone(),
+        created_at: now(),
+        expires_at: now() + INVITATION_TTL_SECS,
+    };
+    app.store.invite(&inv).await?;
     app.store
-        .audit(&id, &caller.actor, "team.member.add", &user.id)
+        .audit(&id, &caller.actor, "team.member.invite", &user.id)
         .await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok((StatusCode::ACCEPTED, Json(json!({ "invitation": invitation_json(&inv) }))).into_response())
+}
+
+fn invitation_json(i: &crate::store::Invitation) -> Value {
+    json!({
+        "id": i.id, "team_id": i.team_id, "team_name": i.team_name, "user_id": i.user_id,
+        "role": i.role, "invited_by": i.invited_by, "created_at": rfc3339(i.created_at),
+        "expires_at": rfc3339(i.expires_at),
+    })
+}
+
+/// The user behind a call; invitations are a person's, not an API key's.
+fn user_of(caller: &Caller) -> ApiResult<&str> {
+    caller.user_id.as_deref().ok_or_else(|| {
+        ApiError::forbidden(
+            "invitations belong to a user: log in (POST /v1/auth/login) and send Authorization: Bearer <token>",
+        )
+    })
+}
+
+/// GET /v1/invitations: the caller's pending invitations.
+#[utoipa::path(get, path = "/v1/invitations", tag = "teams", responses((status = 200, description = "`invitations`: pending invitations of the logged-in user"), (status = 403, description = "Called with an API key", body = ErrorBody)), security(("bearer" = [])))]
+pub(super) async fn list_invitations(
+    State(app): State<App>,
+    caller: Caller,
+) -> ApiResult<Json<Value>> {
+    let user = user_of(&caller)?;
+    let list: Vec<Value> = app
+        .store
+        .invitations_of(user)
+        .await?
+        .iter()
+        .map(invitation_json)
+        .collect();
+    Ok(Json(json!({ "invitations": list })))
+}
+
+/// POST /v1/invitations/{id}/accept: joins the team. Calls still act for
+/// the caller's first team unless they send `X-Team-Id`.
+#[utoipa::path(post, path = "/v1/invitations/{id}/accept", tag = "teams", params(("id" = String, Path)), responses((status = 200, description = "Joined: `team` {id, name, role}"), (status = 404, description = "No such pending invitation for this user", body = ErrorBody)), security(("bearer" = [])))]
+pub(super) async fn accept_invitation(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let user = user_of(&caller)?.to_string();
+    let inv = app
+        .store
+        .take_invitation(&id, &user)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("pending invitation '{id}'")))?;
+    app.store.set_member(&inv.team_id, &user, &inv.role).await?;
+    app.store
+        .audit(&inv.team_id, &user, "team.member.join", &user)
+        .await?;
+    Ok(Json(
+        json!({ "team": { "id": inv.team_id, "name": inv.team_name, "role": inv.role } }),
+    ))
+}
+
+/// DELETE /v1/invitations/{id}: the invitee declines, or an admin of the
+/// inviting team (acting for it) withdraws it.
+#[utoipa::path(delete, path = "/v1/invitations/{id}", tag = "teams", params(("id" = String, Path)), responses((status = 204, description = "Declined or withdrawn"), (status = 404, description = "No such invitation", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn delete_invitation(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    if let Some(user) = caller.user_id.as_deref() {
+        if app.store.take_invitation(&id, user).await?.is_some() {
+            return Ok(StatusCode::NO_CONTENT);
+        }
+    }
+    if caller.require_team_admin().is_ok()
+        && app
+            .store
+            .withdraw_invitation(&caller.team_id, &id)
+            .await?
+    {
+        app.store
+            .audit(&caller.team_id, &caller.actor, "team.invitation.withdraw", &id)
+            .await?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    Err(ApiError::not_found(format!("invitation '{id}'")))
 }
 
 /// DELETE /v1/teams/{id}/members/{user_id}.

@@ -142,6 +142,7 @@ impl utoipa::Modify for Security {
         identity::signup, identity::login,
         identity::create_key, identity::list_keys, identity::delete_key,
         identity::list_teams, identity::create_team, identity::list_members, identity::add_member, identity::remove_member,
+        identity::list_invitations, identity::accept_invitation, identity::delete_invitation,
         identity::audit_logs,
         sandboxes::create, sandboxes::list, sandboxes::get_one, sandboxes::destroy,
         sandboxes::pause, sandboxes::resume, sandboxes::ping, sandboxes::metrics, sandboxes::set_public_ports,
@@ -193,6 +194,15 @@ pub fn router(app: App) -> Router {
             "/v1/teams/{id}/members/{user_id}",
             delete(identity::remove_member),
         )
+        .route("/v1/invitations", get(identity::list_invitations))
+        .route(
+            "/v1/invitations/{id}",
+            delete(identity::delete_invitation),
+        )
+        .route(
+            "/v1/invitations/{id}/accept",
+            post(identity::accept_invitation),
+        )
         .route("/v1/audit-logs", get(identity::audit_logs))
         .route("/v1/templates", get(sandboxes::list_templates))
         .route("/v1/templates/{name}", delete(sandboxes::delete_template))
@@ -205,5 +215,21 @@ pub fn router(app: App) -> Router {
             app.clone(),
             crate::proxy::intercept,
         ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .with_state(app)
+}
+
+/// The answer to a request whose handler panicked (a bug of ours): 500 in
+/// the usual error shape; the panic hook has logged where it happened, and
+/// the server goes on serving.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown".into());
+    tracing::error!(panic = %what, "a request handler panicked");
+    ApiError::internal("the server hit a bug handling this request (it was logged); try again or report it")
+        .into_response()
 }

@@ -147,7 +147,7 @@ pub(super) async fn agent_for(app: &App, s: &Sandbox) -> ApiResult<AgentClient> 
             format!("host '{}' of sandbox {} is gone", s.host_id, s.id),
         )
     })?;
-    Ok(app.hosts.client(&host))
+    Ok(app.hosts.client(&host).await?)
 }
 
 /// The caller's running sandbox and its agent; 409 if not running.
@@ -260,7 +260,17 @@ pub async fn create_sandbox(app: &App, caller: &Caller, r: CreateReqPublic) -> A
         auto_pause: r.auto_pause,
         ..Default::default()
     };
-    match app.hosts.client(&host).create_sandbox(req).await {
+    let client = match app.hosts.client(&host).await {
+        Ok(c) => c,
+        Err(e) => {
+            let err = ApiError::from(e);
+            s.state = "error".into();
+            s.error = err.message.clone();
+            app.store.update_sandbox(&s).await?;
+            return Err(err);
+        }
+    };
+    match client.create_sandbox(req).await {
         Ok(resp) => {
             let info = resp.into_owned();
             s.state = "running".into();
@@ -659,6 +669,11 @@ pub(super) struct ExecReq {
     background: bool,
     #[serde(default)]
     tag: Option<String>,
+    /// Most bytes of stdout (and of stderr) to return; the rest is dropped
+    /// and `stdout_truncated`/`stderr_truncated` say so. Default 16 MiB,
+    /// at most 64 MiB.
+    #[serde(default)]
+    max_output_bytes: Option<u64>,
 }
 
 fn text_or_base64(stdout: Vec<u8>, stderr: Vec<u8>) -> (String, String, &'static str) {
@@ -675,7 +690,7 @@ fn text_or_base64(stdout: Vec<u8>, stderr: Vec<u8>) -> (String, String, &'static
     }
 }
 
-#[utoipa::path(post, path = "/v1/sandboxes/{id}/exec", tag = "processes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = ExecReq, responses((status = 200, description = "stdout, stderr (utf-8 or base64 per `encoding`), exit_code, duration_ms; or pid and tag when background"), (status = 404, description = "No such sandbox in the team", body = ErrorBody), (status = 409, description = "Wrong state (e.g. paused)", body = ErrorBody), (status = 504, description = "timeout_sec passed; the command was killed", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/exec", tag = "processes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = ExecReq, responses((status = 200, description = "stdout, stderr (utf-8 or base64 per `encoding`; each at most `max_output_bytes`, 16 MiB by default, with `stdout_truncated`/`stderr_truncated` set when more was dropped), exit_code, duration_ms; or pid and tag when background"), (status = 404, description = "No such sandbox in the team", body = ErrorBody), (status = 409, description = "Wrong state (e.g. paused)", body = ErrorBody), (status = 504, description = "timeout_sec passed; the command was killed", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 pub(super) async fn exec(
     State(app): State<App>,
     caller: Caller,
@@ -695,6 +710,7 @@ pub(super) async fn exec(
         timeout_sec: r.timeout_sec.unwrap_or(if r.background { 0 } else { 60 }),
         background: r.background,
         tag: r.tag.clone().unwrap_or_default(),
+        max_output_bytes: r.max_output_bytes.unwrap_or(0),
         ..Default::default()
     };
     let out = agent.exec(req).await?.into_owned();
@@ -713,6 +729,7 @@ pub(super) async fn exec(
     Ok(Json(json!({
         "sandbox_id": id, "cmd": cmd, "stdout": stdout, "stderr": stderr,
         "exit_code": out.exit_code, "duration_ms": out.duration_ms, "encoding": encoding,
+        "stdout_truncated": out.stdout_truncated, "stderr_truncated": out.stderr_truncated,
     })))
 }
 
@@ -1006,9 +1023,12 @@ pub(super) async fn delete_template(
         .filter(|h| h.status == "online")
         .collect();
     let calls = hosts.iter().map(|h| {
-        let c = app.hosts.client(h);
-        let name = name.clone();
+        let (name, pool) = (name.clone(), &app.hosts);
         async move {
+            let c = pool
+                .client(h)
+                .await
+                .map_err(|e| connectrpc::ConnectError::unavailable(e.to_string()))?;
             c.delete_template(pb::DeleteTemplateRequest {
                 name,
                 ..Default::default()
@@ -1064,12 +1084,10 @@ pub(super) async fn list_templates(
         .into_iter()
         .filter(|h| h.status == "online")
     {
-        if let Ok(info) = app
-            .hosts
-            .client(&h)
-            .get_host(pb::GetHostRequest::default())
-            .await
-        {
+        let Ok(client) = app.hosts.client(&h).await else {
+            continue;
+        };
+        if let Ok(info) = client.get_host(pb::GetHostRequest::default()).await {
             names.extend(info.into_owned().templates);
         }
     }

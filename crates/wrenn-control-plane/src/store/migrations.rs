@@ -54,4 +54,17 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
             "ALTER TABLE api_keys ADD COLUMN platform_admin BIGINT NOT NULL DEFAULT 0",
         ],
     ),
+    (
+        5,
+        &[
+            // Membership needs the invitee's consent: a team admin invites,
+            // the invited user accepts (or declines).
+            "CREATE TABLE team_invitations (id TEXT PRIMARY KEY, team_id TEXT NOT NULL REFERENCES teams(id) ON DELETE CASCADE, user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE, role TEXT NOT NULL, invited_by TEXT NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL)",
+            "CREATE UNIQUE INDEX team_invitations_once ON team_invitations (team_id, user_id)",
+            "CREATE INDEX team_invitations_user ON team_invitations (user_id)",
+            // The team made at signup: what a user's calls act for unless
+            // they name another (`X-Team-Id`), whatever teams they join.
+            "ALTER TABLE users ADD COLUMN home_team_id TEXT NOT NULL DEFAULT ''",
+        ],
+    ),
 ];

@@ -38,6 +38,40 @@ pub struct User {
     pub created_at: i64,
 }
 
+/// An invitation into a team, waiting for the invitee's consent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Invitation {
+    /// `inv-…`.
+    pub id: String,
+    /// The team.
+    pub team_id: String,
+    /// The team's name (read only).
+    pub team_name: String,
+    /// The invited user.
+    pub user_id: String,
+    /// Role on acceptance: owner, admin or member.
+    pub role: String,
+    /// Who invited (user or key id).
+    pub invited_by: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds; a later acceptance is refused.
+    pub expires_at: i64,
+}
+
+fn invitation_from_row(r: &sqlx::any::AnyRow) -> Invitation {
+    Invitation {
+        id: r.get("id"),
+        team_id: r.get("team_id"),
+        team_name: r.get("team_name"),
+        user_id: r.get("user_id"),
+        role: r.get("role"),
+        invited_by: r.get("invited_by"),
+        created_at: r.get("created_at"),
+        expires_at: r.get("expires_at"),
+    }
+}
+
 /// A team: the unit that owns sandboxes and keys.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Team {
@@ -401,6 +435,16 @@ impl Store {
         Ok(())
     }
 
+    /// Records the team a user's calls act for by default (made at signup).
+    pub async fn set_home_team(&self, user_id: &str, team_id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE users SET home_team_id = $1 WHERE id = $2")
+            .bind(team_id)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// A user by email.
     pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, sqlx::Error> {
         Ok(sqlx::query("SELECT * FROM users WHERE email = $1")
@@ -479,6 +523,74 @@ impl Store {
         Ok(r.rows_affected() > 0)
     }
 
+    /// Invites `user_id` into a team (again: the invitation is renewed).
+    pub async fn invite(&self, inv: &Invitation) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM team_invitations WHERE team_id = $1 AND user_id = $2")
+            .bind(&inv.team_id)
+            .bind(&inv.user_id)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO team_invitations (id, team_id, user_id, role, invited_by, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&inv.id)
+        .bind(&inv.team_id)
+        .bind(&inv.user_id)
+        .bind(&inv.role)
+        .bind(&inv.invited_by)
+        .bind(inv.created_at)
+        .bind(inv.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A user's unexpired invitations, newest first.
+    pub async fn invitations_of(&self, user_id: &str) -> Result<Vec<Invitation>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT i.id AS id, i.team_id AS team_id, t.name AS team_name, i.user_id AS user_id, i.role AS role, i.invited_by AS invited_by, i.created_at AS created_at, i.expires_at AS expires_at FROM team_invitations i JOIN teams t ON t.id = i.team_id WHERE i.user_id = $1 AND i.expires_at > $2 ORDER BY i.created_at DESC, i.id",
+        )
+        .bind(user_id)
+        .bind(now())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(invitation_from_row).collect())
+    }
+
+    /// Takes (deletes and returns) an unexpired invitation of `user_id`.
+    pub async fn take_invitation(
+        &self,
+        id: &str,
+        user_id: &str,
+    ) -> Result<Option<Invitation>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT i.id AS id, i.team_id AS team_id, t.name AS team_name, i.user_id AS user_id, i.role AS role, i.invited_by AS invited_by, i.created_at AS created_at, i.expires_at AS expires_at FROM team_invitations i JOIN teams t ON t.id = i.team_id WHERE i.id = $1 AND i.user_id = $2",
+        )
+        .bind(id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let taken = sqlx::query("DELETE FROM team_invitations WHERE id = $1 AND user_id = $2")
+            .bind(id)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(row
+            .filter(|_| taken.rows_affected() > 0)
+            .map(|r| invitation_from_row(&r))
+            .filter(|i| i.expires_at > now()))
+    }
+
+    /// Withdraws a team's invitation (by a team admin).
+    pub async fn withdraw_invitation(&self, team_id: &str, id: &str) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query("DELETE FROM team_invitations WHERE id = $1 AND team_id = $2")
+            .bind(id)
+            .bind(team_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
     /// Members of a team.
     pub async fn members(&self, team_id: &str) -> Result<Vec<Member>, sqlx::Error> {
         let rows = sqlx::query(
@@ -506,10 +618,12 @@ impl Store {
             .await
     }
 
-    /// Teams a user belongs to, with their role, oldest first.
+    /// Teams a user belongs to, with their role: the user's home team (made
+    /// at signup) first, as the one a call without `X-Team-Id` acts for, so
+    /// joining another team never changes it; then in the order joined.
     pub async fn teams_of(&self, user_id: &str) -> Result<Vec<(Team, String)>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT t.id AS id, t.name AS name, t.created_at AS created_at, m.role AS role FROM teams t JOIN team_members m ON m.team_id = t.id WHERE m.user_id = $1 ORDER BY t.created_at, t.id",
+            "SELECT t.id AS id, t.name AS name, t.created_at AS created_at, m.role AS role FROM teams t JOIN team_members m ON m.team_id = t.id JOIN users u ON u.id = m.user_id WHERE m.user_id = $1 ORDER BY CASE WHEN t.id = u.home_team_id THEN 0 ELSE 1 END, m.created_at, t.created_at, t.id",
         )
         .bind(user_id)
         .fetch_all(&self.pool)

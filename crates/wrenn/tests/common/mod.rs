@@ -139,7 +139,8 @@ pub fn reap(mut c: Child) {
 /// A client for the agent at `addr` (host:port) with its token.
 pub fn agent_client(addr: &str, token: &str) -> Client {
     let config = ClientConfig::new(format!("http://{addr}").parse().unwrap())
-        .with_default_header("authorization", format!("Bearer {token}"));
+        .with_default_header("authorization", format!("Bearer {token}"))
+        .with_default_max_message_size(80 << 20);
     HostAgentServiceClient::new(HttpClient::plaintext(), config)
 }
 
@@ -244,4 +245,110 @@ pub fn host_traces(data_dir: &std::path::Path) -> Vec<String> {
             .map(|l| format!("mount {l}")),
     );
     out
+}
+
+/// An HTTP client for tests.
+pub type Http = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+/// A new [`Http`].
+pub fn http_client() -> Http {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+/// One request: (status, body as text, response headers).
+pub async fn call_full(
+    http: &Http,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<serde_json::Value>,
+) -> (u16, String, http::HeaderMap) {
+    use http_body_util::BodyExt;
+    let mut req = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let body = body
+        .map(|b| bytes::Bytes::from(b.to_string()))
+        .unwrap_or_default();
+    let resp = http
+        .request(req.body(http_body_util::Full::new(body)).unwrap())
+        .await
+        .unwrap();
+    let st = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let b = resp.into_body().collect().await.unwrap().to_bytes();
+    (st, String::from_utf8_lossy(&b).into_owned(), headers)
+}
+
+/// One request: (status, body as text).
+pub async fn call(
+    http: &Http,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<serde_json::Value>,
+) -> (u16, String) {
+    let (st, b, _) = call_full(http, method, url, headers, body).await;
+    (st, b)
+}
+
+/// A `wrenn server` on a loopback port with its own data directory (and
+/// SQLite), killed and removed on drop.
+pub struct ServerProc {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl ServerProc {
+    /// Starts `wrenn server` with `args` after `--listen`, and waits until
+    /// it listens.
+    pub fn start(tag: &str, args: &[&str]) -> ServerProc {
+        let dir = PathBuf::from(format!(
+            "/var/tmp/wrenn-test-{tag}-{}-{}",
+            std::process::id(),
+            new_id("")
+        ));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_wrenn"))
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["server", "--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .env("WRENN_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start wrenn server");
+        let server = ServerProc { child, dir, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "wrenn server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

@@ -3,6 +3,13 @@
 //! Every sandbox gets a cgroup named after it under `wrenn/`: memory, CPU
 //! (from vcpus) and pids limits, the freezer for pause and resume, and the
 //! counters that sandbox metrics read.
+//!
+//! Inside it, two leaves: [`ENVD`] holds the sandbox's PID 1 and envd, and
+//! [`WORK`] everything envd starts. The workload's leaf has the sandbox's
+//! memory and pids limits minus a reserve for envd, and envd's leaf a
+//! larger CPU weight: a fork bomb, a memory hog or a thousand busy loops
+//! in the sandbox leave envd the memory, the pids and the CPU time to
+//! answer (and to kill them).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -16,6 +23,31 @@ pub struct Limits {
     pub vcpus: u32,
     /// Maximum number of tasks.
     pub pids: u32,
+}
+
+/// The leaf of a sandbox's cgroup that holds its PID 1 and envd.
+pub const ENVD: &str = "envd";
+/// The leaf that holds every process envd starts.
+pub const WORK: &str = "work";
+
+/// Memory kept for envd on top of the sandbox's own: the workload's leaf
+/// is limited to the sandbox's memory, the whole cgroup to this much more.
+pub const ENVD_MEMORY_RESERVE: u64 = 48 << 20;
+/// Tasks kept for envd's threads and PID 1 out of the sandbox's pids limit.
+pub const ENVD_PIDS_RESERVE: u32 = 64;
+/// envd's CPU weight against the workload's (v1 `cpu.shares` 1024, v2
+/// `cpu.weight` 100): under contention envd gets four fifths of the
+/// sandbox's CPU time, and none of it when idle.
+const ENVD_CPU_FACTOR: u64 = 4;
+
+/// The `cgroup.procs` files a process writes its pid (or `0`, itself) to,
+/// to join one leaf of a sandbox's cgroup, one per hierarchy.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Joins {
+    /// For PID 1 and envd.
+    pub envd: Vec<PathBuf>,
+    /// For the workload.
+    pub work: Vec<PathBuf>,
 }
 
 /// Usage counters.
@@ -33,9 +65,8 @@ pub struct Usage {
 pub trait Cgroups: Send + Sync {
     /// "v1" or "v2".
     fn version(&self) -> &'static str;
-    /// Creates the sandbox's cgroup with limits; returns the `cgroup.procs`
-    /// files a process writes its pid to, to join.
-    fn create(&self, id: &str, limits: &Limits) -> io::Result<Vec<PathBuf>>;
+    /// Creates the sandbox's cgroup with limits, and its two leaves.
+    fn create(&self, id: &str, limits: &Limits) -> io::Result<Joins>;
     /// Whether the sandbox's cgroup exists.
     fn exists(&self, id: &str) -> bool;
     /// Sandbox ids that have a cgroup.
@@ -44,11 +75,11 @@ pub trait Cgroups: Send + Sync {
     fn set_frozen(&self, id: &str, frozen: bool) -> io::Result<()>;
     /// Whether the cgroup is frozen.
     fn is_frozen(&self, id: &str) -> bool;
-    /// Pids in the cgroup.
+    /// Pids in the cgroup and its leaves.
     fn pids(&self, id: &str) -> Vec<u32>;
     /// Usage counters.
     fn usage(&self, id: &str) -> Usage;
-    /// Removes the cgroup (it must be empty).
+    /// Removes the cgroup and its leaves (they must be empty).
     fn remove(&self, id: &str) -> io::Result<()>;
 }
 
@@ -86,6 +117,52 @@ fn procs_of(p: &Path) -> Vec<u32> {
         .lines()
         .filter_map(|l| l.trim().parse().ok())
         .collect()
+}
+
+/// Tasks in `dir` and every cgroup below it.
+fn procs_below(dir: &Path) -> Vec<u32> {
+    let mut out = procs_of(&dir.join("cgroup.procs"));
+    for sub in subdirs(dir) {
+        out.extend(procs_below(&dir.join(sub)));
+    }
+    out
+}
+
+/// Removes `dir` after every cgroup below it.
+fn remove_tree(dir: &Path) -> io::Result<()> {
+    for sub in subdirs(dir) {
+        remove_tree(&dir.join(sub))?;
+    }
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io::Error::new(
+            e.kind(),
+            format!("removing {}: {e}", dir.display()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn mkdir(d: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(d)
+        .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", d.display())))
+}
+
+/// Tasks the workload may have per MiB of the sandbox's memory: a fork
+/// bomb meets the pids limit long before the memory limit (a memory cgroup
+/// at its limit with a thousand forking tasks livelocks in the kernel's
+/// reclaim, and its tasks then take many seconds to die even of SIGKILL).
+pub const WORK_PIDS_PER_MIB: u64 = 2;
+/// The fewest tasks the workload may have, whatever its memory.
+pub const WORK_PIDS_MIN: u32 = 128;
+
+/// The workload's share of the sandbox's limits: (memory, tasks).
+pub fn work_limits(l: &Limits) -> (u64, u32) {
+    let by_memory = ((l.memory_bytes >> 20) * WORK_PIDS_PER_MIB).min(u64::from(u32::MAX)) as u32;
+    let pids = by_memory
+        .max(WORK_PIDS_MIN)
+        .min(l.pids.saturating_sub(ENVD_PIDS_RESERVE))
+        .max(1);
+    (l.memory_bytes, pids)
 }
 
 fn subdirs(p: &Path) -> Vec<String> {
@@ -134,31 +211,48 @@ impl Cgroups for V1 {
         "v1"
     }
 
-    fn create(&self, id: &str, l: &Limits) -> io::Result<Vec<PathBuf>> {
-        let mut procs = Vec::new();
+    fn create(&self, id: &str, l: &Limits) -> io::Result<Joins> {
+        let mut joins = Joins::default();
         for c in self.controllers() {
             let d = self.dir(c, id);
-            std::fs::create_dir_all(&d)
-                .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", d.display())))?;
-            procs.push(d.join("cgroup.procs"));
+            mkdir(&d)?;
+            if c == "memory" {
+                // Limits go on a cgroup before its children exist (v1
+                // refuses to lower a limit below a child's usage).
+                write(&d.join("memory.use_hierarchy"), "1").ok();
+            }
+            for (leaf, list) in [(ENVD, &mut joins.envd), (WORK, &mut joins.work)] {
+                mkdir(&d.join(leaf))?;
+                list.push(d.join(leaf).join("cgroup.procs"));
+            }
         }
+        let (work_mem, work_pids) = work_limits(l);
         let mem = self.dir("memory", id);
-        write(
-            &mem.join("memory.limit_in_bytes"),
-            l.memory_bytes.to_string(),
-        )?;
-        let memsw = mem.join("memory.memsw.limit_in_bytes");
-        if memsw.exists() {
-            write(&memsw, l.memory_bytes.to_string())?;
+        for (dir, bytes) in [
+            (mem.clone(), l.memory_bytes + ENVD_MEMORY_RESERVE),
+            (mem.join(WORK), work_mem),
+        ] {
+            write(&dir.join("memory.limit_in_bytes"), bytes.to_string())?;
+            let memsw = dir.join("memory.memsw.limit_in_bytes");
+            if memsw.exists() {
+                write(&memsw, bytes.to_string())?;
+            }
         }
         let cpu = self.dir("cpu", id);
-        write(&cpu.join("cpu.cfs_period_us"), "100000")?;
+        let quota = (u64::from(l.vcpus.max(1)) * 100_000).to_string();
+        // On the leaf too, where LXCFS reads a process's CPU count.
+        for dir in [cpu.clone(), cpu.join(WORK)] {
+            write(&dir.join("cpu.cfs_period_us"), "100000")?;
+            write(&dir.join("cpu.cfs_quota_us"), &quota)?;
+        }
         write(
-            &cpu.join("cpu.cfs_quota_us"),
-            (u64::from(l.vcpus.max(1)) * 100_000).to_string(),
+            &cpu.join(ENVD).join("cpu.shares"),
+            (1024 * ENVD_CPU_FACTOR).to_string(),
         )?;
-        write(&self.dir("pids", id).join("pids.max"), l.pids.to_string())?;
-        Ok(procs)
+        let pids = self.dir("pids", id);
+        write(&pids.join("pids.max"), l.pids.to_string())?;
+        write(&pids.join(WORK).join("pids.max"), work_pids.to_string())?;
+        Ok(joins)
     }
 
     fn exists(&self, id: &str) -> bool {
@@ -199,7 +293,7 @@ impl Cgroups for V1 {
     }
 
     fn pids(&self, id: &str) -> Vec<u32> {
-        procs_of(&self.dir("pids", id).join("cgroup.procs"))
+        procs_below(&self.dir("pids", id))
     }
 
     fn usage(&self, id: &str) -> Usage {
@@ -213,17 +307,7 @@ impl Cgroups for V1 {
 
     fn remove(&self, id: &str) -> io::Result<()> {
         for c in self.controllers() {
-            let d = self.dir(c, id);
-            match std::fs::remove_dir(&d) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("removing {}: {e}", d.display()),
-                    ));
-                }
-            }
+            remove_tree(&self.dir(c, id))?;
         }
         Ok(())
     }
@@ -258,18 +342,33 @@ impl Cgroups for V2 {
         "v2"
     }
 
-    fn create(&self, id: &str, l: &Limits) -> io::Result<Vec<PathBuf>> {
+    fn create(&self, id: &str, l: &Limits) -> io::Result<Joins> {
         self.enable_controllers()?;
         let d = self.dir(id);
-        std::fs::create_dir_all(&d)?;
-        write(&d.join("memory.max"), l.memory_bytes.to_string())?;
-        let _ = write(&d.join("memory.swap.max"), "0");
+        mkdir(&d)?;
         write(
-            &d.join("cpu.max"),
-            format!("{} 100000", u64::from(l.vcpus.max(1)) * 100_000),
+            &d.join("memory.max"),
+            (l.memory_bytes + ENVD_MEMORY_RESERVE).to_string(),
         )?;
+        let _ = write(&d.join("memory.swap.max"), "0");
+        let cpu_max = format!("{} 100000", u64::from(l.vcpus.max(1)) * 100_000);
+        write(&d.join("cpu.max"), &cpu_max)?;
         write(&d.join("pids.max"), l.pids.to_string())?;
-        Ok(vec![d.join("cgroup.procs")])
+        // Processes live only in the leaves ("no internal processes").
+        write(&d.join("cgroup.subtree_control"), "+memory +cpu +pids")?;
+        let (work_mem, work_pids) = work_limits(l);
+        let (envd, work) = (d.join(ENVD), d.join(WORK));
+        mkdir(&envd)?;
+        mkdir(&work)?;
+        write(&envd.join("cpu.weight"), (100 * ENVD_CPU_FACTOR).to_string())?;
+        write(&work.join("memory.max"), work_mem.to_string())?;
+        let _ = write(&work.join("memory.swap.max"), "0");
+        write(&work.join("cpu.max"), &cpu_max)?;
+        write(&work.join("pids.max"), work_pids.to_string())?;
+        Ok(Joins {
+            envd: vec![envd.join("cgroup.procs")],
+            work: vec![work.join("cgroup.procs")],
+        })
     }
 
     fn exists(&self, id: &str) -> bool {
@@ -301,7 +400,7 @@ impl Cgroups for V2 {
     }
 
     fn pids(&self, id: &str) -> Vec<u32> {
-        procs_of(&self.dir(id).join("cgroup.procs"))
+        procs_below(&self.dir(id))
     }
 
     fn usage(&self, id: &str) -> Usage {
@@ -321,16 +420,31 @@ impl Cgroups for V2 {
     }
 
     fn remove(&self, id: &str) -> io::Result<()> {
-        match std::fs::remove_dir(self.dir(id)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        remove_tree(&self.dir(id))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_workload_gets_the_memory_and_a_pids_limit_that_memory_can_hold() {
+        for (mb, pids, want) in [
+            (256, 4096, 512),
+            (32, 4096, WORK_PIDS_MIN),
+            (8192, 4096, 4096 - ENVD_PIDS_RESERVE),
+            (256, 100, 100 - ENVD_PIDS_RESERVE),
+            (256, 10, 1),
+        ] {
+            let l = Limits {
+                memory_bytes: mb << 20,
+                vcpus: 1,
+                pids,
+            };
+            assert_eq!(work_limits(&l), (mb << 20, want), "{mb} MiB, {pids} pids");
+        }
+    }
 
     #[test]
     fn limits_usage_and_freezing_on_this_host() {
@@ -340,7 +454,7 @@ mod tests {
         }
         let cg = detect("wrenn");
         let id = format!("unit-{}", std::process::id());
-        let procs = cg
+        let joins = cg
             .create(
                 &id,
                 &Limits {
@@ -356,19 +470,32 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
-        for p in &procs {
+        let mut envd = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        for p in &joins.work {
             std::fs::write(p, child.id().to_string()).unwrap();
         }
-        assert_eq!(cg.pids(&id), vec![child.id()]);
+        for p in &joins.envd {
+            std::fs::write(p, envd.id().to_string()).unwrap();
+        }
+        let mut pids = cg.pids(&id);
+        pids.sort();
+        let mut want = vec![child.id(), envd.id()];
+        want.sort();
+        assert_eq!(pids, want, "tasks of both leaves");
         cg.set_frozen(&id, true).unwrap();
         assert!(cg.is_frozen(&id));
         cg.set_frozen(&id, false).unwrap();
         assert!(!cg.is_frozen(&id));
         // Memory is charged where it was first touched (before the move), so
         // only the task count is certain here.
-        assert_eq!(cg.usage(&id).pids, 1);
-        child.kill().unwrap();
-        child.wait().unwrap();
+        assert_eq!(cg.usage(&id).pids, 2);
+        for c in [&mut child, &mut envd] {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
         cg.remove(&id).unwrap();
         assert!(!cg.exists(&id));
     }

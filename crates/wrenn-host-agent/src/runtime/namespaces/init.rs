@@ -18,7 +18,10 @@
 //!    host), drops capabilities from the bounding set, sets no_new_privs,
 //!    installs the seccomp filter, prints `exec` and execs envd.
 //!
-//! Any failure prints `error: <what>` and exits non-zero.
+//! It starts with exactly stdin, stdout and stderr: every other inherited
+//! descriptor is closed first. envd gets those three and the workload
+//! cgroup's `cgroup.procs` files, nothing else. Any failure prints `error: <what>` and
+//! exits non-zero.
 
 use std::ffi::CString;
 use std::io::{BufRead, Write};
@@ -47,8 +50,13 @@ pub struct InitSpec {
     pub rootfs: PathBuf,
     /// envd on the host, bind-mounted into the sandbox.
     pub envd_binary: PathBuf,
-    /// `cgroup.procs` files to join before unsharing.
+    /// `cgroup.procs` files to join before unsharing (envd's leaf).
     pub cgroup_procs: Vec<PathBuf>,
+    /// `cgroup.procs` files of the workload's leaf: opened before
+    /// unsharing and handed to envd as descriptors, into which each process
+    /// it starts writes itself between fork and exec.
+    #[serde(default)]
+    pub work_cgroup_procs: Vec<PathBuf>,
     /// Host uid (and gid) that is root inside.
     pub uid_base: u32,
     /// Contents for /etc/resolv.conf.
@@ -59,6 +67,9 @@ pub struct InitSpec {
 
 /// Where envd appears inside the sandbox.
 pub const ENVD_PATH: &str = "/.wrenn/envd";
+
+/// Where envd keeps what `/init` set, so that a restarted envd has it.
+pub const ENVD_STATE_FILE: &str = "/.wrenn/envd-state.json";
 
 struct Fail(String);
 
@@ -107,7 +118,22 @@ pub fn main() -> ! {
     std::process::exit(code)
 }
 
+/// Closes every descriptor above stderr: the agent (or whatever started
+/// it) may hold some without close-on-exec, and none may reach a sandbox.
+fn close_inherited_fds() -> Result<(), Fail> {
+    // SAFETY: nothing in this process uses descriptors above 2 yet.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if r != 0 {
+        return Err(Fail(format!(
+            "close_range: {} (Linux 5.9 or later is needed)",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
 fn run() -> Result<(), Fail> {
+    close_inherited_fds()?;
     let mut line = String::new();
     ctx(
         std::io::stdin().lock().read_line(&mut line),
@@ -121,6 +147,21 @@ fn run() -> Result<(), Fail> {
             std::fs::write(procs, &me),
             format!("joining cgroup {}", procs.display()),
         )?;
+    }
+    // Opened as host root in the host's cgroup namespace: the kernel checks
+    // a write against these credentials, so the sandbox's root can move its
+    // own processes into the workload's leaf through them, and nowhere else.
+    let mut work_fds = Vec::new();
+    for procs in &spec.work_cgroup_procs {
+        let f = ctx(
+            std::fs::OpenOptions::new().write(true).open(procs),
+            format!("opening {}", procs.display()),
+        )?;
+        ctx(
+            rustix::io::fcntl_setfd(&f, rustix::io::FdFlags::empty()),
+            "keeping a cgroup descriptor open for envd",
+        )?;
+        work_fds.push(std::os::fd::IntoRawFd::into_raw_fd(f).to_string());
     }
     let flags = UnshareFlags::NEWNS
         | UnshareFlags::NEWUTS
@@ -142,7 +183,7 @@ fn run() -> Result<(), Fail> {
         say(&format!("pid {pid}"))?;
         std::process::exit(0);
     }
-    sandbox_init(&spec)
+    sandbox_init(&spec, &work_fds.join(","))
 }
 
 fn mount_fs(
@@ -200,7 +241,7 @@ fn mkdir_owned(path: &Path, base: u32, mode: u32) -> Result<(), Fail> {
     Ok(())
 }
 
-fn sandbox_init(spec: &InitSpec) -> Result<(), Fail> {
+fn sandbox_init(spec: &InitSpec, work_fds: &str) -> Result<(), Fail> {
     let base = spec.uid_base;
     ctx(
         rustix::mount::mount_change(
@@ -452,9 +493,11 @@ fn sandbox_init(spec: &InitSpec) -> Result<(), Fail> {
 
     let envd = CString::new(ENVD_PATH).expect("static path");
     let argv = [envd.clone()];
+    let work = (!work_fds.is_empty()).then(|| (wrenn_protocol::envd::WORK_CGROUP_FDS_ENV.to_string(), work_fds.to_string()));
     let envp: Vec<CString> = spec
         .envd_env
         .iter()
+        .chain(work.iter())
         .map(|(k, v)| CString::new(format!("{k}={v}")).expect("env has no NUL"))
         .collect();
     say("exec")?;

@@ -109,6 +109,8 @@ pub struct NamespaceRuntime {
     this: std::sync::Weak<NamespaceRuntime>,
     /// envd's dynamic loader (`None`: envd is static and runs anywhere).
     envd_interp: Option<String>,
+    /// The cached empty disk images.
+    disks: DiskImages,
 }
 
 /// The program interpreter (dynamic loader) an ELF executable names, if
@@ -208,6 +210,7 @@ impl NamespaceRuntime {
         let envd_interp = elf_interpreter(&cfg.envd_binary);
         Ok(Arc::new_cyclic(|this| NamespaceRuntime {
             envd_interp,
+            disks: DiskImages::default(),
             cgroups: cgroup::detect(&cfg.cgroup_parent),
             net,
             slots: Slots::default(),
@@ -241,42 +244,6 @@ impl NamespaceRuntime {
             &serde_json::to_vec_pretty(record).expect("record serializes"),
         )
         .map_err(failed(format!("writing {}", p.display())))
-    }
-
-    /// An empty ext4 image of `mb` MiB, made once per size and copied
-    /// sparsely: a copy is a few hundred KiB of metadata.
-    fn disk_image(&self, mb: u32, dest: &Path) -> Result<(), RuntimeError> {
-        let golden = self
-            .cfg
-            .data_dir
-            .join("cache")
-            .join(format!("disk-{mb}m-{}.img", self.cfg.uid_base));
-        if !golden.exists() {
-            let tmp = golden.with_extension(format!("tmp{}", std::process::id()));
-            let f = std::fs::File::create(&tmp).map_err(failed("creating a disk image"))?;
-            f.set_len(u64::from(mb) << 20)
-                .map_err(failed("sizing a disk image"))?;
-            drop(f);
-            let base = self.cfg.uid_base;
-            let out = std::process::Command::new("mkfs.ext4")
-                .args(["-q", "-F", "-m", "0", "-O", "^has_journal"])
-                .arg("-E")
-                .arg(format!(
-                    "lazy_itable_init=1,lazy_journal_init=1,root_owner={base}:{base}"
-                ))
-                .arg(&tmp)
-                .output()
-                .map_err(failed("running mkfs.ext4 (apt-get install e2fsprogs)"))?;
-            if !out.status.success() {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(RuntimeError::Failed(format!(
-                    "mkfs.ext4: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                )));
-            }
-            std::fs::rename(&tmp, &golden).map_err(failed("caching a disk image"))?;
-        }
-        sparse_copy(&golden, dest).map_err(failed(format!("copying {}", golden.display())))
     }
 
     /// Removes whatever a sandbox left: processes, cgroup, veth, directory.
@@ -414,7 +381,20 @@ impl NamespaceRuntime {
             std::fs::create_dir(dir.join(sub)).map_err(failed("creating the sandbox directory"))?;
         }
         let disk_image = dir.join("disk.img");
-        self.disk_image(spec.disk_size_mb, &disk_image)?;
+        {
+            let this = self.this.upgrade().expect("runtime alive");
+            let (dest, mb) = (disk_image.clone(), spec.disk_size_mb);
+            tokio::task::spawn_blocking(move || {
+                this.disks.copy_to(
+                    &this.cfg.data_dir.join("cache"),
+                    this.cfg.uid_base,
+                    mb,
+                    &dest,
+                )
+            })
+            .await
+            .map_err(|e| RuntimeError::Failed(format!("copying the disk image: {e}")))??;
+        }
         let slot = self
             .slots
             .take(spec.allow_internet_access)
@@ -440,7 +420,7 @@ impl NamespaceRuntime {
             vcpus: spec.vcpus,
             pids: self.cfg.pids_max,
         };
-        let procs = self
+        let joins = self
             .cgroups
             .create(id, &limits)
             .map_err(failed(format!("creating the cgroup of {id}")))?;
@@ -459,7 +439,8 @@ impl NamespaceRuntime {
             disk_mount: dir.join("disk"),
             rootfs: dir.join("rootfs"),
             envd_binary: self.cfg.envd_binary.clone(),
-            cgroup_procs: procs,
+            cgroup_procs: joins.envd,
+            work_cgroup_procs: joins.work,
             uid_base: self.cfg.uid_base,
             resolv_conf,
             envd_env: vec![
@@ -471,6 +452,7 @@ impl NamespaceRuntime {
                 ("ENVD_ACCESS_TOKEN".into(), token.clone()),
                 ("ENVD_LOG".into(), "envd=warn".into()),
                 ("ENVD_FORWARD_LOOPBACK_PORTS".into(), "true".into()),
+                ("ENVD_STATE_FILE".into(), init::ENVD_STATE_FILE.into()),
             ],
         };
         let mut child = tokio::process::Command::new(&self.cfg.init_exe)
@@ -518,6 +500,13 @@ impl NamespaceRuntime {
                         .parse()
                         .map_err(|_| RuntimeError::Failed(format!("bad pid line '{msg}'")))?;
                     let _ = child.wait().await; // the launcher exits right away
+                    // PID 1 restarts envd when it dies; the OOM killer
+                    // should never pick PID 1 itself (envd resets its own).
+                    // Needs CAP_SYS_RESOURCE; without it PID 1 is merely
+                    // the smallest process of the sandbox.
+                    if let Err(e) = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000") {
+                        tracing::debug!(sandbox = %id, "cannot shield PID 1 from the OOM killer: {e}");
+                    }
                     let r = record.as_mut().expect("set");
                     r.instance.init_pid = pid;
                     r.init_start_time = start_time(pid).unwrap_or(0);
@@ -666,6 +655,88 @@ fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The cached empty ext4 images sandbox disks are copied from, one per
+/// size: each made once (under a lock, in a temporary file of its own,
+/// renamed into place only when complete) and checked with `e2fsck` the
+/// first time this process uses it, so that a damaged image is rebuilt
+/// rather than handed to every later sandbox.
+#[derive(Default)]
+struct DiskImages {
+    /// Images known good in this process; the lock also serializes making one.
+    checked: Mutex<std::collections::HashSet<PathBuf>>,
+}
+
+impl DiskImages {
+    /// Puts an empty ext4 image of `mb` MiB at `dest` (a sparse copy: a few
+    /// hundred KiB of metadata). Blocks; call it off the async runtime.
+    fn copy_to(&self, cache: &Path, uid_base: u32, mb: u32, dest: &Path) -> Result<(), RuntimeError> {
+        let golden = cache.join(format!("disk-{mb}m-{uid_base}.img"));
+        {
+            let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+            if !checked.contains(&golden) {
+                if golden.exists() && !image_is_sound(&golden, mb) {
+                    tracing::warn!(image = %golden.display(), "cached disk image is damaged; making it again");
+                    std::fs::remove_file(&golden)
+                        .map_err(failed(format!("removing {}", golden.display())))?;
+                }
+                if !golden.exists() {
+                    make_image(&golden, uid_base, mb)?;
+                }
+                checked.insert(golden.clone());
+            }
+        }
+        sparse_copy(&golden, dest).map_err(failed(format!("copying {}", golden.display())))
+    }
+}
+
+/// Whether `image` is a complete, clean ext4 file system of `mb` MiB.
+fn image_is_sound(image: &Path, mb: u32) -> bool {
+    let size_ok = std::fs::metadata(image).is_ok_and(|m| m.len() == u64::from(mb) << 20);
+    size_ok
+        && std::process::Command::new("e2fsck")
+            .args(["-f", "-n"])
+            .arg(image)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+/// Makes the empty image `golden` in a temporary file unique to this call,
+/// then renames it into place.
+fn make_image(golden: &Path, uid_base: u32, mb: u32) -> Result<(), RuntimeError> {
+    let tmp = golden.with_extension(format!("tmp-{}-{}", std::process::id(), random_hex(8)));
+    let result = (|| {
+        let f = std::fs::File::create(&tmp).map_err(failed("creating a disk image"))?;
+        f.set_len(u64::from(mb) << 20)
+            .map_err(failed("sizing a disk image"))?;
+        drop(f);
+        let out = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0", "-O", "^has_journal"])
+            .arg("-E")
+            .arg(format!(
+                "lazy_itable_init=1,lazy_journal_init=1,root_owner={uid_base}:{uid_base}"
+            ))
+            .arg(&tmp)
+            .output()
+            .map_err(failed("running mkfs.ext4 (apt-get install e2fsprogs)"))?;
+        if !out.status.success() {
+            return Err(RuntimeError::Failed(format!(
+                "mkfs.ext4: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(failed("syncing a disk image"))?;
+        std::fs::rename(&tmp, golden).map_err(failed("caching a disk image"))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Copies `src` to `dst` keeping holes: only data extents are written.
@@ -940,6 +1011,38 @@ mod tests {
         ] {
             assert_eq!(valid_id(id), ok, "{id}");
         }
+    }
+
+    #[test]
+    fn damaged_cached_disk_images_are_made_again() {
+        let dir = std::env::temp_dir().join(format!("disks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let golden = dir.join("disk-64m-0.img");
+        // What a racing or interrupted mkfs left: the right name, no ext4.
+        std::fs::write(&golden, vec![0xAAu8; 4096]).unwrap();
+        let disks = DiskImages::default();
+        // Many callers at once, as concurrent creates on a fresh data dir.
+        std::thread::scope(|s| {
+            for i in 0..4 {
+                let (disks, dir) = (&disks, &dir);
+                s.spawn(move || {
+                    disks
+                        .copy_to(dir, 0, 64, &dir.join(format!("copy{i}.img")))
+                        .unwrap()
+                });
+            }
+        });
+        assert!(image_is_sound(&golden, 64), "the cached image was rebuilt");
+        for i in 0..4 {
+            assert!(image_is_sound(&dir.join(format!("copy{i}.img")), 64));
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "no temporary files left: {leftovers:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

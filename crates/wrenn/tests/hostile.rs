@@ -1,0 +1,324 @@
+//! What a hostile tenant's code does inside its own sandbox, through a real
+//! agent: each case was seen to hurt before, and now must not.
+//!
+//! - descriptors the agent inherited never reach a sandbox;
+//! - `kill -9 -1`, killing envd and an OOM kill of envd leave the sandbox
+//!   alive, with its files, answering again within a second;
+//! - a fork bomb, once over, leaves a sandbox that answers within a second;
+//! - a buffered exec keeps a bounded amount of output and says so;
+//! - file names no header can hold (a newline) are served, not fatal;
+//! - creates racing on a fresh data dir all succeed, and a damaged cached
+//!   disk image is rebuilt.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use wrenn_protocol::hostagent::v1 as pb;
+
+async fn create(c: &Client, id: &str) {
+    c.create_sandbox(create_req(id))
+        .await
+        .unwrap_or_else(|e| panic!("create {id}: {e:?}"));
+}
+
+async fn destroy(c: &Client, id: &str) {
+    c.destroy_sandbox(pb::SandboxRef {
+        sandbox_id: id.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("destroy {id}: {e:?}"));
+}
+
+/// Time until `echo alive` answers in the sandbox (each try bounded).
+async fn time_to_answer(c: &Client, id: &str, within: Duration) -> Duration {
+    let t = Instant::now();
+    loop {
+        let mut req = exec_req(id, "echo alive");
+        req.timeout_sec = 2;
+        let r = tokio::time::timeout(Duration::from_secs(3), c.exec(req)).await;
+        if let Ok(Ok(r)) = r {
+            if String::from_utf8_lossy(&r.into_owned().stdout).trim() == "alive" {
+                return t.elapsed();
+            }
+        }
+        assert!(
+            t.elapsed() < within,
+            "sandbox {id} did not answer within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn state_of(list: &pb::ListSandboxesResponse, id: &str) -> Option<String> {
+    list.sandboxes
+        .iter()
+        .find(|s| s.sandbox_id == id)
+        .map(|s| format!("{:?}", s.state))
+}
+
+#[tokio::test]
+async fn inherited_descriptors_never_reach_a_sandbox() {
+    // A bait the agent inherits: a host file, open for writing, without
+    // close-on-exec (what a careless parent process leaves behind).
+    let bait_path = std::env::temp_dir().join(format!("wrenn-bait-{}", std::process::id()));
+    let bait = std::fs::File::create(&bait_path).unwrap();
+    rustix::io::fcntl_setfd(&bait, rustix::io::FdFlags::empty()).unwrap();
+    let agent = AgentProc::start();
+    drop(bait);
+    let c = agent.client();
+    let id = new_id("fds");
+    create(&c, &id).await;
+    let (out, _, _) = sh(
+        &c,
+        &id,
+        "for p in /proc/[0-9]*; do for f in $p/fd/*; do echo \"$f $(readlink $f)\"; done; done 2>/dev/null",
+    )
+    .await;
+    let bait_name = bait_path.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        !out.contains(&bait_name),
+        "the host's descriptor is open inside:\n{out}"
+    );
+    // PID 1 holds exactly stdin, stdout and stderr, all /dev/null, and
+    // the descriptors that move envd's processes into the workload's leaf
+    // of its own cgroup.
+    let pid1: Vec<&str> = out.lines().filter(|l| l.starts_with("/proc/1/fd/")).collect();
+    let (stdio, rest): (Vec<&str>, Vec<&str>) = pid1.iter().partition(|l| {
+        ["/proc/1/fd/0 ", "/proc/1/fd/1 ", "/proc/1/fd/2 "]
+            .iter()
+            .any(|p| l.starts_with(p))
+    });
+    assert_eq!(stdio.len(), 3, "PID 1 holds {pid1:?}");
+    assert!(stdio.iter().all(|l| l.ends_with(" /dev/null")), "{pid1:?}");
+    let own_work = format!("/{id}/work/cgroup.procs");
+    assert!(
+        rest.iter().all(|l| l.ends_with(&own_work)),
+        "PID 1 holds more than its cgroup's: {pid1:?}"
+    );
+    // What envd starts holds only its stdio: here, the pipes to envd.
+    let (out, _, _) = sh(&c, &id, "ls /proc/self/fd | wc -l").await;
+    assert_eq!(out.trim(), "4", "0, 1, 2 and the directory ls reads");
+    destroy(&c, &id).await;
+    let _ = std::fs::remove_file(&bait_path);
+}
+
+#[tokio::test]
+async fn root_in_a_sandbox_cannot_kill_it() {
+    let agent = AgentProc::start();
+    let c = agent.client();
+    let id = new_id("kill");
+    create(&c, &id).await;
+    sh(&c, &id, "echo kept > /root/kept.txt").await;
+
+    // 1. Every process root can signal.
+    let mut req = exec_req(&id, "kill -9 -1");
+    req.timeout_sec = 5;
+    let _ = c.exec(req).await; // the stream dies with envd
+    let took = time_to_answer(&c, &id, Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(1), "envd came back after {took:?}");
+
+    // 2. envd itself, by pid (PID 1 is shielded by the kernel).
+    let mut req = exec_req(
+        &id,
+        "for p in /proc/[0-9]*; do [ \"$(readlink $p/exe)\" = /.wrenn/envd ] && kill -9 ${p#/proc/}; done",
+    );
+    req.timeout_sec = 5;
+    let _ = c.exec(req).await;
+    let took = time_to_answer(&c, &id, Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(1), "envd came back after {took:?}");
+
+    // 3. The OOM killer picks envd (root made it the first choice).
+    let mut req = exec_req(
+        &id,
+        "for p in /proc/[0-9]*; do [ \"$(readlink $p/exe)\" = /.wrenn/envd ] && [ ${p#/proc/} != 1 ] && echo 1000 > $p/oom_score_adj; done; \
+         python3 -c 'x = bytearray(1024 << 20)'",
+    );
+    req.timeout_sec = 20;
+    let _ = c.exec(req).await;
+    let took = time_to_answer(&c, &id, Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(1), "envd came back after {took:?}");
+
+    // The sandbox is the same one: running, with its files.
+    let (out, _, code) = sh(&c, &id, "cat /root/kept.txt").await;
+    assert_eq!((out.trim(), code), ("kept", 0));
+    let list = c
+        .list_sandboxes(pb::ListSandboxesRequest::default())
+        .await
+        .unwrap()
+        .into_owned();
+    assert_eq!(
+        state_of(&list, &id).as_deref(),
+        Some("SANDBOX_STATE_RUNNING"),
+        "{list:?}"
+    );
+    destroy(&c, &id).await;
+    assert!(host_traces(&agent.data_dir).is_empty(), "{:?}", host_traces(&agent.data_dir));
+}
+
+#[tokio::test]
+async fn a_fork_bomb_that_ended_leaves_a_sandbox_that_answers() {
+    let agent = AgentProc::start();
+    let c = agent.client();
+    let id = new_id("fbmb");
+    create(&c, &id).await;
+    // The bomb in the foreground of the command, so that the command's
+    // deadline ends it: envd kills the command's process group then.
+    let mut req = exec_req(&id, "bash -c ':(){ :|:& };:; sleep 60'");
+    req.timeout_sec = 5;
+    let bomb = tokio::spawn({
+        let c = c.clone();
+        async move { tokio::time::timeout(Duration::from_secs(40), c.exec(req)).await }
+    });
+    // While it rages, envd (its own cgroup leaf: reserved memory and pids,
+    // four times the workload's CPU weight) still answers what needs no
+    // new process.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t = Instant::now();
+    let read = c
+        .read_file(pb::FileRef {
+            sandbox_id: id.clone(),
+            path: "/etc/hostname".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("envd answers during the bomb")
+        .into_owned();
+    assert_eq!(String::from_utf8_lossy(&read.content).trim(), id);
+    assert!(t.elapsed() < Duration::from_secs(2), "a file read took {:?} during the bomb", t.elapsed());
+    let _ = bomb.await;
+    let took = time_to_answer(&c, &id, Duration::from_secs(30)).await;
+    assert!(
+        took < Duration::from_secs(1),
+        "the sandbox answered {took:?} after the bomb's command ended"
+    );
+    let (out, _, _) = sh(&c, &id, "ls /proc | grep -c '^[0-9]'").await;
+    let left: u32 = out.trim().parse().unwrap_or(u32::MAX);
+    assert!(left < 20, "{left} processes are left in the sandbox");
+    destroy(&c, &id).await;
+}
+
+#[tokio::test]
+async fn buffered_exec_output_is_bounded() {
+    let agent = AgentProc::start();
+    let c = agent.client();
+    let id = new_id("flod");
+    create(&c, &id).await;
+    let hwm = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    let agent_pid = agent.child.as_ref().unwrap().id();
+    let mut req = exec_req(&id, "head -c 600M /dev/zero; echo tail >&2; exit 3");
+    req.timeout_sec = 120;
+    let r = c.exec(req).await.unwrap().into_owned();
+    assert_eq!(r.stdout.len(), 16 << 20, "16 MiB kept by default");
+    assert!(r.stdout_truncated && !r.stderr_truncated);
+    assert_eq!(r.stderr, b"tail\n");
+    assert_eq!(r.exit_code, 3, "the exit code is intact");
+    let mut req = exec_req(&id, "head -c 3000 /dev/zero");
+    req.max_output_bytes = 1000;
+    let r = c.exec(req).await.unwrap().into_owned();
+    assert_eq!((r.stdout.len(), r.stdout_truncated), (1000, true));
+    let peak_mib = hwm(agent_pid) / 1024;
+    assert!(peak_mib < 200, "the agent's memory peaked at {peak_mib} MiB");
+    // The flood left envd and the sandbox as they were.
+    time_to_answer(&c, &id, Duration::from_secs(2)).await;
+    destroy(&c, &id).await;
+}
+
+#[tokio::test]
+async fn file_names_no_header_can_hold_are_served() {
+    let agent = AgentProc::start();
+    let c = agent.client();
+    let id = new_id("nlfn");
+    create(&c, &id).await;
+    for path in ["/tmp/a\nb", "/tmp/q\"uote", "/tmp/é ü", "/tmp/cr\rlf"] {
+        c.write_file(pb::WriteFileRequest {
+            sandbox_id: id.clone(),
+            path: path.into(),
+            content: b"odd name".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("write {path:?}: {e:?}"));
+        let got = c
+            .read_file(pb::FileRef {
+                sandbox_id: id.clone(),
+                path: path.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("read {path:?}: {e:?}"))
+            .into_owned();
+        assert_eq!(got.content, b"odd name", "{path:?}");
+    }
+    time_to_answer(&c, &id, Duration::from_secs(2)).await;
+    let list = c
+        .list_sandboxes(pb::ListSandboxesRequest::default())
+        .await
+        .unwrap()
+        .into_owned();
+    assert!(state_of(&list, &id).is_some(), "the sandbox is still there");
+    destroy(&c, &id).await;
+}
+
+#[tokio::test]
+async fn concurrent_creates_on_a_fresh_data_dir_share_one_sound_disk_image() {
+    let agent = AgentProc::start();
+    let c = agent.client();
+    // A size no other test uses, so its cached image is made here, by
+    // several creates at once.
+    let ids: Vec<String> = (0..4).map(|i| new_id(&format!("race{i}"))).collect();
+    let creates = ids.iter().map(|id| {
+        let mut req = create_req(id);
+        req.disk_size_mb = 321;
+        c.create_sandbox(req)
+    });
+    for (id, r) in ids.iter().zip(futures::future::join_all(creates).await) {
+        r.unwrap_or_else(|e| panic!("create {id}: {e:?}"));
+    }
+    for id in &ids {
+        let (out, _, code) = sh(&c, id, "echo ok > /root/f && cat /root/f").await;
+        assert_eq!((out.trim(), code), ("ok", 0), "{id}");
+        destroy(&c, id).await;
+    }
+    // Damage the cached image: the next create notices and makes it again.
+    let cache = agent.data_dir.join("cache");
+    let golden = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains("disk-321m"))
+        .expect("the cached image");
+    let leftovers: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
+        .map(|e| e.path())
+        .collect();
+    assert!(leftovers.is_empty(), "temporary images left: {leftovers:?}");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&golden).unwrap();
+        f.write_all_at(&[0u8; 8192], 0).unwrap(); // the superblock
+    }
+    // A fresh agent process checks the images it uses once.
+    let mut agent = agent;
+    agent.kill();
+    agent.spawn();
+    let c = agent.client();
+    let id = new_id("racez");
+    let mut req = create_req(&id);
+    req.disk_size_mb = 321;
+    c.create_sandbox(req).await.expect("create after damage");
+    let (out, _, code) = sh(&c, &id, "echo ok > /root/f && cat /root/f").await;
+    assert_eq!((out.trim(), code), ("ok", 0));
+    destroy(&c, &id).await;
+}
