@@ -241,6 +241,22 @@ fn mkdir_owned(path: &Path, base: u32, mode: u32) -> Result<(), Fail> {
     Ok(())
 }
 
+/// `/proc/partitions` and `/proc/diskstats` showing the sandbox's disk
+/// (the loop device behind `image`) and nothing of the host's.
+fn own_partitions(loop_dev: &str, image: &Path) -> Result<(String, String), Fail> {
+    let st = ctx(rustix::fs::stat(loop_dev), format!("stat {loop_dev}"))?;
+    let (major, minor) = (
+        rustix::fs::major(st.st_rdev),
+        rustix::fs::minor(st.st_rdev),
+    );
+    let kib = ctx(std::fs::metadata(image), format!("stat {}", image.display()))?.len() / 1024;
+    let name = loop_dev.rsplit('/').next().unwrap_or("loop");
+    Ok((
+        format!("major minor  #blocks  name\n\n{major:4} {minor:7} {kib:10} {name}\n"),
+        format!("{major:4} {minor:7} {name} 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n"),
+    ))
+}
+
 fn sandbox_init(spec: &InitSpec, work_fds: &str) -> Result<(), Fail> {
     let base = spec.uid_base;
     ctx(
@@ -269,12 +285,27 @@ fn sandbox_init(spec: &InitSpec, work_fds: &str) -> Result<(), Fail> {
     let work = spec.disk_mount.join("work");
     mkdir_owned(&upper, base, 0o755)?;
     mkdir_owned(&work, 0, 0o700)?;
+    // The overlay's options show in the sandbox's /proc/mounts: paths
+    // relative to the sandbox's directory (the template bound in as
+    // `lower`) say nothing of the host's layout.
+    let sandbox_dir = spec
+        .rootfs
+        .parent()
+        .ok_or_else(|| Fail("the root file system has no parent directory".into()))?;
+    let lower = sandbox_dir.join("lower");
+    mkdir_owned(&lower, 0, 0o755)?;
+    bind(&spec.template_rootfs, &lower, false)?;
+    let rel = |p: &Path| -> Result<String, Fail> {
+        p.strip_prefix(sandbox_dir)
+            .map(|r| r.display().to_string())
+            .map_err(|_| Fail(format!("{} is outside the sandbox directory", p.display())))
+    };
     let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        spec.template_rootfs.display(),
-        upper.display(),
-        work.display()
+        "lowerdir=lower,upperdir={},workdir={}",
+        rel(&upper)?,
+        rel(&work)?
     );
+    ctx(std::env::set_current_dir(sandbox_dir), "chdir to the sandbox directory")?;
     mount_fs(
         "overlay",
         &spec.rootfs,
@@ -283,6 +314,7 @@ fn sandbox_init(spec: &InitSpec, work_fds: &str) -> Result<(), Fail> {
         &opts,
     )?;
     let root = &spec.rootfs;
+    let partitions = own_partitions(&loop_dev, &spec.disk_image)?;
 
     // /proc for this PID namespace, with the host-revealing files masked.
     let proc_dir = root.join("proc");
@@ -304,6 +336,30 @@ fn sandbox_init(spec: &InitSpec, work_fds: &str) -> Result<(), Fail> {
         let p = proc_dir.join(masked);
         if p.exists() {
             bind(Path::new("/dev/null"), &p, true)?;
+        }
+    }
+    // Its own disk only, not the host's (the counters of /proc/diskstats
+    // would need a view that is live; it shows the disk with none yet).
+    // Written to a small tmpfs of this mount namespace, so that even
+    // mountinfo's root of the binds names no host path.
+    let view = sandbox_dir.join("view");
+    mkdir_owned(&view, 0, 0o755)?;
+    mount_fs(
+        "tmpfs",
+        &view,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        "mode=755,size=16k",
+    )?;
+    for (name, content) in [
+        ("partitions", partitions.0.as_str()),
+        ("diskstats", partitions.1.as_str()),
+    ] {
+        let file = view.join(name);
+        ctx(std::fs::write(&file, content), format!("writing {}", file.display()))?;
+        let p = proc_dir.join(name);
+        if p.exists() {
+            bind(&file, &p, true)?;
         }
     }
     for ro in ["sys", "irq", "bus", "fs"] {
