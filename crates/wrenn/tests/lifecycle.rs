@@ -553,10 +553,17 @@ async fn two_hundred_cycles_leave_the_host_as_it_was() {
             .lines()
             .count();
         let links = std::fs::read_dir("/sys/class/net").unwrap().count();
+        // User-space processes only: the kernel's worker threads (children
+        // of kthreadd, pid 2) grow with the cgroups it has to retire.
         let procs = std::fs::read_dir("/proc")
             .unwrap()
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+            .filter(|e| {
+                let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+                let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:")).map(str::trim);
+                ppid.is_some_and(|p| p != "2" && p != "0")
+            })
             .count();
         let netns = std::fs::read_dir("/var/run/netns")
             .map(|r| r.count())
@@ -585,9 +592,19 @@ async fn two_hundred_cycles_leave_the_host_as_it_was() {
         (before.0, before.1, before.2, before.3, before.4, before.5),
         (after.0, after.1, after.2, after.3, after.4, after.5)
     );
+    let children: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+            let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string());
+            (field("PPid:")? == agent_pid.to_string())
+                .then(|| format!("{} {:?} {:?}", e.file_name().to_string_lossy(), field("Name:"), field("State:")))
+        })
+        .collect();
     assert!(
         after.6 <= before.6 + 5,
-        "processes {} -> {}",
+        "processes {} -> {}; the agent's children: {children:?}",
         before.6,
         after.6
     );

@@ -254,10 +254,14 @@ impl NamespaceRuntime {
                 kill(pid);
             }
         }
+        // Tasks of the sandbox that outlive its PID 1 for a moment are
+        // re-parented to the agent (a subreaper): reaped below, by pid.
+        let mut killed = std::collections::HashSet::new();
         if self.cgroups.exists(id) {
             let frozen = self.cgroups.is_frozen(id);
             for p in self.cgroups.pids(id) {
                 kill(p);
+                killed.insert(p);
             }
             if frozen {
                 let cg = self.this.upgrade().expect("runtime alive");
@@ -281,6 +285,7 @@ impl NamespaceRuntime {
                 }
                 for p in left {
                     kill(p);
+                    killed.insert(p);
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
@@ -296,7 +301,17 @@ impl NamespaceRuntime {
             }
         }
         if let Some(r) = record {
-            reap(r.instance.init_pid);
+            // Once PID 1 is reaped, its exit has handed whatever it left to
+            // the agent; then those are reaped too.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !reap(r.instance.init_pid) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        for p in killed {
+            reap(p);
+        }
+        if let Some(r) = record {
             self.net
                 .detach(r.slot)
                 .await
@@ -641,13 +656,16 @@ fn kill(pid: u32) {
     }
 }
 
-/// Reaps `pid` if it is our exited child.
-fn reap(pid: u32) {
+/// Reaps `pid` if it is our exited child; true once it is gone (reaped
+/// now or before, or never ours).
+fn reap(pid: u32) -> bool {
     if pid > 0 {
         let mut status = 0;
         // SAFETY: plain waitpid on a pid; WNOHANG never blocks.
-        unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+        let r = unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+        return r != 0;
     }
+    true
 }
 
 fn random_hex(bytes: usize) -> String {
