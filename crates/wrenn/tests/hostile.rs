@@ -178,16 +178,8 @@ async fn a_fork_bomb_that_ended_leaves_a_sandbox_that_answers() {
     // new process.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t = Instant::now();
-    let read = c
-        .read_file(pb::FileRef {
-            sandbox_id: id.clone(),
-            path: "/etc/hostname".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("envd answers during the bomb")
-        .into_owned();
-    assert_eq!(String::from_utf8_lossy(&read.content).trim(), id);
+    let hostname = read_file(&c, &id, "/etc/hostname").await;
+    assert_eq!(String::from_utf8_lossy(&hostname).trim(), id);
     assert!(t.elapsed() < Duration::from_secs(2), "a file read took {:?} during the bomb", t.elapsed());
     let _ = bomb.await;
     let took = time_to_answer(&c, &id, Duration::from_secs(30)).await;
@@ -261,16 +253,7 @@ async fn file_names_no_header_can_hold_are_served() {
         })
         .await
         .unwrap_or_else(|e| panic!("write {path:?}: {e:?}"));
-        let got = c
-            .read_file(pb::FileRef {
-                sandbox_id: id.clone(),
-                path: path.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|e| panic!("read {path:?}: {e:?}"))
-            .into_owned();
-        assert_eq!(got.content, b"odd name", "{path:?}");
+        assert_eq!(read_file(&c, &id, path).await, b"odd name", "{path:?}");
     }
     time_to_answer(&c, &id, Duration::from_secs(2)).await;
     let list = c

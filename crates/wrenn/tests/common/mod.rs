@@ -190,6 +190,19 @@ pub fn exec_req(id: &str, script: &str) -> pb::ExecRequest {
 }
 
 /// Runs a shell script in a sandbox: (stdout, stderr, exit code).
+/// The content of `path` in sandbox `id`, read through the agent.
+pub async fn read_file(c: &Client, id: &str, path: &str) -> Vec<u8> {
+    c.read_file(pb::FileRef {
+        sandbox_id: id.into(),
+        path: path.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("read {path:?} in {id}: {e:?}"))
+    .into_owned()
+    .content
+}
+
 pub async fn sh(c: &Client, id: &str, script: &str) -> (String, String, i32) {
     let r = c
         .exec(exec_req(id, script))
