@@ -14,10 +14,6 @@ use crate::store::{Allocated, Host};
 /// A client for one agent.
 pub type AgentClient = HostAgentServiceClient<HttpClient>;
 
-/// Largest message an agent's answer may be: a buffered exec carries up to
-/// twice its per-stream output limit.
-pub const AGENT_MAX_MESSAGE_BYTES: usize = 80 << 20;
-
 /// How long a name's resolution is trusted before it is looked up again.
 const RESOLVE_TTL: Duration = Duration::from_secs(5);
 
@@ -217,7 +213,9 @@ impl HostPool {
         let uri = format!("http://{addr}")
             .parse()
             .map_err(|_| AddressError::Malformed(host.address.clone()))?;
-        let mut cfg = ClientConfig::new(uri).with_default_max_message_size(AGENT_MAX_MESSAGE_BYTES);
+        let mut cfg = ClientConfig::new(uri).with_default_max_message_size(
+            wrenn_protocol::hostagent::MAX_MESSAGE_BYTES,
+        );
         if let Ok(v) = format!("Bearer {}", host.token).parse::<http::HeaderValue>() {
             cfg = cfg.with_default_header(http::header::AUTHORIZATION, v);
         }

@@ -16,6 +16,7 @@ use http_body_util::BodyExt;
 use wrenn_protocol::envd::filesystem as efs;
 use wrenn_protocol::envd::process as ep;
 use wrenn_protocol::hostagent::v1::{self as pb, exec_event, write_file_chunk};
+use wrenn_protocol::hostagent;
 
 use crate::agent::{Agent, Meta};
 use crate::envd::{Envd, basic_user};
@@ -434,8 +435,10 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
             .await?;
         let mut out = pb::ExecResponse::default();
         let limit = match r.max_output_bytes {
-            0 => DEFAULT_EXEC_OUTPUT_LIMIT,
-            n => usize::try_from(n).unwrap_or(usize::MAX).min(MAX_EXEC_OUTPUT_LIMIT),
+            0 => hostagent::EXEC_OUTPUT_DEFAULT_BYTES,
+            n => usize::try_from(n)
+                .unwrap_or(usize::MAX)
+                .min(hostagent::EXEC_OUTPUT_MAX_BYTES),
         };
         loop {
             let msg = match stream.message::<ep::StartResponse>().await {
@@ -922,11 +925,6 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
         Response::ok(pb::TerminateResponse::default())
     }
 }
-
-/// Output kept per stream by a buffered exec when the request names no limit.
-pub const DEFAULT_EXEC_OUTPUT_LIMIT: usize = 16 << 20;
-/// The most a request may ask for per stream (the answer is one message).
-pub const MAX_EXEC_OUTPUT_LIMIT: usize = 64 << 20;
 
 /// Appends what fits of `chunk` to `buf` under `limit`; true if some was
 /// dropped.

@@ -31,6 +31,16 @@ pub mod hostagent {
     /// The header that carries the agent token on `/proxy/…` requests,
     /// whose own `Authorization` belongs to the app in the sandbox.
     pub const PROXY_TOKEN_HEADER: &str = "x-wrenn-agent-token";
+
+    /// Output a buffered `Exec` keeps per stream when the request's
+    /// `max_output_bytes` is 0.
+    pub const EXEC_OUTPUT_DEFAULT_BYTES: usize = 16 << 20;
+    /// The most a buffered `Exec` keeps per stream, whatever it asks for.
+    pub const EXEC_OUTPUT_MAX_BYTES: usize = 64 << 20;
+    /// The largest message an agent answers with, which its clients must
+    /// accept: a buffered `Exec` with both streams full, and room for the
+    /// rest of the answer.
+    pub const MAX_MESSAGE_BYTES: usize = 2 * EXEC_OUTPUT_MAX_BYTES + (1 << 20);
 }
 
 pub use connectrpc;

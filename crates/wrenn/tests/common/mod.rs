@@ -140,7 +140,7 @@ pub fn reap(mut c: Child) {
 pub fn agent_client(addr: &str, token: &str) -> Client {
     let config = ClientConfig::new(format!("http://{addr}").parse().unwrap())
         .with_default_header("authorization", format!("Bearer {token}"))
-        .with_default_max_message_size(80 << 20);
+        .with_default_max_message_size(wrenn_protocol::hostagent::MAX_MESSAGE_BYTES);
     HostAgentServiceClient::new(HttpClient::plaintext(), config)
 }
 
