@@ -77,7 +77,8 @@ fn close_inherited_fds() -> Vec<std::os::fd::OwnedFd> {
         .filter_map(|fd| {
             // SAFETY: the descriptor was handed to envd for this use and
             // nothing else in this process owns it.
-            let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+            let owned =
+                unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
             rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)
                 .ok()
                 .map(|()| owned)
@@ -238,8 +239,12 @@ fn main() -> anyhow::Result<()> {
                 _ = term.recv() => {}
             }
         };
-        envd::serve(addr, envd::AppState::with_state_file(defaults, args.state_file), shutdown)
-            .await
-            .with_context(|| format!("serving on {addr}; is another envd on that port?"))
+        envd::serve(
+            addr,
+            envd::AppState::with_state_file(defaults, args.state_file),
+            shutdown,
+        )
+        .await
+        .with_context(|| format!("serving on {addr}; is another envd on that port?"))
     })
 }

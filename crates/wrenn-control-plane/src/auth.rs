@@ -72,10 +72,8 @@ impl Passwords {
         }
         let _leave = Leave(&self.waiting);
         if queued >= self.max_waiting {
-            let mut e = ApiError::unavailable(
-                "busy",
-                "too many logins at once; try again in a second",
-            );
+            let mut e =
+                ApiError::unavailable("busy", "too many logins at once; try again in a second");
             e.retry_after = Some(1);
             return Err(e);
         }

@@ -141,7 +141,11 @@ impl AddressPolicy {
 
     /// The socket address to call `host` at: `address` resolved, and for a
     /// team's host every resolved address checked.
-    pub async fn resolve(&self, address: &str, team_owned: bool) -> Result<SocketAddr, AddressError> {
+    pub async fn resolve(
+        &self,
+        address: &str,
+        team_owned: bool,
+    ) -> Result<SocketAddr, AddressError> {
         let (name, port) = parse_address(address)?;
         let addrs: Vec<SocketAddr> = match name.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
@@ -213,22 +217,24 @@ impl HostPool {
         let uri = format!("http://{addr}")
             .parse()
             .map_err(|_| AddressError::Malformed(host.address.clone()))?;
-        let mut cfg = ClientConfig::new(uri).with_default_max_message_size(
-            wrenn_protocol::hostagent::MAX_MESSAGE_BYTES,
-        );
+        let mut cfg = ClientConfig::new(uri)
+            .with_default_max_message_size(wrenn_protocol::hostagent::MAX_MESSAGE_BYTES);
         if let Ok(v) = format!("Bearer {}", host.token).parse::<http::HeaderValue>() {
             cfg = cfg.with_default_header(http::header::AUTHORIZATION, v);
         }
         let client = HostAgentServiceClient::new(http, cfg);
-        self.clients.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            host.id.clone(),
-            Cached {
-                client: client.clone(),
-                addr,
-                address: host.address.clone(),
-                resolved_at: Instant::now(),
-            },
-        );
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                host.id.clone(),
+                Cached {
+                    client: client.clone(),
+                    addr,
+                    address: host.address.clone(),
+                    resolved_at: Instant::now(),
+                },
+            );
         Ok((client, addr))
     }
 
@@ -350,7 +356,10 @@ mod tests {
         for (input, want) in [
             ("10.0.0.5:7070", Some(("10.0.0.5", 7070))),
             ("[::1]:80", Some(("::1", 80))),
-            ("Agent-1.example.com:7070", Some(("agent-1.example.com", 7070))),
+            (
+                "Agent-1.example.com:7070",
+                Some(("agent-1.example.com", 7070)),
+            ),
             ("x y:1", None),
             ("host", None),
             ("host:", None),

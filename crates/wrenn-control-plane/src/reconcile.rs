@@ -125,7 +125,10 @@ pub async fn run_forever(app: App, period: Duration) {
         tick.tick().await;
         use futures::FutureExt;
         // A panic in one pass is logged and the next pass runs.
-        match std::panic::AssertUnwindSafe(pass(&app)).catch_unwind().await {
+        match std::panic::AssertUnwindSafe(pass(&app))
+            .catch_unwind()
+            .await
+        {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!("reconciliation: {e}"),
             Err(_) => tracing::error!("a reconciliation pass panicked; the next one runs as usual"),

@@ -15,8 +15,8 @@ use futures::{Stream, StreamExt};
 use http_body_util::BodyExt;
 use wrenn_protocol::envd::filesystem as efs;
 use wrenn_protocol::envd::process as ep;
-use wrenn_protocol::hostagent::v1::{self as pb, exec_event, write_file_chunk};
 use wrenn_protocol::hostagent;
+use wrenn_protocol::hostagent::v1::{self as pb, exec_event, write_file_chunk};
 
 use crate::agent::{Agent, Meta};
 use crate::envd::{Envd, basic_user};

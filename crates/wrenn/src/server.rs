@@ -62,12 +62,11 @@ pub struct FleetArgs {
 
 impl FleetArgs {
     fn apply(&self, app: &mut App, listen: SocketAddr) -> anyhow::Result<()> {
-        app.hosts = wrenn_control_plane::hosts::HostPool::new(
-            wrenn_control_plane::hosts::AddressPolicy {
+        app.hosts =
+            wrenn_control_plane::hosts::HostPool::new(wrenn_control_plane::hosts::AddressPolicy {
                 allow_private: self.allow_private_host_addresses,
                 own: vec![listen],
-            },
-        );
+            });
         app.scheduler =
             wrenn_control_plane::hosts::scheduler(&self.scheduler).with_context(|| {
                 format!(

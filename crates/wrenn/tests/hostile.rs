@@ -78,7 +78,11 @@ async fn inherited_descriptors_never_reach_a_sandbox() {
         "for p in /proc/[0-9]*; do for f in $p/fd/*; do echo \"$f $(readlink $f)\"; done; done 2>/dev/null",
     )
     .await;
-    let bait_name = bait_path.file_name().unwrap().to_string_lossy().into_owned();
+    let bait_name = bait_path
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     assert!(
         !out.contains(&bait_name),
         "the host's descriptor is open inside:\n{out}"
@@ -86,7 +90,10 @@ async fn inherited_descriptors_never_reach_a_sandbox() {
     // PID 1 holds exactly stdin, stdout and stderr, all /dev/null, and
     // the descriptors that move envd's processes into the workload's leaf
     // of its own cgroup.
-    let pid1: Vec<&str> = out.lines().filter(|l| l.starts_with("/proc/1/fd/")).collect();
+    let pid1: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("/proc/1/fd/"))
+        .collect();
     let (stdio, rest): (Vec<&str>, Vec<&str>) = pid1.iter().partition(|l| {
         ["/proc/1/fd/0 ", "/proc/1/fd/1 ", "/proc/1/fd/2 "]
             .iter()
@@ -119,7 +126,10 @@ async fn root_in_a_sandbox_cannot_kill_it() {
     req.timeout_sec = 5;
     let _ = c.exec(req).await; // the stream dies with envd
     let took = time_to_answer(&c, &id, Duration::from_secs(5)).await;
-    assert!(took < Duration::from_secs(1), "envd came back after {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "envd came back after {took:?}"
+    );
 
     // 2. envd itself, by pid (PID 1 is shielded by the kernel).
     let mut req = exec_req(
@@ -129,7 +139,10 @@ async fn root_in_a_sandbox_cannot_kill_it() {
     req.timeout_sec = 5;
     let _ = c.exec(req).await;
     let took = time_to_answer(&c, &id, Duration::from_secs(5)).await;
-    assert!(took < Duration::from_secs(1), "envd came back after {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "envd came back after {took:?}"
+    );
 
     // 3. The OOM killer picks envd (root made it the first choice).
     let mut req = exec_req(
@@ -140,7 +153,10 @@ async fn root_in_a_sandbox_cannot_kill_it() {
     req.timeout_sec = 20;
     let _ = c.exec(req).await;
     let took = time_to_answer(&c, &id, Duration::from_secs(5)).await;
-    assert!(took < Duration::from_secs(1), "envd came back after {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "envd came back after {took:?}"
+    );
 
     // The sandbox is the same one: running, with its files.
     let (out, _, code) = sh(&c, &id, "cat /root/kept.txt").await;
@@ -156,7 +172,11 @@ async fn root_in_a_sandbox_cannot_kill_it() {
         "{list:?}"
     );
     destroy(&c, &id).await;
-    assert!(host_traces(&agent.data_dir).is_empty(), "{:?}", host_traces(&agent.data_dir));
+    assert!(
+        host_traces(&agent.data_dir).is_empty(),
+        "{:?}",
+        host_traces(&agent.data_dir)
+    );
 }
 
 #[tokio::test]
@@ -180,7 +200,11 @@ async fn a_fork_bomb_that_ended_leaves_a_sandbox_that_answers() {
     let t = Instant::now();
     let hostname = read_file(&c, &id, "/etc/hostname").await;
     assert_eq!(String::from_utf8_lossy(&hostname).trim(), id);
-    assert!(t.elapsed() < Duration::from_secs(2), "a file read took {:?} during the bomb", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "a file read took {:?} during the bomb",
+        t.elapsed()
+    );
     let _ = bomb.await;
     let took = time_to_answer(&c, &id, Duration::from_secs(30)).await;
     assert!(
@@ -232,7 +256,10 @@ async fn buffered_exec_output_is_bounded() {
     let r = c.exec(req).await.unwrap().into_owned();
     assert_eq!((r.stdout.len(), r.stdout_truncated), (1000, true));
     let peak_mib = hwm(agent_pid) / 1024;
-    assert!(peak_mib < 200, "the agent's memory peaked at {peak_mib} MiB");
+    assert!(
+        peak_mib < 200,
+        "the agent's memory peaked at {peak_mib} MiB"
+    );
     // The flood left envd and the sandbox as they were.
     time_to_answer(&c, &id, Duration::from_secs(2)).await;
     destroy(&c, &id).await;
@@ -302,7 +329,10 @@ async fn concurrent_creates_on_a_fresh_data_dir_share_one_sound_disk_image() {
     assert!(leftovers.is_empty(), "temporary images left: {leftovers:?}");
     {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().write(true).open(&golden).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&golden)
+            .unwrap();
         f.write_all_at(&[0u8; 8192], 0).unwrap(); // the superblock
     }
     // A fresh agent process checks the images it uses once.
@@ -329,16 +359,25 @@ async fn a_sandbox_sees_its_own_disk_and_no_host_paths() {
     assert_eq!(code, 0);
     let data_dir = agent.data_dir.display().to_string();
     assert!(
-        !mounts.contains(&data_dir) && !mounts.contains("/sandboxes/") && !mounts.contains("/templates/"),
+        !mounts.contains(&data_dir)
+            && !mounts.contains("/sandboxes/")
+            && !mounts.contains("/templates/"),
         "host paths in the sandbox's mounts:\n{mounts}"
     );
-    assert!(mounts.contains("lowerdir=lower,upperdir=disk/upper"), "{mounts}");
+    assert!(
+        mounts.contains("lowerdir=lower,upperdir=disk/upper"),
+        "{mounts}"
+    );
     for file in ["/proc/partitions", "/proc/diskstats"] {
         let (out, _, code) = sh(&c, &id, &format!("cat {file}")).await;
         assert_eq!(code, 0, "{file}");
         let disks: Vec<&str> = out
             .lines()
-            .filter(|l| l.split_whitespace().next().is_some_and(|w| w.parse::<u32>().is_ok()))
+            .filter(|l| {
+                l.split_whitespace()
+                    .next()
+                    .is_some_and(|w| w.parse::<u32>().is_ok())
+            })
             .collect();
         assert_eq!(disks.len(), 1, "{file} shows one disk:\n{out}");
         assert!(disks[0].contains("loop"), "{file}: {out}");
@@ -347,5 +386,9 @@ async fn a_sandbox_sees_its_own_disk_and_no_host_paths() {
     let (out, _, _) = sh(&c, &id, "grep loop /proc/partitions").await;
     assert_eq!(out.split_whitespace().nth(2), Some("262144"), "{out}");
     destroy(&c, &id).await;
-    assert!(host_traces(&agent.data_dir).is_empty(), "{:?}", host_traces(&agent.data_dir));
+    assert!(
+        host_traces(&agent.data_dir).is_empty(),
+        "{:?}",
+        host_traces(&agent.data_dir)
+    );
 }

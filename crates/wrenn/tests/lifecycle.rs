@@ -561,7 +561,10 @@ async fn two_hundred_cycles_leave_the_host_as_it_was() {
             .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
             .filter(|e| {
                 let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
-                let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:")).map(str::trim);
+                let ppid = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("PPid:"))
+                    .map(str::trim);
                 ppid.is_some_and(|p| p != "2" && p != "0")
             })
             .count();
@@ -597,9 +600,20 @@ async fn two_hundred_cycles_leave_the_host_as_it_was() {
         .flatten()
         .filter_map(|e| {
             let status = std::fs::read_to_string(e.path().join("status")).ok()?;
-            let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string());
-            (field("PPid:")? == agent_pid.to_string())
-                .then(|| format!("{} {:?} {:?}", e.file_name().to_string_lossy(), field("Name:"), field("State:")))
+            let field = |k: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .map(|v| v.trim().to_string())
+            };
+            (field("PPid:")? == agent_pid.to_string()).then(|| {
+                format!(
+                    "{} {:?} {:?}",
+                    e.file_name().to_string_lossy(),
+                    field("Name:"),
+                    field("State:")
+                )
+            })
         })
         .collect();
     assert!(

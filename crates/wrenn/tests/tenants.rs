@@ -76,7 +76,13 @@ async fn host_records_cannot_crash_the_server_or_point_inside() {
         )
         .await;
         assert_eq!(st, 400, "{address:?} was accepted: {body}");
-        assert!(v(&body)["error"]["message"].as_str().unwrap().starts_with("address"), "{body}");
+        assert!(
+            v(&body)["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("address"),
+            "{body}"
+        );
         // A refused address may have spent the token: get a fresh one.
         let (st, body) = call(
             &http,
@@ -100,9 +106,20 @@ async fn host_records_cannot_crash_the_server_or_point_inside() {
         ))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (st, body) = call(&http, "GET", &format!("{base}/v1/hosts/{host_id}"), &h, None).await;
+    let (st, body) = call(
+        &http,
+        "GET",
+        &format!("{base}/v1/hosts/{host_id}"),
+        &h,
+        None,
+    )
+    .await;
     assert_eq!(st, 200, "{body}");
     let (st, body) = call(
         &http,
@@ -130,7 +147,10 @@ async fn being_invited_changes_nothing_until_accepted_and_never_the_default_team
     let (mallory, mallory_team) = signup(&http, &base, "mallory@t.test").await;
     let (victim, victim_team) = signup(&http, &base, "victim@t.test").await;
     let (ma, va) = (format!("Bearer {mallory}"), format!("Bearer {victim}"));
-    let (mh, vh) = ([("authorization", ma.as_str())], [("authorization", va.as_str())]);
+    let (mh, vh) = (
+        [("authorization", ma.as_str())],
+        [("authorization", va.as_str())],
+    );
     // Which team a call acts for: the team of the key it creates.
     let acting_team = |hdrs: Vec<(&'static str, String)>| {
         let http = http.clone();
@@ -154,45 +174,100 @@ async fn being_invited_changes_nothing_until_accepted_and_never_the_default_team
     let inv = v(&body)["invitation"]["id"].as_str().unwrap().to_string();
     // Not a member yet: Mallory's team lists only Mallory, and the victim
     // cannot act for it even when asking to.
-    let (_, body) = call(&http, "GET", &format!("{base}/v1/teams/{mallory_team}/members"), &mh, None).await;
+    let (_, body) = call(
+        &http,
+        "GET",
+        &format!("{base}/v1/teams/{mallory_team}/members"),
+        &mh,
+        None,
+    )
+    .await;
     assert!(!body.contains("victim@"), "{body}");
     let (st, _) = call(
         &http,
         "GET",
         &format!("{base}/v1/sandboxes"),
-        &[("authorization", va.as_str()), ("x-team-id", mallory_team.as_str())],
+        &[
+            ("authorization", va.as_str()),
+            ("x-team-id", mallory_team.as_str()),
+        ],
         None,
     )
     .await;
     assert_eq!(st, 404);
-    assert_eq!(acting_team(vec![("authorization", va.clone())]).await, victim_team);
+    assert_eq!(
+        acting_team(vec![("authorization", va.clone())]).await,
+        victim_team
+    );
     // The victim sees the invitation; Mallory cannot accept it for them.
     let (st, body) = call(&http, "GET", &format!("{base}/v1/invitations"), &vh, None).await;
     assert_eq!(st, 200);
-    assert_eq!(v(&body)["invitations"][0]["team_id"], mallory_team.as_str(), "{body}");
-    let (st, _) = call(&http, "POST", &format!("{base}/v1/invitations/{inv}/accept"), &mh, None).await;
+    assert_eq!(
+        v(&body)["invitations"][0]["team_id"],
+        mallory_team.as_str(),
+        "{body}"
+    );
+    let (st, _) = call(
+        &http,
+        "POST",
+        &format!("{base}/v1/invitations/{inv}/accept"),
+        &mh,
+        None,
+    )
+    .await;
     assert_eq!(st, 404, "only the invitee accepts");
     // Accepted: a member, yet calls without X-Team-Id still act for the
     // victim's own team; with it, for the chosen one.
-    let (st, body) = call(&http, "POST", &format!("{base}/v1/invitations/{inv}/accept"), &vh, None).await;
+    let (st, body) = call(
+        &http,
+        "POST",
+        &format!("{base}/v1/invitations/{inv}/accept"),
+        &vh,
+        None,
+    )
+    .await;
     assert_eq!(st, 200, "{body}");
-    assert_eq!(acting_team(vec![("authorization", va.clone())]).await, victim_team);
     assert_eq!(
-        acting_team(vec![("authorization", va.clone()), ("x-team-id", mallory_team.clone())]).await,
+        acting_team(vec![("authorization", va.clone())]).await,
+        victim_team
+    );
+    assert_eq!(
+        acting_team(vec![
+            ("authorization", va.clone()),
+            ("x-team-id", mallory_team.clone())
+        ])
+        .await,
         mallory_team
     );
     // Declining: a second invitation, from another team, deleted by the invitee.
     let (_, other_team) = signup(&http, &base, "other@t.test").await;
     let _ = other_team;
     let (st, body) = call(&http, "GET", &format!("{base}/v1/invitations"), &vh, None).await;
-    assert_eq!((st, v(&body)["invitations"].as_array().map(Vec::len)), (200, Some(0)));
-    let (st, _) = call(&http, "POST", &format!("{base}/v1/invitations/{inv}/accept"), &vh, None).await;
+    assert_eq!(
+        (st, v(&body)["invitations"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
+    let (st, _) = call(
+        &http,
+        "POST",
+        &format!("{base}/v1/invitations/{inv}/accept"),
+        &vh,
+        None,
+    )
+    .await;
     assert_eq!(st, 404, "an invitation is used once");
     // API keys have no invitations of their own.
     let (st, body) = call(&http, "POST", &format!("{base}/v1/api-keys"), &vh, None).await;
     assert_eq!(st, 201);
     let key = v(&body)["key"].as_str().unwrap_or_default().to_string();
-    let (st, _) = call(&http, "GET", &format!("{base}/v1/invitations"), &[("x-api-key", key.as_str())], None).await;
+    let (st, _) = call(
+        &http,
+        "GET",
+        &format!("{base}/v1/invitations"),
+        &[("x-api-key", key.as_str())],
+        None,
+    )
+    .await;
     assert_eq!(st, 403);
 }
 
@@ -207,7 +282,14 @@ async fn a_login_flood_backs_off_and_leaves_other_requests_fast() {
     let (http, base) = (http_client(), server.base());
     let (token, _) = signup(&http, &base, "user@t.test").await;
     let auth = format!("Bearer {token}");
-    let (st, body) = call(&http, "POST", &format!("{base}/v1/api-keys"), &[("authorization", auth.as_str())], None).await;
+    let (st, body) = call(
+        &http,
+        "POST",
+        &format!("{base}/v1/api-keys"),
+        &[("authorization", auth.as_str())],
+        None,
+    )
+    .await;
     assert_eq!(st, 201, "{body}");
     let key = v(&body)["key"].as_str().unwrap().to_string();
     let list = {
@@ -216,7 +298,14 @@ async fn a_login_flood_backs_off_and_leaves_other_requests_fast() {
             let (http, base, key) = (http.clone(), base.clone(), key.clone());
             async move {
                 let t = Instant::now();
-                let (st, _) = call(&http, "GET", &format!("{base}/v1/sandboxes"), &[("x-api-key", key.as_str())], None).await;
+                let (st, _) = call(
+                    &http,
+                    "GET",
+                    &format!("{base}/v1/sandboxes"),
+                    &[("x-api-key", key.as_str())],
+                    None,
+                )
+                .await;
                 assert_eq!(st, 200);
                 t.elapsed()
             }
@@ -268,8 +357,13 @@ async fn a_login_flood_backs_off_and_leaves_other_requests_fast() {
         retry_after |= c;
     }
     let (q, l) = (p50(quiet), p50(loud));
-    println!("GET /v1/sandboxes p50: quiet {q:?}, during a 16-client login flood {l:?}; logins 401: {n401}, 429/503: {n429}");
-    assert!(n401 <= 40, "backoff held the guesses to a few ({n401} checked)");
+    println!(
+        "GET /v1/sandboxes p50: quiet {q:?}, during a 16-client login flood {l:?}; logins 401: {n401}, 429/503: {n429}"
+    );
+    assert!(
+        n401 <= 40,
+        "backoff held the guesses to a few ({n401} checked)"
+    );
     assert!(n429 > 50 && retry_after, "refusals carry Retry-After");
     // Within 2x, with 1 ms of slack for a sub-millisecond baseline on a
     // noisy 2-core machine.

@@ -181,7 +181,12 @@ pub async fn download(
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(
             header::CONTENT_DISPOSITION,
-            content_disposition(&path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()),
+            content_disposition(
+                &path
+                    .file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default(),
+            ),
         );
     resp = if gzip {
         resp.header(header::CONTENT_ENCODING, "gzip")
@@ -448,13 +453,29 @@ mod disposition_tests {
     #[test]
     fn every_file_name_gives_a_valid_header() {
         for (name, want) in [
-            ("a.txt", "attachment; filename=\"a.txt\"; filename*=UTF-8''a.txt"),
-            ("a\nb", "attachment; filename=\"a_b\"; filename*=UTF-8''a%0Ab"),
-            ("q\"uote", "attachment; filename=\"q_uote\"; filename*=UTF-8''q%22uote"),
+            (
+                "a.txt",
+                "attachment; filename=\"a.txt\"; filename*=UTF-8''a.txt",
+            ),
+            (
+                "a\nb",
+                "attachment; filename=\"a_b\"; filename*=UTF-8''a%0Ab",
+            ),
+            (
+                "q\"uote",
+                "attachment; filename=\"q_uote\"; filename*=UTF-8''q%22uote",
+            ),
             ("é", "attachment; filename=\"_\"; filename*=UTF-8''%C3%A9"),
-            ("a b", "attachment; filename=\"a b\"; filename*=UTF-8''a%20b"),
+            (
+                "a b",
+                "attachment; filename=\"a b\"; filename*=UTF-8''a%20b",
+            ),
         ] {
-            assert_eq!(content_disposition(name).to_str().unwrap(), want, "{name:?}");
+            assert_eq!(
+                content_disposition(name).to_str().unwrap(),
+                want,
+                "{name:?}"
+            );
         }
     }
 }

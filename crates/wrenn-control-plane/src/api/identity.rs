@@ -129,7 +129,10 @@ pub(super) async fn login(
     // Same answer, and the same cost, for unknown email and wrong password.
     let ok = app
         .passwords
-        .verify(r.password.clone(), user.as_ref().map(|u| u.password_hash.clone()))
+        .verify(
+            r.password.clone(),
+            user.as_ref().map(|u| u.password_hash.clone()),
+        )
         .await?;
     let Some(user) = user.filter(|_| ok) else {
         app.login_guard.failed(&r.email, ip);
@@ -388,7 +391,11 @@ pub(super) async fn add_member(
     app.store
         .audit(&id, &caller.actor, "team.member.invite", &user.id)
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "invitation": invitation_json(&inv) }))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "invitation": invitation_json(&inv) })),
+    )
+        .into_response())
 }
 
 fn invitation_json(i: &crate::store::Invitation) -> Value {
@@ -462,13 +469,15 @@ pub(super) async fn delete_invitation(
         }
     }
     if caller.require_team_admin().is_ok()
-        && app
-            .store
-            .withdraw_invitation(&caller.team_id, &id)
-            .await?
+        && app.store.withdraw_invitation(&caller.team_id, &id).await?
     {
         app.store
-            .audit(&caller.team_id, &caller.actor, "team.invitation.withdraw", &id)
+            .audit(
+                &caller.team_id,
+                &caller.actor,
+                "team.invitation.withdraw",
+                &id,
+            )
             .await?;
         return Ok(StatusCode::NO_CONTENT);
     }

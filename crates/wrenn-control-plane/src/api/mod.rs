@@ -195,10 +195,7 @@ pub fn router(app: App) -> Router {
             delete(identity::remove_member),
         )
         .route("/v1/invitations", get(identity::list_invitations))
-        .route(
-            "/v1/invitations/{id}",
-            delete(identity::delete_invitation),
-        )
+        .route("/v1/invitations/{id}", delete(identity::delete_invitation))
         .route(
             "/v1/invitations/{id}/accept",
             post(identity::accept_invitation),
@@ -230,6 +227,8 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::R
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown".into());
     tracing::error!(panic = %what, "a request handler panicked");
-    ApiError::internal("the server hit a bug handling this request (it was logged); try again or report it")
-        .into_response()
+    ApiError::internal(
+        "the server hit a bug handling this request (it was logged); try again or report it",
+    )
+    .into_response()
 }

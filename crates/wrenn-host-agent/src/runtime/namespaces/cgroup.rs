@@ -360,7 +360,10 @@ impl Cgroups for V2 {
         let (envd, work) = (d.join(ENVD), d.join(WORK));
         mkdir(&envd)?;
         mkdir(&work)?;
-        write(&envd.join("cpu.weight"), (100 * ENVD_CPU_FACTOR).to_string())?;
+        write(
+            &envd.join("cpu.weight"),
+            (100 * ENVD_CPU_FACTOR).to_string(),
+        )?;
         write(&work.join("memory.max"), work_mem.to_string())?;
         let _ = write(&work.join("memory.swap.max"), "0");
         write(&work.join("cpu.max"), &cpu_max)?;

@@ -245,11 +245,13 @@ fn mkdir_owned(path: &Path, base: u32, mode: u32) -> Result<(), Fail> {
 /// (the loop device behind `image`) and nothing of the host's.
 fn own_partitions(loop_dev: &str, image: &Path) -> Result<(String, String), Fail> {
     let st = ctx(rustix::fs::stat(loop_dev), format!("stat {loop_dev}"))?;
-    let (major, minor) = (
-        rustix::fs::major(st.st_rdev),
-        rustix::fs::minor(st.st_rdev),
-    );
-    let kib = ctx(std::fs::metadata(image), format!("stat {}", image.display()))?.len() / 1024;
+    let (major, minor) = (rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
+    let kib = ctx(
+        std::fs::metadata(image),
+        format!("stat {}", image.display()),
+    )?
+    .len()
+        / 1024;
     let name = loop_dev.rsplit('/').next().unwrap_or("loop");
     Ok((
         format!("major minor  #blocks  name\n\n{major:4} {minor:7} {kib:10} {name}\n"),
@@ -305,7 +307,10 @@ fn sandbox_init(spec: &InitSpec, work_fds: &str) -> Result<(), Fail> {
         rel(&upper)?,
         rel(&work)?
     );
-    ctx(std::env::set_current_dir(sandbox_dir), "chdir to the sandbox directory")?;
+    ctx(
+        std::env::set_current_dir(sandbox_dir),
+        "chdir to the sandbox directory",
+    )?;
     mount_fs(
         "overlay",
         &spec.rootfs,
@@ -356,7 +361,10 @@ fn sandbox_init(spec: &InitSpec, work_fds: &str) -> Result<(), Fail> {
         ("diskstats", partitions.1.as_str()),
     ] {
         let file = view.join(name);
-        ctx(std::fs::write(&file, content), format!("writing {}", file.display()))?;
+        ctx(
+            std::fs::write(&file, content),
+            format!("writing {}", file.display()),
+        )?;
         let p = proc_dir.join(name);
         if p.exists() {
             bind(&file, &p, true)?;
@@ -549,7 +557,12 @@ fn sandbox_init(spec: &InitSpec, work_fds: &str) -> Result<(), Fail> {
 
     let envd = CString::new(ENVD_PATH).expect("static path");
     let argv = [envd.clone()];
-    let work = (!work_fds.is_empty()).then(|| (wrenn_protocol::envd::WORK_CGROUP_FDS_ENV.to_string(), work_fds.to_string()));
+    let work = (!work_fds.is_empty()).then(|| {
+        (
+            wrenn_protocol::envd::WORK_CGROUP_FDS_ENV.to_string(),
+            work_fds.to_string(),
+        )
+    });
     let envp: Vec<CString> = spec
         .envd_env
         .iter()

@@ -689,7 +689,13 @@ struct DiskImages {
 impl DiskImages {
     /// Puts an empty ext4 image of `mb` MiB at `dest` (a sparse copy: a few
     /// hundred KiB of metadata). Blocks; call it off the async runtime.
-    fn copy_to(&self, cache: &Path, uid_base: u32, mb: u32, dest: &Path) -> Result<(), RuntimeError> {
+    fn copy_to(
+        &self,
+        cache: &Path,
+        uid_base: u32,
+        mb: u32,
+        dest: &Path,
+    ) -> Result<(), RuntimeError> {
         let golden = cache.join(format!("disk-{mb}m-{uid_base}.img"));
         {
             let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
@@ -1059,7 +1065,10 @@ mod tests {
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
             .collect();
-        assert!(leftovers.is_empty(), "no temporary files left: {leftovers:?}");
+        assert!(
+            leftovers.is_empty(),
+            "no temporary files left: {leftovers:?}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
