@@ -75,13 +75,15 @@ fn close_inherited_fds() -> Vec<std::os::fd::OwnedFd> {
     }
     keep.into_iter()
         .filter_map(|fd| {
-            // SAFETY: the descriptor was handed to envd for this use and
-            // nothing else in this process owns it.
-            let owned =
-                unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
-            rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)
-                .ok()
-                .map(|()| owned)
+            // SAFETY: only borrowed for a flag change; one that is not open
+            // fails here and is never owned (dropping it would close a
+            // descriptor that is not ours).
+            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd as i32) };
+            rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC).ok()?;
+            // SAFETY: open, handed to envd for this use, owned by nothing else.
+            Some(unsafe {
+                <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32)
+            })
         })
         .collect()
 }

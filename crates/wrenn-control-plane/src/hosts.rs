@@ -171,7 +171,9 @@ struct Cached {
     addr: SocketAddr,
     /// The stored address the client was made for.
     address: String,
-    resolved_at: Instant,
+    /// When a name must be resolved (and checked) again; `None` for an IP
+    /// address, which never changes.
+    stale_at: Option<Instant>,
 }
 
 /// Clients to every host, created lazily, each bound to the address that
@@ -198,8 +200,8 @@ impl HostPool {
         {
             let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(c) = clients.get(&host.id) {
-                let literal = c.address.parse::<SocketAddr>().is_ok();
-                if c.address == host.address && (literal || c.resolved_at.elapsed() < RESOLVE_TTL) {
+                let fresh = c.stale_at.is_none_or(|t| Instant::now() < t);
+                if c.address == host.address && fresh {
                     return Ok((c.client.clone(), c.addr));
                 }
             }
@@ -232,7 +234,11 @@ impl HostPool {
                     client: client.clone(),
                     addr,
                     address: host.address.clone(),
-                    resolved_at: Instant::now(),
+                    stale_at: host
+                        .address
+                        .parse::<SocketAddr>()
+                        .is_err()
+                        .then(|| Instant::now() + RESOLVE_TTL),
                 },
             );
         Ok((client, addr))

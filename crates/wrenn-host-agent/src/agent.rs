@@ -201,49 +201,47 @@ impl<R: Runtime> Agent<R> {
     /// One round of the reaper: expired sandboxes paused or destroyed,
     /// records of vanished ones forgotten.
     async fn reap_once(&self) {
-        {
-            let t = now();
-            let expired: Vec<String> = self
-                .meta
-                .lock()
-                .expect("meta")
-                .iter()
-                .filter(|(_, m)| m.expires_at > 0 && m.expires_at <= t)
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in expired {
-                let Some(inst) = self.runtime.get(&id) else {
-                    continue;
-                };
-                if inst.state == crate::runtime::RunState::Paused {
-                    continue;
-                }
-                if self.meta(&id).auto_pause {
-                    tracing::info!(sandbox = %id, "timeout reached; pausing (auto-pause)");
-                    if let Err(e) = self.runtime.pause(&id).await {
-                        tracing::error!(sandbox = %id, "pausing an expired sandbox: {e}");
-                    }
-                    continue;
-                }
-                tracing::info!(sandbox = %id, "timeout reached; destroying");
-                if let Err(e) = self.destroy(&id).await {
-                    tracing::error!(sandbox = %id, "destroying an expired sandbox: {e}");
-                }
+        let t = now();
+        let expired: Vec<String> = self
+            .meta
+            .lock()
+            .expect("meta")
+            .iter()
+            .filter(|(_, m)| m.expires_at > 0 && m.expires_at <= t)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            let Some(inst) = self.runtime.get(&id) else {
+                continue;
+            };
+            if inst.state == crate::runtime::RunState::Paused {
+                continue;
             }
-            // Forget records of sandboxes the runtime lost (their init died).
-            let live: Vec<String> = self.runtime.list().into_iter().map(|i| i.spec.id).collect();
-            let gone: Vec<String> = self
-                .meta
-                .lock()
-                .expect("meta")
-                .keys()
-                .filter(|id| !live.contains(id))
-                .cloned()
-                .collect();
-            for id in gone {
-                self.meta.lock().expect("meta").remove(&id);
-                let _ = std::fs::remove_file(self.meta_dir.join(format!("{id}.json")));
+            if self.meta(&id).auto_pause {
+                tracing::info!(sandbox = %id, "timeout reached; pausing (auto-pause)");
+                if let Err(e) = self.runtime.pause(&id).await {
+                    tracing::error!(sandbox = %id, "pausing an expired sandbox: {e}");
+                }
+                continue;
             }
+            tracing::info!(sandbox = %id, "timeout reached; destroying");
+            if let Err(e) = self.destroy(&id).await {
+                tracing::error!(sandbox = %id, "destroying an expired sandbox: {e}");
+            }
+        }
+        // Forget records of sandboxes the runtime lost (their init died).
+        let live: Vec<String> = self.runtime.list().into_iter().map(|i| i.spec.id).collect();
+        let gone: Vec<String> = self
+            .meta
+            .lock()
+            .expect("meta")
+            .keys()
+            .filter(|id| !live.contains(id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.meta.lock().expect("meta").remove(&id);
+            let _ = std::fs::remove_file(self.meta_dir.join(format!("{id}.json")));
         }
     }
 }

@@ -324,42 +324,35 @@ async fn heartbeat_once<R: Runtime>(
     path: &std::path::Path,
     paused_for_auth: &mut bool,
 ) -> Beat {
-    {
-        if creds.host_jwt_expires_at > 0 && creds.host_jwt_expires_at - crate::agent::now() < 86400
-        {
-            if let Err(e) = refresh_and_save(cp, creds, path).await {
-                tracing::warn!("refreshing ahead of expiry: {e}");
+    if creds.host_jwt_expires_at > 0 && creds.host_jwt_expires_at - crate::agent::now() < 86400 {
+        if let Err(e) = refresh_and_save(cp, creds, path).await {
+            tracing::warn!("refreshing ahead of expiry: {e}");
+        }
+    }
+    let n = agent.runtime.list().len();
+    let mut result = cp.heartbeat(creds, n).await;
+    if let Err(RegistrationError::Refused(_)) = &result {
+        result = match refresh_and_save(cp, creds, path).await {
+            Ok(()) => cp.heartbeat(creds, n).await,
+            Err(e) => Err(e),
+        };
+    }
+    match result {
+        Ok(()) => *paused_for_auth = false,
+        Err(RegistrationError::Gone(m)) => {
+            tracing::error!("{m}: this host was deleted; forgetting its credentials and stopping");
+            let _ = std::fs::remove_file(path);
+            let _ = agent.shutdown.send(true);
+            return Beat::Stop;
+        }
+        Err(RegistrationError::Refused(m)) => {
+            if !*paused_for_auth {
+                tracing::error!("{m}: pausing every sandbox until the host is registered again");
+                pause_all(agent).await;
+                *paused_for_auth = true;
             }
         }
-        let n = agent.runtime.list().len();
-        let mut result = cp.heartbeat(creds, n).await;
-        if let Err(RegistrationError::Refused(_)) = &result {
-            result = match refresh_and_save(cp, creds, path).await {
-                Ok(()) => cp.heartbeat(creds, n).await,
-                Err(e) => Err(e),
-            };
-        }
-        match result {
-            Ok(()) => *paused_for_auth = false,
-            Err(RegistrationError::Gone(m)) => {
-                tracing::error!(
-                    "{m}: this host was deleted; forgetting its credentials and stopping"
-                );
-                let _ = std::fs::remove_file(path);
-                let _ = agent.shutdown.send(true);
-                return Beat::Stop;
-            }
-            Err(RegistrationError::Refused(m)) => {
-                if !*paused_for_auth {
-                    tracing::error!(
-                        "{m}: pausing every sandbox until the host is registered again"
-                    );
-                    pause_all(agent).await;
-                    *paused_for_auth = true;
-                }
-            }
-            Err(e) => tracing::warn!("heartbeat: {e}"),
-        }
+        Err(e) => tracing::warn!("heartbeat: {e}"),
     }
     Beat::Continue
 }

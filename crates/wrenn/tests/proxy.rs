@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ServerProc, call, http_client};
+use common::{ServerProc, call, http_client, signup};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,20 +25,8 @@ async fn paused_sandbox_answers_409_without_auto_resume() {
     );
     let port = server.port;
     let http = http_client();
-    let base = format!("http://127.0.0.1:{port}");
-    let (st, body) = call(
-        &http,
-        "POST",
-        &format!("{base}/v1/auth/signup"),
-        &[],
-        Some(json!({"email": "p@proxy.test", "password": "proxy-password"})),
-    )
-    .await;
-    assert_eq!(st, 201, "{body}");
-    let token = serde_json::from_str::<Value>(&body).unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let base = server.base();
+    let (token, _) = signup(&http, &base, "p@proxy.test").await;
     let auth = format!("Bearer {token}");
     let h = [("authorization", auth.as_str())];
     let (st, body) = call(

@@ -8,28 +8,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ServerProc, call, call_full, http_client};
+use common::{ServerProc, call, call_full, http_client, signup};
 use serde_json::{Value, json};
 
 fn v(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or(Value::Null)
-}
-
-async fn signup(http: &common::Http, base: &str, email: &str) -> (String, String) {
-    let (st, body) = call(
-        http,
-        "POST",
-        &format!("{base}/v1/auth/signup"),
-        &[],
-        Some(json!({"email": email, "password": "a long password"})),
-    )
-    .await;
-    assert_eq!(st, 201, "{body}");
-    let b = v(&body);
-    (
-        b["token"].as_str().unwrap().to_string(),
-        b["team"]["id"].as_str().unwrap().to_string(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -221,7 +221,8 @@ pub fn content_disposition(name: &str) -> header::HeaderValue {
         if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
             encoded.push(b as char);
         } else {
-            encoded.push_str(&format!("%{b:02X}"));
+            use std::fmt::Write;
+            let _ = write!(encoded, "%{b:02X}");
         }
     }
     let v = format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}");

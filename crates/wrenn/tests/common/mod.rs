@@ -300,6 +300,25 @@ pub async fn call_full(
     (st, String::from_utf8_lossy(&b).into_owned(), headers)
 }
 
+/// Signs `email` up (password "a long password") on the server at `base`:
+/// (user JWT, id of the team made for them).
+pub async fn signup(http: &Http, base: &str, email: &str) -> (String, String) {
+    let (st, body) = call(
+        http,
+        "POST",
+        &format!("{base}/v1/auth/signup"),
+        &[],
+        Some(serde_json::json!({"email": email, "password": "a long password"})),
+    )
+    .await;
+    assert_eq!(st, 201, "{body}");
+    let b: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    (
+        b["token"].as_str().unwrap().to_string(),
+        b["team"]["id"].as_str().unwrap().to_string(),
+    )
+}
+
 /// One request: (status, body as text).
 pub async fn call(
     http: &Http,

@@ -217,8 +217,8 @@ impl Cgroups for V1 {
             let d = self.dir(c, id);
             mkdir(&d)?;
             if c == "memory" {
-                // Limits go on a cgroup before its children exist (v1
-                // refuses to lower a limit below a child's usage).
+                // The leaves' usage counts against the sandbox's limit
+                // (always so on recent kernels, where writing it is a no-op).
                 write(&d.join("memory.use_hierarchy"), "1").ok();
             }
             for (leaf, list) in [(ENVD, &mut joins.envd), (WORK, &mut joins.work)] {
