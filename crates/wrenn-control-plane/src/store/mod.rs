@@ -362,6 +362,14 @@ fn ports_text(ports: &[u16]) -> String {
         .join(",")
 }
 
+// Tables are read by naming their columns, never `SELECT *`: sqlx caches a
+// statement's columns on each connection, and a migration that adds a
+// column under a cached `SELECT *` makes the next row read panic in sqlx's
+// worker (seen once in a test after `users` gained `home_team_id`).
+const USER_COLS: &str = "id, email, name, password_hash, is_admin, created_at";
+const API_KEY_COLS: &str =
+    "id, team_id, created_by, name, prefix, last4, created_at, last_used_at, platform_admin";
+const HOST_COLS: &str = "id, name, address, token, status, created_at, last_seen_at, kind, team_id, tags, arch, cpu_count, memory_mb, disk_mb";
 const SANDBOX_COLS: &str = "id, team_id, host_id, template, state, vcpus, memory_mb, disk_size_mb, timeout_sec, allow_internet_access, metadata, envd_address, envd_token, error, created_at, started_at, last_active_at, updated_at, traffic_token, public_ports, auto_pause";
 
 impl Store {
@@ -447,20 +455,24 @@ impl Store {
 
     /// A user by email.
     pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, sqlx::Error> {
-        Ok(sqlx::query("SELECT * FROM users WHERE email = $1")
-            .bind(email)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| user(&r)))
+        Ok(
+            sqlx::query(&format!("SELECT {USER_COLS} FROM users WHERE email = $1"))
+                .bind(email)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| user(&r)),
+        )
     }
 
     /// A user by id.
     pub async fn user_by_id(&self, id: &str) -> Result<Option<User>, sqlx::Error> {
-        Ok(sqlx::query("SELECT * FROM users WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| user(&r)))
+        Ok(
+            sqlx::query(&format!("SELECT {USER_COLS} FROM users WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| user(&r)),
+        )
     }
 
     /// Creates a team.
@@ -664,11 +676,13 @@ impl Store {
 
     /// The key whose secret hashes to `hash`.
     pub async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>, sqlx::Error> {
-        Ok(sqlx::query("SELECT * FROM api_keys WHERE key_hash = $1")
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| api_key(&r)))
+        Ok(sqlx::query(&format!(
+            "SELECT {API_KEY_COLS} FROM api_keys WHERE key_hash = $1"
+        ))
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| api_key(&r)))
     }
 
     /// Marks a key used now.
@@ -683,10 +697,12 @@ impl Store {
 
     /// A team's keys.
     pub async fn api_keys(&self, team_id: &str) -> Result<Vec<ApiKey>, sqlx::Error> {
-        let rows = sqlx::query("SELECT * FROM api_keys WHERE team_id = $1 ORDER BY created_at, id")
-            .bind(team_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {API_KEY_COLS} FROM api_keys WHERE team_id = $1 ORDER BY created_at, id"
+        ))
+        .bind(team_id)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.iter().map(api_key).collect())
     }
 
@@ -809,14 +825,14 @@ impl Store {
         if hash.is_empty() {
             return Ok(None);
         }
-        let Some(h) =
-            sqlx::query("SELECT * FROM hosts WHERE reg_token_hash = $1 AND reg_expires_at > $2")
-                .bind(hash)
-                .bind(now())
-                .fetch_optional(&self.pool)
-                .await?
-                .map(|r| host(&r))
-        else {
+        let Some(h) = sqlx::query(&format!(
+            "SELECT {HOST_COLS} FROM hosts WHERE reg_token_hash = $1 AND reg_expires_at > $2"
+        ))
+        .bind(hash)
+        .bind(now())
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| host(&r)) else {
             return Ok(None);
         };
         // Claimed by whoever clears it first.
@@ -959,21 +975,25 @@ impl Store {
 
     /// Every host.
     pub async fn hosts(&self) -> Result<Vec<Host>, sqlx::Error> {
-        Ok(sqlx::query("SELECT * FROM hosts ORDER BY created_at, id")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(host)
-            .collect())
+        Ok(sqlx::query(&format!(
+            "SELECT {HOST_COLS} FROM hosts ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(host)
+        .collect())
     }
 
     /// One host.
     pub async fn host(&self, id: &str) -> Result<Option<Host>, sqlx::Error> {
-        Ok(sqlx::query("SELECT * FROM hosts WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| host(&r)))
+        Ok(
+            sqlx::query(&format!("SELECT {HOST_COLS} FROM hosts WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| host(&r)),
+        )
     }
 
     // ---- sandboxes
