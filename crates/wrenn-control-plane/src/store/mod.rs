@@ -1131,7 +1131,7 @@ impl Store {
         team_id: &str,
         limit: i64,
     ) -> Result<Vec<AuditEntry>, sqlx::Error> {
-        let rows = sqlx::query("SELECT * FROM audit_logs WHERE team_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2")
+        let rows = sqlx::query("SELECT id, team_id, actor, action, target, created_at FROM audit_logs WHERE team_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2")
             .bind(team_id)
             .bind(limit)
             .fetch_all(&self.pool)
