@@ -20,9 +20,10 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "Debian packages"
 # debootstrap builds the base template; nftables, iproute2 and e2fsprogs are
-# the namespace runtime's firewall, links and disks; bubblewrap and crun are
-# what the agent benchmark compares against.
-packages=(ca-certificates gcc procps postgresql debootstrap nftables iproute2 e2fsprogs curl bubblewrap crun)
+# the namespace runtime's firewall, links and disks; lxcfs its sandboxes' own
+# /proc/meminfo and CPUs; bubblewrap and crun are what the agent benchmark
+# compares against.
+packages=(ca-certificates gcc procps postgresql debootstrap nftables iproute2 e2fsprogs lxcfs curl bubblewrap crun)
 python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 missing=()
 for p in "${packages[@]}"; do

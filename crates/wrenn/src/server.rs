@@ -329,13 +329,14 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
 }
 
 /// Installs, with apt-get, the Debian packages the namespace runtime calls
-/// (debootstrap, nft, mkfs.ext4, ip) when any is missing.
+/// (debootstrap, nft, mkfs.ext4, ip, lxcfs) when any is missing.
 fn ensure_host_packages() -> anyhow::Result<()> {
     let needed = [
         ("debootstrap", "debootstrap"),
         ("nft", "nftables"),
         ("mkfs.ext4", "e2fsprogs"),
         ("ip", "iproute2"),
+        ("lxcfs", "lxcfs"),
     ];
     let on_path = |bin: &str| {
         std::env::var("PATH")

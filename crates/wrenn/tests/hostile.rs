@@ -9,7 +9,9 @@
 //! - file names no header can hold (a newline) are served, not fatal;
 //! - creates racing on a fresh data dir all succeed, and a damaged cached
 //!   disk image is rebuilt;
-//! - a sandbox's /proc shows its own disk and no host paths.
+//! - a sandbox's /proc shows its own disk and no host paths;
+//! - a sandbox sees its own memory, CPUs and uptime, and goes on seeing
+//!   them when LXCFS dies and is started again.
 
 mod common;
 
@@ -365,9 +367,21 @@ async fn a_sandbox_sees_its_own_disk_and_no_host_paths() {
         "host paths in the sandbox's mounts:\n{mounts}"
     );
     assert!(
-        mounts.contains("lowerdir=lower,upperdir=disk/upper"),
+        mounts.contains("lowerdir=envd:lower,upperdir=disk/upper"),
         "{mounts}"
     );
+    let (mountinfo, _, _) = sh(&c, &id, "cat /proc/self/mountinfo").await;
+    for host_path in [
+        data_dir.as_str(),
+        "/var/",
+        "/run/",
+        env!("CARGO_BIN_EXE_wrenn").rsplit_once('/').map_or("", |(d, _)| d),
+    ] {
+        assert!(
+            !mountinfo.contains(host_path),
+            "host path {host_path} in the sandbox's mountinfo:\n{mountinfo}"
+        );
+    }
     for file in ["/proc/partitions", "/proc/diskstats"] {
         let (out, _, code) = sh(&c, &id, &format!("cat {file}")).await;
         assert_eq!(code, 0, "{file}");
@@ -391,4 +405,112 @@ async fn a_sandbox_sees_its_own_disk_and_no_host_paths() {
         "{:?}",
         host_traces(&agent.data_dir)
     );
+}
+
+/// Reads what programs size themselves from, inside the sandbox.
+async fn own_view(c: &Client, id: &str) -> (u64, String, String, f64) {
+    let (out, err, code) = sh(
+        c,
+        id,
+        "grep MemTotal /proc/meminfo; nproc; getconf _NPROCESSORS_ONLN; grep -c ^processor /proc/cpuinfo; cat /proc/uptime",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    let kib = lines[0]
+        .split_whitespace()
+        .nth(1)
+        .and_then(|k| k.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("MemTotal: {out}"));
+    let uptime = lines[4]
+        .split_whitespace()
+        .next()
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("uptime: {out}"));
+    (
+        kib,
+        format!("{} {}", lines[1], lines[2]),
+        lines[3].to_string(),
+        uptime,
+    )
+}
+
+#[tokio::test]
+async fn a_sandbox_sees_its_own_memory_cpus_and_uptime() {
+    if std::process::Command::new("lxcfs").arg("--version").output().is_err() {
+        panic!("lxcfs is not installed: scripts/test.sh installs it (apt-get install lxcfs)");
+    }
+    let agent = AgentProc::start();
+    let c = agent.client();
+    let id = new_id("self");
+    create(&c, &id).await; // 1 vCPU, 256 MiB
+    let (kib, nproc, cpuinfo, uptime) = own_view(&c, &id).await;
+    assert!(
+        (200 * 1024..=256 * 1024).contains(&kib),
+        "MemTotal of a 256 MiB sandbox: {kib} kB"
+    );
+    assert_eq!(
+        (nproc.as_str(), cpuinfo.as_str()),
+        ("1 1", "1"),
+        "nproc, sysconf and /proc/cpuinfo of a 1-vCPU sandbox"
+    );
+    assert!(uptime < 60.0, "the sandbox's uptime, not the host's: {uptime}");
+    let (free, _, _) = sh(&c, &id, "free -m | awk '/^Mem:/ {print $2}'").await;
+    assert!(
+        free.trim().parse::<u32>().is_ok_and(|m| (200..=256).contains(&m)),
+        "free -m: {free}"
+    );
+
+    // LXCFS dies (as any process can): the agent starts it again and binds
+    // it into the sandbox, which reads its own view again within seconds.
+    let pid = lxcfs_pid_of(&agent);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let t = Instant::now();
+    loop {
+        let (out, _, code) = sh(&c, &id, "grep MemTotal /proc/meminfo").await;
+        if code == 0 && out.contains("MemTotal") {
+            let kib: u64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+            assert!((200 * 1024..=256 * 1024).contains(&kib), "{out}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no /proc/meminfo 5 s after LXCFS died: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(lxcfs_pid_of(&agent), pid, "LXCFS was started again");
+
+    // An agent that starts again re-binds the sandboxes it adopts.
+    let mut agent = agent;
+    agent.kill();
+    agent.spawn();
+    let c = agent.client();
+    let (kib, nproc, _, _) = own_view(&c, &id).await;
+    assert!((200 * 1024..=256 * 1024).contains(&kib), "{kib}");
+    assert_eq!(nproc, "1 1");
+    destroy(&c, &id).await;
+}
+
+/// The pid of the LXCFS the agent runs (from its pid file), waiting for
+/// one to run.
+fn lxcfs_pid_of(agent: &AgentProc) -> u32 {
+    let agent_pid = agent.child.as_ref().expect("agent runs").id();
+    let file = format!("/run/wrenn/wrenn/lxcfs-{agent_pid}.pid");
+    let t = Instant::now();
+    loop {
+        if let Some(pid) = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+        {
+            return pid;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "no LXCFS runs ({file})");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -15,7 +15,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// Limits applied at creation.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Memory (and memory + swap) limit.
     pub memory_bytes: u64,
@@ -23,6 +23,8 @@ pub struct Limits {
     pub vcpus: u32,
     /// Maximum number of tasks.
     pub pids: u32,
+    /// The CPUs it runs on (v1 `cpuset`); empty for all of its parent's.
+    pub cpus: Vec<usize>,
 }
 
 /// The leaf of a sandbox's cgroup that holds its PID 1 and envd.
@@ -100,6 +102,49 @@ pub fn detect(parent: &str) -> Box<dyn Cgroups> {
             parent: parent.to_string(),
         })
     }
+}
+
+/// How long a freeze or thaw may take to settle.
+const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Asks for `frozen` (`request`, repeated: a v1 freezer retries the tasks
+/// it could not freeze only when written again) until `settled`, for
+/// `SETTLE_TIMEOUT` at most. A freeze that does not settle is undone, so
+/// that a sandbox is never left half-frozen while it is said to run.
+fn settle(
+    frozen: bool,
+    request: impl Fn(bool) -> io::Result<()>,
+    settled: impl Fn() -> io::Result<bool>,
+) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
+    let mut wait = std::time::Duration::from_micros(100);
+    let mut since_request = std::time::Duration::ZERO;
+    request(frozen)?;
+    loop {
+        if settled()? {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(wait);
+        since_request += wait;
+        wait = (wait * 2).min(std::time::Duration::from_millis(20));
+        if since_request >= std::time::Duration::from_millis(50) {
+            request(frozen)?;
+            since_request = std::time::Duration::ZERO;
+        }
+    }
+    if frozen {
+        let _ = request(false);
+        return Err(io::Error::other(format!(
+            "could not freeze every process within {SETTLE_TIMEOUT:?} (one may be stuck in a system call); \
+             the sandbox was thawed and keeps running: try again"
+        )));
+    }
+    Err(io::Error::other(format!(
+        "did not thaw within {SETTLE_TIMEOUT:?}"
+    )))
 }
 
 fn read_u64(p: &Path) -> Option<u64> {
@@ -181,7 +226,29 @@ pub struct V1 {
     parent: String,
 }
 
-const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "freezer"];
+const V1_CONTROLLERS: [&str; 6] = ["memory", "cpu", "cpuacct", "pids", "freezer", "cpuset"];
+
+/// A new v1 cpuset has no CPUs and no memory nodes, and takes no task
+/// until it has both: fills in what `dir` and each of its ancestors below
+/// `root` lack from the one above.
+fn cpuset_inherit(root: &Path, dir: &Path) -> io::Result<()> {
+    let Ok(rel) = dir.strip_prefix(root) else {
+        return Ok(());
+    };
+    let mut above = root.to_path_buf();
+    for part in rel.components() {
+        let here = above.join(part);
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            let mine = std::fs::read_to_string(here.join(f)).unwrap_or_default();
+            if mine.trim().is_empty() {
+                let theirs = std::fs::read_to_string(above.join(f))?;
+                write(&here.join(f), theirs.trim())?;
+            }
+        }
+        above = here;
+    }
+    Ok(())
+}
 
 impl V1 {
     fn dir(&self, ctrl: &str, id: &str) -> PathBuf {
@@ -221,15 +288,31 @@ impl Cgroups for V1 {
                 // (always so on recent kernels, where writing it is a no-op).
                 write(&d.join("memory.use_hierarchy"), "1").ok();
             }
+            if c == "cpuset" {
+                // Also where LXCFS (5.0) reads a sandbox's CPU quota from.
+                cpuset_inherit(&self.root.join(c), &d)?;
+                if !l.cpus.is_empty() {
+                    let list: Vec<String> = l.cpus.iter().map(|c| c.to_string()).collect();
+                    write(&d.join("cpuset.cpus"), list.join(","))?;
+                }
+            }
             for (leaf, list) in [(ENVD, &mut joins.envd), (WORK, &mut joins.work)] {
                 mkdir(&d.join(leaf))?;
+                if c == "cpuset" {
+                    cpuset_inherit(&self.root.join(c), &d.join(leaf))?;
+                }
                 list.push(d.join(leaf).join("cgroup.procs"));
             }
         }
         let (work_mem, work_pids) = work_limits(l);
         let mem = self.dir("memory", id);
+        // envd's leaf is capped at the sandbox's own size too: its reserve
+        // is what the workload cannot take (the parent's extra), and LXCFS,
+        // which reads the cgroup of the sandbox's PID 1 (in this leaf),
+        // reports the size the sandbox was created with.
         for (dir, bytes) in [
             (mem.clone(), l.memory_bytes + ENVD_MEMORY_RESERVE),
+            (mem.join(ENVD), l.memory_bytes),
             (mem.join(WORK), work_mem),
         ] {
             write(&dir.join("memory.limit_in_bytes"), bytes.to_string())?;
@@ -240,8 +323,8 @@ impl Cgroups for V1 {
         }
         let cpu = self.dir("cpu", id);
         let quota = (u64::from(l.vcpus.max(1)) * 100_000).to_string();
-        // On the leaf too, where LXCFS reads a process's CPU count.
-        for dir in [cpu.clone(), cpu.join(WORK)] {
+        // On the leaves too, where LXCFS reads the sandbox's CPU count.
+        for dir in [cpu.clone(), cpu.join(ENVD), cpu.join(WORK)] {
             write(&dir.join("cpu.cfs_period_us"), "100000")?;
             write(&dir.join("cpu.cfs_quota_us"), &quota)?;
         }
@@ -272,19 +355,16 @@ impl Cgroups for V1 {
 
     fn set_frozen(&self, id: &str, frozen: bool) -> io::Result<()> {
         let state = self.dir("freezer", id).join("freezer.state");
-        write(&state, if frozen { "FROZEN" } else { "THAWED" })?;
-        // FREEZING is transient; wait until the kernel settles.
-        for _ in 0..1000 {
-            let s = std::fs::read_to_string(&state)?;
-            if s.trim() == if frozen { "FROZEN" } else { "THAWED" } {
-                return Ok(());
-            }
-            std::thread::sleep(std::time::Duration::from_micros(200));
-        }
-        Err(io::Error::other(format!(
-            "{} did not settle",
-            state.display()
-        )))
+        let want = if frozen { "FROZEN" } else { "THAWED" };
+        // FREEZING is transient, and v1 freezes only the tasks it can at
+        // the time of a write (one in a system call it cannot leave stays
+        // FREEZING): each write tries again.
+        settle(
+            frozen,
+            |f| write(&state, if f { "FROZEN" } else { "THAWED" }),
+            || Ok(std::fs::read_to_string(&state)?.trim() == want),
+        )
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", state.display())))
     }
 
     fn is_frozen(&self, id: &str) -> bool {
@@ -364,6 +444,10 @@ impl Cgroups for V2 {
             &envd.join("cpu.weight"),
             (100 * ENVD_CPU_FACTOR).to_string(),
         )?;
+        // As in v1: the sandbox's own size, for LXCFS; the reserve is the
+        // parent's extra, which the workload cannot take.
+        write(&envd.join("memory.max"), l.memory_bytes.to_string())?;
+        write(&envd.join("cpu.max"), &cpu_max)?;
         write(&work.join("memory.max"), work_mem.to_string())?;
         let _ = write(&work.join("memory.swap.max"), "0");
         write(&work.join("cpu.max"), &cpu_max)?;
@@ -384,18 +468,17 @@ impl Cgroups for V2 {
 
     fn set_frozen(&self, id: &str, frozen: bool) -> io::Result<()> {
         let d = self.dir(id);
-        write(&d.join("cgroup.freeze"), if frozen { "1" } else { "0" })?;
-        for _ in 0..1000 {
-            let ev = std::fs::read_to_string(d.join("cgroup.events"))?;
-            if ev
-                .lines()
-                .any(|l| l == if frozen { "frozen 1" } else { "frozen 0" })
-            {
-                return Ok(());
-            }
-            std::thread::sleep(std::time::Duration::from_micros(200));
-        }
-        Err(io::Error::other(format!("{} did not settle", d.display())))
+        let want = if frozen { "frozen 1" } else { "frozen 0" };
+        settle(
+            frozen,
+            |f| write(&d.join("cgroup.freeze"), if f { "1" } else { "0" }),
+            || {
+                Ok(std::fs::read_to_string(d.join("cgroup.events"))?
+                    .lines()
+                    .any(|l| l == want))
+            },
+        )
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", d.display())))
     }
 
     fn is_frozen(&self, id: &str) -> bool {
@@ -444,6 +527,7 @@ mod tests {
                 memory_bytes: mb << 20,
                 vcpus: 1,
                 pids,
+                cpus: vec![],
             };
             assert_eq!(work_limits(&l), (mb << 20, want), "{mb} MiB, {pids} pids");
         }
@@ -464,6 +548,7 @@ mod tests {
                     memory_bytes: 64 << 20,
                     vcpus: 1,
                     pids: 16,
+                    cpus: vec![0],
                 },
             )
             .unwrap();

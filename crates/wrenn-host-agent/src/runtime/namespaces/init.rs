@@ -10,7 +10,8 @@
 //! 2. as real root in a private mount namespace (so nothing shows on the
 //!    host, and everything vanishes with the sandbox): attaches the disk
 //!    image to a loop device, mounts the overlay root over the template,
-//!    `/proc`, a minimal `/dev`, read-only `/sys`, binds envd in; prints
+//!    `/proc` (its own memory, CPUs and uptime through LXCFS), a minimal
+//!    `/dev`, read-only `/sys`; envd is the overlay's top layer; prints
 //!    `net` and waits for `go` while the agent wires up the network;
 //! 3. pivots into the root, unshares a user namespace, prints `userns` and
 //!    waits for `mapped` while the agent writes the uid/gid maps;
@@ -48,8 +49,18 @@ pub struct InitSpec {
     pub disk_mount: PathBuf,
     /// Where the overlay root is assembled.
     pub rootfs: PathBuf,
-    /// envd on the host, bind-mounted into the sandbox.
-    pub envd_binary: PathBuf,
+    /// A directory holding only `.wrenn/envd`: the overlay's top lower
+    /// layer, so that envd is in the sandbox with no mount of its own
+    /// (whose source would name a host path in mountinfo).
+    pub envd_layer: PathBuf,
+    /// The LXCFS mount whose files (`procview::FILES`) are bound over the
+    /// sandbox's `/proc` and `/sys`; `None` without LXCFS.
+    #[serde(default)]
+    pub proc_view: Option<PathBuf>,
+    /// The CPUs the sandbox runs on (its affinity, which `nproc` reports);
+    /// empty for all.
+    #[serde(default)]
+    pub cpus: Vec<usize>,
     /// `cgroup.procs` files to join before unsharing (envd's leaf).
     pub cgroup_procs: Vec<PathBuf>,
     /// `cgroup.procs` files of the workload's leaf: opened before
@@ -261,6 +272,14 @@ fn own_partitions(loop_dev: &str, image: &Path) -> Result<(String, String), Fail
 
 fn sandbox_init(spec: &InitSpec, work_fds: &str) -> Result<(), Fail> {
     let base = spec.uid_base;
+    if !spec.cpus.is_empty() {
+        let mut set = rustix::thread::CpuSet::new();
+        for &c in &spec.cpus {
+            set.set(c);
+        }
+        // Best effort: a CPU gone offline leaves the sandbox on all.
+        let _ = rustix::thread::sched_setaffinity(None, &set);
+    }
     ctx(
         rustix::mount::mount_change(
             "/",
@@ -297,13 +316,16 @@ fn sandbox_init(spec: &InitSpec, work_fds: &str) -> Result<(), Fail> {
     let lower = sandbox_dir.join("lower");
     mkdir_owned(&lower, 0, 0o755)?;
     bind(&spec.template_rootfs, &lower, false)?;
+    let envd_layer = sandbox_dir.join("envd");
+    mkdir_owned(&envd_layer, 0, 0o755)?;
+    bind(&spec.envd_layer, &envd_layer, true)?;
     let rel = |p: &Path| -> Result<String, Fail> {
         p.strip_prefix(sandbox_dir)
             .map(|r| r.display().to_string())
             .map_err(|_| Fail(format!("{} is outside the sandbox directory", p.display())))
     };
     let opts = format!(
-        "lowerdir=lower,upperdir={},workdir={}",
+        "lowerdir=envd:lower,upperdir={},workdir={}",
         rel(&upper)?,
         rel(&work)?
     );
@@ -473,6 +495,17 @@ fn sandbox_init(spec: &InitSpec, work_fds: &str) -> Result<(), Fail> {
         "",
     )?;
 
+    // The sandbox's own memory, CPUs and uptime. A LXCFS that is down
+    // now is bound by the agent once it is back.
+    if let Some(view) = &spec.proc_view {
+        for f in super::procview::FILES {
+            let target = root.join(f);
+            if target.exists() {
+                let _ = bind(&view.join(f), &target, false);
+            }
+        }
+    }
+
     mkdir_owned(&root.join("tmp"), base, 0o1777)?;
 
     // Identity and name resolution.
@@ -499,17 +532,11 @@ fn sandbox_init(spec: &InitSpec, work_fds: &str) -> Result<(), Fail> {
         chown_root(&p, base)?;
     }
 
-    // envd, read-only from the host.
+    // envd comes from its layer; its directory (copied up by the chown)
+    // belongs to the sandbox's root, for the state file.
     let wrenn_dir = root.join(".wrenn");
     mkdir_owned(&wrenn_dir, base, 0o755)?;
-    let envd_target = root.join(ENVD_PATH.trim_start_matches('/'));
-    if !envd_target.exists() {
-        ctx(
-            std::fs::write(&envd_target, b""),
-            "creating the envd mount point",
-        )?;
-    }
-    bind(&spec.envd_binary, &envd_target, true)?;
+    chown_root(&wrenn_dir, base)?;
 
     say("net")?;
     wait_for("go")?;

@@ -14,6 +14,7 @@ pub mod cgroup;
 pub mod init;
 pub mod loopdev;
 pub mod network;
+pub mod procview;
 pub mod seccomp;
 
 use std::collections::HashMap;
@@ -40,8 +41,12 @@ pub const ENVD_PORT: u16 = 49983;
 pub struct Config {
     /// Root of the agent's data (`sandboxes/`, `templates/`, `cache/`).
     pub data_dir: PathBuf,
-    /// envd binary bind-mounted into sandboxes.
+    /// envd binary, linked (or copied) into `<data>/envd-layer` once and
+    /// from there the top layer of every sandbox's root.
     pub envd_binary: PathBuf,
+    /// LXCFS, for each sandbox's own `/proc/meminfo`, CPUs and uptime;
+    /// `None`: sandboxes see the host's.
+    pub lxcfs_binary: Option<PathBuf>,
     /// Binary that runs `__sandbox-init` (the `wrenn` binary).
     pub init_exe: PathBuf,
     /// Host uid/gid that is root inside sandboxes.
@@ -66,6 +71,7 @@ impl Config {
         Config {
             data_dir,
             envd_binary: envd,
+            lxcfs_binary: procview::find_lxcfs(),
             init_exe: exe,
             uid_base: 1_000_000_000,
             uid_count: 65536,
@@ -111,6 +117,10 @@ pub struct NamespaceRuntime {
     envd_interp: Option<String>,
     /// The cached empty disk images.
     disks: DiskImages,
+    /// The directory whose `.wrenn/envd` is every sandbox's envd.
+    envd_layer: PathBuf,
+    /// LXCFS, if it runs.
+    procview: Option<Arc<procview::ProcView>>,
 }
 
 /// The program interpreter (dynamic loader) an ELF executable names, if
@@ -169,6 +179,68 @@ pub fn valid_id(id: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
 }
 
+/// Places envd as `<data>/envd-layer/.wrenn/envd` (a hard link, or a copy
+/// across file systems) unless it is there already, and returns the layer.
+/// A new envd replaces the old one by rename; sandboxes that run keep the
+/// one they started with (PID 1 restarts envd by forking, never from disk).
+fn envd_layer(envd: &Path, data_dir: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let layer = data_dir.join("envd-layer");
+    let dir = layer.join(".wrenn");
+    std::fs::create_dir_all(&dir)?;
+    for d in [&layer, &dir] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let dest = dir.join("envd");
+    let src = std::fs::metadata(envd)?;
+    if let Ok(have) = std::fs::metadata(&dest) {
+        let same_file = have.dev() == src.dev() && have.ino() == src.ino();
+        let same_copy = have.len() == src.len() && have.modified().ok() == src.modified().ok();
+        if same_file || same_copy {
+            return Ok(layer);
+        }
+    }
+    let tmp = dir.join(format!(".envd.{}.tmp", random_hex(6)));
+    if std::fs::hard_link(envd, &tmp).is_err() {
+        std::fs::copy(envd, &tmp)?;
+        let f = std::fs::File::options().write(true).open(&tmp)?;
+        f.set_modified(src.modified()?)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    }
+    std::fs::rename(&tmp, &dest).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })?;
+    Ok(layer)
+}
+
+/// The agent's directory for what lives only while it runs (the LXCFS
+/// mount): one per cgroup parent, as each agent on a machine has its own.
+fn run_dir(cgroup_parent: &str) -> PathBuf {
+    let name: String = cgroup_parent
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .collect();
+    Path::new("/run/wrenn").join(name)
+}
+
+/// The CPUs a sandbox with `vcpus` runs on: consecutive ones among the
+/// agent's, starting where its slot falls, so that sandboxes spread over
+/// the host. Empty (all CPUs) when it may use them all.
+fn pick_cpus(slot: u32, vcpus: u32) -> Vec<usize> {
+    let Ok(set) = rustix::thread::sched_getaffinity(None) else {
+        return Vec::new();
+    };
+    let mine: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&c| set.is_set(c))
+        .collect();
+    let n = vcpus as usize;
+    if mine.is_empty() || n >= mine.len() {
+        return Vec::new();
+    }
+    let first = slot as usize * n;
+    (0..n).map(|i| mine[(first + i) % mine.len()]).collect()
+}
+
 fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
@@ -208,7 +280,24 @@ impl NamespaceRuntime {
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http();
         let envd_interp = elf_interpreter(&cfg.envd_binary);
-        Ok(Arc::new_cyclic(|this| NamespaceRuntime {
+        let envd_layer = envd_layer(&cfg.envd_binary, &cfg.data_dir)
+            .map_err(failed("placing envd in <data>/envd-layer"))?;
+        let run_dir = run_dir(&cfg.cgroup_parent);
+        if cfg.lxcfs_binary.is_none() {
+            tracing::warn!(
+                "lxcfs is not installed (apt-get install lxcfs): sandboxes will see the host's memory, CPUs and uptime in /proc"
+            );
+        }
+        Ok(Arc::new_cyclic(|this: &std::sync::Weak<NamespaceRuntime>| NamespaceRuntime {
+            procview: cfg.lxcfs_binary.as_ref().and_then(|lxcfs| {
+                let this = this.clone();
+                procview::ProcView::start(lxcfs, &run_dir, move |view| {
+                    if let Some(rt) = this.upgrade() {
+                        rt.rebind_views(view);
+                    }
+                })
+            }),
+            envd_layer,
             envd_interp,
             disks: DiskImages::default(),
             cgroups: cgroup::detect(&cfg.cgroup_parent),
@@ -434,6 +523,7 @@ impl NamespaceRuntime {
             memory_bytes: u64::from(spec.memory_mb) << 20,
             vcpus: spec.vcpus,
             pids: self.cfg.pids_max,
+            cpus: pick_cpus(slot.index, spec.vcpus),
         };
         let joins = self
             .cgroups
@@ -453,7 +543,9 @@ impl NamespaceRuntime {
             disk_image,
             disk_mount: dir.join("disk"),
             rootfs: dir.join("rootfs"),
-            envd_binary: self.cfg.envd_binary.clone(),
+            envd_layer: self.envd_layer.clone(),
+            proc_view: self.procview.as_ref().map(|v| v.mount().to_path_buf()),
+            cpus: limits.cpus.clone(),
             cgroup_procs: joins.envd,
             work_cgroup_procs: joins.work,
             uid_base: self.cfg.uid_base,
@@ -607,6 +699,33 @@ impl NamespaceRuntime {
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    /// Binds a (re)started LXCFS into every live sandbox.
+    fn rebind_views(&self, view: &procview::ProcView) {
+        let pids: Vec<u32> = self
+            .live
+            .lock()
+            .expect("live")
+            .values()
+            .map(|l| &l.record)
+            .filter(|r| {
+                r.instance.init_pid > 0 && start_time(r.instance.init_pid) == Some(r.init_start_time)
+            })
+            .map(|r| r.instance.init_pid)
+            .collect();
+        if pids.is_empty() {
+            return;
+        }
+        let failed = view.rebind(&pids);
+        tracing::info!(
+            sandboxes = pids.len(),
+            failed = failed.len(),
+            "bound the restarted LXCFS into the live sandboxes"
+        );
+        for (pid, e) in failed {
+            tracing::warn!(init_pid = pid, "a sandbox keeps a dead /proc view: {e}");
         }
     }
 
@@ -965,6 +1084,13 @@ impl Runtime for NamespaceRuntime {
                     self.slots.mark(r.slot);
                 }
                 self.teardown(&id, record.as_ref()).await?;
+            }
+        }
+        // Adopted sandboxes' /proc views pointed at the LXCFS of the agent
+        // before, which died with it.
+        if let (Some(view), Some(this)) = (self.procview.clone(), self.this.upgrade()) {
+            if !adopted.is_empty() {
+                let _ = tokio::task::spawn_blocking(move || this.rebind_views(&view)).await;
             }
         }
         // Cgroups and links nobody owns any more.
