@@ -4,6 +4,7 @@ E2B_DEBUG=true makes the official `e2b` SDK talk straight to an envd on
 localhost:49983, which is where the `envd` fixture starts one.
 """
 
+import contextlib
 import os
 import signal
 import socket
@@ -111,17 +112,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def wrenn_up(tmp_path_factory):
-    """`wrenn up` on its own data directory (with the test `base` template)
-    and port; yields (base_url, api_key, data_dir). Stopped with Ctrl-C
-    (SIGINT), which destroys its sandboxes."""
+@contextlib.contextmanager
+def running_wrenn_up(data: Path):
+    """`wrenn up` on the data directory `data` (with the test `base`
+    template) and a free port; yields (base_url, api_key, process). Stopped
+    with Ctrl-C (SIGINT), which destroys its sandboxes; killed, with what it
+    started, by pid if it does not stop within 30 s."""
     import json
 
     templates = Path(os.environ.get("WRENN_TEST_TEMPLATES", "/var/tmp/wrenn-test-data/templates"))
     if not (templates / "base" / "rootfs" / "bin").exists():
         raise RuntimeError(f"no test template in {templates}; run scripts/test.sh")
-    data = tmp_path_factory.mktemp("wrenn-up")
     (data / "templates").mkdir()
     (data / "templates" / "base").symlink_to(templates / "base")
     config = data / "cli.json"
@@ -133,15 +134,14 @@ def wrenn_up(tmp_path_factory):
         stderr=subprocess.STDOUT,
         env={**os.environ, "WRENN_LOG": "warn"},
     )
-    deadline = time.time() + 60
-    while not (_port_open(port) and config.exists()):
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise RuntimeError("wrenn up did not start: " + (data / "up.log").read_text())
-        time.sleep(0.05)
-    key = json.loads(config.read_text())["api_key"]
     try:
-        yield f"http://127.0.0.1:{port}", key, data
+        deadline = time.time() + 60
+        while not (_port_open(port) and config.exists()):
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("wrenn up did not start: " + (data / "up.log").read_text())
+            time.sleep(0.05)
+        key = json.loads(config.read_text())["api_key"]
+        yield f"http://127.0.0.1:{port}", key, proc
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -155,3 +155,12 @@ def wrenn_up(tmp_path_factory):
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def wrenn_up(tmp_path_factory):
+    """`wrenn up` shared by the session's tests; yields (base_url, api_key,
+    data_dir)."""
+    data = tmp_path_factory.mktemp("wrenn-up")
+    with running_wrenn_up(data) as (url, key, _):
+        yield url, key, data

@@ -152,10 +152,14 @@ def test_another_team_sees_nothing(wrenn_up):
 )
 def test_bad_input_gets_clear_errors(wrenn_up, method, path, body, status, code):
     base, key, _ = wrenn_up
+    before = httpx.get(base + "/v1/sandboxes", headers={"X-API-Key": key}).json()
     r = httpx.request(method, base + path, json=body, headers={"X-API-Key": key}, timeout=60)
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["code"] == code and err["message"]
+    # A refused create leaves nothing behind to list, not even an error.
+    after = httpx.get(base + "/v1/sandboxes", headers={"X-API-Key": key}).json()
+    assert {s["id"] for s in after} <= {s["id"] for s in before}, after
 
 
 def test_no_key_is_401(wrenn_up):

@@ -89,8 +89,18 @@ impl ProxyCache {
 
 /// The sandbox and port a request is for, if it is proxy traffic.
 pub fn target(headers: &HeaderMap) -> Option<Result<(String, u16), String>> {
+    let sandbox_id = |id: &str| -> Result<String, String> {
+        if crate::ids::is_valid("sb", id) {
+            Ok(id.to_string())
+        } else {
+            Err("not a sandbox id (sb- and lowercase letters and digits)".to_string())
+        }
+    };
     if let Some(id) = headers.get("e2b-sandbox-id") {
-        let id = id.to_str().unwrap_or_default().to_string();
+        let id = match sandbox_id(id.to_str().unwrap_or_default()) {
+            Ok(id) => id,
+            Err(e) => return Some(Err(format!("E2b-Sandbox-Id: {e}"))),
+        };
         let port = match headers.get("e2b-sandbox-port") {
             None => Ok(ENVD_PORT),
             Some(p) => p
@@ -103,16 +113,21 @@ pub fn target(headers: &HeaderMap) -> Option<Result<(String, u16), String>> {
         return Some(port.map(|p| (id, p)));
     }
     let host = headers.get(http::header::HOST)?.to_str().ok()?;
-    let label = host.split(['.', ':']).next()?;
+    // Host names are case-insensitive.
+    let label = host.split(['.', ':']).next()?.to_ascii_lowercase();
     let (port, id) = label.split_once('-')?;
     if !id.starts_with("sb-") || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
+    let id = match sandbox_id(id) {
+        Ok(id) => id,
+        Err(e) => return Some(Err(format!("'{id}' in the host name: {e}"))),
+    };
     Some(
         port.parse::<u16>()
             .ok()
             .filter(|p| *p > 0)
-            .map(|p| (id.to_string(), p))
+            .map(|p| (id, p))
             .ok_or_else(|| format!("'{port}' in the host name is not a port number")),
     )
 }
@@ -445,6 +460,95 @@ mod tests {
         assert_eq!(target(&m), Some(Ok(("sb-q".into(), 8888))));
         m.insert("e2b-sandbox-port", "x".parse().unwrap());
         assert!(matches!(target(&m), Some(Err(_))));
+    }
+
+    fn headers(pairs: &[(&str, &[u8])]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            if let Ok(v) = HeaderValue::from_bytes(v) {
+                m.insert(http::HeaderName::from_bytes(k.as_bytes()).expect("a header name"), v);
+            }
+        }
+        m
+    }
+
+    proptest::proptest! {
+        /// Whatever a client puts in Host or the E2B headers: no panic, and
+        /// anything taken for proxy traffic names a well-formed sandbox id
+        /// and a port from 1 to 65535.
+        #[test]
+        fn any_host_or_e2b_header_gives_a_valid_target_or_none(
+            host in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+            id in proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..40)),
+            port in proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..8)),
+        ) {
+            let mut pairs: Vec<(&str, &[u8])> = vec![("host", &host)];
+            if let Some(id) = &id {
+                pairs.push(("e2b-sandbox-id", id));
+            }
+            if let Some(port) = &port {
+                pairs.push(("e2b-sandbox-port", port));
+            }
+            if let Some(Ok((id, port))) = target(&headers(&pairs)) {
+                proptest::prop_assert!(crate::ids::is_valid("sb", &id), "{id}");
+                proptest::prop_assert!(port > 0);
+            }
+        }
+
+        /// Well-formed sandbox host names are routed, in any letter case,
+        /// whatever the domain and port after them.
+        #[test]
+        fn sandbox_host_names_route_to_their_sandbox_and_port(
+            port in 1u16..,
+            tail in "[a-z0-9]{1,20}",
+            domain in "(\\.[a-z0-9-]{1,10}){0,3}(:[0-9]{1,5})?",
+            upper in proptest::bool::ANY,
+        ) {
+            let mut host = format!("{port}-sb-{tail}{domain}");
+            if upper {
+                host = host.to_ascii_uppercase();
+            }
+            let got = target(&headers(&[("host", host.as_bytes())]));
+            proptest::prop_assert_eq!(got, Some(Ok((format!("sb-{tail}"), port))));
+        }
+
+        /// The traffic token is taken out of the query and the cookie, and
+        /// nothing else of either changes; no input panics.
+        #[test]
+        fn browser_tokens_never_reach_the_sandbox_in_the_url_or_cookie(
+            path in "/[a-zA-Z0-9/._~-]{0,20}",
+            query in proptest::collection::vec("[a-z_]{1,20}(=[a-zA-Z0-9%]{0,10})?", 0..5),
+            cookie in proptest::collection::vec("[a-z-]{1,20}=[a-zA-Z0-9]{0,10}", 0..5),
+            with_token in proptest::bool::ANY,
+        ) {
+            let mut q = query.clone();
+            let mut c = cookie.clone();
+            if with_token {
+                q.push(format!("{TOKEN_PARAM}=secret"));
+                c.push(format!("{TOKEN_COOKIE}=secret"));
+            }
+            let uri = if q.is_empty() { path.clone() } else { format!("{path}?{}", q.join("&")) };
+            let Ok(mut req) = Request::get(uri)
+                .header(http::header::COOKIE, c.join("; "))
+                .body(axum::body::Body::empty())
+            else {
+                return Ok(());
+            };
+            let _ = browser_token(&mut req);
+            let (param, cookie_name) = (format!("{TOKEN_PARAM}="), format!("{TOKEN_COOKIE}="));
+            let left_query = req.uri().query().unwrap_or_default().to_string();
+            proptest::prop_assert!(!left_query.split('&').any(|p| p.starts_with(&param)));
+            let left_cookie = req
+                .headers()
+                .get(http::header::COOKIE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            proptest::prop_assert!(!left_cookie.contains(&cookie_name));
+            if !query.iter().any(|p| p.starts_with(&param)) {
+                proptest::prop_assert_eq!(left_query.split('&').filter(|p| !p.is_empty()).count(), query.len());
+            }
+        }
     }
 
     #[test]

@@ -129,4 +129,31 @@ mod tests {
             assert_eq!(got, want, "{path}");
         }
     }
+
+    proptest::proptest! {
+        /// No path panics the parser, and what it returns is a port from 1
+        /// to 65535 and a path that starts with '/' (so it can only name a
+        /// path on the sandbox's port, never another host).
+        #[test]
+        fn any_path_parses_to_a_port_and_an_absolute_path_or_nothing(pq in "\\PC{0,60}") {
+            if let Some((id, port, tail)) = parse_target(&pq) {
+                proptest::prop_assert!(!id.is_empty() && !id.contains('/'));
+                proptest::prop_assert!(port > 0);
+                proptest::prop_assert!(tail.starts_with('/'), "{tail}");
+            }
+        }
+
+        /// Every well-formed proxy path gives back its parts.
+        #[test]
+        fn proxy_paths_round_trip(
+            id in "sb-[a-z0-9]{1,12}",
+            port in 1u16..,
+            rest in "(/[a-zA-Z0-9._~-]{0,8}){0,3}(\\?[a-z]=[0-9]{0,4})?",
+        ) {
+            let path = format!("/proxy/{id}/{port}{rest}");
+            let got = parse_target(&path);
+            let want_tail = if rest.starts_with('/') { rest.clone() } else { format!("/{rest}") };
+            proptest::prop_assert_eq!(got, Some((id.as_str(), port, want_tail)));
+        }
+    }
 }

@@ -75,6 +75,12 @@ async fn managed(app: &App, caller: &Caller, id: &str) -> ApiResult<Host> {
     }
 }
 
+/// Host tags, as hosts carry them and creates ask for them: 400 naming
+/// `field` otherwise.
+pub(super) fn check_tags_of(field: &str, tags: &[String]) -> ApiResult<()> {
+    check_tags(tags).map_err(|e| ApiError::bad_request(e.message.replacen("tags", field, 1)))
+}
+
 fn check_tags(tags: &[String]) -> ApiResult<()> {
     if tags.len() > 32
         || tags.iter().any(|t| {
@@ -103,7 +109,7 @@ async fn new_registration_token(app: &App, host_id: &str) -> ApiResult<(String, 
 
 #[derive(utoipa::ToSchema, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(super) struct CreateReq {
+pub(super) struct CreateHostReq {
     name: Option<String>,
     #[serde(default)]
     tags: Vec<String>,
@@ -112,12 +118,12 @@ pub(super) struct CreateReq {
     team_owned: bool,
 }
 
-#[utoipa::path(post, path = "/v1/hosts", tag = "hosts", request_body(content = CreateReq, description = "All fields optional"), responses((status = 201, description = "The host, with `registration_token` (one use, 1 hour)"), (status = 403, description = "Shared hosts: platform admins only", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/hosts", tag = "hosts", request_body(content = CreateHostReq, description = "All fields optional"), responses((status = 201, description = "The host, with `registration_token` (one use, 1 hour)"), (status = 403, description = "Shared hosts: platform admins only", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 /// POST /v1/hosts: a host record and its one-time registration token.
 pub(super) async fn create(
     State(app): State<App>,
     caller: Caller,
-    OptionalJson(r): OptionalJson<CreateReq>,
+    OptionalJson(r): OptionalJson<CreateHostReq>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     if r.team_owned {
         caller.require_team_admin()?;

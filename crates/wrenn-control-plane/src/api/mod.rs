@@ -232,3 +232,86 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::R
     )
     .into_response()
 }
+
+#[cfg(test)]
+mod body_tests {
+    use super::sandboxes::{CreateSandboxReq, ExecReq};
+    use super::{json_rejection, optional_json};
+
+    /// What `ApiJson` makes of a body.
+    fn required<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, crate::error::ApiError> {
+        axum::Json::<T>::from_bytes(b)
+            .map(|axum::Json(v)| v)
+            .map_err(json_rejection)
+    }
+    use proptest::prelude::*;
+
+    /// Any JSON value, nested a few levels, with keys the requests use and
+    /// others.
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(|f| serde_json::Number::from_f64(f)
+                .map_or(serde_json::Value::Null, serde_json::Value::Number)),
+            "\\PC{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("template".to_string()),
+                        Just("vcpus".to_string()),
+                        Just("memory_mb".to_string()),
+                        Just("cmd".to_string()),
+                        Just("args".to_string()),
+                        Just("envs".to_string()),
+                        Just("metadata".to_string()),
+                        Just("public_ports".to_string()),
+                        "\\PC{0,8}",
+                    ],
+                    inner,
+                    0..6,
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn is_400<T>(r: &Result<T, crate::error::ApiError>) -> bool {
+        match r {
+            Ok(_) => true,
+            Err(e) => e.status == http::StatusCode::BAD_REQUEST && !e.message.is_empty(),
+        }
+    }
+
+    proptest! {
+        /// Any bytes as a body: parsed, or a 400 that says why; no panic.
+        #[test]
+        fn any_bytes_parse_or_get_a_400(body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            prop_assert!(is_400(&optional_json::<CreateSandboxReq>(&body)));
+            prop_assert!(is_400(&required::<ExecReq>(&body)));
+        }
+
+        /// Any JSON document: parsed, or a 400 that says why.
+        #[test]
+        fn any_json_parses_or_gets_a_400(v in json_value()) {
+            let body = serde_json::to_vec(&v).expect("serializes");
+            prop_assert!(is_400(&optional_json::<CreateSandboxReq>(&body)));
+            prop_assert!(is_400(&required::<ExecReq>(&body)));
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_a_400_not_a_stack_overflow() {
+        for open in ["[", "{\"a\":"] {
+            let body = open.repeat(100_000);
+            assert!(matches!(
+                optional_json::<CreateSandboxReq>(body.as_bytes()),
+                Err(e) if e.status == http::StatusCode::BAD_REQUEST
+            ));
+        }
+    }
+}

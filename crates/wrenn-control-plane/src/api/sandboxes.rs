@@ -168,7 +168,7 @@ async fn running(app: &App, caller: &Caller, id: &str) -> ApiResult<(Sandbox, Ag
 
 #[derive(Deserialize, utoipa::ToSchema, Default)]
 #[serde(deny_unknown_fields)]
-pub(super) struct CreateReq {
+pub(super) struct CreateSandboxReq {
     #[serde(default)]
     template: Option<String>,
     #[serde(default)]
@@ -197,14 +197,24 @@ pub(super) struct CreateReq {
 /// then `running` or `error` with the agent's message.
 pub async fn create_sandbox(app: &App, caller: &Caller, r: CreateReqPublic) -> ApiResult<Sandbox> {
     let alloc = app.store.allocations().await?;
-    let candidates: Vec<Candidate> = app
+    let tagged: Vec<_> = app
         .store
         .hosts()
         .await?
         .into_iter()
-        .filter(|h| h.status == "online")
         .filter(|h| h.team_id.is_empty() || h.team_id == caller.team_id)
         .filter(|h| r.host_tags.iter().all(|t| h.tags.contains(t)))
+        .collect();
+    if tagged.is_empty() && !r.host_tags.is_empty() {
+        // Not a passing shortage: no host, up or down, would ever do.
+        return Err(ApiError::bad_request(format!(
+            "host_tags: no host has all of the tags {:?}; tag a host (PUT /v1/hosts/{{id}}/tags) or drop host_tags",
+            r.host_tags
+        )));
+    }
+    let candidates: Vec<Candidate> = tagged
+        .into_iter()
+        .filter(|h| h.status == "online")
         .map(|h| Candidate {
             allocated: alloc.get(&h.id).copied().unwrap_or_default(),
             host: h,
@@ -218,7 +228,7 @@ pub async fn create_sandbox(app: &App, caller: &Caller, r: CreateReqPublic) -> A
     let Some(host) = app.scheduler.pick(&candidates, &demand).cloned() else {
         let why = if candidates.is_empty() && !r.host_tags.is_empty() {
             format!(
-                "no online host has the tags {:?}; tag a host (PUT /v1/hosts/{{id}}/tags) or drop host_tags",
+                "no host with the tags {:?} is online; start one, tag another (PUT /v1/hosts/{{id}}/tags) or drop host_tags",
                 r.host_tags
             )
         } else if candidates.is_empty() {
@@ -287,9 +297,15 @@ pub async fn create_sandbox(app: &App, caller: &Caller, r: CreateReqPublic) -> A
         }
         Err(e) => {
             let err = ApiError::from(e);
-            s.state = "error".into();
-            s.error = err.message.clone();
-            app.store.update_sandbox(&s).await?;
+            if err.status.is_client_error() {
+                // The request was wrong (an unknown template, limits the
+                // host cannot give): nothing exists, nothing to list.
+                app.store.delete_sandbox(&s.id).await?;
+            } else {
+                s.state = "error".into();
+                s.error = err.message.clone();
+                app.store.update_sandbox(&s).await?;
+            }
             Err(err)
         }
     }
@@ -330,11 +346,11 @@ pub(super) fn check_range(name: &str, v: u32, lo: u32, hi: u32) -> ApiResult<u32
     Ok(v)
 }
 
-#[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes", request_body(content = CreateReq, description = "All fields optional"), responses((status = 201, description = "Running", body = SandboxView), (status = 400, description = "Bad input", body = ErrorBody), (status = 503, description = "No host available", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes", request_body(content = CreateSandboxReq, description = "All fields optional"), responses((status = 201, description = "Running", body = SandboxView), (status = 400, description = "Bad input", body = ErrorBody), (status = 503, description = "No host available", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 pub(super) async fn create(
     State(app): State<App>,
     caller: Caller,
-    OptionalJson(r): OptionalJson<CreateReq>,
+    OptionalJson(r): OptionalJson<CreateSandboxReq>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let metadata = r.metadata.unwrap_or_default();
     if metadata.len() > 64
@@ -362,6 +378,7 @@ pub(super) async fn create(
         public_ports: check_ports(r.public_ports.unwrap_or_default())?,
         host_tags: r.host_tags.unwrap_or_default(),
     };
+    super::hosts::check_tags_of("host_tags", &public.host_tags)?;
     let s = create_sandbox(&app, &caller, public).await?;
     Ok((StatusCode::CREATED, Json(sandbox_json(&s))))
 }

@@ -1046,6 +1046,16 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets a sandbox that never existed anywhere (a create its host
+    /// refused as invalid).
+    pub async fn delete_sandbox(&self, id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM sandboxes WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// A team's sandbox; `None` for other teams' sandboxes too.
     pub async fn sandbox(&self, team_id: &str, id: &str) -> Result<Option<Sandbox>, sqlx::Error> {
         Ok(sqlx::query(&format!(
