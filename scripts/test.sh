@@ -65,6 +65,8 @@ runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/log" -w \
 stop_pg() { runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDIR/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$PGDIR"; }
 trap stop_pg EXIT
 export WRENN_TEST_PG_URL="postgres://wrenn@127.0.0.1:$PGPORT/postgres"
+# The chaos test runs (and kills) a PostgreSQL of its own from these.
+export WRENN_TEST_PGBIN="$PGBIN"
 echo "PostgreSQL on 127.0.0.1:$PGPORT"
 
 step "Rust tests (unit and integration)"

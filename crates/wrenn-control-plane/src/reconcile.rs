@@ -58,6 +58,10 @@ pub async fn pass(app: &App) -> Result<PassReport, crate::error::ApiError> {
     Ok(report)
 }
 
+/// Longer than any create takes (disk, init, envd's ready timeout): a
+/// sandbox `pending` for longer lost the process that was creating it.
+pub const PENDING_GRACE_SECS: i64 = 15;
+
 /// Reconciles one online host: (state changes, orphans destroyed).
 pub async fn host_pass(app: &App, host: &Host) -> Result<(usize, usize), crate::error::ApiError> {
     let client = app.hosts.client(host).await?;
@@ -65,26 +69,39 @@ pub async fn host_pass(app: &App, host: &Host) -> Result<(usize, usize), crate::
         .list_sandboxes(pb::ListSandboxesRequest::default())
         .await?
         .into_owned();
-    let alive: HashMap<String, pb::SandboxState> = listed
+    let alive: HashMap<String, &pb::Sandbox> = listed
         .sandboxes
         .iter()
-        .map(|s| {
-            (
-                s.sandbox_id.clone(),
-                s.state
-                    .as_known()
-                    .unwrap_or(pb::SandboxState::SANDBOX_STATE_UNSPECIFIED),
-            )
-        })
+        .map(|s| (s.sandbox_id.clone(), s))
         .collect();
     let mut changed = 0;
     let known = app.store.sandboxes_on_host(&host.id).await?;
+    let now = crate::store::now();
     for mut s in known.iter().cloned() {
+        // A create whose control plane died before it recorded the answer
+        // stays `pending`; past the longest a create takes, the host says
+        // what became of it.
+        let interrupted = s.state == "pending" && now - s.created_at > PENDING_GRACE_SECS;
         let now_state = match alive.get(&s.id) {
+            None if interrupted => {
+                s.error = "its creation was interrupted (the control plane restarted); destroy it and create another".into();
+                "error"
+            }
             None if s.state == "pending" || s.state == "error" => continue,
             None => "stopped",
-            Some(pb::SandboxState::SANDBOX_STATE_PAUSED) => "paused",
-            Some(_) => "running",
+            Some(a) => {
+                if s.envd_address.is_empty() {
+                    // What the interrupted create would have recorded.
+                    s.envd_address = a.envd_address.clone();
+                    s.envd_token = a.envd_access_token.clone();
+                    s.started_at = now;
+                    s.last_active_at = now;
+                }
+                match a.state.as_known() {
+                    Some(pb::SandboxState::SANDBOX_STATE_PAUSED) => "paused",
+                    _ => "running",
+                }
+            }
         };
         if now_state != s.state {
             tracing::info!(sandbox = %s.id, from = %s.state, to = now_state, "reconciled");

@@ -232,7 +232,7 @@ pub fn host_traces(data_dir: &std::path::Path) -> Vec<String> {
     if let Ok(rd) = std::fs::read_dir(data_dir.join("sandboxes")) {
         out.extend(rd.flatten().map(|e| format!("dir {}", e.path().display())));
     }
-    for c in ["memory", "pids", "freezer", "cpu"] {
+    for c in ["memory", "pids", "freezer", "cpu", "cpuset"] {
         let p = PathBuf::from(format!("/sys/fs/cgroup/{c}/wrenn"));
         if let Ok(rd) = std::fs::read_dir(&p) {
             out.extend(
