@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use crate::filesystem::watch::WatcherTable;
 use crate::process::ProcessTable;
@@ -74,7 +76,7 @@ pub struct Inner {
     /// Watchers made by `filesystem.Filesystem/CreateWatcher`.
     pub watchers: WatcherTable,
     /// CPU sample of the previous `/metrics` call, for a usage delta.
-    pub last_cpu: std::sync::Mutex<Option<(u64, u64)>>,
+    pub last_cpu: parking_lot::Mutex<Option<(u64, u64)>>,
     /// Where `/init` saves the defaults (see [`Defaults::save`]).
     pub state_file: Option<PathBuf>,
 }
@@ -99,14 +101,14 @@ impl AppState {
             defaults: RwLock::new(defaults),
             processes: Arc::new(ProcessTable::default()),
             watchers: WatcherTable::default(),
-            last_cpu: std::sync::Mutex::new(None),
+            last_cpu: parking_lot::Mutex::new(None),
             state_file,
         }))
     }
 
     /// A snapshot of the current defaults.
     pub fn defaults(&self) -> Defaults {
-        self.defaults.read().expect("defaults lock").clone()
+        self.defaults.read().clone()
     }
 
     /// Resolves the user a call acts as: the one named in the request, else

@@ -112,7 +112,7 @@ impl Passwords {
 /// backoff once the free attempts are used: a password-guessing flood is
 /// answered 429 before any hashing, and memory stays bounded.
 pub struct LoginGuard {
-    inner: std::sync::Mutex<std::collections::HashMap<String, Failures>>,
+    inner: parking_lot::Mutex<std::collections::HashMap<String, Failures>>,
 }
 
 #[derive(Clone, Copy)]
@@ -135,7 +135,7 @@ pub const LOGIN_REFUSAL_DELAY: std::time::Duration = std::time::Duration::from_m
 impl Default for LoginGuard {
     fn default() -> Self {
         LoginGuard {
-            inner: std::sync::Mutex::new(std::collections::HashMap::new()),
+            inner: parking_lot::Mutex::new(std::collections::HashMap::new()),
         }
     }
 }
@@ -155,7 +155,7 @@ impl LoginGuard {
     /// `Err(seconds)` while the account or the address must wait.
     pub fn check(&self, email: &str, ip: Option<std::net::IpAddr>) -> Result<(), u64> {
         let now = std::time::Instant::now();
-        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.inner.lock();
         let wait = Self::keys(email, ip)
             .iter()
             .filter_map(|(k, _)| map.get(k))
@@ -171,7 +171,7 @@ impl LoginGuard {
     /// Records a failed login.
     pub fn failed(&self, email: &str, ip: Option<std::net::IpAddr>) {
         let now = std::time::Instant::now();
-        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.inner.lock();
         if map.len() >= MAX_TRACKED {
             map.retain(|_, f| now.duration_since(f.last) < LOGIN_WINDOW);
             if map.len() >= MAX_TRACKED {
@@ -199,10 +199,7 @@ impl LoginGuard {
     /// A successful login clears the account's failures (not the address's).
     pub fn succeeded(&self, email: &str) {
         let key = format!("account:{}", email.trim().to_lowercase());
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key);
+        self.inner.lock().remove(&key);
     }
 }
 

@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use connectrpc::client::{ClientConfig, HttpClient};
@@ -198,7 +200,7 @@ impl HostPool {
     /// The client for `host`, and the address it calls.
     pub async fn endpoint(&self, host: &Host) -> Result<(AgentClient, SocketAddr), AddressError> {
         {
-            let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            let clients = self.clients.lock();
             if let Some(c) = clients.get(&host.id) {
                 let fresh = c.stale_at.is_none_or(|t| Instant::now() < t);
                 if c.address == host.address && fresh {
@@ -213,7 +215,6 @@ impl HostPool {
         let http = self
             .http
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .get_or_insert_with(HttpClient::plaintext)
             .clone();
         let uri = format!("http://{addr}")
@@ -225,22 +226,19 @@ impl HostPool {
             cfg = cfg.with_default_header(http::header::AUTHORIZATION, v);
         }
         let client = HostAgentServiceClient::new(http, cfg);
-        self.clients
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                host.id.clone(),
-                Cached {
-                    client: client.clone(),
-                    addr,
-                    address: host.address.clone(),
-                    stale_at: host
-                        .address
-                        .parse::<SocketAddr>()
-                        .is_err()
-                        .then(|| Instant::now() + RESOLVE_TTL),
-                },
-            );
+        self.clients.lock().insert(
+            host.id.clone(),
+            Cached {
+                client: client.clone(),
+                addr,
+                address: host.address.clone(),
+                stale_at: host
+                    .address
+                    .parse::<SocketAddr>()
+                    .is_err()
+                    .then(|| Instant::now() + RESOLVE_TTL),
+            },
+        );
         Ok((client, addr))
     }
 
@@ -251,10 +249,7 @@ impl HostPool {
 
     /// Forgets a host's client (host deleted or re-registered).
     pub fn evict(&self, host_id: &str) {
-        self.clients
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(host_id);
+        self.clients.lock().remove(host_id);
     }
 }
 

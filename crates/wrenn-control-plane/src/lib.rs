@@ -35,7 +35,7 @@ pub struct App {
     /// Disk use per sandbox, as last asked of its agent (GET shows it; one
     /// agent call a second per sandbox is plenty).
     pub disk_used:
-        Arc<std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>>,
+        Arc<parking_lot::Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>>,
     /// The sandbox proxy's settings.
     pub proxy: proxy::ProxyConfig,
     /// Pooled connections to agents for proxied traffic.

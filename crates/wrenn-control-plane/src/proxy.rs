@@ -14,7 +14,9 @@
 //! so a request costs no database round trip.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
@@ -69,17 +71,17 @@ pub struct ProxyCache {
 impl ProxyCache {
     /// Drops a sandbox's route (after a state change through this process).
     pub fn forget(&self, sandbox_id: &str) {
-        self.routes.lock().expect("routes").remove(sandbox_id);
+        self.routes.lock().remove(sandbox_id);
     }
 
     fn route(&self, id: &str) -> Option<Route> {
-        let routes = self.routes.lock().expect("routes");
+        let routes = self.routes.lock();
         let (at, r) = routes.get(id)?;
         (at.elapsed() < CACHE_TTL).then(|| r.clone())
     }
 
     fn put_route(&self, r: Route) {
-        let mut routes = self.routes.lock().expect("routes");
+        let mut routes = self.routes.lock();
         if routes.len() > 10_000 {
             routes.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
         }
@@ -159,13 +161,13 @@ fn header_eq(headers: &HeaderMap, name: &str, secret: &str) -> bool {
 /// The team of an API key, cached.
 async fn key_team(app: &App, key: &str) -> Result<Option<String>, sqlx::Error> {
     let hash = sha256_hex(key.trim());
-    if let Some((at, team)) = app.proxy_cache.keys.lock().expect("keys").get(&hash) {
+    if let Some((at, team)) = app.proxy_cache.keys.lock().get(&hash) {
         if at.elapsed() < CACHE_TTL {
             return Ok(team.clone());
         }
     }
     let team = app.store.api_key_by_hash(&hash).await?.map(|k| k.team_id);
-    let mut keys = app.proxy_cache.keys.lock().expect("keys");
+    let mut keys = app.proxy_cache.keys.lock();
     if keys.len() > 10_000 {
         keys.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
     }
@@ -466,7 +468,10 @@ mod tests {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
             if let Ok(v) = HeaderValue::from_bytes(v) {
-                m.insert(http::HeaderName::from_bytes(k.as_bytes()).expect("a header name"), v);
+                m.insert(
+                    http::HeaderName::from_bytes(k.as_bytes()).expect("a header name"),
+                    v,
+                );
             }
         }
         m

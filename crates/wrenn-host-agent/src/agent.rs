@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -64,7 +66,7 @@ impl<R: Runtime> Agent<R> {
     /// Re-adopts sandboxes after a start and drops records of gone ones.
     pub async fn recover(&self) -> Result<Vec<Instance>, RuntimeError> {
         let adopted = self.runtime.recover().await?;
-        let mut meta = self.meta.lock().expect("meta");
+        let mut meta = self.meta.lock();
         if let Ok(rd) = std::fs::read_dir(&self.meta_dir) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -122,32 +124,27 @@ impl<R: Runtime> Agent<R> {
             auto_pause,
         };
         self.save(&id, &m);
-        self.meta.lock().expect("meta").insert(id, m.clone());
+        self.meta.lock().insert(id, m.clone());
         Ok((inst, m))
     }
 
     /// Destroys a sandbox.
     pub async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
         let r = self.runtime.destroy(id).await;
-        self.meta.lock().expect("meta").remove(id);
-        self.cpu_samples.lock().expect("cpu").remove(id);
+        self.meta.lock().remove(id);
+        self.cpu_samples.lock().remove(id);
         let _ = std::fs::remove_file(self.meta_dir.join(format!("{id}.json")));
         r
     }
 
     /// The agent's record of a sandbox.
     pub fn meta(&self, id: &str) -> Meta {
-        self.meta
-            .lock()
-            .expect("meta")
-            .get(id)
-            .cloned()
-            .unwrap_or_default()
+        self.meta.lock().get(id).cloned().unwrap_or_default()
     }
 
     /// Restarts the idle timer; with `timeout_sec`, changes the timeout.
     pub fn touch(&self, id: &str, timeout_sec: Option<u32>) -> Meta {
-        let mut all = self.meta.lock().expect("meta");
+        let mut all = self.meta.lock();
         let m = all.entry(id.to_string()).or_default();
         if let Some(t) = timeout_sec {
             m.timeout_sec = t;
@@ -166,7 +163,7 @@ impl<R: Runtime> Agent<R> {
     /// CPU use since the previous call, as a percentage of the sandbox's
     /// vcpus.
     pub fn cpu_pct(&self, id: &str, cpu_usec: u64, vcpus: u32) -> f32 {
-        let mut s = self.cpu_samples.lock().expect("cpu");
+        let mut s = self.cpu_samples.lock();
         let now = std::time::Instant::now();
         let pct = match s.get(id) {
             Some((t, prev)) if now > *t => {
@@ -205,7 +202,6 @@ impl<R: Runtime> Agent<R> {
         let expired: Vec<String> = self
             .meta
             .lock()
-            .expect("meta")
             .iter()
             .filter(|(_, m)| m.expires_at > 0 && m.expires_at <= t)
             .map(|(id, _)| id.clone())
@@ -234,13 +230,12 @@ impl<R: Runtime> Agent<R> {
         let gone: Vec<String> = self
             .meta
             .lock()
-            .expect("meta")
             .keys()
             .filter(|id| !live.contains(id))
             .cloned()
             .collect();
         for id in gone {
-            self.meta.lock().expect("meta").remove(&id);
+            self.meta.lock().remove(&id);
             let _ = std::fs::remove_file(self.meta_dir.join(format!("{id}.json")));
         }
     }

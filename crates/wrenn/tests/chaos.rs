@@ -88,22 +88,30 @@ struct Pg {
 
 impl Pg {
     fn new() -> Pg {
-        let bin = std::env::var("WRENN_TEST_PGBIN").map(PathBuf::from).unwrap_or_else(|_| {
-            let mut bins: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-                .expect("PostgreSQL is installed (scripts/test.sh installs it)")
-                .flatten()
-                .map(|e| e.path().join("bin"))
-                .filter(|p| p.join("postgres").exists())
-                .collect();
-            bins.sort();
-            bins.pop().expect("a PostgreSQL server binary")
-        });
+        let bin = std::env::var("WRENN_TEST_PGBIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                let mut bins: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+                    .expect("PostgreSQL is installed (scripts/test.sh installs it)")
+                    .flatten()
+                    .map(|e| e.path().join("bin"))
+                    .filter(|p| p.join("postgres").exists())
+                    .collect();
+                bins.sort();
+                bins.pop().expect("a PostgreSQL server binary")
+            });
         let id = |flag: &str| -> u32 {
-            let out = Command::new("id").args([flag, "postgres"]).output().unwrap();
+            let out = Command::new("id")
+                .args([flag, "postgres"])
+                .output()
+                .unwrap();
             String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
         };
         let (uid, gid) = (id("-u"), id("-g"));
-        let dir = PathBuf::from(format!("/var/tmp/wrenn-test-chaos-pg-{}", std::process::id()));
+        let dir = PathBuf::from(format!(
+            "/var/tmp/wrenn-test-chaos-pg-{}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
         use std::os::unix::process::CommandExt;
@@ -232,7 +240,14 @@ impl Platform {
             .arg(self.dir.join("cp"))
             .args(["server", "--listen", &format!("127.0.0.1:{}", self.cp_port)])
             .args(["--database-url", &self.pg.url()])
-            .args(["--heartbeat-interval", "1", "--host-timeout", "4", "--reconcile-interval", "1"])
+            .args([
+                "--heartbeat-interval",
+                "1",
+                "--host-timeout",
+                "4",
+                "--reconcile-interval",
+                "1",
+            ])
             .env("WRENN_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -245,9 +260,16 @@ impl Platform {
         let mut c = Command::new(env!("CARGO_BIN_EXE_wrenn"));
         c.arg("--data-dir")
             .arg(self.agent_dir())
-            .args(["agent", "--listen", &format!("127.0.0.1:{}", self.agent_port)])
+            .args([
+                "agent",
+                "--listen",
+                &format!("127.0.0.1:{}", self.agent_port),
+            ])
             .args(["--token", &self.agent_token])
-            .args(["--control-plane", &format!("http://127.0.0.1:{}", self.cp_port)])
+            .args([
+                "--control-plane",
+                &format!("http://127.0.0.1:{}", self.cp_port),
+            ])
             .args(["--heartbeat-interval", "1"])
             .env("WRENN_LOG", "warn")
             .stdout(Stdio::null())
@@ -290,7 +312,13 @@ impl Platform {
     }
 
     /// One request; `None` when there was no answer (refused, reset, 30 s).
-    async fn api(&self, method: &str, path: &str, auth: &str, body: Option<Value>) -> Option<(u16, Value)> {
+    async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        auth: &str,
+        body: Option<Value>,
+    ) -> Option<(u16, Value)> {
         use http_body_util::BodyExt;
         let mut req = http::Request::builder()
             .method(method)
@@ -299,7 +327,9 @@ impl Platform {
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }
-        let body = body.map(|b| bytes::Bytes::from(b.to_string())).unwrap_or_default();
+        let body = body
+            .map(|b| bytes::Bytes::from(b.to_string()))
+            .unwrap_or_default();
         let req = req.body(http_body_util::Full::new(body)).ok()?;
         let resp = tokio::time::timeout(Duration::from_secs(30), async {
             let resp = self.http.request(req).await.ok()?;
@@ -316,7 +346,10 @@ impl Platform {
     async fn wait_healthy(&self, auth: &str) {
         let t = Instant::now();
         while !listening(self.agent_port) {
-            assert!(t.elapsed() < Duration::from_secs(60), "the agent did not come back");
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "the agent did not come back"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         loop {
@@ -327,7 +360,10 @@ impl Platform {
                     return;
                 }
             }
-            assert!(t.elapsed() < Duration::from_secs(60), "the platform did not come back");
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "the platform did not come back"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -343,7 +379,10 @@ impl Drop for Platform {
             }
         }
         terminate_agent(&format!("127.0.0.1:{}", self.agent_port), &self.agent_token);
-        for c in [self.agent.take(), self.server.take()].into_iter().flatten() {
+        for c in [self.agent.take(), self.server.take()]
+            .into_iter()
+            .flatten()
+        {
             common::reap(c);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -416,12 +455,20 @@ async fn sigkill_of_server_agent_or_postgres_loses_nothing_acknowledged() {
     p.start_server();
     let t = Instant::now();
     while !listening(p.cp_port) {
-        assert!(t.elapsed() < Duration::from_secs(20), "wrenn server did not listen");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "wrenn server did not listen"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The first user is the platform's admin, who adds the (shared) host.
     let (st, v) = p
-        .api("POST", "/v1/auth/signup", "", Some(json!({"email": "admin@chaos.test", "password": "a long password"})))
+        .api(
+            "POST",
+            "/v1/auth/signup",
+            "",
+            Some(json!({"email": "admin@chaos.test", "password": "a long password"})),
+        )
         .await
         .expect("signup answered");
     assert_eq!(st, 201, "{v}");
@@ -447,10 +494,20 @@ async fn sigkill_of_server_agent_or_postgres_loses_nothing_acknowledged() {
         let pick = |rng: &mut Rng| live[rng.below(live.len() as u64) as usize].clone();
         let op = if live.len() < 2 { 0 } else { rng.below(5) };
         let (method, path, body, target) = match op {
-            0 => ("POST", "/v1/sandboxes".to_string(), Some(json!({"memory_mb": 128, "disk_size_mb": 128, "timeout_sec": 0})), None),
+            0 => (
+                "POST",
+                "/v1/sandboxes".to_string(),
+                Some(json!({"memory_mb": 128, "disk_size_mb": 128, "timeout_sec": 0})),
+                None,
+            ),
             1 => {
                 let id = pick(&mut rng);
-                ("POST", format!("/v1/sandboxes/{id}/exec"), Some(json!({"cmd": "/bin/echo", "args": ["ok"]})), Some(id))
+                (
+                    "POST",
+                    format!("/v1/sandboxes/{id}/exec"),
+                    Some(json!({"cmd": "/bin/echo", "args": ["ok"]})),
+                    Some(id),
+                )
             }
             2 => {
                 let id = pick(&mut rng);
@@ -477,7 +534,9 @@ async fn sigkill_of_server_agent_or_postgres_loses_nothing_acknowledged() {
         // The kill lands `delay` into the call, whether or not it ended.
         let (result, orphans) = tokio::join!(p.api(method, &path, &auth, body), async {
             tokio::time::sleep(delay).await;
-            let Some(pid) = victim_pid else { return Vec::new() };
+            let Some(pid) = victim_pid else {
+                return Vec::new();
+            };
             let kids = children_of(pid);
             kill_pid(pid, rustix::process::Signal::KILL);
             kids
@@ -495,7 +554,13 @@ async fn sigkill_of_server_agent_or_postgres_loses_nothing_acknowledged() {
         let ok = matches!(result, Some((s, _)) if (200..300).contains(&s));
         println!(
             "round {round}: {method} {path}, {victim:?} killed after {delay:?}: {:?}",
-            result.as_ref().map(|(s, v)| (s, v["error"]["message"].as_str().unwrap_or_default().to_string()))
+            result.as_ref().map(|(s, v)| (
+                s,
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            ))
         );
         answered += usize::from(ok);
         match (op, &target, &result) {
@@ -536,7 +601,12 @@ async fn sigkill_of_server_agent_or_postgres_loses_nothing_acknowledged() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|s| (s["id"].as_str().unwrap().to_string(), s["status"].as_str().unwrap_or_default().to_string()))
+            .map(|s| {
+                (
+                    s["id"].as_str().unwrap().to_string(),
+                    s["status"].as_str().unwrap_or_default().to_string(),
+                )
+            })
             .collect();
         let moving = listed.values().any(|s| s == "pending" || s == "missing");
         if !moving || settled.elapsed() > Duration::from_secs(30) {
@@ -550,11 +620,18 @@ async fn sigkill_of_server_agent_or_postgres_loses_nothing_acknowledged() {
             "{id} is left '{state}', which no one can act on"
         );
     }
-    let on_host = |id: &str| std::path::Path::new(&format!("/sys/fs/cgroup/memory/wrenn/{id}")).exists()
-        || std::path::Path::new(&format!("/sys/fs/cgroup/wrenn/{id}")).exists();
+    let on_host = |id: &str| {
+        std::path::Path::new(&format!("/sys/fs/cgroup/memory/wrenn/{id}")).exists()
+            || std::path::Path::new(&format!("/sys/fs/cgroup/wrenn/{id}")).exists()
+    };
     for (id, state) in &listed {
         let live = state == "running" || state == "paused";
-        assert_eq!(live, on_host(id), "{id}: listed '{state}', on the host: {}", on_host(id));
+        assert_eq!(
+            live,
+            on_host(id),
+            "{id}: listed '{state}', on the host: {}",
+            on_host(id)
+        );
     }
     for (id, k) in &known {
         let state = listed.get(id).map(String::as_str);
@@ -562,13 +639,23 @@ async fn sigkill_of_server_agent_or_postgres_loses_nothing_acknowledged() {
             Known::Running => {
                 assert_eq!(state, Some("running"), "{id} was acknowledged running");
                 let r = p
-                    .api("POST", &format!("/v1/sandboxes/{id}/exec"), &auth, Some(json!({"cmd": "/bin/echo", "args": ["ok"]})))
+                    .api(
+                        "POST",
+                        &format!("/v1/sandboxes/{id}/exec"),
+                        &auth,
+                        Some(json!({"cmd": "/bin/echo", "args": ["ok"]})),
+                    )
                     .await;
-                assert!(matches!(&r, Some((200, v)) if v["stdout"] == "ok\n"), "{id}: {r:?}");
+                assert!(
+                    matches!(&r, Some((200, v)) if v["stdout"] == "ok\n"),
+                    "{id}: {r:?}"
+                );
             }
             Known::Paused => {
                 assert_eq!(state, Some("paused"), "{id} was acknowledged paused");
-                let r = p.api("POST", &format!("/v1/sandboxes/{id}/resume"), &auth, None).await;
+                let r = p
+                    .api("POST", &format!("/v1/sandboxes/{id}/resume"), &auth, None)
+                    .await;
                 assert!(matches!(&r, Some((200, _))), "{id}: resume {r:?}");
             }
             Known::Destroyed => {
@@ -581,8 +668,13 @@ async fn sigkill_of_server_agent_or_postgres_loses_nothing_acknowledged() {
     // Everything destroyed through the API leaves nothing on the host.
     for (id, state) in &listed {
         if state != "stopped" {
-            let r = p.api("DELETE", &format!("/v1/sandboxes/{id}"), &auth, None).await;
-            assert!(matches!(r, Some((204, _)) | Some((404, _))), "destroy {id}: {r:?}");
+            let r = p
+                .api("DELETE", &format!("/v1/sandboxes/{id}"), &auth, None)
+                .await;
+            assert!(
+                matches!(r, Some((204, _)) | Some((404, _))),
+                "destroy {id}: {r:?}"
+            );
         }
     }
     let traces = host_traces(&p.agent_dir());

@@ -375,7 +375,9 @@ async fn a_sandbox_sees_its_own_disk_and_no_host_paths() {
         data_dir.as_str(),
         "/var/",
         "/run/",
-        env!("CARGO_BIN_EXE_wrenn").rsplit_once('/').map_or("", |(d, _)| d),
+        env!("CARGO_BIN_EXE_wrenn")
+            .rsplit_once('/')
+            .map_or("", |(d, _)| d),
     ] {
         assert!(
             !mountinfo.contains(host_path),
@@ -437,7 +439,11 @@ async fn own_view(c: &Client, id: &str) -> (u64, String, String, f64) {
 
 #[tokio::test]
 async fn a_sandbox_sees_its_own_memory_cpus_and_uptime() {
-    if std::process::Command::new("lxcfs").arg("--version").output().is_err() {
+    if std::process::Command::new("lxcfs")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         panic!("lxcfs is not installed: scripts/test.sh installs it (apt-get install lxcfs)");
     }
     let agent = AgentProc::start();
@@ -454,10 +460,15 @@ async fn a_sandbox_sees_its_own_memory_cpus_and_uptime() {
         ("1 1", "1"),
         "nproc, sysconf and /proc/cpuinfo of a 1-vCPU sandbox"
     );
-    assert!(uptime < 60.0, "the sandbox's uptime, not the host's: {uptime}");
+    assert!(
+        uptime < 60.0,
+        "the sandbox's uptime, not the host's: {uptime}"
+    );
     let (free, _, _) = sh(&c, &id, "free -m | awk '/^Mem:/ {print $2}'").await;
     assert!(
-        free.trim().parse::<u32>().is_ok_and(|m| (200..=256).contains(&m)),
+        free.trim()
+            .parse::<u32>()
+            .is_ok_and(|m| (200..=256).contains(&m)),
         "free -m: {free}"
     );
 
@@ -510,7 +521,10 @@ fn lxcfs_pid_of(agent: &AgentProc) -> u32 {
         {
             return pid;
         }
-        assert!(t.elapsed() < Duration::from_secs(5), "no LXCFS runs ({file})");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no LXCFS runs ({file})"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -7,7 +7,9 @@ use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
 use rustix::io::Errno;
@@ -225,13 +227,13 @@ impl WatcherTable {
         let buf = events.clone();
         let task = tokio::spawn(async move {
             while let Ok(batch) = watcher.next_batch().await {
-                let mut b = buf.lock().expect("watcher buffer");
+                let mut b = buf.lock();
                 b.extend(batch);
                 let excess = b.len().saturating_sub(MAX_BUFFERED_EVENTS);
                 b.drain(..excess);
             }
         });
-        self.inner.lock().expect("watchers").insert(
+        self.inner.lock().insert(
             id.clone(),
             Polled {
                 events,
@@ -245,17 +247,14 @@ impl WatcherTable {
     /// Takes the events seen since the last call, and whether entries were
     /// asked for; `None` for an unknown id.
     pub fn drain(&self, id: &str) -> Option<(Vec<FsEvent>, bool)> {
-        let t = self.inner.lock().expect("watchers");
+        let t = self.inner.lock();
         let p = t.get(id)?;
-        Some((
-            std::mem::take(&mut *p.events.lock().expect("watcher buffer")),
-            p.include_entry,
-        ))
+        Some((std::mem::take(&mut *p.events.lock()), p.include_entry))
     }
 
     /// Stops a watcher; false for an unknown id.
     pub fn remove(&self, id: &str) -> bool {
-        match self.inner.lock().expect("watchers").remove(id) {
+        match self.inner.lock().remove(id) {
             Some(p) => {
                 p.task.abort();
                 true

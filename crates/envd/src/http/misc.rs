@@ -57,7 +57,7 @@ pub async fn init(
             return http_error(StatusCode::BAD_REQUEST, e.to_string());
         }
     }
-    let mut d = state.defaults.write().expect("defaults lock");
+    let mut d = state.defaults.write();
     if let Some(current) = &d.access_token {
         let same = req.access_token.as_deref() == Some(current.as_str());
         if !same && !token_matches(&headers, current) {
@@ -149,7 +149,7 @@ fn meminfo() -> (u64, u64) {
 pub async fn metrics(State(state): State<AppState>) -> Json<Metrics> {
     let now = cpu_sample();
     let cpu_used_pct = {
-        let mut last = state.last_cpu.lock().expect("cpu sample");
+        let mut last = state.last_cpu.lock();
         let pct = match (*last, now) {
             (Some((t0, i0)), Some((t1, i1))) if t1 > t0 => {
                 let busy = (t1 - t0).saturating_sub(i1.saturating_sub(i0));

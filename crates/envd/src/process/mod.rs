@@ -8,7 +8,9 @@ mod spawn;
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use bytes::Bytes;
 use tokio::io::unix::AsyncFd;
@@ -152,7 +154,7 @@ pub enum ProcessError {
 impl Process {
     /// Adds a subscriber; `None` when the process already ended.
     pub fn subscribe(&self) -> Option<mpsc::Receiver<Event>> {
-        let mut subs = self.subscribers.lock().expect("subscribers lock");
+        let mut subs = self.subscribers.lock();
         if subs.ended {
             return None;
         }
@@ -164,12 +166,7 @@ impl Process {
     /// Sends an event to every subscriber, waiting while any queue is full;
     /// subscribers that went away are dropped.
     async fn publish(&self, event: Event) {
-        let queues = self
-            .subscribers
-            .lock()
-            .expect("subscribers lock")
-            .queues
-            .clone();
+        let queues = self.subscribers.lock().queues.clone();
         let mut gone = Vec::new();
         for q in &queues {
             if q.send(event.clone()).await.is_err() {
@@ -177,7 +174,7 @@ impl Process {
             }
         }
         if !gone.is_empty() {
-            let mut subs = self.subscribers.lock().expect("subscribers lock");
+            let mut subs = self.subscribers.lock();
             subs.queues
                 .retain(|q| !gone.iter().any(|g| g.same_channel(q)));
         }
@@ -186,7 +183,7 @@ impl Process {
     /// Marks the process ended and sends `end` to everyone subscribed.
     async fn finish(&self, exit: Exit) {
         let queues = {
-            let mut subs = self.subscribers.lock().expect("subscribers lock");
+            let mut subs = self.subscribers.lock();
             subs.ended = true;
             std::mem::take(&mut subs.queues)
         };
@@ -277,16 +274,16 @@ impl std::fmt::Display for Selector {
 
 impl ProcessTable {
     fn insert(&self, p: Arc<Process>) {
-        self.inner.lock().expect("process table").insert(p.pid, p);
+        self.inner.lock().insert(p.pid, p);
     }
 
     fn remove(&self, pid: u32) {
-        self.inner.lock().expect("process table").remove(&pid);
+        self.inner.lock().remove(&pid);
     }
 
     /// Finds a running process.
     pub fn get(&self, sel: &Selector) -> Option<Arc<Process>> {
-        let t = self.inner.lock().expect("process table");
+        let t = self.inner.lock();
         match sel {
             Selector::Pid(pid) => t.get(pid).cloned(),
             Selector::Tag(tag) => t.values().find(|p| p.tag.as_deref() == Some(tag)).cloned(),
@@ -295,20 +292,14 @@ impl ProcessTable {
 
     /// All running processes.
     pub fn list(&self) -> Vec<Arc<Process>> {
-        let mut v: Vec<_> = self
-            .inner
-            .lock()
-            .expect("process table")
-            .values()
-            .cloned()
-            .collect();
+        let mut v: Vec<_> = self.inner.lock().values().cloned().collect();
         v.sort_by_key(|p| p.pid);
         v
     }
 
     /// Number of running processes.
     pub fn len(&self) -> usize {
-        self.inner.lock().expect("process table").len()
+        self.inner.lock().len()
     }
 
     /// Whether no process is running.

@@ -472,7 +472,7 @@ pub(super) async fn get_one(
 /// Disk in use, from a cache refreshed from the agent at most once a second.
 async fn disk_used(app: &App, s: &Sandbox) -> Option<u64> {
     let fresh = std::time::Duration::from_secs(1);
-    if let Some((at, v)) = app.disk_used.lock().expect("disk cache").get(&s.id) {
+    if let Some((at, v)) = app.disk_used.lock().get(&s.id) {
         if at.elapsed() < fresh {
             return Some(*v);
         }
@@ -486,7 +486,7 @@ async fn disk_used(app: &App, s: &Sandbox) -> Option<u64> {
         .await
         .ok()?;
     let bytes = m.into_owned().disk_used_bytes;
-    let mut cache = app.disk_used.lock().expect("disk cache");
+    let mut cache = app.disk_used.lock();
     cache.retain(|_, (at, _)| at.elapsed() < fresh * 60);
     cache.insert(s.id.clone(), (std::time::Instant::now(), bytes));
     Some(bytes)

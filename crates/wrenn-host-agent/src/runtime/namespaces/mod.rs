@@ -21,7 +21,9 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -218,7 +220,13 @@ fn envd_layer(envd: &Path, data_dir: &Path) -> std::io::Result<PathBuf> {
 fn run_dir(cgroup_parent: &str) -> PathBuf {
     let name: String = cgroup_parent
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     Path::new("/run/wrenn").join(name)
 }
@@ -288,28 +296,30 @@ impl NamespaceRuntime {
                 "lxcfs is not installed (apt-get install lxcfs): sandboxes will see the host's memory, CPUs and uptime in /proc"
             );
         }
-        Ok(Arc::new_cyclic(|this: &std::sync::Weak<NamespaceRuntime>| NamespaceRuntime {
-            procview: cfg.lxcfs_binary.as_ref().and_then(|lxcfs| {
-                let this = this.clone();
-                procview::ProcView::start(lxcfs, &run_dir, move |view| {
-                    if let Some(rt) = this.upgrade() {
-                        rt.rebind_views(view);
-                    }
-                })
-            }),
-            envd_layer,
-            envd_interp,
-            disks: DiskImages::default(),
-            cgroups: cgroup::detect(&cfg.cgroup_parent),
-            net,
-            slots: Slots::default(),
-            templates,
-            resolvers,
-            live: Mutex::new(HashMap::new()),
-            http,
-            this: this.clone(),
-            cfg,
-        }))
+        Ok(Arc::new_cyclic(
+            |this: &std::sync::Weak<NamespaceRuntime>| NamespaceRuntime {
+                procview: cfg.lxcfs_binary.as_ref().and_then(|lxcfs| {
+                    let this = this.clone();
+                    procview::ProcView::start(lxcfs, &run_dir, move |view| {
+                        if let Some(rt) = this.upgrade() {
+                            rt.rebind_views(view);
+                        }
+                    })
+                }),
+                envd_layer,
+                envd_interp,
+                disks: DiskImages::default(),
+                cgroups: cgroup::detect(&cfg.cgroup_parent),
+                net,
+                slots: Slots::default(),
+                templates,
+                resolvers,
+                live: Mutex::new(HashMap::new()),
+                http,
+                this: this.clone(),
+                cfg,
+            },
+        ))
     }
 
     /// The template store this runtime uses.
@@ -707,11 +717,11 @@ impl NamespaceRuntime {
         let pids: Vec<u32> = self
             .live
             .lock()
-            .expect("live")
             .values()
             .map(|l| &l.record)
             .filter(|r| {
-                r.instance.init_pid > 0 && start_time(r.instance.init_pid) == Some(r.init_start_time)
+                r.instance.init_pid > 0
+                    && start_time(r.instance.init_pid) == Some(r.init_start_time)
             })
             .map(|r| r.instance.init_pid)
             .collect();
@@ -746,7 +756,7 @@ impl NamespaceRuntime {
         Some(tokio::spawn(async move {
             let _ = fd.readable().await;
             let Some(rt) = this.upgrade() else { return };
-            let record = rt.live.lock().expect("live").remove(&id).map(|l| l.record);
+            let record = rt.live.lock().remove(&id).map(|l| l.record);
             if let Some(r) = record {
                 tracing::warn!(sandbox = %id, "sandbox init exited; removing the sandbox");
                 if let Err(e) = rt.teardown(&id, Some(&r)).await {
@@ -757,7 +767,7 @@ impl NamespaceRuntime {
     }
 
     fn set_state(&self, id: &str, state: RunState) -> Result<Instance, RuntimeError> {
-        let mut live = self.live.lock().expect("live");
+        let mut live = self.live.lock();
         let l = live
             .get_mut(id)
             .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
@@ -817,7 +827,7 @@ impl DiskImages {
     ) -> Result<(), RuntimeError> {
         let golden = cache.join(format!("disk-{mb}m-{uid_base}.img"));
         {
-            let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+            let mut checked = self.checked.lock();
             if !checked.contains(&golden) {
                 if golden.exists() && !image_is_sound(&golden, mb) {
                     tracing::warn!(image = %golden.display(), "cached disk image is damaged; making it again");
@@ -925,7 +935,7 @@ impl Runtime for NamespaceRuntime {
         self.validate(&spec)?;
         let id = spec.id.clone();
         let dir = self.dir(&id);
-        if self.live.lock().expect("live").contains_key(&id) {
+        if self.live.lock().contains_key(&id) {
             return Err(RuntimeError::AlreadyExists(id));
         }
         match std::fs::create_dir(&dir) {
@@ -940,10 +950,7 @@ impl Runtime for NamespaceRuntime {
             Ok(instance) => {
                 let r = record.expect("set on success");
                 let watcher = self.watch(id.clone(), r.instance.init_pid);
-                self.live
-                    .lock()
-                    .expect("live")
-                    .insert(id, Live { record: r, watcher });
+                self.live.lock().insert(id, Live { record: r, watcher });
                 Ok(instance)
             }
             Err(e) => {
@@ -956,7 +963,7 @@ impl Runtime for NamespaceRuntime {
     }
 
     async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
-        let live = self.live.lock().expect("live").remove(id);
+        let live = self.live.lock().remove(id);
         match live {
             Some(l) => {
                 if let Some(w) = l.watcher {
@@ -1005,18 +1012,13 @@ impl Runtime for NamespaceRuntime {
     }
 
     fn get(&self, id: &str) -> Option<Instance> {
-        self.live
-            .lock()
-            .expect("live")
-            .get(id)
-            .map(|l| l.record.instance.clone())
+        self.live.lock().get(id).map(|l| l.record.instance.clone())
     }
 
     fn list(&self) -> Vec<Instance> {
         let mut v: Vec<Instance> = self
             .live
             .lock()
-            .expect("live")
             .values()
             .map(|l| l.record.instance.clone())
             .collect();
@@ -1074,10 +1076,7 @@ impl Runtime for NamespaceRuntime {
                 let watcher = self.watch(id.clone(), r.instance.init_pid);
                 adopted.push(r.instance.clone());
                 tracing::info!(sandbox = %id, "re-adopted a running sandbox");
-                self.live
-                    .lock()
-                    .expect("live")
-                    .insert(id, Live { record: r, watcher });
+                self.live.lock().insert(id, Live { record: r, watcher });
             } else {
                 tracing::info!(sandbox = %id, "removing a dead or half-made sandbox");
                 if let Some(r) = &record {
@@ -1094,7 +1093,7 @@ impl Runtime for NamespaceRuntime {
             }
         }
         // Cgroups and links nobody owns any more.
-        let known: Vec<String> = self.live.lock().expect("live").keys().cloned().collect();
+        let known: Vec<String> = self.live.lock().keys().cloned().collect();
         for id in self.cgroups.list() {
             if !known.contains(&id) {
                 self.teardown(&id, None).await?;
@@ -1103,7 +1102,6 @@ impl Runtime for NamespaceRuntime {
         let slots: Vec<u32> = self
             .live
             .lock()
-            .expect("live")
             .values()
             .map(|l| l.record.slot.index)
             .collect();

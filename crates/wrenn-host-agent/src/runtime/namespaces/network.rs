@@ -3,10 +3,10 @@
 //! an nftables table that keeps sandboxes away from the host, from each
 //! other and from private ranges. All link work goes through netlink.
 
+use parking_lot::Mutex;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
-use std::sync::Mutex;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth};
@@ -97,7 +97,7 @@ pub struct Slots {
 impl Slots {
     /// Takes the lowest free index.
     pub fn take(&self, internet: bool) -> Result<Slot, NetError> {
-        let mut used = self.used.lock().expect("slots");
+        let mut used = self.used.lock();
         let index = (0..SLOTS)
             .find(|i| !used.contains(i))
             .ok_or(NetError::Exhausted)?;
@@ -107,12 +107,12 @@ impl Slots {
 
     /// Marks an index used (re-adopted sandboxes).
     pub fn mark(&self, slot: Slot) {
-        self.used.lock().expect("slots").insert(slot.index);
+        self.used.lock().insert(slot.index);
     }
 
     /// Returns an index.
     pub fn release(&self, slot: Slot) {
-        self.used.lock().expect("slots").remove(&slot.index);
+        self.used.lock().remove(&slot.index);
     }
 }
 
