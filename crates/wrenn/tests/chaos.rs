@@ -240,14 +240,7 @@ impl Platform {
             .arg(self.dir.join("cp"))
             .args(["server", "--listen", &format!("127.0.0.1:{}", self.cp_port)])
             .args(["--database-url", &self.pg.url()])
-            .args([
-                "--heartbeat-interval",
-                "1",
-                "--host-timeout",
-                "4",
-                "--reconcile-interval",
-                "1",
-            ])
+            .args(common::FAST_SERVER_FLAGS)
             .env("WRENN_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -143,16 +143,9 @@ impl Fleet {
         c.arg("--data-dir")
             .arg(self.dir.join("cp"))
             .args(["server", "--listen", &format!("0.0.0.0:{}", self.port)])
-            .args([
-                "--heartbeat-interval",
-                "1",
-                "--host-timeout",
-                "4",
-                "--reconcile-interval",
-                "1",
-                // The test's agents sit at private addresses (10.251.x).
-                "--allow-private-host-addresses",
-            ])
+            .args(common::FAST_SERVER_FLAGS)
+            // The test's agents sit at private addresses (10.251.x).
+            .arg("--allow-private-host-addresses")
             .args(flags)
             .env("WRENN_LOG", "warn")
             .stdout(Stdio::null());

@@ -331,6 +331,18 @@ pub async fn call(
     (st, b)
 }
 
+/// `wrenn server` flags for tests that watch hosts come and go: heartbeats
+/// every second, a host silent for 4 s is unreachable, reconciliation
+/// every second.
+pub const FAST_SERVER_FLAGS: [&str; 6] = [
+    "--heartbeat-interval",
+    "1",
+    "--host-timeout",
+    "4",
+    "--reconcile-interval",
+    "1",
+];
+
 /// A `wrenn server` on a loopback port with its own data directory (and
 /// SQLite), killed and removed on drop.
 pub struct ServerProc {
