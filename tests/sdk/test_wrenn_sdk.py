@@ -148,6 +148,7 @@ def test_another_team_sees_nothing(wrenn_up):
         ("GET", "/v1/sandboxes/sb-doesnotexist", None, 404, "not_found"),
         ("GET", "/v1/sandboxes?state=sideways", None, 400, "invalid_request"),
         ("POST", "/v1/sandboxes/sb-doesnotexist/exec", {"cmd": "true"}, 404, "not_found"),
+        ("DELETE", "/v1/hosts/host-local?force=true", None, 409, "host_is_local"),
     ],
 )
 def test_bad_input_gets_clear_errors(wrenn_up, method, path, body, status, code):

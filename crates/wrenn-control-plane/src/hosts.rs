@@ -13,6 +13,9 @@ use wrenn_protocol::hostagent::v1::HostAgentServiceClient;
 
 use crate::store::{Allocated, Host};
 
+/// The host record of the agent that runs inside `wrenn up`'s own process.
+pub const LOCAL_HOST_ID: &str = "host-local";
+
 /// A client for one agent.
 pub type AgentClient = HostAgentServiceClient<HttpClient>;
 

@@ -39,6 +39,21 @@ impl<R: Runtime> HostAgentService<R> {
         })
     }
 
+    /// What a failed call to a sandbox's envd tells the caller: if the
+    /// sandbox went away meanwhile (destroyed, or died), that it is not
+    /// found, rather than envd's broken connection as a 503.
+    fn envd_failed(&self, id: &str, e: ConnectError) -> ConnectError {
+        use connectrpc::ErrorCode as C;
+        if matches!(e.code, C::Unavailable | C::Unknown | C::Internal) && self.instance(id).is_err()
+        {
+            ConnectError::not_found(format!(
+                "sandbox '{id}' was destroyed while the request ran"
+            ))
+        } else {
+            e
+        }
+    }
+
     /// The sandbox's envd, if the sandbox runs (not paused).
     fn envd(&self, id: &str) -> Result<Envd, ConnectError> {
         let inst = self.instance(id)?;
@@ -432,7 +447,8 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
         let mut stream = envd
             .process
             .start_with_options(req, user_opts(&r.user, r.timeout_sec))
-            .await?;
+            .await
+            .map_err(|e| self.envd_failed(&r.sandbox_id, e))?;
         let mut out = pb::ExecResponse::default();
         let limit = match r.max_output_bytes {
             0 => hostagent::EXEC_OUTPUT_DEFAULT_BYTES,
@@ -474,13 +490,15 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
                                 input: input.into(),
                                 ..Default::default()
                             })
-                            .await?;
+                            .await
+                            .map_err(|e| self.envd_failed(&r.sandbox_id, e))?;
                         envd.process
                             .close_stdin(ep::CloseStdinRequest {
                                 process: selector(s.pid).into(),
                                 ..Default::default()
                             })
-                            .await?;
+                            .await
+                            .map_err(|e| self.envd_failed(&r.sandbox_id, e))?;
                     }
                     if r.background {
                         break;
@@ -519,7 +537,8 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
         let stream = envd
             .process
             .start_with_options(req, user_opts(&r.user, r.timeout_sec))
-            .await?;
+            .await
+            .map_err(|e| self.envd_failed(&r.sandbox_id, e))?;
         Ok(Response::new(relay!(stream, ep::StartResponse)))
     }
 
@@ -532,7 +551,8 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
         let list = envd
             .process
             .list(ep::ListRequest::default())
-            .await?
+            .await
+            .map_err(|e| self.envd_failed(r.sandbox_id, e))?
             .into_owned();
         let processes = list
             .processes
@@ -576,7 +596,8 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
                 signal: signal.into(),
                 ..Default::default()
             })
-            .await?;
+            .await
+            .map_err(|e| self.envd_failed(r.sandbox_id, e))?;
         Response::ok(pb::KillProcessResponse::default())
     }
 
@@ -592,7 +613,8 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
                 process: selector(r.pid).into(),
                 ..Default::default()
             })
-            .await?;
+            .await
+            .map_err(|e| self.envd_failed(r.sandbox_id, e))?;
         Ok(Response::new(relay!(stream, ep::ConnectResponse)))
     }
 
@@ -619,7 +641,8 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
                     input: input.into(),
                     ..Default::default()
                 })
-                .await?;
+                .await
+                .map_err(|e| self.envd_failed(&r.sandbox_id, e))?;
         }
         if r.eof {
             envd.process
@@ -627,7 +650,8 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
                     process: selector(r.pid).into(),
                     ..Default::default()
                 })
-                .await?;
+                .await
+                .map_err(|e| self.envd_failed(&r.sandbox_id, e))?;
         }
         Response::ok(pb::SendInputResponse::default())
     }
@@ -661,7 +685,8 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
         let stream = envd
             .process
             .start_with_options(req, user_opts(&r.user, 0))
-            .await?;
+            .await
+            .map_err(|e| self.envd_failed(&r.sandbox_id, e))?;
         Ok(Response::new(relay!(stream, ep::StartResponse)))
     }
 
@@ -686,7 +711,8 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
                 .into(),
                 ..Default::default()
             })
-            .await?;
+            .await
+            .map_err(|e| self.envd_failed(r.sandbox_id, e))?;
         Response::ok(pb::PtyResizeResponse::default())
     }
 
@@ -701,7 +727,9 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
         let body = http_body_util::Full::new(Bytes::from(r.content))
             .map_err(|never| match never {})
             .boxed();
-        envd.write_file(&r.path, &r.user, body).await?;
+        envd.write_file(&r.path, &r.user, body)
+            .await
+            .map_err(|e| self.envd_failed(&r.sandbox_id, e))?;
         Response::ok(pb::WriteFileResponse {
             path: r.path,
             size,
@@ -715,7 +743,10 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
         r: ServiceRequest<'_, pb::FileRef>,
     ) -> ServiceResult<pb::ReadFileResponse> {
         let envd = self.envd(r.sandbox_id)?;
-        let body = envd.read_file(r.path, r.user).await?;
+        let body = envd
+            .read_file(r.path, r.user)
+            .await
+            .map_err(|e| self.envd_failed(r.sandbox_id, e))?;
         let content = body
             .collect()
             .await
@@ -789,7 +820,10 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
         r: ServiceRequest<'_, pb::FileRef>,
     ) -> ServiceResult<ServiceStream<pb::FileChunk>> {
         let envd = self.envd(r.sandbox_id)?;
-        let body = envd.read_file(r.path, r.user).await?;
+        let body = envd
+            .read_file(r.path, r.user)
+            .await
+            .map_err(|e| self.envd_failed(r.sandbox_id, e))?;
         let s: Boxed<pb::FileChunk> =
             Box::pin(futures::stream::unfold(Some(body), |b| async move {
                 let mut body = b?;
@@ -833,7 +867,8 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
         let list = envd
             .fs
             .list_dir_with_options(req, user_opts(r.user, 0))
-            .await?
+            .await
+            .map_err(|e| self.envd_failed(r.sandbox_id, e))?
             .into_owned();
         Response::ok(pb::ListDirResponse {
             entries: list.entries.into_iter().map(dir_entry).collect(),
@@ -855,7 +890,8 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
                 },
                 user_opts(r.user, 0),
             )
-            .await?;
+            .await
+            .map_err(|e| self.envd_failed(r.sandbox_id, e))?;
         Response::ok(pb::MakeDirResponse::default())
     }
 
@@ -873,7 +909,8 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
                 },
                 user_opts(r.user, 0),
             )
-            .await?;
+            .await
+            .map_err(|e| self.envd_failed(r.sandbox_id, e))?;
         Response::ok(pb::RemovePathResponse::default())
     }
 

@@ -279,7 +279,7 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
         }
         store
             .upsert_host(&Host {
-                id: "host-local".into(),
+                id: wrenn_control_plane::hosts::LOCAL_HOST_ID.into(),
                 name: "local".into(),
                 address: agent_addr.to_string(),
                 token: agent_token.clone(),
@@ -318,7 +318,7 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
                 eprintln!("destroying {}: {e}", inst.spec.id);
             }
         }
-        for mut s in store.sandboxes_on_host("host-local").await.unwrap_or_default() {
+        for mut s in store.sandboxes_on_host(wrenn_control_plane::hosts::LOCAL_HOST_ID).await.unwrap_or_default() {
             s.state = "stopped".into();
             let _ = store.update_sandbox(&s).await;
         }

@@ -528,3 +528,47 @@ fn lxcfs_pid_of(agent: &AgentProc) -> u32 {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Calls racing a destroy hear that the sandbox is gone (not found), never
+/// a broken connection to its envd (503 through the REST API).
+#[tokio::test]
+async fn calls_racing_a_destroy_hear_not_found() {
+    let agent = AgentProc::start();
+    let c = agent.client();
+    for round in 0..5 {
+        let id = new_id("race");
+        create(&c, &id).await;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut callers = Vec::new();
+        for _ in 0..4 {
+            let (c, id, stop) = (c.clone(), id.clone(), stop.clone());
+            callers.push(tokio::spawn(async move {
+                let mut codes = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = c
+                        .list_processes(pb::SandboxRef {
+                            sandbox_id: id.clone(),
+                            ..Default::default()
+                        })
+                        .await;
+                    if let Err(e) = r {
+                        codes.push(format!("{:?}: {:?}", e.code, e.message));
+                    }
+                }
+                codes
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(20 * round)).await;
+        destroy(&c, &id).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for h in callers {
+            for code in h.await.unwrap() {
+                assert!(
+                    code.starts_with("NotFound"),
+                    "a call racing the destroy: {code}"
+                );
+            }
+        }
+    }
+}

@@ -243,6 +243,14 @@ pub(super) async fn delete(
     Query(q): Query<DeleteQuery>,
 ) -> ApiResult<Response> {
     let h = managed(&app, &caller, &id).await?;
+    if h.id == crate::hosts::LOCAL_HOST_ID {
+        return Err(ApiError::conflict(
+            "host_is_local",
+            format!(
+                "{id} is the agent inside this `wrenn up` process; stop `wrenn up` (Ctrl-C) to take it down"
+            ),
+        ));
+    }
     let live = app.store.sandboxes_on_host(&h.id).await?;
     if !live.is_empty() && !q.force {
         let ids: Vec<&str> = live.iter().map(|s| s.id.as_str()).collect();
