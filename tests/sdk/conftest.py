@@ -157,10 +157,11 @@ def running_wrenn_up(data: Path):
         log.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def wrenn_up(tmp_path_factory):
-    """`wrenn up` shared by the session's tests; yields (base_url, api_key,
-    data_dir)."""
+    """`wrenn up` shared by a module's tests; yields (base_url, api_key,
+    data_dir). One per module, stopped before the next module starts its
+    own: two agents on one host refuse to run side by side."""
     data = tmp_path_factory.mktemp("wrenn-up")
     with running_wrenn_up(data) as (url, key, _):
         yield url, key, data

@@ -83,8 +83,20 @@ pub async fn serve(
     addr: std::net::SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    serve_on(app, listener, shutdown).await
+}
+
+/// [`serve`] on a listener already bound (so that a caller can say it is
+/// up only once it is).
+pub async fn serve_on(
+    app: App,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
-    let listener = tokio::net::TcpListener::bind(addr).await?.tap_io(|t| {
+    let addr = listener.local_addr()?;
+    let listener = listener.tap_io(|t| {
         let _ = t.set_nodelay(true);
     });
     tracing::info!(%addr, backend = app.store.backend, "control plane listening");

@@ -241,6 +241,22 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
             "wrenn up runs sandboxes with namespaces, cgroups and veths: run it as root (sudo wrenn up)"
         );
     }
+    // Before anything is touched: a second instance on this host would
+    // take over the first one's sandboxes.
+    let instance_lock = std::sync::Arc::new(
+        wrenn_host_agent::runtime::namespaces::lock::take(
+            &Config::new(data_dir.to_path_buf()).cgroup_parent,
+            data_dir,
+        )
+        .map_err(|e| anyhow::anyhow!("wrenn up cannot start: {e}"))?,
+    );
+    let api_listener = std::net::TcpListener::bind(args.listen).with_context(|| {
+        format!(
+            "listening on {}: is another program using it? Pass --listen with a free address",
+            args.listen
+        )
+    })?;
+    api_listener.set_nonblocking(true)?;
     ensure_host_packages()?;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -264,7 +280,9 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let store = Store::connect(&url).await.with_context(|| format!("opening the database {}", redact(&url)))?;
         // The host agent, in this process, on a loopback port of its own.
-        let runtime = NamespaceRuntime::new(Config::new(data_dir.to_path_buf())).context("setting up the namespace runtime")?;
+        let mut runtime_cfg = Config::new(data_dir.to_path_buf());
+        runtime_cfg.instance_lock = Some(instance_lock);
+        let runtime = NamespaceRuntime::new(runtime_cfg).context("setting up the namespace runtime")?;
         let agent = Agent::new(runtime.clone(), data_dir.join("agent")).context("creating the agent's state directory")?;
         let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
         let agent_addr = probe.local_addr()?;
@@ -305,7 +323,8 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
         println!("E2B's SDKs: E2B_API_URL={base} E2B_SANDBOX_URL={base} E2B_API_KEY={key}");
         println!("  (`wrenn key create --e2b` makes an e2b_… key for the JS SDK.)\n");
         let mut rx = stop_rx.clone();
-        let served = wrenn_control_plane::serve(app, listen, async move {
+        let api_listener = tokio::net::TcpListener::from_std(api_listener)?;
+        let served = wrenn_control_plane::serve_on(app, api_listener, async move {
             tokio::select! {
                 _ = shutdown_signal() => {}
                 _ = rx.wait_for(|s| *s) => {}

@@ -623,3 +623,82 @@ async fn two_hundred_cycles_leave_the_host_as_it_was() {
         after.6
     );
 }
+
+/// Runs `wrenn <args>` to its end (30 s at most): (exit code, stderr).
+fn run_wrenn(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wrenn"))
+        .args(args)
+        .env("WRENN_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("wrenn {args:?} did not exit: it should have refused to start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_second_instance_refuses_and_leaves_the_first_ones_sandboxes_alone() {
+    let agent = AgentProc::start();
+    let c = agent.client();
+    let id = new_id("first");
+    c.create_sandbox(create_req(&id)).await.unwrap();
+    let first_pid = agent.child.as_ref().unwrap().id();
+    let other = std::env::temp_dir().join(format!("wrenn-second-{}", std::process::id()));
+    let other_s = other.display().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    for args in [
+        // Another agent, its own data dir, the same cgroup parent.
+        vec![
+            "--data-dir",
+            &other_s,
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            "x",
+        ],
+        // `wrenn up`, its own data dir and port.
+        vec![
+            "--data-dir",
+            &other_s,
+            "up",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ],
+    ] {
+        let (code, err) = run_wrenn(&args);
+        assert_ne!(code, Some(0), "{args:?} started beside another agent");
+        assert!(
+            err.contains(&format!("pid {first_pid}"))
+                && err.contains(&agent.data_dir.display().to_string()),
+            "{args:?}: the refusal names the running instance: {err}"
+        );
+        let (out, _, code) = sh(&c, &id, "echo still here").await;
+        assert_eq!((out.trim(), code), ("still here", 0), "after {args:?}");
+    }
+    assert!(
+        !other.join("sandboxes").exists(),
+        "the refused instance touched nothing"
+    );
+    let _ = std::fs::remove_dir_all(&other);
+    c.destroy_sandbox(sref(&id)).await.unwrap();
+}

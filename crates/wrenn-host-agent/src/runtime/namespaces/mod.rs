@@ -12,6 +12,7 @@
 
 pub mod cgroup;
 pub mod init;
+pub mod lock;
 pub mod loopdev;
 pub mod network;
 pub mod procview;
@@ -62,6 +63,10 @@ pub struct Config {
     /// The cgroup (in every hierarchy) under which sandboxes' cgroups go;
     /// each agent on a machine needs its own.
     pub cgroup_parent: String,
+    /// The instance lock, when the caller took it before anything else
+    /// (`wrenn up` does, before it opens its database); `new` takes it
+    /// otherwise.
+    pub instance_lock: Option<Arc<lock::InstanceLock>>,
 }
 
 impl Config {
@@ -80,6 +85,7 @@ impl Config {
             pids_max: 4096,
             ready_timeout: Duration::from_secs(10),
             cgroup_parent: "wrenn".into(),
+            instance_lock: None,
         }
     }
 }
@@ -123,6 +129,8 @@ pub struct NamespaceRuntime {
     envd_layer: PathBuf,
     /// LXCFS, if it runs.
     procview: Option<Arc<procview::ProcView>>,
+    /// This agent's claim on its cgroup parent and network namespace.
+    _instance_lock: Arc<lock::InstanceLock>,
 }
 
 /// The program interpreter (dynamic loader) an ELF executable names, if
@@ -218,17 +226,7 @@ fn envd_layer(envd: &Path, data_dir: &Path) -> std::io::Result<PathBuf> {
 /// The agent's directory for what lives only while it runs (the LXCFS
 /// mount): one per cgroup parent, as each agent on a machine has its own.
 fn run_dir(cgroup_parent: &str) -> PathBuf {
-    let name: String = cgroup_parent
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    Path::new("/run/wrenn").join(name)
+    Path::new(lock::RUN_ROOT).join(lock::sanitize(cgroup_parent))
 }
 
 /// The CPUs a sandbox with `vcpus` runs on: consecutive ones among the
@@ -266,6 +264,14 @@ impl NamespaceRuntime {
                 "the namespace runtime needs root; run the agent as root".into(),
             ));
         }
+        // Before anything is touched: another agent's sandboxes are not ours.
+        let instance_lock = match &cfg.instance_lock {
+            Some(l) => l.clone(),
+            None => Arc::new(
+                lock::take(&cfg.cgroup_parent, &cfg.data_dir)
+                    .map_err(|e| RuntimeError::Failed(e.to_string()))?,
+            ),
+        };
         for d in ["sandboxes", "templates", "cache"] {
             let p = cfg.data_dir.join(d);
             std::fs::create_dir_all(&p).map_err(failed(format!("creating {}", p.display())))?;
@@ -307,6 +313,7 @@ impl NamespaceRuntime {
                     })
                 }),
                 envd_layer,
+                _instance_lock: instance_lock,
                 envd_interp,
                 disks: DiskImages::default(),
                 cgroups: cgroup::detect(&cfg.cgroup_parent),
