@@ -30,7 +30,7 @@ def test_no_generated_request_gets_a_5xx_or_takes_the_server_down(tmp_path):
     st = Path(sys.executable).with_name("st")
     with running_wrenn_up(tmp_path) as (url, key, proc):
         sandbox = _create_sandbox(url, key)
-        env = {**os.environ, "WRENN_URL": url, "WRENN_API_KEY": key, "WRENN_SANDBOX": sandbox}
+        env = {**os.environ, "WRENN_BASE_URL": url, "WRENN_API_KEY": key, "WRENN_SANDBOX": sandbox}
         started = time.time()
         run = subprocess.run(
             [

@@ -64,12 +64,16 @@ def _walkthrough() -> str:
     return m.group(1)
 
 
-def test_the_readme_walkthrough_runs(wrenn_up):
-    base, key, _ = wrenn_up
-    script = "set -euo pipefail\n" + _walkthrough()
+def test_the_readme_walkthrough_runs_with_what_wrenn_up_printed(wrenn_up):
+    base, key, data = wrenn_up
+    printed = (data / "up.log").read_text()
+    exports = [l.strip() for l in printed.splitlines() if l.strip().startswith("export ")]
+    assert any("WRENN_BASE_URL=" in l for l in exports), printed
+    script = "set -euo pipefail\n" + "\n".join(exports) + "\n" + _walkthrough()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WRENN_", "E2B_"))}
     out = subprocess.run(
         ["bash", "-c", script],
-        env={**os.environ, "WRENN_URL": base, "WRENN_API_KEY": key},
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,

@@ -267,7 +267,7 @@ impl TemplateList for crate::runtime::namespaces::NamespaceRuntime {
     fn remove_template(&self, name: &str) -> Result<bool, String> {
         match self.templates().remove(name) {
             Ok(()) => Ok(true),
-            Err(crate::templates::TemplateError::NotFound(_)) => Ok(false),
+            Err(crate::templates::TemplateError::NotFound { .. }) => Ok(false),
             Err(e) => Err(e.to_string()),
         }
     }

@@ -17,9 +17,15 @@ pub const BASE_PACKAGES: &str = "python3,python3-pip,python3-venv,curl,git,ca-ce
 pub enum TemplateError {
     /// No template of that name.
     #[error(
-        "template '{0}' not found; build it with `wrenn template build {0}` or list them with `wrenn template ls`"
+        "template '{name}' not found; this host has {}; `wrenn template build base` builds the base template, `wrenn template import NAME DIR` adds a root file system as a template",
+        if known.is_empty() { "none".to_string() } else { known.join(", ") }
     )]
-    NotFound(String),
+    NotFound {
+        /// The name asked for.
+        name: String,
+        /// The templates there are.
+        known: Vec<String>,
+    },
     /// The name cannot be a template name.
     #[error("invalid template name '{0}': use letters, digits, '-' and '_' (at most 64)")]
     InvalidName(String),
@@ -100,7 +106,10 @@ impl TemplateStore {
                 rootfs,
             })
         } else {
-            Err(TemplateError::NotFound(name.into()))
+            Err(TemplateError::NotFound {
+                name: name.into(),
+                known: self.list(),
+            })
         }
     }
 

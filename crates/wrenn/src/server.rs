@@ -312,16 +312,16 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
         let domain = app.proxy.domain.clone();
         let key = admin_key(&app, &config_file, listen).await?;
         let base = format!("http://{listen}");
-        println!("\nWrenn is up.\n");
-        println!("  API:      {base}  (Ctrl-C to stop)");
-        println!("  API key:  {key}");
-        println!("  CLI:      logged in ({})", config_file.display());
-        println!("\nCreate a sandbox and run a command:\n");
-        println!("  curl -s -X POST {base}/v1/sandboxes -H 'X-API-Key: {key}' -H 'Content-Type: application/json' -d '{{\"template\":\"base\"}}'");
-        println!("  curl -s -X POST {base}/v1/sandboxes/<id>/exec -H 'X-API-Key: {key}' -H 'Content-Type: application/json' -d '{{\"cmd\":\"echo\",\"args\":[\"hello\"]}}'\n");
-        println!("A port of a sandbox: http://<port>-<sandbox id>.{domain}/ (with X-API-Key).");
-        println!("E2B's SDKs: E2B_API_URL={base} E2B_SANDBOX_URL={base} E2B_API_KEY={key}");
-        println!("  (`wrenn key create --e2b` makes an e2b_… key for the JS SDK.)\n");
+        // The API listener is bound (above): what follows works as printed.
+        println!("\nWrenn is up at {base} (Ctrl-C stops it and destroys its sandboxes).\n");
+        println!("The CLI is logged in ({}). For curl, the SDKs and scripts, paste:\n", config_file.display());
+        println!("  export WRENN_BASE_URL={base} WRENN_API_KEY={key}");
+        println!("  export E2B_API_URL={base} E2B_SANDBOX_URL={base} E2B_API_KEY={key}\n");
+        println!("Then, for example:\n");
+        println!("  curl -s -X POST \"$WRENN_BASE_URL/v1/sandboxes\" -H \"X-API-Key: $WRENN_API_KEY\" -H 'Content-Type: application/json' -d '{{\"template\":\"base\"}}'");
+        println!("  wrenn sandbox create && wrenn sandbox ls\n");
+        println!("A sandbox's port is at http://<port>-<sandbox id>.{domain}/ (with X-API-Key).");
+        println!("(`wrenn key create --e2b` makes an e2b_… key, which E2B's JS SDK wants.)\n");
         let mut rx = stop_rx.clone();
         let api_listener = tokio::net::TcpListener::from_std(api_listener)?;
         let served = wrenn_control_plane::serve_on(app, api_listener, async move {
