@@ -149,6 +149,8 @@ def test_another_team_sees_nothing(wrenn_up):
         ("POST", "/v1/sandboxes", {"bogus": 1}, 400, "invalid_request"),
         ("POST", "/v1/sandboxes", {"template": "no-such-template"}, 400, "invalid_request"),
         ("POST", "/v1/sandboxes", {"memory_mb": 1}, 400, "invalid_request"),
+        # Larger than any host: a 400 that says so, not a 503 "no room".
+        ("POST", "/v1/sandboxes", {"memory_mb": 900000}, 400, "invalid_request"),
         ("GET", "/v1/sandboxes/sb-doesnotexist", None, 404, "not_found"),
         ("GET", "/v1/sandboxes?state=sideways", None, 400, "invalid_request"),
         ("POST", "/v1/sandboxes/sb-doesnotexist/exec", {"cmd": "true"}, 404, "not_found"),

@@ -265,6 +265,23 @@ pub struct Candidate {
     pub allocated: Allocated,
 }
 
+/// A host's (vCPUs, memory MiB, disk MiB) as scheduling counts them: what
+/// it reported, or, before it has, a generous 64 / 64 GiB / 640 GiB.
+pub fn capacity(h: &Host) -> (i64, i64, i64) {
+    if h.cpu_count > 0 && h.memory_mb > 0 {
+        (h.cpu_count, h.memory_mb, h.disk_mb.max(1))
+    } else {
+        (64, 64 << 10, 640 << 10)
+    }
+}
+
+/// Whether a sandbox of `d` could ever run on `h` (on an empty host; disk
+/// only where the host reported it, as the scheduler counts it).
+pub fn could_ever_fit(h: &Host, d: &Demand) -> bool {
+    let (cpus, mem, disk) = capacity(h);
+    d.vcpus <= cpus && d.memory_mb <= mem && (h.disk_mb <= 0 || d.disk_mb <= disk)
+}
+
 /// What a new sandbox asks for.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Demand {
@@ -309,11 +326,7 @@ impl LeastLoaded {
     /// The load after adding `d`, or `None` if it does not fit.
     pub fn load(c: &Candidate, d: &Demand) -> Option<f64> {
         let h = &c.host;
-        let (cpus, mem, disk) = if h.cpu_count > 0 && h.memory_mb > 0 {
-            (h.cpu_count, h.memory_mb, h.disk_mb.max(1))
-        } else {
-            (64, 64 << 10, 640 << 10)
-        };
+        let (cpus, mem, disk) = capacity(h);
         let a = &c.allocated;
         let mem_after = a.memory_mb + d.memory_mb;
         let disk_after = a.disk_mb + d.disk_mb;

@@ -212,6 +212,38 @@ pub async fn create_sandbox(app: &App, caller: &Caller, r: CreateReqPublic) -> A
             r.host_tags
         )));
     }
+    // A sandbox bigger than every host will never fit: the request is
+    // wrong, not the moment.
+    let demand = Demand {
+        vcpus: i64::from(r.vcpus),
+        memory_mb: i64::from(r.memory_mb),
+        disk_mb: i64::from(r.disk_size_mb),
+    };
+    if !tagged.is_empty()
+        && !tagged
+            .iter()
+            .any(|h| crate::hosts::could_ever_fit(h, &demand))
+    {
+        let most = |i: usize| {
+            tagged
+                .iter()
+                .map(|h| {
+                    let c = crate::hosts::capacity(h);
+                    [c.0, c.1, c.2][i]
+                })
+                .max()
+                .unwrap_or(0)
+        };
+        return Err(ApiError::bad_request(format!(
+            "no host is that large: the largest has {} vCPUs, {} MiB of memory and {} MiB of disk (asked: {}, {}, {}); ask for less",
+            most(0),
+            most(1),
+            most(2),
+            r.vcpus,
+            r.memory_mb,
+            r.disk_size_mb
+        )));
+    }
     let candidates: Vec<Candidate> = tagged
         .into_iter()
         .filter(|h| h.status == "online")
@@ -220,11 +252,6 @@ pub async fn create_sandbox(app: &App, caller: &Caller, r: CreateReqPublic) -> A
             host: h,
         })
         .collect();
-    let demand = Demand {
-        vcpus: i64::from(r.vcpus),
-        memory_mb: i64::from(r.memory_mb),
-        disk_mb: i64::from(r.disk_size_mb),
-    };
     let Some(host) = app.scheduler.pick(&candidates, &demand).cloned() else {
         let why = if candidates.is_empty() && !r.host_tags.is_empty() {
             format!(
