@@ -13,6 +13,7 @@ pub mod auth;
 pub mod error;
 pub mod hosts;
 pub mod ids;
+pub mod output;
 pub mod proxy;
 pub mod reconcile;
 pub mod store;
@@ -52,6 +53,8 @@ pub struct App {
     pub passwords: Arc<auth::Passwords>,
     /// Backoff for failed logins.
     pub login_guard: Arc<auth::LoginGuard>,
+    /// Memory for buffered exec output, per team and in all.
+    pub output: Arc<output::OutputBudget>,
 }
 
 impl App {
@@ -72,6 +75,7 @@ impl App {
             reconcile_interval: std::time::Duration::from_secs(2),
             passwords: Arc::default(),
             login_guard: Arc::default(),
+            output: Arc::default(),
         }
     }
 }

@@ -533,7 +533,7 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
         }
         let envd = self.envd(&r.sandbox_id)?;
         let envs = r.envs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let req = start_request(&r.cmd, &r.args, &envs, &r.cwd, &r.tag, true);
+        let req = start_request(&r.cmd, &r.args, &envs, &r.cwd, &r.tag, !r.close_stdin);
         let stream = envd
             .process
             .start_with_options(req, user_opts(&r.user, r.timeout_sec))

@@ -15,7 +15,7 @@ use base64::Engine as _;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use wrenn_protocol::hostagent::v1 as pb;
+use wrenn_protocol::hostagent::v1::{self as pb, exec_event};
 
 use super::{ApiJson, OptionalJson, rfc3339};
 use crate::App;
@@ -740,41 +740,102 @@ pub(super) async fn exec(
     caller: Caller,
     Path(id): Path<String>,
     ApiJson(r): ApiJson<ExecReq>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     if r.cmd.is_empty() {
         return Err(ApiError::bad_request("cmd: must not be empty"));
     }
     let (mut s, agent) = running(&app, &caller, &id).await?;
+    let timeout_sec = r.timeout_sec.unwrap_or(if r.background { 0 } else { 60 });
     let req = pb::ExecRequest {
         sandbox_id: id.clone(),
         cmd: r.cmd.clone(),
         args: r.args.clone(),
         envs: r.envs.into_iter().collect(),
         cwd: r.cwd.unwrap_or_default(),
-        timeout_sec: r.timeout_sec.unwrap_or(if r.background { 0 } else { 60 }),
+        timeout_sec,
         background: r.background,
         tag: r.tag.clone().unwrap_or_default(),
-        max_output_bytes: r.max_output_bytes.unwrap_or(0),
+        close_stdin: true,
         ..Default::default()
     };
-    let out = agent.exec(req).await?.into_owned();
-    s.last_active_at = now();
-    let _ = app.store.update_sandbox(&s).await;
     if r.background {
+        let out = agent.exec(req).await?.into_owned();
+        s.last_active_at = now();
+        let _ = app.store.update_sandbox(&s).await;
         return Ok(Json(
             json!({ "sandbox_id": id, "pid": out.pid, "tag": r.tag.unwrap_or_default() }),
-        ));
+        )
+        .into_response());
     }
-    let (stdout, stderr, encoding) = text_or_base64(out.stdout, out.stderr);
+    let limit = match r.max_output_bytes {
+        None | Some(0) => wrenn_protocol::hostagent::EXEC_OUTPUT_DEFAULT_BYTES,
+        Some(n) => usize::try_from(n)
+            .unwrap_or(usize::MAX)
+            .min(wrenn_protocol::hostagent::EXEC_OUTPUT_MAX_BYTES),
+    };
+    let started = std::time::Instant::now();
+    let mut stream = agent.exec_stream(req).await?;
+    // Output is kept chunk by chunk, each charged to the team's and the
+    // global budget (crate::output), until the answer is sent.
+    let mut held = crate::output::Held::default();
+    let mut kept = [Vec::new(), Vec::new()];
+    let mut truncated = [false, false];
+    let mut exit_code = -1;
+    loop {
+        let ev = match stream.message::<pb::ExecEvent>().await {
+            Ok(Some(m)) => m.to_owned_message().event,
+            Ok(None) => break,
+            Err(e) if e.code == connectrpc::ErrorCode::DeadlineExceeded => {
+                return Err(ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    format!(
+                        "the command did not finish within timeout_sec={timeout_sec}; it was killed"
+                    ),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (i, bytes) = match ev {
+            Some(exec_event::Event::Stdout(b)) | Some(exec_event::Event::Pty(b)) => (0, b),
+            Some(exec_event::Event::Stderr(b)) => (1, b),
+            Some(exec_event::Event::End(e)) => {
+                exit_code = e.exit_code;
+                continue;
+            }
+            _ => continue,
+        };
+        let take = bytes.len().min(limit - kept[i].len());
+        if take > 0 && app.output.try_charge(&caller.team_id, take, &mut held) {
+            kept[i].extend_from_slice(&bytes[..take]);
+        } else if take > 0 {
+            truncated[i] = true;
+        }
+        truncated[i] |= take < bytes.len();
+    }
+    s.last_active_at = now();
+    let _ = app.store.update_sandbox(&s).await;
+    let [stdout, stderr] = kept;
+    let (stdout, stderr, encoding) = text_or_base64(stdout, stderr);
     let cmd = std::iter::once(r.cmd)
         .chain(r.args)
         .collect::<Vec<_>>()
         .join(" ");
-    Ok(Json(json!({
+    let body = json!({
         "sandbox_id": id, "cmd": cmd, "stdout": stdout, "stderr": stderr,
-        "exit_code": out.exit_code, "duration_ms": out.duration_ms, "encoding": encoding,
-        "stdout_truncated": out.stdout_truncated, "stderr_truncated": out.stderr_truncated,
-    })))
+        "exit_code": exit_code, "duration_ms": started.elapsed().as_millis() as u64, "encoding": encoding,
+        "stdout_truncated": truncated[0], "stderr_truncated": truncated[1],
+    });
+    // Serialized while the budget is held: the body is the largest copy.
+    let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::internal(e.to_string()))?;
+    drop(body);
+    let resp = (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        bytes,
+    )
+        .into_response();
+    drop(held);
+    Ok(resp)
 }
 
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/processes", tag = "processes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), responses((status = 200, description = "Running processes"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
