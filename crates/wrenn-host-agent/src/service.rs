@@ -67,6 +67,18 @@ impl<R: Runtime> HostAgentService<R> {
     }
 }
 
+/// Runs a lifecycle step (create, destroy, pause, resume) to its end even
+/// when the caller goes away: one cut off halfway (the control plane died,
+/// the client hung up) would leave a sandbox half made — its directory,
+/// cgroup, link — until the agent restarts.
+async fn to_the_end<T: Send + 'static>(
+    step: impl std::future::Future<Output = Result<T, RuntimeError>> + Send + 'static,
+) -> Result<T, RuntimeError> {
+    tokio::spawn(step)
+        .await
+        .unwrap_or_else(|e| Err(RuntimeError::Failed(format!("the step failed: {e}"))))
+}
+
 /// Maps runtime errors to Connect codes.
 pub fn runtime_error(e: RuntimeError) -> ConnectError {
     let msg = e.to_string();
@@ -306,16 +318,19 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
             allow_internet_access: r.allow_internet_access,
             envs: r.envs.into_iter().collect(),
         };
-        let (inst, meta) = self
-            .agent
-            .create(
-                spec,
-                r.timeout_sec,
-                r.metadata.into_iter().collect(),
-                r.auto_pause,
-            )
-            .await
-            .map_err(runtime_error)?;
+        let agent = self.agent.clone();
+        let (inst, meta) = to_the_end(async move {
+            agent
+                .create(
+                    spec,
+                    r.timeout_sec,
+                    r.metadata.into_iter().collect(),
+                    r.auto_pause,
+                )
+                .await
+        })
+        .await
+        .map_err(runtime_error)?;
         Response::ok(sandbox_pb(&inst, &meta))
     }
 
@@ -351,8 +366,8 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
         _ctx: RequestContext,
         r: ServiceRequest<'_, pb::SandboxRef>,
     ) -> ServiceResult<pb::DestroySandboxResponse> {
-        self.agent
-            .destroy(r.sandbox_id)
+        let (agent, id) = (self.agent.clone(), r.sandbox_id.to_string());
+        to_the_end(async move { agent.destroy(&id).await })
             .await
             .map_err(runtime_error)?;
         Response::ok(pb::DestroySandboxResponse::default())
@@ -363,10 +378,8 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
         _ctx: RequestContext,
         r: ServiceRequest<'_, pb::SandboxRef>,
     ) -> ServiceResult<pb::Sandbox> {
-        let inst = self
-            .agent
-            .runtime
-            .pause(r.sandbox_id)
+        let (agent, id) = (self.agent.clone(), r.sandbox_id.to_string());
+        let inst = to_the_end(async move { agent.runtime.pause(&id).await })
             .await
             .map_err(runtime_error)?;
         Response::ok(sandbox_pb(&inst, &self.agent.meta(r.sandbox_id)))
@@ -377,10 +390,8 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
         _ctx: RequestContext,
         r: ServiceRequest<'_, pb::SandboxRef>,
     ) -> ServiceResult<pb::Sandbox> {
-        let inst = self
-            .agent
-            .runtime
-            .resume(r.sandbox_id)
+        let (agent, id) = (self.agent.clone(), r.sandbox_id.to_string());
+        let inst = to_the_end(async move { agent.runtime.resume(&id).await })
             .await
             .map_err(runtime_error)?;
         let meta = self.agent.touch(r.sandbox_id, None);

@@ -702,3 +702,50 @@ async fn a_second_instance_refuses_and_leaves_the_first_ones_sandboxes_alone() {
     let _ = std::fs::remove_dir_all(&other);
     c.destroy_sandbox(sref(&id)).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_create_whose_caller_hangs_up_is_finished_not_left_half_made() {
+    let agent = AgentProc::start();
+    for delay_ms in [5u64, 30, 80, 150] {
+        // A client of its own, dropped with the request: the connection
+        // closes, as when a control plane dies mid-create.
+        let c = agent.client();
+        let id = new_id("hup");
+        let _ = tokio::time::timeout(
+            Duration::from_millis(delay_ms),
+            c.create_sandbox(create_req(&id)),
+        )
+        .await;
+        drop(c);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let c = agent.client();
+    let listed: Vec<String> = c
+        .list_sandboxes(pb::ListSandboxesRequest::default())
+        .await
+        .unwrap()
+        .into_owned()
+        .sandboxes
+        .into_iter()
+        .map(|s| s.sandbox_id)
+        .collect();
+    let dirs: Vec<String> = std::fs::read_dir(agent.data_dir.join("sandboxes"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for d in &dirs {
+        assert!(
+            listed.contains(d),
+            "{d} was left half made (listed: {listed:?})"
+        );
+    }
+    for id in &listed {
+        c.destroy_sandbox(sref(id)).await.unwrap();
+    }
+    assert!(
+        host_traces(&agent.data_dir).is_empty(),
+        "{:?}",
+        host_traces(&agent.data_dir)
+    );
+}
