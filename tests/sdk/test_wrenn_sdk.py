@@ -198,6 +198,11 @@ def test_cli_sandbox_and_key_commands(wrenn_up, tmp_path):
         assert sid in run("sandbox", "ls").stdout
         r = run("sandbox", "exec", sid, "--", "sh", "-c", "echo out; echo err >&2; exit 4", check=False)
         assert (r.stdout, r.stderr, r.returncode) == ("out\n", "err\n", 4)
+        # Exit codes like a shell's for what cannot start.
+        r = run("sandbox", "exec", sid, "--", "no-such-command", check=False)
+        assert r.returncode == 127 and "no-such-command" in r.stderr, (r.returncode, r.stderr)
+        r = run("sandbox", "exec", sid, "--", "/etc/hostname", check=False)
+        assert r.returncode == 126, (r.returncode, r.stderr)
         local = tmp_path / "in.txt"
         local.write_text("round trip")
         run("sandbox", "cp", str(local), f"{sid}:/root/in.txt")

@@ -332,7 +332,18 @@ pub fn sandbox(conn: Conn, cmd: SandboxCommand) -> anyhow::Result<()> {
             }
             SandboxCommand::Exec { id, cmd } => {
                 let args: Vec<&str> = cmd[1..].iter().map(String::as_str).collect();
-                let out = c.exec(&id, &cmd[0], &args).await?;
+                let out = match c.exec(&id, &cmd[0], &args).await {
+                    Ok(out) => out,
+                    Err(e) => {
+                        // Like a shell: 127 for a command that is not there,
+                        // 126 for one that cannot run.
+                        if let Some(code) = start_failure_code(&e) {
+                            eprintln!("wrenn: {}: {e}", cmd[0]);
+                            std::process::exit(code);
+                        }
+                        return Err(e.into());
+                    }
+                };
                 if conn.json {
                     print_json(&out);
                     return Ok(());
@@ -561,4 +572,62 @@ async fn logs(c: &Client, id: &str, pid: u32) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// A shell's exit code for a command the sandbox could not start: 127 when
+/// it is not there, 126 when it is but cannot run; `None` for any other
+/// error. (envd says "could not start" with the OS error.)
+fn start_failure_code(e: &wrenn_client::Error) -> Option<i32> {
+    let wrenn_client::Error::Api {
+        status: 400,
+        message,
+        ..
+    } = e
+    else {
+        return None;
+    };
+    if !message.contains("could not start") {
+        return None;
+    }
+    if message.contains("(os error 2)") || message.contains("(os error 20)") {
+        Some(127)
+    } else if message.contains("(os error 13)") || message.contains("(os error 8)") {
+        Some(126)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod start_failure_tests {
+    use super::start_failure_code;
+
+    #[test]
+    fn exit_codes_like_a_shell() {
+        let api = |status: u16, message: &str| wrenn_client::Error::Api {
+            status,
+            code: "invalid_request".into(),
+            message: message.into(),
+        };
+        for (e, want) in [
+            (
+                api(
+                    400,
+                    "could not start 'nope': No such file or directory (os error 2)",
+                ),
+                Some(127),
+            ),
+            (
+                api(
+                    400,
+                    "could not start '/etc/passwd': Permission denied (os error 13)",
+                ),
+                Some(126),
+            ),
+            (api(400, "cmd: must not be empty"), None),
+            (api(404, "sandbox 'x' not found"), None),
+        ] {
+            assert_eq!(start_failure_code(&e), want, "{e}");
+        }
+    }
 }
