@@ -32,13 +32,13 @@ def test_concurrent_floods_of_output_keep_the_control_plane_bounded(tmp_path):
                 ids.append(r.json()["id"])
             before, _ = _rss_mib(proc.pid)
 
-            def flood(i: int) -> dict:
+            def flood(i: int, script: str = "head -c 64M /dev/zero | tr '\\0' a; exit 3") -> dict:
                 sid = ids[i % len(ids)]
                 r = c.post(
                     f"/v1/sandboxes/{sid}/exec",
                     json={
                         "cmd": "/bin/sh",
-                        "args": ["-c", "head -c 64M /dev/zero | tr '\\0' a; exit 3"],
+                        "args": ["-c", script],
                         "max_output_bytes": 64 << 20,
                         "timeout_sec": 240,
                     },
@@ -57,9 +57,16 @@ def test_concurrent_floods_of_output_keep_the_control_plane_bounded(tmp_path):
             for x, n in zip(results, kept):
                 assert x["stdout_truncated"] == (n < 64 << 20), (n, x["stdout_truncated"])
                 assert x["stdout"] == "a" * n
-            # One team may hold 512 MiB charged at once (3 bytes per byte
-            # kept): 12 × 64 MiB cannot all be kept.
+            # One team may hold 512 MiB charged at once (output costs about
+            # 10/3 of its size held): 12 × 64 MiB cannot all be kept.
             assert any(x["stdout_truncated"] for x in results)
+            assert peak - before < 1200, f"control plane grew from {before:.0f} to {peak:.0f} MiB"
+            # NULs: each is six bytes of JSON (\u0000), which the budget counts.
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                nuls = list(pool.map(lambda i: flood(i, "head -c 64M /dev/zero; exit 3"), range(8)))
+            _, peak = _rss_mib(proc.pid)
+            print(f"8 × 64 MiB of NULs at once: kept {sum(len(x['stdout']) for x in nuls) >> 20} MiB of JSON text, peak {peak:.0f} MiB")
+            assert all(x["exit_code"] == 3 for x in nuls)
             assert peak - before < 1200, f"control plane grew from {before:.0f} to {peak:.0f} MiB"
             for sid in ids:
                 c.delete(f"/v1/sandboxes/{sid}")

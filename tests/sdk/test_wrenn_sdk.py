@@ -203,6 +203,11 @@ def test_cli_sandbox_and_key_commands(wrenn_up, tmp_path):
         assert r.returncode == 127 and "no-such-command" in r.stderr, (r.returncode, r.stderr)
         r = run("sandbox", "exec", sid, "--", "/etc/hostname", check=False)
         assert r.returncode == 126, (r.returncode, r.stderr)
+        # A shell fed from a pipe: it says so once, runs the lines, ends.
+        r = subprocess.run([wrenn, "sandbox", "shell", sid], env=env, input="echo from-a-pipe\nexit 5\n",
+                           capture_output=True, text=True, timeout=60)
+        assert "from-a-pipe" in r.stdout and r.returncode == 5, (r.returncode, r.stdout, r.stderr)
+        assert r.stderr.count("not a terminal") == 1 and "reset" not in r.stderr, r.stderr
         local = tmp_path / "in.txt"
         local.write_text("round trip")
         run("sandbox", "cp", str(local), f"{sid}:/root/in.txt")

@@ -22,9 +22,22 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub const TEAM_BUDGET_BYTES: usize = 512 << 20;
 /// What all of them may hold at once.
 pub const GLOBAL_BUDGET_BYTES: usize = 2 << 30;
-/// Bytes charged per byte of output kept: the bytes, their JSON string
-/// (base64 when not UTF-8) and the serialized body exist together.
-pub const CHARGE_PER_BYTE: usize = 3;
+/// What keeping `chunk` costs, in bytes: the bytes, their string (base64
+/// when not UTF-8: 4/3) and their JSON in the serialized body, where a
+/// control byte becomes `\u0000` (6 bytes) and `"` or `\` two — 16 MiB
+/// of NULs is 96 MiB of JSON.
+pub fn cost(chunk: &[u8]) -> usize {
+    let json: usize = chunk
+        .iter()
+        .map(|&b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f | 0x7f => 6,
+            _ => 1,
+        })
+        .sum();
+    // Base64 (4/3) is never more than the escaped form's worst case.
+    chunk.len() + chunk.len() + json.max(chunk.len().div_ceil(3) * 4)
+}
 
 /// Permits are KiB.
 const UNIT: usize = 1024;
@@ -70,10 +83,11 @@ impl OutputBudget {
             .clone()
     }
 
-    /// Charges `bytes` of output kept for `team` to `held`; false, charging
-    /// nothing, when the team's or the global budget has not that much left.
-    pub fn try_charge(&self, team: &str, bytes: usize, held: &mut Held) -> bool {
-        let units = bytes.saturating_mul(CHARGE_PER_BYTE).div_ceil(UNIT).max(1);
+    /// Charges keeping `chunk` for `team` to `held` (see [`cost`]); false,
+    /// charging nothing, when the team's or the global budget has not that
+    /// much left.
+    pub fn try_charge(&self, team: &str, chunk: &[u8], held: &mut Held) -> bool {
+        let units = cost(chunk).div_ceil(UNIT).max(1);
         let Ok(units) = u32::try_from(units) else {
             return false;
         };
@@ -95,26 +109,35 @@ mod tests {
 
     #[test]
     fn a_team_over_its_budget_is_refused_and_others_go_on() {
-        let b = OutputBudget::new(64 * 1024, 160 * 1024);
+        // Text costs 10/3 of its size (bytes, string, base64-sized JSON).
+        let b = OutputBudget::new(100 * 1024, 200 * 1024);
+        let text = |kib: usize| vec![b'a'; kib * 1024];
         let mut a1 = Held::default();
-        assert!(b.try_charge("a", 20 * 1024, &mut a1)); // 60 KiB of a's 64
+        assert!(b.try_charge("a", &text(20), &mut a1)); // 67 KiB of a's 100
         let mut a2 = Held::default();
-        assert!(!b.try_charge("a", 4 * 1024, &mut a2), "a is at its budget");
+        assert!(!b.try_charge("a", &text(12), &mut a2), "a is at its budget");
         let mut other = Held::default();
         assert!(
-            b.try_charge("b", 20 * 1024, &mut other),
+            b.try_charge("b", &text(20), &mut other),
             "b is not held up by a"
         );
         let mut c = Held::default();
         assert!(
-            !b.try_charge("c", 20 * 1024, &mut c),
+            !b.try_charge("c", &text(20), &mut c),
             "the global budget is spent"
         );
         drop(a1);
         assert!(
-            b.try_charge("a", 4 * 1024, &mut a2),
+            b.try_charge("a", &text(12), &mut a2),
             "a again, once its answer is sent"
         );
-        assert!(b.try_charge("c", 10 * 1024, &mut c));
+        assert!(b.try_charge("c", &text(10), &mut c));
+    }
+
+    #[test]
+    fn control_bytes_cost_what_their_json_takes() {
+        assert_eq!(cost(b"abc"), 3 + 3 + 4); // base64's 4 beat the text's 3
+        assert_eq!(cost(&[0u8; 300]), 300 + 300 + 6 * 300);
+        assert_eq!(cost(&[b'"'; 300]), 300 + 300 + 2 * 300);
     }
 }

@@ -508,6 +508,13 @@ async fn shell(
         }
     };
     tx.send(Message::Text(first.to_string().into())).await?;
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    if !interactive {
+        eprintln!(
+            "wrenn: standard input is not a terminal: what it holds goes to the shell, which then gets end of input"
+        );
+    }
+    let mut input_open = true;
     let _raw = RawMode::enter();
     let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
     let mut stdin = tokio::io::stdin();
@@ -535,9 +542,11 @@ async fn shell(
                 Some(Ok(_)) => {}
                 Some(Err(e)) => anyhow::bail!("the connection broke: {e}; the session lives on, reattach with --attach"),
             },
-            n = stdin.read(&mut buf) => match n? {
+            n = stdin.read(&mut buf), if input_open => match n? {
                 0 => {
-                    // End of input (not a terminal): wait for the shell to end.
+                    // End of input (not a terminal): one ^D, then wait for
+                    // the shell to end.
+                    input_open = false;
                     tx.send(Message::Binary(vec![4u8].into())).await?;
                 }
                 n => tx.send(Message::Binary(buf[..n].to_vec().into())).await?,

@@ -806,7 +806,11 @@ pub(super) async fn exec(
             _ => continue,
         };
         let take = bytes.len().min(limit - kept[i].len());
-        if take > 0 && app.output.try_charge(&caller.team_id, take, &mut held) {
+        if take > 0
+            && app
+                .output
+                .try_charge(&caller.team_id, &bytes[..take], &mut held)
+        {
             kept[i].extend_from_slice(&bytes[..take]);
         } else if take > 0 {
             truncated[i] = true;
