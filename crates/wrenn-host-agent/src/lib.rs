@@ -16,3 +16,21 @@ pub mod runtime;
 pub mod server;
 pub mod service;
 pub mod templates;
+
+/// Writes `data` to `path` (with `mode`) through a temporary file beside it
+/// and a rename, so that a crash leaves the old file or the new one, never
+/// half of either.
+pub(crate) fn write_atomic(path: &std::path::Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, path)
+}

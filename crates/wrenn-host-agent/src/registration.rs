@@ -95,18 +95,8 @@ impl Credentials {
 
     /// Saves them (0600) by writing a new file and renaming it into place.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(self).expect("serializes"))?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        let data = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        crate::write_atomic(path, &data, 0o600)
     }
 }
 

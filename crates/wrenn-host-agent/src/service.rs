@@ -461,12 +461,7 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
             .await
             .map_err(|e| self.envd_failed(&r.sandbox_id, e))?;
         let mut out = pb::ExecResponse::default();
-        let limit = match r.max_output_bytes {
-            0 => hostagent::EXEC_OUTPUT_DEFAULT_BYTES,
-            n => usize::try_from(n)
-                .unwrap_or(usize::MAX)
-                .min(hostagent::EXEC_OUTPUT_MAX_BYTES),
-        };
+        let limit = hostagent::exec_output_limit(r.max_output_bytes);
         loop {
             let msg = match stream.message::<ep::StartResponse>().await {
                 Ok(Some(m)) => m.to_owned_message(),

@@ -37,6 +37,16 @@ pub mod hostagent {
     pub const EXEC_OUTPUT_DEFAULT_BYTES: usize = 16 << 20;
     /// The most a buffered `Exec` keeps per stream, whatever it asks for.
     pub const EXEC_OUTPUT_MAX_BYTES: usize = 64 << 20;
+    /// What a buffered exec keeps per stream for a request's
+    /// `max_output_bytes`: the default for 0, at most the maximum.
+    pub fn exec_output_limit(max_output_bytes: u64) -> usize {
+        match max_output_bytes {
+            0 => EXEC_OUTPUT_DEFAULT_BYTES,
+            n => usize::try_from(n)
+                .unwrap_or(usize::MAX)
+                .min(EXEC_OUTPUT_MAX_BYTES),
+        }
+    }
     /// The largest message an agent answers with, which its clients must
     /// accept: a buffered `Exec` with both streams full, and room for the
     /// rest of the answer.

@@ -241,15 +241,13 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
             "wrenn up runs sandboxes with namespaces, cgroups and veths: run it as root (sudo wrenn up)"
         );
     }
+    let mut runtime_cfg = Config::new(data_dir.to_path_buf());
     // Before anything is touched: a second instance on this host would
     // take over the first one's sandboxes.
-    let instance_lock = std::sync::Arc::new(
-        wrenn_host_agent::runtime::namespaces::lock::take(
-            &Config::new(data_dir.to_path_buf()).cgroup_parent,
-            data_dir,
-        )
-        .map_err(|e| anyhow::anyhow!("wrenn up cannot start: {e}"))?,
-    );
+    runtime_cfg.instance_lock = Some(std::sync::Arc::new(
+        wrenn_host_agent::runtime::namespaces::lock::take(&runtime_cfg.cgroup_parent, data_dir)
+            .map_err(|e| anyhow::anyhow!("wrenn up cannot start: {e}"))?,
+    ));
     let api_listener = std::net::TcpListener::bind(args.listen).with_context(|| {
         format!(
             "listening on {}: is another program using it? Pass --listen with a free address",
@@ -262,7 +260,7 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let templates = wrenn_host_agent::templates::TemplateStore::new(
         data_dir.join("templates"),
-        Config::new(data_dir.to_path_buf()).uid_base,
+        runtime_cfg.uid_base,
     );
     std::fs::create_dir_all(templates.dir())?;
     if templates.get("base").is_err() {
@@ -280,8 +278,6 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let store = Store::connect(&url).await.with_context(|| format!("opening the database {}", redact(&url)))?;
         // The host agent, in this process, on a loopback port of its own.
-        let mut runtime_cfg = Config::new(data_dir.to_path_buf());
-        runtime_cfg.instance_lock = Some(instance_lock);
         let runtime = NamespaceRuntime::new(runtime_cfg).context("setting up the namespace runtime")?;
         let agent = Agent::new(runtime.clone(), data_dir.join("agent")).context("creating the agent's state directory")?;
         let probe = std::net::TcpListener::bind("127.0.0.1:0")?;

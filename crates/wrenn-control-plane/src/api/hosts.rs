@@ -75,13 +75,9 @@ async fn managed(app: &App, caller: &Caller, id: &str) -> ApiResult<Host> {
     }
 }
 
-/// Host tags, as hosts carry them and creates ask for them: 400 naming
-/// `field` otherwise.
-pub(super) fn check_tags_of(field: &str, tags: &[String]) -> ApiResult<()> {
-    check_tags(tags).map_err(|e| ApiError::bad_request(e.message.replacen("tags", field, 1)))
-}
-
-fn check_tags(tags: &[String]) -> ApiResult<()> {
+/// Host tags, as hosts carry them and creates ask for them (`host_tags`):
+/// 400 naming `field` otherwise.
+pub(super) fn check_tags(field: &str, tags: &[String]) -> ApiResult<()> {
     if tags.len() > 32
         || tags.iter().any(|t| {
             t.is_empty()
@@ -91,9 +87,9 @@ fn check_tags(tags: &[String]) -> ApiResult<()> {
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.:=".contains(&b))
         })
     {
-        return Err(ApiError::bad_request(
-            "tags: up to 32 tags of 1-64 letters, digits or - _ . : =",
-        ));
+        return Err(ApiError::bad_request(format!(
+            "{field}: up to 32 tags of 1-64 letters, digits or - _ . : ="
+        )));
     }
     Ok(())
 }
@@ -132,7 +128,7 @@ pub(super) async fn create(
             "only platform admins add shared hosts; add your team's own with {\"team_owned\": true}",
         ));
     }
-    check_tags(&r.tags)?;
+    check_tags("tags", &r.tags)?;
     let h = Host {
         id: ids::new("host"),
         name: r.name.unwrap_or_else(|| "host".into()),
@@ -200,7 +196,7 @@ pub(super) async fn set_tags(
     ApiJson(r): ApiJson<TagsReq>,
 ) -> ApiResult<Json<Value>> {
     let mut h = managed(&app, &caller, &id).await?;
-    check_tags(&r.tags)?;
+    check_tags("tags", &r.tags)?;
     h.tags = r.tags;
     app.store.update_host(&h).await?;
     let n = app.store.allocated_on(&h.id).await?.sandboxes;

@@ -405,7 +405,7 @@ pub(super) async fn create(
         public_ports: check_ports(r.public_ports.unwrap_or_default())?,
         host_tags: r.host_tags.unwrap_or_default(),
     };
-    super::hosts::check_tags_of("host_tags", &public.host_tags)?;
+    super::hosts::check_tags("host_tags", &public.host_tags)?;
     let s = create_sandbox(&app, &caller, public).await?;
     Ok((StatusCode::CREATED, Json(sandbox_json(&s))))
 }
@@ -767,12 +767,7 @@ pub(super) async fn exec(
         )
         .into_response());
     }
-    let limit = match r.max_output_bytes {
-        None | Some(0) => wrenn_protocol::hostagent::EXEC_OUTPUT_DEFAULT_BYTES,
-        Some(n) => usize::try_from(n)
-            .unwrap_or(usize::MAX)
-            .min(wrenn_protocol::hostagent::EXEC_OUTPUT_MAX_BYTES),
-    };
+    let limit = wrenn_protocol::hostagent::exec_output_limit(r.max_output_bytes.unwrap_or(0));
     let started = std::time::Instant::now();
     let mut stream = agent.exec_stream(req).await?;
     // Output is kept chunk by chunk, each charged to the team's and the

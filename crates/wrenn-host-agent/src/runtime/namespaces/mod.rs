@@ -19,7 +19,6 @@ pub mod procview;
 pub mod seccomp;
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -65,7 +64,7 @@ pub struct Config {
     pub cgroup_parent: String,
     /// The instance lock, when the caller took it before anything else
     /// (`wrenn up` does, before it opens its database); `new` takes it
-    /// otherwise.
+    /// otherwise, and the runtime holds it while it lives.
     pub instance_lock: Option<Arc<lock::InstanceLock>>,
 }
 
@@ -129,8 +128,6 @@ pub struct NamespaceRuntime {
     envd_layer: PathBuf,
     /// LXCFS, if it runs.
     procview: Option<Arc<procview::ProcView>>,
-    /// This agent's claim on its cgroup parent and network namespace.
-    _instance_lock: Arc<lock::InstanceLock>,
 }
 
 /// The program interpreter (dynamic loader) an ELF executable names, if
@@ -247,14 +244,6 @@ fn pick_cpus(slot: u32, vcpus: u32) -> Vec<usize> {
     (0..n).map(|i| mine[(first + i) % mine.len()]).collect()
 }
 
-fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_data()?;
-    std::fs::rename(&tmp, path)
-}
-
 impl NamespaceRuntime {
     /// Sets up the runtime: directories, firewall, netlink; must run inside
     /// a tokio runtime, as root.
@@ -264,14 +253,15 @@ impl NamespaceRuntime {
                 "the namespace runtime needs root; run the agent as root".into(),
             ));
         }
-        // Before anything is touched: another agent's sandboxes are not ours.
-        let instance_lock = match &cfg.instance_lock {
-            Some(l) => l.clone(),
-            None => Arc::new(
+        // Before anything is touched: another agent's sandboxes are not
+        // ours. Held in `cfg` for as long as the runtime lives.
+        let mut cfg = cfg;
+        if cfg.instance_lock.is_none() {
+            cfg.instance_lock = Some(Arc::new(
                 lock::take(&cfg.cgroup_parent, &cfg.data_dir)
                     .map_err(|e| RuntimeError::Failed(e.to_string()))?,
-            ),
-        };
+            ));
+        }
         for d in ["sandboxes", "templates", "cache"] {
             let p = cfg.data_dir.join(d);
             std::fs::create_dir_all(&p).map_err(failed(format!("creating {}", p.display())))?;
@@ -313,7 +303,6 @@ impl NamespaceRuntime {
                     })
                 }),
                 envd_layer,
-                _instance_lock: instance_lock,
                 envd_interp,
                 disks: DiskImages::default(),
                 cgroups: cgroup::detect(&cfg.cgroup_parent),
@@ -345,9 +334,10 @@ impl NamespaceRuntime {
 
     fn save(&self, id: &str, record: &Record) -> Result<(), RuntimeError> {
         let p = self.dir(id).join("runtime.json");
-        write_atomic(
+        crate::write_atomic(
             &p,
             &serde_json::to_vec_pretty(record).expect("record serializes"),
+            0o644,
         )
         .map_err(failed(format!("writing {}", p.display())))
     }

@@ -48,18 +48,12 @@ const RESTART_MAX: Duration = Duration::from_secs(5);
 /// The running LXCFS of one agent.
 pub struct ProcView {
     mount: PathBuf,
-    pid: std::sync::atomic::AtomicU32,
 }
 
 impl ProcView {
     /// Where the LXCFS mount is; its files are `FILES` below it.
     pub fn mount(&self) -> &Path {
         &self.mount
-    }
-
-    /// The pid of the running LXCFS (0 between runs).
-    pub fn pid(&self) -> u32 {
-        self.pid.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the mount serves files now.
@@ -88,14 +82,12 @@ impl ProcView {
             );
             return None;
         }
-        let view = Arc::new(ProcView {
-            mount,
-            pid: 0.into(),
-        });
+        let view = Arc::new(ProcView { mount });
         let (first_tx, first_rx) = std::sync::mpsc::channel::<bool>();
         let keeper = view.clone();
         let binary = binary.to_path_buf();
         let log = run_dir.join(format!("lxcfs-{me}.log"));
+        let log_shown = log.clone();
         let pidfile = run_dir.join(format!("lxcfs-{me}.pid"));
         let spawned = std::thread::Builder::new()
             .name("wrenn-lxcfs".into())
@@ -126,7 +118,7 @@ impl ProcView {
             Ok(true) => {}
             _ => tracing::warn!(
                 "LXCFS is not serving yet (see {}); sandboxes see the host's /proc/meminfo until it does",
-                run_dir.join(format!("lxcfs-{me}.log")).display()
+                log_shown.display()
             ),
         }
         Some(view)
@@ -185,8 +177,6 @@ impl ProcView {
                 return false;
             }
         };
-        self.pid
-            .store(child.id(), std::sync::atomic::Ordering::Relaxed);
         // Polled only while it starts, a few milliseconds.
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut served = false;
@@ -210,7 +200,6 @@ impl ProcView {
             let _ = child.kill();
         }
         let status = child.wait();
-        self.pid.store(0, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(
             "LXCFS exited ({}); starting it again (log: {})",
             status.map_or_else(|e| e.to_string(), |s| s.to_string()),
