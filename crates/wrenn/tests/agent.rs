@@ -38,9 +38,5 @@ async fn create_exec_destroy_leaves_nothing() {
     })
     .await
     .expect("destroy");
-    assert!(
-        host_traces(&agent.data_dir).is_empty(),
-        "{:?}",
-        host_traces(&agent.data_dir)
-    );
+    assert_no_host_traces(&agent.data_dir);
 }

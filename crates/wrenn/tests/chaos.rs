@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Http, host_traces, http_client, terminate_agent};
+use common::{Http, assert_no_host_traces, http_client, terminate_agent};
 use serde_json::{Value, json};
 
 fn free_port() -> u16 {
@@ -80,6 +80,7 @@ struct Pg {
     dir: PathBuf,
     port: u16,
     uid: u32,
+    gid: u32,
     child: Option<Child>,
     /// Backends of postmasters this test killed: they exit on their own
     /// once they notice, and are killed by pid if they do not.
@@ -130,6 +131,7 @@ impl Pg {
             dir,
             port: free_port(),
             uid,
+            gid,
             child: None,
             orphans: Vec::new(),
         }
@@ -143,7 +145,6 @@ impl Pg {
     /// was killed leaves backends on its shared memory for a moment).
     fn start(&mut self) {
         use std::os::unix::process::CommandExt;
-        let gid = self.uid_gid().1;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let mut child = Command::new(self.bin.join("postgres"))
@@ -153,7 +154,7 @@ impl Pg {
                 .arg(&self.dir)
                 .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
                 .uid(self.uid)
-                .gid(gid)
+                .gid(self.gid)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -174,12 +175,6 @@ impl Pg {
             assert!(Instant::now() < deadline, "PostgreSQL did not start again");
             std::thread::sleep(Duration::from_millis(200));
         }
-    }
-
-    fn uid_gid(&self) -> (u32, u32) {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(&self.dir).unwrap();
-        (m.uid(), m.gid())
     }
 
     fn kill(&mut self) {
@@ -670,6 +665,5 @@ async fn sigkill_of_server_agent_or_postgres_loses_nothing_acknowledged() {
             );
         }
     }
-    let traces = host_traces(&p.agent_dir());
-    assert!(traces.is_empty(), "left on the host: {traces:?}");
+    assert_no_host_traces(&p.agent_dir());
 }

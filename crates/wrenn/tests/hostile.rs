@@ -55,6 +55,19 @@ async fn time_to_answer(c: &Client, id: &str, within: Duration) -> Duration {
     }
 }
 
+/// Runs `script` (which takes envd down; its own answer does not matter),
+/// then asserts the sandbox answers again within a second.
+async fn answers_again_after(c: &Client, id: &str, script: &str, timeout_sec: u32) {
+    let mut req = exec_req(id, script);
+    req.timeout_sec = timeout_sec;
+    let _ = c.exec(req).await; // the stream dies with envd
+    let took = time_to_answer(c, id, Duration::from_secs(5)).await;
+    assert!(
+        took < Duration::from_secs(1),
+        "envd came back after {took:?} ({script})"
+    );
+}
+
 fn state_of(list: &pb::ListSandboxesResponse, id: &str) -> Option<String> {
     list.sandboxes
         .iter()
@@ -124,41 +137,24 @@ async fn root_in_a_sandbox_cannot_kill_it() {
     sh(&c, &id, "echo kept > /root/kept.txt").await;
 
     // 1. Every process root can signal.
-    let mut req = exec_req(&id, "kill -9 -1");
-    req.timeout_sec = 5;
-    let _ = c.exec(req).await; // the stream dies with envd
-    let took = time_to_answer(&c, &id, Duration::from_secs(5)).await;
-    assert!(
-        took < Duration::from_secs(1),
-        "envd came back after {took:?}"
-    );
-
+    answers_again_after(&c, &id, "kill -9 -1", 5).await;
     // 2. envd itself, by pid (PID 1 is shielded by the kernel).
-    let mut req = exec_req(
+    answers_again_after(
+        &c,
         &id,
         "for p in /proc/[0-9]*; do [ \"$(readlink $p/exe)\" = /.wrenn/envd ] && kill -9 ${p#/proc/}; done",
-    );
-    req.timeout_sec = 5;
-    let _ = c.exec(req).await;
-    let took = time_to_answer(&c, &id, Duration::from_secs(5)).await;
-    assert!(
-        took < Duration::from_secs(1),
-        "envd came back after {took:?}"
-    );
-
+        5,
+    )
+    .await;
     // 3. The OOM killer picks envd (root made it the first choice).
-    let mut req = exec_req(
+    answers_again_after(
+        &c,
         &id,
         "for p in /proc/[0-9]*; do [ \"$(readlink $p/exe)\" = /.wrenn/envd ] && [ ${p#/proc/} != 1 ] && echo 1000 > $p/oom_score_adj; done; \
          python3 -c 'x = bytearray(1024 << 20)'",
-    );
-    req.timeout_sec = 20;
-    let _ = c.exec(req).await;
-    let took = time_to_answer(&c, &id, Duration::from_secs(5)).await;
-    assert!(
-        took < Duration::from_secs(1),
-        "envd came back after {took:?}"
-    );
+        20,
+    )
+    .await;
 
     // The sandbox is the same one: running, with its files.
     let (out, _, code) = sh(&c, &id, "cat /root/kept.txt").await;
@@ -174,11 +170,7 @@ async fn root_in_a_sandbox_cannot_kill_it() {
         "{list:?}"
     );
     destroy(&c, &id).await;
-    assert!(
-        host_traces(&agent.data_dir).is_empty(),
-        "{:?}",
-        host_traces(&agent.data_dir)
-    );
+    assert_no_host_traces(&agent.data_dir);
 }
 
 #[tokio::test]
@@ -402,11 +394,7 @@ async fn a_sandbox_sees_its_own_disk_and_no_host_paths() {
     let (out, _, _) = sh(&c, &id, "grep loop /proc/partitions").await;
     assert_eq!(out.split_whitespace().nth(2), Some("262144"), "{out}");
     destroy(&c, &id).await;
-    assert!(
-        host_traces(&agent.data_dir).is_empty(),
-        "{:?}",
-        host_traces(&agent.data_dir)
-    );
+    assert_no_host_traces(&agent.data_dir);
 }
 
 /// Reads what programs size themselves from, inside the sandbox.

@@ -253,9 +253,5 @@ async fn abuse_stays_contained() {
     })
     .await
     .unwrap();
-    assert!(
-        host_traces(&agent.data_dir).is_empty(),
-        "{:?}",
-        host_traces(&agent.data_dir)
-    );
+    assert_no_host_traces(&agent.data_dir);
 }

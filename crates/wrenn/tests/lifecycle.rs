@@ -252,22 +252,10 @@ async fn agent_killed_mid_create_leaves_nothing_after_restart() {
         .into_owned();
     // Either it finished before the kill (then it was adopted) or nothing
     // of it is left.
-    if list.sandboxes.is_empty() {
-        assert!(
-            host_traces(&agent.data_dir).is_empty(),
-            "{:?}",
-            host_traces(&agent.data_dir)
-        );
-    } else {
-        for s in list.sandboxes {
-            c.destroy_sandbox(sref(&s.sandbox_id)).await.unwrap();
-        }
-        assert!(
-            host_traces(&agent.data_dir).is_empty(),
-            "{:?}",
-            host_traces(&agent.data_dir)
-        );
+    for s in list.sandboxes {
+        c.destroy_sandbox(sref(&s.sandbox_id)).await.unwrap();
     }
+    assert_no_host_traces(&agent.data_dir);
 }
 
 #[tokio::test]
@@ -743,9 +731,5 @@ async fn a_create_whose_caller_hangs_up_is_finished_not_left_half_made() {
     for id in &listed {
         c.destroy_sandbox(sref(id)).await.unwrap();
     }
-    assert!(
-        host_traces(&agent.data_dir).is_empty(),
-        "{:?}",
-        host_traces(&agent.data_dir)
-    );
+    assert_no_host_traces(&agent.data_dir);
 }

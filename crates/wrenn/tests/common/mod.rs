@@ -260,6 +260,13 @@ pub fn host_traces(data_dir: &std::path::Path) -> Vec<String> {
     out
 }
 
+/// Asserts that nothing of a sandbox is left on the host (see
+/// [`host_traces`]), listing what is.
+pub fn assert_no_host_traces(data_dir: &std::path::Path) {
+    let traces = host_traces(data_dir);
+    assert!(traces.is_empty(), "left on the host: {traces:?}");
+}
+
 /// An HTTP client for tests.
 pub type Http = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
