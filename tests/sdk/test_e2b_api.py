@@ -196,6 +196,11 @@ def serve(c):
             time.sleep(0.3)
         c.close()
         return
+    if not keys and req.startswith(b"GET /fail"):  # an app's own 502, dressed as the proxy's
+        out = b'{"code":"port_not_open","message":"the app says so"}'
+        c.sendall(b"HTTP/1.1 502 Bad Gateway\r\nx-wrenn-proxy-error: port_not_open\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(out) + out)
+        c.close()
+        return
     if not keys:  # plain HTTP: answer with the request's head and the body's SHA-256
         head, body = req.split(b"\r\n\r\n", 1)
         n = [int(l.split(b":", 1)[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")]
@@ -289,7 +294,7 @@ def test_proxy_reaches_http_and_websocket_servers_in_a_sandbox(wrenn_up):
             assert r is not None and r.text == "hello from the sandbox\n", f"port {p}"
         # Without credentials: refused; with another team's key: not found.
         r = get(8000, {})
-        assert r.status_code == 401 and "private" in r.json()["message"]
+        assert r.status_code == 401 and "private" in r.json()["error"]["message"]
         r = get(8000, {"X-API-Key": "wrn_" + "0" * 32})
         assert r.status_code == 404
         r = get(8000, {"e2b-traffic-access-token": "wrong"})
@@ -297,11 +302,35 @@ def test_proxy_reaches_http_and_websocket_servers_in_a_sandbox(wrenn_up):
         # The E2B headers name the sandbox and port as well as the Host does.
         r = httpx.get(f"{base}/index.html", headers={"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": "8000", **h})
         assert r.status_code == 200 and r.text == "hello from the sandbox\n"
-        # Nothing on the port: 502 naming it; unknown sandbox: 404.
+        # The proxy's own errors come in the caller's API family: native
+        # ({"error": {code, message}}) unless E2B's headers are sent (E2B's
+        # {code: <status>, message, sandboxId, port}).
+        e2b = {"e2b-traffic-access-token": httpx.get(f"{base}/v1/sandboxes/{sid}", headers=h).json()["traffic_token"]}
+        for p, headers, status, code in [
+            (8999, h, 502, "port_not_open"),  # nothing listens there
+            (8999, e2b, 502, "port_not_open"),
+            (8000, {}, 401, "unauthorized"),
+            (8000, {"e2b-traffic-access-token": "wrong"}, 403, "forbidden"),
+            (8000, {"X-API-Key": "wrn_" + "0" * 32}, 404, "not_found"),
+        ]:
+            r = get(p, headers)
+            assert r.status_code == status, (p, headers, r.text)
+            body = r.json()
+            if any(k.lower() in ("x-access-token", "e2b-traffic-access-token") for k in headers):
+                assert body["code"] == status and body["sandboxId"] == sid and body["port"] == p, body
+                assert "error" not in body
+            else:
+                assert body["error"]["code"] == code and body["error"]["message"], body
         r = get(8999, h)
-        assert r.status_code == 502 and "8999" in r.json()["message"], r.text
-        r = httpx.get(f"{base}/", headers={"Host": f"8000-sb-nosuch.localhost:{port}", **h})
-        assert r.status_code == 404
+        assert "8999" in r.json()["error"]["message"], r.text
+        for headers, shape in [(h, "native"), ({"E2b-Sandbox-Id": "sb-nosuch", **e2b}, "e2b")]:
+            r = httpx.get(f"{base}/", headers={"Host": f"8000-sb-nosuch.localhost:{port}", **headers})
+            assert r.status_code == 404, r.text
+            assert (r.json()["error"]["code"] == "not_found") if shape == "native" else (r.json()["code"] == 404)
+        # What the app answers passes untouched, even when it looks like ours.
+        r = _until(lambda: _try(lambda: get(8765, h, path="/fail")), timeout=15)
+        assert r.status_code == 502 and r.json() == {"code": "port_not_open", "message": "the app says so"}
+        assert "x-wrenn-proxy-error" not in r.headers
         # The app sees the Host the client used, never the credentials.
         r = _until(lambda: _try(lambda: get(8765, {**h, "Authorization": "Bearer app-token"}, path="/headers")), timeout=15)
         assert r is not None and r.status_code == 200

@@ -294,6 +294,13 @@ impl Client {
             .cloned()
             .unwrap_or_default())
     }
+
+    /// DELETE /v1/templates/{name} (platform admins): removes a template
+    /// from every online host; the answer lists the hosts.
+    pub async fn delete_template(&self, name: &str) -> Result<Value, Error> {
+        self.json("DELETE", &format!("/v1/templates/{}", path_segment(name)), None)
+            .await
+    }
 }
 
 /// A WebSocket to the API.
@@ -331,6 +338,36 @@ impl Client {
                 })
             }
             Err(e) => Err(Error::Invalid(format!("WebSocket to {path}: {e}"))),
+        }
+    }
+}
+
+/// `s` as one URL path segment: bytes other than letters, digits and
+/// `-._~` percent-encoded, so a name cannot reach another route.
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod path_tests {
+    #[test]
+    fn names_stay_one_path_segment() {
+        for (name, want) in [
+            ("base", "base"),
+            ("my.tpl-1_x~", "my.tpl-1_x~"),
+            ("../hosts", "..%2Fhosts"),
+            ("a b?c#d", "a%20b%3Fc%23d"),
+            ("é", "%C3%A9"),
+        ] {
+            assert_eq!(super::path_segment(name), want, "{name}");
         }
     }
 }

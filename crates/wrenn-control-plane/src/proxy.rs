@@ -10,6 +10,8 @@
 //! passed on to the sandbox (but `X-Access-Token` to envd, which checks it).
 //!
 //! A paused sandbox is resumed by traffic (unless `auto_resume` is off: 409).
+//! The proxy's own errors (and the agent's, which it marks) are answered in
+//! the caller's API family: see [`Family`].
 //! Routes of running sandboxes and API-key lookups are cached for a second,
 //! so a request costs no database round trip.
 
@@ -21,13 +23,15 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::App;
 use crate::auth::sha256_hex;
+use crate::error::ApiError;
+use wrenn_protocol::hostagent::{PROXY_ERROR_HEADER, proxy_error};
 use crate::store::{Host, Sandbox};
 
 /// envd's port: the data plane of E2B's SDKs.
@@ -134,11 +138,52 @@ pub fn target(headers: &HeaderMap) -> Option<Result<(String, u16), String>> {
     )
 }
 
-fn error(status: StatusCode, id: &str, port: u16, message: String) -> Response {
-    wrenn_http_proxy::text(
-        status,
-        json!({ "code": status.as_u16(), "message": message, "sandboxId": id, "port": port }),
-    )
+/// The API family a proxied request comes from, which decides the shape
+/// of the errors the proxy answers itself: E2B's SDKs send `E2b-Sandbox-Id`,
+/// `X-Access-Token` or `e2b-traffic-access-token` and read E2B's
+/// `{"code": <status>, "message", "sandboxId", "port"}`; everyone else
+/// (`X-API-Key`, a browser's traffic token, no credential) gets the native
+/// API's `{"error": {"code", "message"}}`. What a sandbox's app answers is
+/// passed on untouched either way.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Family {
+    /// Wrenn's own API.
+    Native,
+    /// E2B's SDKs.
+    E2b,
+}
+
+impl Family {
+    /// The family of a request, from its headers as the client sent them.
+    pub fn of(headers: &HeaderMap) -> Family {
+        let e2b = ["e2b-sandbox-id", "x-access-token", "e2b-traffic-access-token"];
+        if e2b.iter().any(|h| headers.contains_key(*h)) {
+            Family::E2b
+        } else {
+            Family::Native
+        }
+    }
+
+    /// `e`, about port `port` of sandbox `id`, in this family's shape.
+    fn answer(self, id: &str, port: u16, e: ApiError) -> Response {
+        match self {
+            Family::Native => e.into_response(),
+            Family::E2b => {
+                if e.status.is_server_error() {
+                    tracing::warn!(code = e.code, "{}", e.message);
+                }
+                wrenn_http_proxy::text(
+                    e.status,
+                    json!({ "code": e.status.as_u16(), "message": e.message, "sandboxId": id, "port": port }),
+                )
+            }
+        }
+    }
+}
+
+/// 502 (the host of a sandbox did not answer, or cannot be reached).
+fn host_unreachable(message: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_GATEWAY, "host_unreachable", message)
 }
 
 /// Middleware in front of every route: proxy traffic goes to its sandbox,
@@ -146,7 +191,9 @@ fn error(status: StatusCode, id: &str, port: u16, message: String) -> Response {
 pub async fn intercept(State(app): State<App>, req: Request, next: Next) -> Response {
     match target(req.headers()) {
         None => next.run(req).await,
-        Some(Err(message)) => error(StatusCode::BAD_REQUEST, "", 0, message),
+        Some(Err(message)) => {
+            Family::of(req.headers()).answer("", 0, ApiError::bad_request(message))
+        }
         Some(Ok((id, port))) => handle(app, req, id, port).await,
     }
 }
@@ -176,7 +223,7 @@ async fn key_team(app: &App, key: &str) -> Result<Option<String>, sqlx::Error> {
 }
 
 /// Whether the request may reach `port` of `s`; `Err` is the refusal.
-async fn authorize(app: &App, headers: &HeaderMap, s: &Sandbox, port: u16) -> Result<(), Response> {
+async fn authorize(app: &App, headers: &HeaderMap, s: &Sandbox, port: u16) -> Result<(), ApiError> {
     if s.public_ports.contains(&port)
         || header_eq(headers, "x-access-token", &s.envd_token)
         || header_eq(headers, "e2b-traffic-access-token", &s.traffic_token)
@@ -188,68 +235,39 @@ async fn authorize(app: &App, headers: &HeaderMap, s: &Sandbox, port: u16) -> Re
             Ok(Some(team)) if team == s.team_id => return Ok(()),
             Ok(_) => {}
             Err(e) => {
-                return Err(error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &s.id,
-                    port,
-                    format!("checking the API key: {e}"),
+                return Err(ApiError::unavailable(
+                    "unavailable",
+                    format!("checking the API key: {e}; try again"),
                 ));
             }
         }
         // Another team's key: as if the sandbox did not exist.
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            &s.id,
-            port,
-            format!("sandbox {} not found", s.id),
-        ));
+        return Err(ApiError::not_found(format!("sandbox {}", s.id)));
     }
     let offered = ["x-access-token", "e2b-traffic-access-token"]
         .iter()
         .any(|h| headers.contains_key(*h));
     Err(if offered {
-        error(
-            StatusCode::FORBIDDEN,
-            &s.id,
-            port,
-            format!("wrong access token for sandbox {}", s.id),
-        )
+        ApiError::forbidden(format!("wrong access token for sandbox {}", s.id))
     } else {
-        error(
-            StatusCode::UNAUTHORIZED,
-            &s.id,
-            port,
-            format!(
+        ApiError::unauthorized(format!(
                 "port {port} of sandbox {} is private: send X-API-Key (a key of its team), X-Access-Token (its envd token) or e2b-traffic-access-token; in a browser add ?wrenn_traffic_token=<its traffic token> once; or make the port public (PUT /v1/sandboxes/{{id}}/public-ports)",
-                s.id
-            ),
-        )
+            s.id
+        ))
     })
 }
 
 /// The route to a sandbox: from the cache while it runs, else from the
 /// store, resuming it if it is paused and traffic resumes sandboxes.
-async fn route(app: &App, id: &str, port: u16, headers: &HeaderMap) -> Result<Route, Response> {
+async fn route(app: &App, id: &str, port: u16, headers: &HeaderMap) -> Result<Route, ApiError> {
     if let Some(r) = app.proxy_cache.route(id) {
         authorize(app, headers, &r.sandbox, port).await?;
         return Ok(r);
     }
     let unavailable = |e: &dyn std::fmt::Display| {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            id,
-            port,
-            format!("looking up sandbox {id}: {e}"),
-        )
+        ApiError::unavailable("unavailable", format!("looking up sandbox {id}: {e}; try again"))
     };
-    let not_found = || {
-        error(
-            StatusCode::NOT_FOUND,
-            id,
-            port,
-            format!("sandbox {id} not found"),
-        )
-    };
+    let not_found = || ApiError::not_found(format!("sandbox {id}"));
     let mut s = match app.store.sandbox_by_id(id).await {
         Ok(Some(s)) if s.state != "stopped" => s,
         Ok(_) => return Err(not_found()),
@@ -259,46 +277,35 @@ async fn route(app: &App, id: &str, port: u16, headers: &HeaderMap) -> Result<Ro
     match s.state.as_str() {
         "running" => {}
         "paused" if app.proxy.auto_resume => {
-            s = crate::api::resume_for_traffic(app, s)
-                .await
-                .map_err(|e| error(e.status, id, port, e.message))?;
+            s = crate::api::resume_for_traffic(app, s).await?;
         }
         "paused" => {
-            return Err(error(
-                StatusCode::CONFLICT,
-                id,
-                port,
+            return Err(ApiError::conflict(
+                "invalid_state",
                 format!(
                     "sandbox {id} is paused; resume it (POST /v1/sandboxes/{id}/resume or Sandbox.connect) to reach port {port}"
                 ),
             ));
         }
         "missing" => {
-            return Err(error(
-                StatusCode::BAD_GATEWAY,
-                id,
-                port,
-                format!("the host of sandbox {id} is not answering; try again when it is back"),
-            ));
+            return Err(host_unreachable(format!(
+                "the host of sandbox {id} is not answering; try again when it is back"
+            )));
         }
         other => {
-            return Err(error(
-                StatusCode::CONFLICT,
-                id,
-                port,
-                format!("sandbox {id} is {other}, not running"),
+            return Err(ApiError::conflict(
+                "invalid_state",
+                format!("sandbox {id} is {other}, not running; try again when it is running"),
             ));
         }
     }
     let host = match app.store.host(&s.host_id).await {
         Ok(Some(h)) => h,
         Ok(None) => {
-            return Err(error(
-                StatusCode::BAD_GATEWAY,
-                id,
-                port,
-                format!("host '{}' of sandbox {id} is gone", s.host_id),
-            ));
+            return Err(host_unreachable(format!(
+                "host '{}' of sandbox {id} is gone",
+                s.host_id
+            )));
         }
         Err(e) => return Err(unavailable(&e)),
     };
@@ -373,11 +380,39 @@ fn browser_token(req: &mut Request) -> Option<String> {
 }
 
 async fn handle(app: App, mut req: Request, id: String, port: u16) -> Response {
-    let set_cookie = browser_token(&mut req);
-    let r = match route(&app, &id, port, req.headers()).await {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+    let family = Family::of(req.headers());
+    match forward(&app, &mut req, &id, port).await {
+        Ok(resp) => match resp.headers().get(PROXY_ERROR_HEADER) {
+            // The agent's own error: in the caller's shape.
+            Some(code) => {
+                let code = proxy_error::ALL
+                    .into_iter()
+                    .find(|c| code.as_bytes() == c.as_bytes())
+                    .unwrap_or(proxy_error::UPSTREAM_FAILED);
+                let status = resp.status();
+                let body = axum::body::to_bytes(resp.into_body(), AGENT_ERROR_MAX_BYTES)
+                    .await
+                    .unwrap_or_default();
+                let message = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["message"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| format!("the host of sandbox {id} answered {status}"));
+                family.answer(&id, port, ApiError::new(status, code, message))
+            }
+            None => resp,
+        },
+        Err(e) => family.answer(&id, port, e),
+    }
+}
+
+/// The most of an agent's error body read (they are a line of JSON).
+const AGENT_ERROR_MAX_BYTES: usize = 64 << 10;
+
+/// Sends `req` on to the agent of sandbox `id`, after the access checks;
+/// `Err` is the proxy's own refusal or failure.
+async fn forward(app: &App, req: &mut Request, id: &str, port: u16) -> Result<Response, ApiError> {
+    let set_cookie = browser_token(req);
+    let r = route(app, id, port, req.headers()).await?;
     let h = req.headers_mut();
     for name in [
         "x-api-key",
@@ -394,19 +429,11 @@ async fn handle(app: App, mut req: Request, id: String, port: u16) -> Response {
         h.insert(wrenn_protocol::hostagent::PROXY_TOKEN_HEADER, v);
     }
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let addr = match app.hosts.endpoint(&r.host).await {
-        Ok((_, addr)) => addr,
-        Err(e) => return error(StatusCode::BAD_GATEWAY, &id, port, e.to_string()),
-    };
-    let target = format!("http://{addr}/proxy/{id}/{port}{pq}");
-    let Ok(target) = target.parse() else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            &id,
-            port,
-            format!("cannot proxy the path '{pq}'"),
-        );
-    };
+    let (_, addr) = app.hosts.endpoint(&r.host).await?;
+    let target = format!("http://{addr}/proxy/{id}/{port}{pq}")
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("cannot proxy the path '{pq}'")))?;
+    let req = std::mem::take(req);
     match wrenn_http_proxy::forward(&app.proxy_client, req, target).await {
         Ok(mut resp) => {
             if let Some(t) = set_cookie {
@@ -415,19 +442,14 @@ async fn handle(app: App, mut req: Request, id: String, port: u16) -> Response {
                     resp.headers_mut().append(http::header::SET_COOKIE, v);
                 }
             }
-            resp
+            Ok(resp)
         }
         Err(e) => {
-            app.proxy_cache.forget(&id);
-            error(
-                StatusCode::BAD_GATEWAY,
-                &id,
-                port,
-                format!(
-                    "the host of sandbox {id} ({}) did not answer: {e}",
-                    r.host.id
-                ),
-            )
+            app.proxy_cache.forget(id);
+            Err(host_unreachable(format!(
+                "the host of sandbox {id} ({}) did not answer: {e}",
+                r.host.id
+            )))
         }
     }
 }

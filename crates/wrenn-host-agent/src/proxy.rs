@@ -9,6 +9,7 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use http::StatusCode;
 use serde_json::json;
+use wrenn_protocol::hostagent::{PROXY_ERROR_HEADER, proxy_error};
 
 use crate::agent::Agent;
 use crate::runtime::{RunState, Runtime};
@@ -46,8 +47,12 @@ pub fn parse_target(path_and_query: &str) -> Option<(&str, u16, String)> {
     (!id.is_empty()).then_some((id, port, tail))
 }
 
-fn error(status: StatusCode, code: &str, message: String) -> Response {
-    wrenn_http_proxy::text(status, json!({ "code": code, "message": message }))
+/// An error of this route's own, marked as such for the control plane.
+fn error(status: StatusCode, code: &'static str, message: String) -> Response {
+    let mut resp = wrenn_http_proxy::text(status, json!({ "code": code, "message": message }));
+    resp.headers_mut()
+        .insert(PROXY_ERROR_HEADER, http::HeaderValue::from_static(code));
+    resp
 }
 
 /// Forwards one request to a sandbox's port.
@@ -60,21 +65,21 @@ pub async fn handle<R: Runtime>(State(st): State<ProxyState<R>>, req: Request) -
     let Some((id, port, tail)) = parse_target(&pq) else {
         return error(
             StatusCode::BAD_REQUEST,
-            "invalid_argument",
+            proxy_error::INVALID_REQUEST,
             format!("bad proxy path '{pq}'; expected /proxy/<sandbox>/<port>/<path>"),
         );
     };
     let Some(inst) = st.agent.runtime.get(id) else {
         return error(
             StatusCode::NOT_FOUND,
-            "not_found",
+            proxy_error::NOT_FOUND,
             format!("sandbox '{id}' is not on this host"),
         );
     };
     if inst.state == RunState::Paused {
         return error(
             StatusCode::CONFLICT,
-            "failed_precondition",
+            proxy_error::INVALID_STATE,
             format!("sandbox {id} is paused; resume it to reach port {port}"),
         );
     }
@@ -82,22 +87,26 @@ pub async fn handle<R: Runtime>(State(st): State<ProxyState<R>>, req: Request) -
     let Ok(target) = target.parse() else {
         return error(
             StatusCode::BAD_REQUEST,
-            "invalid_argument",
+            proxy_error::INVALID_REQUEST,
             format!("bad proxy path '{pq}'"),
         );
     };
     match wrenn_http_proxy::forward(&st.client, req, target).await {
-        Ok(resp) => resp,
+        Ok(mut resp) => {
+            // Only this route's own errors carry the mark.
+            resp.headers_mut().remove(PROXY_ERROR_HEADER);
+            resp
+        }
         Err(wrenn_http_proxy::ForwardError::Connect(e)) => error(
             StatusCode::BAD_GATEWAY,
-            "port_not_open",
+            proxy_error::PORT_NOT_OPEN,
             format!(
                 "nothing is listening on port {port} in sandbox {id} ({e}); start a server on 0.0.0.0:{port} or 127.0.0.1:{port} inside it"
             ),
         ),
         Err(e) => error(
             StatusCode::BAD_GATEWAY,
-            "upstream_failed",
+            proxy_error::UPSTREAM_FAILED,
             format!("port {port} of sandbox {id}: {e}"),
         ),
     }

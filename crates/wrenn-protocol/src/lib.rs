@@ -32,6 +32,35 @@ pub mod hostagent {
     /// whose own `Authorization` belongs to the app in the sandbox.
     pub const PROXY_TOKEN_HEADER: &str = "x-wrenn-agent-token";
 
+    /// The header that marks an error the agent's `/proxy/…` route answered
+    /// itself (not the sandbox's app); its value is one of [`proxy_error`]'s
+    /// codes and the body is `{"code", "message"}`. The control plane
+    /// answers such errors in the caller's API family; the agent strips the
+    /// header from what sandboxes answer.
+    pub const PROXY_ERROR_HEADER: &str = "x-wrenn-proxy-error";
+
+    /// The codes of the agent's own `/proxy/…` errors.
+    pub mod proxy_error {
+        /// The path is not `/proxy/{sandbox}/{port}/…`.
+        pub const INVALID_REQUEST: &str = "invalid_request";
+        /// No such sandbox on this host.
+        pub const NOT_FOUND: &str = "not_found";
+        /// The sandbox is paused.
+        pub const INVALID_STATE: &str = "invalid_state";
+        /// Nothing listens on the port inside the sandbox.
+        pub const PORT_NOT_OPEN: &str = "port_not_open";
+        /// The app in the sandbox failed to answer.
+        pub const UPSTREAM_FAILED: &str = "upstream_failed";
+        /// Every code, for matching one read from a response.
+        pub const ALL: [&str; 5] = [
+            INVALID_REQUEST,
+            NOT_FOUND,
+            INVALID_STATE,
+            PORT_NOT_OPEN,
+            UPSTREAM_FAILED,
+        ];
+    }
+
     /// Output a buffered `Exec` keeps per stream when the request's
     /// `max_output_bytes` is 0.
     pub const EXEC_OUTPUT_DEFAULT_BYTES: usize = 16 << 20;

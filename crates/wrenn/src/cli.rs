@@ -7,6 +7,7 @@ use serde_json::Value;
 use wrenn_client::Client;
 
 use crate::server::{CliConfig, config_path};
+use crate::table::{Align, Table};
 
 /// Where to reach the API; flags beat the environment beat the saved login.
 #[derive(clap::Args, Debug, Clone)]
@@ -226,27 +227,33 @@ pub fn host(conn: Conn, cmd: HostCommand) -> anyhow::Result<()> {
                 if conn.json {
                     print_json(&Value::Array(hosts));
                 } else {
-                    println!(
-                        "{:<18} {:<12} {:<12} {:<22} {:>5} {:>8} {:>9}  {}",
-                        "ID", "NAME", "STATUS", "ADDRESS", "CPUS", "MEM MB", "SANDBOXES", "TAGS"
-                    );
+                    let mut t = Table::new(&[
+                        ("ID", Align::Left),
+                        ("NAME", Align::Left),
+                        ("STATUS", Align::Left),
+                        ("ADDRESS", Align::Left),
+                        ("CPUS", Align::Right),
+                        ("MEM MB", Align::Right),
+                        ("SANDBOXES", Align::Right),
+                        ("TAGS", Align::Left),
+                    ]);
                     for h in hosts {
                         let tags: Vec<&str> = h["tags"]
                             .as_array()
                             .map(|t| t.iter().filter_map(Value::as_str).collect())
                             .unwrap_or_default();
-                        println!(
-                            "{:<18} {:<12} {:<12} {:<22} {:>5} {:>8} {:>9}  {}",
-                            h["id"].as_str().unwrap_or(""),
-                            h["name"].as_str().unwrap_or(""),
-                            h["status"].as_str().unwrap_or(""),
-                            h["address"].as_str().unwrap_or(""),
-                            h["cpu_count"].as_i64().unwrap_or(0),
-                            h["memory_mb"].as_i64().unwrap_or(0),
-                            h["sandboxes"].as_i64().unwrap_or(0),
-                            tags.join(",")
-                        );
+                        t.row([
+                            text(&h["id"]),
+                            text(&h["name"]),
+                            text(&h["status"]),
+                            text(&h["address"]),
+                            h["cpu_count"].as_i64().unwrap_or(0).to_string(),
+                            h["memory_mb"].as_i64().unwrap_or(0).to_string(),
+                            h["sandboxes"].as_i64().unwrap_or(0).to_string(),
+                            tags.join(","),
+                        ]);
                     }
+                    t.print();
                 }
             }
             HostCommand::Token { id } => {
@@ -267,6 +274,11 @@ pub fn host(conn: Conn, cmd: HostCommand) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// A JSON string field as text ("" when absent or not a string).
+fn text(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
 }
 
 fn print_json(v: &Value) {
@@ -316,18 +328,25 @@ pub fn sandbox(conn: Conn, cmd: SandboxCommand) -> anyhow::Result<()> {
                 if conn.json {
                     print_json(&Value::Array(list));
                 } else {
-                    println!("{:<18} {:<9} {:<10} {:>5} {:>7}  {}", "ID", "STATUS", "TEMPLATE", "VCPUS", "MEM_MB", "CREATED");
+                    let mut t = Table::new(&[
+                        ("ID", Align::Left),
+                        ("STATUS", Align::Left),
+                        ("TEMPLATE", Align::Left),
+                        ("VCPUS", Align::Right),
+                        ("MEM MB", Align::Right),
+                        ("CREATED", Align::Left),
+                    ]);
                     for s in list {
-                        println!(
-                            "{:<18} {:<9} {:<10} {:>5} {:>7}  {}",
-                            s["id"].as_str().unwrap_or(""),
-                            s["status"].as_str().unwrap_or(""),
-                            s["template"].as_str().unwrap_or(""),
-                            s["vcpus"],
-                            s["memory_mb"],
-                            s["created_at"].as_str().unwrap_or("")
-                        );
+                        t.row([
+                            text(&s["id"]),
+                            text(&s["status"]),
+                            text(&s["template"]),
+                            s["vcpus"].to_string(),
+                            s["memory_mb"].to_string(),
+                            text(&s["created_at"]),
+                        ]);
                     }
+                    t.print();
                 }
             }
             SandboxCommand::Exec { id, cmd } => {
@@ -422,20 +441,21 @@ pub fn key(conn: Conn, cmd: KeyCommand) -> anyhow::Result<()> {
                 if conn.json {
                     print_json(&Value::Array(keys));
                 } else {
-                    println!("{:<18} {:<16} {:<12} {}", "ID", "NAME", "KEY", "LAST USED");
+                    let mut t = Table::new(&[
+                        ("ID", Align::Left),
+                        ("NAME", Align::Left),
+                        ("KEY", Align::Left),
+                        ("LAST USED", Align::Left),
+                    ]);
                     for k in keys {
-                        println!(
-                            "{:<18} {:<16} {:<12} {}",
-                            k["id"].as_str().unwrap_or(""),
-                            k["name"].as_str().unwrap_or(""),
-                            format!(
-                                "{}…{}",
-                                k["prefix"].as_str().unwrap_or(""),
-                                k["last4"].as_str().unwrap_or("")
-                            ),
-                            k["last_used_at"].as_str().unwrap_or("never")
-                        );
+                        t.row([
+                            text(&k["id"]),
+                            text(&k["name"]),
+                            format!("{}…{}", text(&k["prefix"]), text(&k["last4"])),
+                            k["last_used_at"].as_str().unwrap_or("never").to_string(),
+                        ]);
                     }
+                    t.print();
                 }
             }
             KeyCommand::Rm { id } => c.delete_key(&id).await?,
@@ -607,6 +627,59 @@ fn start_failure_code(e: &wrenn_client::Error) -> Option<i32> {
     }
 }
 
+/// `wrenn template ls`: the templates the control plane's online hosts
+/// have, and on which hosts.
+pub fn list_templates(conn: Conn) -> anyhow::Result<()> {
+    let c = conn.client()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let list = rt
+        .block_on(c.list_templates())
+        .with_context(|| format!("listing the templates of {}", conn.base_url()))?;
+    if conn.json {
+        print_json(&Value::Array(list));
+        return Ok(());
+    }
+    let mut t = Table::new(&[("NAME", Align::Left), ("HOSTS", Align::Left)]);
+    for tpl in list {
+        let hosts: Vec<&str> = tpl["hosts"]
+            .as_array()
+            .map(|h| h.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        t.row([text(&tpl["name"]), hosts.join(",")]);
+    }
+    t.print();
+    Ok(())
+}
+
+/// `wrenn template rm NAME`: removed from every online host.
+pub fn remove_template(conn: Conn, name: &str) -> anyhow::Result<()> {
+    let c = conn.client()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let r = rt
+        .block_on(c.delete_template(name))
+        .with_context(|| format!("removing template '{name}' through {}", conn.base_url()))?;
+    if conn.json {
+        print_json(&r);
+        return Ok(());
+    }
+    let on: Vec<&str> = r["deleted_on"]
+        .as_array()
+        .map(|h| h.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    println!("removed template {name} from {}", on.join(", "));
+    if let Some(failed) = r["failed"].as_array().filter(|f| !f.is_empty()) {
+        for f in failed {
+            eprintln!(
+                "not removed from host {}: {}",
+                text(&f["host_id"]),
+                text(&f["message"])
+            );
+        }
+        anyhow::bail!("template '{name}' is still on {} hosts", failed.len());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod start_failure_tests {
     use super::start_failure_code;
@@ -640,3 +713,4 @@ mod start_failure_tests {
         }
     }
 }
+

@@ -3,7 +3,8 @@
 //! - `wrenn up` starts everything on one machine;
 //! - `wrenn server` runs the control plane;
 //! - `wrenn agent` runs the host agent (namespace runtime);
-//! - `wrenn template build|ls|rm|import` manages templates on this host;
+//! - `wrenn template ls|rm` asks the control plane (`--local`: this host's
+//!   store); `wrenn template build|import` makes templates on this host;
 //! - `wrenn login`, `wrenn sandbox …`, `wrenn key …`, `wrenn host …` use
 //!   the REST API.
 //!
@@ -13,6 +14,7 @@
 mod agent;
 mod cli;
 mod server;
+mod table;
 mod template;
 
 use std::path::PathBuf;
@@ -78,8 +80,12 @@ enum Command {
         command: cli::HostCommand,
     },
     /// Manage the templates sandboxes start from.
-    #[command(subcommand)]
-    Template(template::TemplateCommand),
+    Template {
+        #[command(flatten)]
+        conn: cli::Conn,
+        #[command(subcommand)]
+        command: template::TemplateCommand,
+    },
 }
 
 fn main() {
@@ -88,6 +94,12 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Whether to colour what goes to `stream`: only a terminal, and not when
+/// `NO_COLOR` is set (<https://no-color.org>); logs get plain text.
+pub fn colour(stream: &impl std::io::IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn run() -> anyhow::Result<()> {
@@ -101,13 +113,14 @@ fn run() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "wrenn=info,wrenn_host_agent=info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Agent(args) => agent::run(&cli.data_dir, args),
         Command::Up(args) => server::run_up(&cli.data_dir, args),
         Command::Server(args) => server::run_server(&cli.data_dir, args),
-        Command::Template(cmd) => template::run(&cli.data_dir, cmd),
+        Command::Template { conn, command } => template::run(&cli.data_dir, conn, command),
         Command::Login { url, key, config } => cli::login(url, key, config),
         Command::Sandbox { conn, command } => cli::sandbox(conn, command),
         Command::Key { conn, command } => cli::key(conn, command),

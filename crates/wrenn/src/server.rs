@@ -152,6 +152,32 @@ pub fn secret_file(path: &Path, bytes: usize) -> anyhow::Result<String> {
     Ok(s)
 }
 
+/// Writes `contents` to `path`, readable by its owner only (0600), replacing
+/// what was there.
+fn write_secret(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(contents)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Whether secrets may be printed: only to a terminal, never into a log
+/// (a redirect, a pipe, the journal).
+fn stdout_is_terminal() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stdout())
+}
+
 fn database_url(data_dir: &Path, given: Option<String>) -> String {
     given.unwrap_or_else(|| format!("sqlite://{}?mode=rwc", data_dir.join("wrenn.db").display()))
 }
@@ -306,13 +332,21 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
         let mut app = App::new(store.clone(), secret.as_bytes());
         app.proxy = args.proxy.config(listen);
         let domain = app.proxy.domain.clone();
-        let key = admin_key(&app, &config_file, listen).await?;
+        let key = admin_key(&app, data_dir, &config_file, listen).await?;
+        let key_file = data_dir.join(API_KEY_FILE);
+        write_secret(&key_file, format!("{key}\n").as_bytes())?;
+        // On a terminal, the key itself; in a log, where to read it.
+        let key_ref = if stdout_is_terminal() {
+            key.clone()
+        } else {
+            format!("\"$(cat {})\"", key_file.display())
+        };
         let base = format!("http://{listen}");
         // The API listener is bound (above): what follows works as printed.
         println!("\nWrenn is up at {base} (Ctrl-C stops it and destroys its sandboxes).\n");
         println!("The CLI is logged in ({}). For curl, the SDKs and scripts, paste:\n", config_file.display());
-        println!("  export WRENN_BASE_URL={base} WRENN_API_KEY={key}");
-        println!("  export E2B_API_URL={base} E2B_SANDBOX_URL={base} E2B_API_KEY={key}\n");
+        println!("  export WRENN_BASE_URL={base} WRENN_API_KEY={key_ref}");
+        println!("  export E2B_API_URL={base} E2B_SANDBOX_URL={base} E2B_API_KEY={key_ref}\n");
         println!("Then, for example:\n");
         println!("  curl -s -X POST \"$WRENN_BASE_URL/v1/sandboxes\" -H \"X-API-Key: $WRENN_API_KEY\" -H 'Content-Type: application/json' -d '{{\"template\":\"base\"}}'");
         println!("  wrenn sandbox create && wrenn sandbox ls\n");
@@ -406,9 +440,21 @@ fn wrenn_host_agent_is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Where `wrenn up` keeps the admin's first password, in its data dir (0600).
+const ADMIN_PASSWORD_FILE: &str = "admin-password";
+/// Where `wrenn up` keeps the admin's API key, in its data dir (0600), for
+/// the `export` lines it prints when its output is not a terminal.
+const API_KEY_FILE: &str = "api-key";
+
 /// The admin's API key: the stored CLI login if it still works, else a new
-/// key (creating admin, team on first start). Saves the CLI login.
-async fn admin_key(app: &App, config_file: &Path, listen: SocketAddr) -> anyhow::Result<String> {
+/// key (creating admin, team on first start). Saves the CLI login and the
+/// key in `<data dir>/api-key`.
+async fn admin_key(
+    app: &App,
+    app_data_dir: &Path,
+    config_file: &Path,
+    listen: SocketAddr,
+) -> anyhow::Result<String> {
     let admin_email = "admin@localhost";
     let user = match app.store.user_by_email(admin_email).await? {
         Some(u) => u,
@@ -424,7 +470,13 @@ async fn admin_key(app: &App, config_file: &Path, listen: SocketAddr) -> anyhow:
             )
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!("Created the admin user {admin_email} with password {password} (shown once).");
+            let file = app_data_dir.join(ADMIN_PASSWORD_FILE);
+            write_secret(&file, format!("{password}\n").as_bytes())?;
+            if stdout_is_terminal() {
+                println!("Created the admin user {admin_email} with password {password} (also in {}, root only).", file.display());
+            } else {
+                println!("Created the admin user {admin_email}; its password is in {} (root only).", file.display());
+            }
             u
         }
     };
@@ -473,17 +525,6 @@ async fn admin_key(app: &App, config_file: &Path, listen: SocketAddr) -> anyhow:
 
 /// Saves the CLI login (0600).
 pub fn save_config(path: &Path, cfg: &CliConfig) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("saving the CLI login to {}", path.display()))?;
-    f.write_all(&serde_json::to_vec_pretty(cfg)?)?;
-    Ok(())
+    write_secret(path, &serde_json::to_vec_pretty(cfg)?)
+        .with_context(|| format!("saving the CLI login to {}", path.display()))
 }

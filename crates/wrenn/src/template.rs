@@ -8,11 +8,19 @@ use indicatif::{ProgressBar, ProgressStyle};
 use wrenn_host_agent::runtime::namespaces::Config;
 use wrenn_host_agent::templates::TemplateStore;
 
-/// Template subcommands.
+use crate::table::{Align, Table};
+
+/// Template subcommands. `ls` and `rm` ask the running control plane
+/// (the templates its hosts have), or, with `--local`, the store in this
+/// host's data dir; `build` and `import` work on that store.
 #[derive(clap::Subcommand, Debug)]
 pub enum TemplateCommand {
-    /// List templates on this host.
-    Ls,
+    /// List the templates sandboxes can start from.
+    Ls {
+        /// The templates in this host's data dir, not the control plane's.
+        #[arg(long)]
+        local: bool,
+    },
     /// Build a template; `base` is Debian bookworm with bash, coreutils,
     /// python3, pip, curl, git and ca-certificates, built with debootstrap.
     Build {
@@ -36,10 +44,14 @@ pub enum TemplateCommand {
         /// Directory holding the root filesystem.
         dir: PathBuf,
     },
-    /// Remove a template.
+    /// Remove a template (through the control plane: from every host;
+    /// platform admins only).
     Rm {
         /// Template name.
         name: String,
+        /// From this host's data dir, not through the control plane.
+        #[arg(long)]
+        local: bool,
     },
 }
 
@@ -100,15 +112,28 @@ pub fn build_base(store: &TemplateStore, mirror: &str) -> anyhow::Result<()> {
 }
 
 /// Runs a template subcommand.
-pub fn run(data_dir: &Path, cmd: TemplateCommand) -> anyhow::Result<()> {
+pub fn run(data_dir: &Path, conn: crate::cli::Conn, cmd: TemplateCommand) -> anyhow::Result<()> {
+    match cmd {
+        TemplateCommand::Ls { local: false } => return crate::cli::list_templates(conn),
+        TemplateCommand::Rm { name, local: false } => {
+            return crate::cli::remove_template(conn, &name);
+        }
+        _ => {}
+    }
+    // Only the local store from here on: nothing is created by reading it.
+    if let TemplateCommand::Ls { .. } = cmd {
+        let dir = data_dir.join("templates");
+        let store = TemplateStore::new(dir, Config::new(data_dir.to_path_buf()).uid_base);
+        let mut t = Table::new(&[("NAME", Align::Left), ("SIZE MB", Align::Right)]);
+        for name in store.list() {
+            t.row([name.clone(), (store.size(&name) / 1_000_000).to_string()]);
+        }
+        t.print();
+        return Ok(());
+    }
     let store = store(data_dir)?;
     match cmd {
-        TemplateCommand::Ls => {
-            println!("{:<24} {:>10}", "NAME", "SIZE");
-            for name in store.list() {
-                println!("{:<24} {:>8} MB", name, store.size(&name) / 1_000_000);
-            }
-        }
+        TemplateCommand::Ls { .. } => {}
         TemplateCommand::Build {
             name,
             mirror,
@@ -132,7 +157,7 @@ pub fn run(data_dir: &Path, cmd: TemplateCommand) -> anyhow::Result<()> {
             let t = store.import(&name, &dir)?;
             println!("imported {} into {}", dir.display(), t.rootfs.display());
         }
-        TemplateCommand::Rm { name } => {
+        TemplateCommand::Rm { name, .. } => {
             store.remove(&name)?;
             println!("removed template {name}");
         }

@@ -1106,7 +1106,6 @@ pub(super) async fn file_remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// GET /v1/templates: what the online hosts can start.
 #[utoipa::path(delete, path = "/v1/templates/{name}", tag = "templates", params(("name" = String, Path, description = "Template name")), responses((status = 200, description = "Removed; `deleted_on` lists the hosts"), (status = 403, description = "Not a platform admin", body = ErrorBody), (status = 404, description = "No online host has it", body = ErrorBody), (status = 409, description = "A sandbox uses it", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 /// DELETE /v1/templates/{name} (platform admins): removed from every
 /// online host at once. 404 when no host had it; 409 when a sandbox uses it
@@ -1175,12 +1174,14 @@ pub(super) async fn delete_template(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/templates", tag = "templates", responses((status = 200, description = "Templates the online hosts have")), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/templates", tag = "templates", responses((status = 200, description = "Templates the online hosts have: `[{name, type, hosts}]`")), security(("api_key" = []), ("bearer" = [])))]
+/// GET /v1/templates: what the online hosts can start, each with the ids
+/// of the hosts that have it.
 pub(super) async fn list_templates(
     State(app): State<App>,
     _caller: Caller,
 ) -> ApiResult<Json<Value>> {
-    let mut names = std::collections::BTreeSet::new();
+    let mut names: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for h in app
         .store
         .hosts()
@@ -1192,13 +1193,15 @@ pub(super) async fn list_templates(
             continue;
         };
         if let Ok(info) = client.get_host(pb::GetHostRequest::default()).await {
-            names.extend(info.into_owned().templates);
+            for n in info.into_owned().templates {
+                names.entry(n).or_default().push(h.id.clone());
+            }
         }
     }
     Ok(Json(json!(
         names
             .into_iter()
-            .map(|n| json!({ "name": n, "type": "base" }))
+            .map(|(n, hosts)| json!({ "name": n, "type": "base", "hosts": hosts }))
             .collect::<Vec<_>>()
     )))
 }

@@ -385,6 +385,7 @@ impl Store {
         let mut opts =
             AnyPoolOptions::new().max_connections(if backend == "sqlite" { 8 } else { 16 });
         if backend == "sqlite" {
+            private_sqlite_file(url);
             opts = opts.after_connect(|conn, _| {
                 Box::pin(async move {
                     use sqlx::Executor;
@@ -1158,4 +1159,27 @@ impl Store {
             })
             .collect())
     }
+}
+
+/// Creates the SQLite file of `url` readable by its owner only (0600)
+/// before SQLite opens it: it holds password hashes and the agents'
+/// credentials. SQLite gives its `-wal` and `-shm` files the same mode.
+/// An existing file, or a URL without a file (`:memory:`), is left alone.
+fn private_sqlite_file(url: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() || path.starts_with(':') || std::path::Path::new(path).exists() {
+        return;
+    }
+    // If this fails, SQLite's own open reports the error.
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
 }
