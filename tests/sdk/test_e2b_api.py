@@ -147,6 +147,11 @@ def test_e2b_rest_errors_and_paging(e2b_env, wrenn_up):
     assert r.status_code == 400 and r.json()["code"] == 400
     r = httpx.get(f"{base}/v2/sandboxes?state=bogus", headers=h)
     assert r.status_code == 400
+    # No such route, or not with this method: E2B's shape too.
+    r = httpx.get(f"{base}/v2/no-such-route", headers=h)
+    assert r.status_code == 404 and r.json()["code"] == 404 and "error" not in r.json(), r.text
+    r = httpx.put(f"{base}/sandboxes", headers=h)
+    assert r.status_code == 405 and r.json()["code"] == 405 and r.json()["message"], r.text
 
     tag = uuid.uuid4().hex[:8]
     ids = []

@@ -98,14 +98,14 @@ class Started:
         self.out.close()
 
 
-def _env(tmp: Path, name: str, port: int) -> dict:
+def _env(tmp: Path, name: str, port: int, log: str = "warn") -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WRENN_", "E2B_"))}
     env.update(
         WRENN_PREFIX=str(tmp / "bin"),
         WRENN_DATA_DIR=str(tmp / name),
         WRENN_LISTEN=f"127.0.0.1:{port}",
         WRENN_CONFIG=str(tmp / f"{name}-cli.json"),
-        WRENN_LOG="warn",
+        WRENN_LOG=log,
         CARGO_TARGET_DIR=os.environ.get("CARGO_TARGET_DIR", "/var/tmp/wrenn-target"),
     )
     return env
@@ -123,7 +123,8 @@ def test_the_readme_start_command_and_walkthrough_from_a_clone(tmp_path):
     clone = fresh_clone()
     port = _free_port()
     _cached_template(tmp_path / "first")
-    first = Started(clone, _env(tmp_path, "first", port), tmp_path / "first.log")
+    # Logging everything: no secret may be in it.
+    first = Started(clone, _env(tmp_path, "first", port, log="debug"), tmp_path / "first.log")
     sid = None
     try:
         # The first start may build everything in release mode.
@@ -146,14 +147,18 @@ def test_the_readme_start_command_and_walkthrough_from_a_clone(tmp_path):
         assert out.returncode == 0, out.stdout + out.stderr
         assert "hello from the sandbox" in out.stdout
 
-        # Secrets stay out of the log: the key and the admin's password are
-        # in files only root reads.
-        key = (tmp_path / "first" / "api-key").read_text().strip()
-        password = (tmp_path / "first" / "admin-password").read_text().strip()
-        for f in ("api-key", "admin-password", "wrenn.db"):
-            assert (tmp_path / "first" / f).stat().st_mode & 0o077 == 0, f
-        assert key.startswith("wrn_") and key not in printed and password not in printed, printed
-        assert "\x1b[" not in printed, "colour codes in a log"
+        # Secrets stay out of the log, even at debug level: the key, the
+        # admin's password and the other secrets are in files only root reads.
+        secrets = {f: (tmp_path / "first" / f).read_text().strip() for f in ("api-key", "admin-password", "agent.token", "jwt.secret")}
+        key = secrets["api-key"]
+        assert key.startswith("wrn_")
+        for f in [*secrets, "wrenn.db", "first-cli.json"]:
+            path = tmp_path / "first" / f if f != "first-cli.json" else tmp_path / f
+            assert path.stat().st_mode & 0o077 == 0, f
+        logged = first.text()
+        for f, secret in secrets.items():
+            assert len(secret) >= 16 and secret not in logged, f"{f} is in the log"
+        assert "\x1b[" not in logged, "colour codes in a log"
 
         # A sandbox that must outlive the second start.
         base = f"http://127.0.0.1:{port}"

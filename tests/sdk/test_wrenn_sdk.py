@@ -128,6 +128,9 @@ def test_another_team_sees_nothing(wrenn_up):
         ("GET", "/v1/sandboxes?state=sideways", None, 400, "invalid_request"),
         ("POST", "/v1/sandboxes/sb-doesnotexist/exec", {"cmd": "true"}, 404, "not_found"),
         ("DELETE", "/v1/hosts/host-local?force=true", None, 409, "host_is_local"),
+        # No such route, or not with this method: the same shape.
+        ("GET", "/v1/no-such-route", None, 404, "not_found"),
+        ("PUT", "/v1/sandboxes", None, 405, "method_not_allowed"),
     ],
 )
 def test_bad_input_gets_clear_errors(wrenn_up, method, path, body, status, code):

@@ -207,13 +207,51 @@ pub fn router(app: App) -> Router {
         .nest("/v1/hosts", hosts::routes())
         .nest("/v1/sandboxes", sandboxes.clone())
         .nest("/v1/capsules", sandboxes)
-        .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(wrong_method)
+        .fallback(no_route)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             crate::proxy::intercept,
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .with_state(app)
+}
+
+/// Whether `path` is under E2B's REST API (which answers E2B's error
+/// shape) rather than the native one.
+fn is_e2b_path(path: &str) -> bool {
+    ["/sandboxes", "/v2/", "/v3/", "/templates"]
+        .iter()
+        .any(|p| path.starts_with(p))
+}
+
+/// `e` in the shape of the API family `uri` belongs to.
+fn in_family(uri: &http::Uri, e: ApiError) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if is_e2b_path(uri.path()) {
+        e2b::E2bError::from(e).into_response()
+    } else {
+        e.into_response()
+    }
+}
+
+/// 404 for a path no route has.
+async fn no_route(uri: http::Uri) -> axum::response::Response {
+    let e = ApiError::not_found(format!(
+        "route {}; see /openapi.yaml for the API",
+        uri.path()
+    ));
+    in_family(&uri, e)
+}
+
+/// 405 for a route that exists but not with this method.
+async fn wrong_method(method: http::Method, uri: http::Uri) -> axum::response::Response {
+    let e = ApiError::new(
+        http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not take {method}; see /openapi.yaml for its methods", uri.path()),
+    );
+    in_family(&uri, e)
 }
 
 /// The answer to a request whose handler panicked (a bug of ours): 500 in
