@@ -47,6 +47,23 @@ impl Envd {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// Context switches of all its threads so far: each wake-up is one.
+    fn switches(&self) -> u64 {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.child.id())) else {
+            return 0;
+        };
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+            .flat_map(|s| {
+                s.lines()
+                    .filter(|l| l.contains("ctxt_switches:"))
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    }
+
     fn status_kib(&self, field: &str) -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         s.lines()
@@ -202,6 +219,22 @@ async fn main() {
     println!(
         "idle RSS                          {:>8.2} MiB   (target <= 8)",
         median(idle)
+    );
+    // Wake-ups of an idle envd (one that served calls, then nothing).
+    let secs: u64 = std::env::var("ENVD_BENCH_IDLE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let envd = Envd::start();
+    let c = client(&envd);
+    round_trips(&c, "/bin/true", &[], 20).await;
+    std::thread::sleep(Duration::from_millis(500));
+    let before = envd.switches();
+    std::thread::sleep(Duration::from_secs(secs));
+    let woke = envd.switches() - before;
+    println!(
+        "idle wake-ups                     {:>8.2} /s    (target 0; {woke} in {secs} s)",
+        woke as f64 / secs as f64
     );
     println!(
         "Start /bin/true round trip p50    {:>8.3} ms    (target <= 1.5)",

@@ -13,7 +13,6 @@ pub mod auth;
 pub mod errors;
 pub mod filesystem;
 pub mod http;
-pub mod ports;
 pub mod process;
 pub mod state;
 pub mod users;

@@ -26,11 +26,6 @@ struct Args {
     /// Access token to require from the start (otherwise `/init` sets it).
     #[arg(long, env = "ENVD_ACCESS_TOKEN", hide_env_values = true)]
     access_token: Option<String>,
-    /// Make servers bound to 127.0.0.1 inside the sandbox reachable on its
-    /// own addresses (only inside a sandbox: on a shared host this would
-    /// expose the host's loopback services).
-    #[arg(long, env = "ENVD_FORWARD_LOOPBACK_PORTS")]
-    forward_loopback_ports: bool,
     /// File where `/init` saves its settings, and from which a restarted
     /// envd takes them back (its directory must exist).
     #[arg(long, env = "ENVD_STATE_FILE")]
@@ -227,11 +222,6 @@ fn main() -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     rt.block_on(async move {
         let addr = SocketAddr::new(args.host, args.port);
-        if args.forward_loopback_ports {
-            tokio::spawn(envd::ports::forward_loopback_forever(
-                std::time::Duration::from_millis(500),
-            ));
-        }
         let shutdown = async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

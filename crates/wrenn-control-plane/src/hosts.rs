@@ -320,13 +320,56 @@ impl Scheduler for RoundRobin {
 /// Memory and disk are not overcommitted; CPUs are. Hosts that reported no
 /// capacity (static agents) count 1 CPU, 1 GiB and 10 GiB per sandbox slot
 /// of 64.
-pub struct LeastLoaded;
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LeastLoaded {
+    /// How far memory and disk may be promised beyond a host's capacity.
+    pub overcommit: Overcommit,
+}
+
+/// How many times its memory and disk a host may promise to sandboxes.
+/// A sandbox's memory and disk are limits, not reservations: idle
+/// sandboxes use a small part of them, so a host can hold more than its
+/// capacity divided by the limits. 1.0 (the default) promises no more
+/// than there is; a host whose sandboxes all use their whole limits at
+/// once, beyond 1.0, runs out (the kernel then kills in the sandboxes).
+#[derive(Debug, Clone, Copy)]
+pub struct Overcommit {
+    /// Memory: promised MiB per MiB of the host's.
+    pub memory: f64,
+    /// Disk: promised MiB per free MiB of the host's.
+    pub disk: f64,
+}
+
+impl Default for Overcommit {
+    fn default() -> Self {
+        Overcommit {
+            memory: 1.0,
+            disk: 1.0,
+        }
+    }
+}
+
+impl Overcommit {
+    /// Checks the ratios a user gave: finite, at least 1, at most 100.
+    pub fn new(memory: f64, disk: f64) -> Result<Overcommit, String> {
+        for (what, r) in [("memory", memory), ("disk", disk)] {
+            if !(1.0..=100.0).contains(&r) {
+                return Err(format!(
+                    "{what} overcommit {r} is out of range: give a ratio from 1 (none) to 100"
+                ));
+            }
+        }
+        Ok(Overcommit { memory, disk })
+    }
+}
 
 impl LeastLoaded {
     /// The load after adding `d`, or `None` if it does not fit.
-    pub fn load(c: &Candidate, d: &Demand) -> Option<f64> {
+    pub fn load(&self, c: &Candidate, d: &Demand) -> Option<f64> {
         let h = &c.host;
         let (cpus, mem, disk) = capacity(h);
+        let mem = (mem as f64 * self.overcommit.memory) as i64;
+        let disk = (disk as f64 * self.overcommit.disk) as i64;
         let a = &c.allocated;
         let mem_after = a.memory_mb + d.memory_mb;
         let disk_after = a.disk_mb + d.disk_mb;
@@ -346,7 +389,7 @@ impl Scheduler for LeastLoaded {
     fn pick<'a>(&self, candidates: &'a [Candidate], demand: &Demand) -> Option<&'a Host> {
         candidates
             .iter()
-            .filter_map(|c| Some((Self::load(c, demand)?, c)))
+            .filter_map(|c| Some((self.load(c, demand)?, c)))
             .min_by(|(la, a), (lb, b)| {
                 la.total_cmp(lb)
                     .then(a.allocated.sandboxes.cmp(&b.allocated.sandboxes))
@@ -356,11 +399,12 @@ impl Scheduler for LeastLoaded {
     }
 }
 
-/// A scheduler by name: `round-robin` or `least-loaded`.
-pub fn scheduler(name: &str) -> Option<std::sync::Arc<dyn Scheduler>> {
+/// A scheduler by name: `round-robin` or `least-loaded` (which promises
+/// memory and disk up to `overcommit` times a host's).
+pub fn scheduler(name: &str, overcommit: Overcommit) -> Option<std::sync::Arc<dyn Scheduler>> {
     match name {
         "round-robin" => Some(std::sync::Arc::new(RoundRobin::default())),
-        "least-loaded" => Some(std::sync::Arc::new(LeastLoaded)),
+        "least-loaded" => Some(std::sync::Arc::new(LeastLoaded { overcommit })),
         _ => None,
     }
 }
@@ -483,7 +527,7 @@ mod tests {
         let big = cand("big", 8, 16384, (4, 2048, 4096));
         let small = cand("small", 2, 2048, (1, 512, 1024));
         assert_eq!(
-            LeastLoaded
+            LeastLoaded::default()
                 .pick(&[small.clone(), big.clone()], &d)
                 .unwrap()
                 .id,
@@ -491,8 +535,23 @@ mod tests {
         );
         // Full memory: never there.
         let full = cand("full", 64, 1024, (1, 1024, 0));
-        assert_eq!(LeastLoaded.pick(&[full.clone()], &d), None);
-        assert_eq!(LeastLoaded.pick(&[full, small], &d).unwrap().id, "small");
+        assert_eq!(LeastLoaded::default().pick(&[full.clone()], &d), None);
+        assert_eq!(
+            LeastLoaded::default().pick(&[full.clone(), small], &d).unwrap().id,
+            "small"
+        );
+        // Overcommitted twice, the full host takes as much again, no more.
+        let twice = LeastLoaded {
+            overcommit: Overcommit::new(2.0, 1.0).unwrap(),
+        };
+        assert_eq!(twice.pick(&[full.clone()], &d).unwrap().id, "full");
+        let mut fuller = full;
+        fuller.allocated.memory_mb = 2048;
+        assert_eq!(twice.pick(&[fuller], &d), None);
+        for bad in [0.5, 0.0, -1.0, 101.0, f64::NAN, f64::INFINITY] {
+            assert!(Overcommit::new(bad, 1.0).is_err(), "{bad}");
+            assert!(Overcommit::new(1.0, bad).is_err(), "{bad}");
+        }
         // Even spreading over equal hosts.
         let mut hosts = vec![
             cand("a", 4, 8192, (0, 0, 0)),
@@ -500,7 +559,7 @@ mod tests {
             cand("c", 4, 8192, (0, 0, 0)),
         ];
         for _ in 0..30 {
-            let id = LeastLoaded.pick(&hosts, &d).unwrap().id.clone();
+            let id = LeastLoaded::default().pick(&hosts, &d).unwrap().id.clone();
             let c = hosts.iter_mut().find(|c| c.host.id == id).unwrap();
             c.allocated.sandboxes += 1;
             c.allocated.vcpus += d.vcpus;

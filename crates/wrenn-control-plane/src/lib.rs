@@ -64,7 +64,7 @@ impl App {
             store,
             jwt: auth::Jwt::new(jwt_secret),
             hosts: hosts::HostPool::default(),
-            scheduler: Arc::new(hosts::LeastLoaded),
+            scheduler: Arc::new(hosts::LeastLoaded::default()),
             events: tokio::sync::broadcast::channel(1024).0,
             disk_used: Arc::default(),
             proxy: proxy::ProxyConfig::default(),

@@ -65,6 +65,10 @@ pub const PENDING_GRACE_SECS: i64 = 15;
 /// Reconciles one online host: (state changes, orphans destroyed).
 pub async fn host_pass(app: &App, host: &Host) -> Result<(usize, usize), crate::error::ApiError> {
     let client = app.hosts.client(host).await?;
+    // Rows changed since (or in the second of) the listing may describe
+    // what the listing has not seen yet (a create or resume that finished
+    // after it): they wait for the next pass.
+    let listed_at = now();
     let listed = client
         .list_sandboxes(pb::ListSandboxesRequest::default())
         .await?
@@ -78,6 +82,10 @@ pub async fn host_pass(app: &App, host: &Host) -> Result<(usize, usize), crate::
     let known = app.store.sandboxes_on_host(&host.id).await?;
     let now = crate::store::now();
     for mut s in known.iter().cloned() {
+        if s.updated_at >= listed_at {
+            continue;
+        }
+        let read_state = s.state.clone();
         // A create whose control plane died before it recorded the answer
         // stays `pending`; past the longest a create takes, the host says
         // what became of it.
@@ -104,9 +112,12 @@ pub async fn host_pass(app: &App, host: &Host) -> Result<(usize, usize), crate::
             }
         };
         if now_state != s.state {
-            tracing::info!(sandbox = %s.id, from = %s.state, to = now_state, "reconciled");
             s.state = now_state.into();
-            app.store.update_sandbox(&s).await?;
+            // Someone changed it since it was read: theirs stands.
+            if !app.store.update_sandbox_if_unchanged(&s, &read_state).await? {
+                continue;
+            }
+            tracing::info!(sandbox = %s.id, from = %read_state, to = now_state, "reconciled");
             app.proxy_cache.forget(&s.id);
             changed += 1;
             let _ = app.events.send((s.team_id.clone(), serde_json::json!({ "event": "capsule.state.changed", "capsule_id": s.id, "status": s.state })));

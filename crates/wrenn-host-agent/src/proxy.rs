@@ -19,7 +19,37 @@ pub struct ProxyState<R: Runtime> {
     /// Where sandboxes are looked up.
     pub agent: Arc<Agent<R>>,
     /// Pooled connections to sandbox ports.
-    pub client: wrenn_http_proxy::Client,
+    pub client: wrenn_http_proxy::Client<wrenn_http_proxy::FallbackConnector>,
+}
+
+impl<R: Runtime> ProxyState<R> {
+    /// The proxy of `agent`'s sandboxes: a port that refuses on the
+    /// sandbox's address is tried on the sandbox's own loopback (a server
+    /// bound to 127.0.0.1 inside), through the runtime, when asked.
+    pub fn new(agent: Arc<Agent<R>>) -> Self {
+        let runtime_of = agent.clone();
+        let fallback: wrenn_http_proxy::Fallback = Arc::new(move |addr: std::net::SocketAddr| {
+            let agent = runtime_of.clone();
+            Box::pin(async move {
+                let id = agent
+                    .runtime
+                    .list()
+                    .into_iter()
+                    .find(|i| i.envd_addr.ip() == addr.ip())?
+                    .spec
+                    .id;
+                match agent.runtime.connect_loopback(&id, addr.port()).await {
+                    Ok(Some(stream)) => Some(Ok(stream)),
+                    Ok(None) => None,
+                    Err(e) => Some(Err(std::io::Error::other(e.to_string()))),
+                }
+            })
+        });
+        ProxyState {
+            agent,
+            client: wrenn_http_proxy::client_with_fallback(fallback),
+        }
+    }
 }
 
 impl<R: Runtime> Clone for ProxyState<R> {

@@ -54,10 +54,8 @@ pub fn router<R: Runtime + TemplateList>(agent: Arc<Agent<R>>, token: String) ->
     axum::Router::new()
         .route(
             "/proxy/{*rest}",
-            axum::routing::any(crate::proxy::handle::<R>).with_state(crate::proxy::ProxyState {
-                agent,
-                client: wrenn_http_proxy::client(),
-            }),
+            axum::routing::any(crate::proxy::handle::<R>)
+                .with_state(crate::proxy::ProxyState::new(agent)),
         )
         .fallback_service(ConnectRpcService::new(connect))
         .layer(axum::middleware::from_fn_with_state(

@@ -8,23 +8,117 @@
 //! connections for as long as either side keeps it open. Server-sent events
 //! need nothing special: the response body is passed on chunk by chunk.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
 use axum::body::Body;
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-/// A pooled HTTP/1.1 client for upstreams (keep-alive, `TCP_NODELAY`).
-pub type Client = hyper_util::client::legacy::Client<HttpConnector, Body>;
+/// A pooled HTTP/1.1 client for upstreams (keep-alive, `TCP_NODELAY`),
+/// over plain TCP or, with [`FallbackConnector`], TCP with a second way in.
+pub type Client<C = HttpConnector> = hyper_util::client::legacy::Client<C, Body>;
 
-/// A new pooled client.
-pub fn client() -> Client {
+fn http_connector() -> HttpConnector {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+    connector
+}
+
+fn pooled<C: Connect + Clone>(connector: C) -> Client<C> {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_idle_timeout(std::time::Duration::from_secs(30))
         .build(connector)
+}
+
+/// A new pooled client.
+pub fn client() -> Client {
+    pooled(http_connector())
+}
+
+/// A new pooled client that, when an upstream's address refuses the
+/// connection, asks `fallback` for another connection to the same
+/// upstream (the agent: the sandbox's own loopback, for servers bound to
+/// 127.0.0.1 inside it). Connections made either way are pooled alike.
+pub fn client_with_fallback(fallback: Fallback) -> Client<FallbackConnector> {
+    pooled(FallbackConnector {
+        http: http_connector(),
+        fallback,
+    })
+}
+
+/// A second way to reach an upstream whose address refused: `None` when
+/// there is none (the refusal stands), else the connection or why not.
+pub type Fallback = Arc<
+    dyn Fn(SocketAddr) -> Pin<Box<dyn Future<Output = Option<std::io::Result<tokio::net::TcpStream>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// TCP connections, with a [`Fallback`] for refused ones.
+#[derive(Clone)]
+pub struct FallbackConnector {
+    http: HttpConnector,
+    fallback: Fallback,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Whether `e`, or what caused it, is a refused connection.
+fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+impl tower_service::Service<Uri> for FallbackConnector {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let direct = self.http.call(uri.clone());
+        let fallback = self.fallback.clone();
+        Box::pin(async move {
+            let e = match direct.await {
+                Ok(io) => return Ok(io),
+                Err(e) => e,
+            };
+            let addr = uri
+                .host()
+                .and_then(|h| h.trim_matches(['[', ']']).parse().ok())
+                .zip(uri.port_u16())
+                .map(|(ip, port)| SocketAddr::new(ip, port));
+            match addr {
+                Some(addr) if refused(&e) => match fallback(addr).await {
+                    Some(Ok(stream)) => {
+                        let _ = stream.set_nodelay(true);
+                        Ok(TokioIo::new(stream))
+                    }
+                    // The first refusal says it best.
+                    Some(Err(_)) | None => Err(e.into()),
+                },
+                _ => Err(e.into()),
+            }
+        })
+    }
 }
 
 /// Why a request could not be forwarded.
@@ -86,8 +180,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
 /// Sends `req` to `target` (an absolute `http://` URI) and returns the
 /// upstream's response, streaming. The request's `Host` header is kept, so
 /// the upstream sees the name the client used.
-pub async fn forward(
-    client: &Client,
+pub async fn forward<C: Connect + Clone + Send + Sync + 'static>(
+    client: &Client<C>,
     mut req: Request<Body>,
     target: Uri,
 ) -> Result<Response<Body>, ForwardError> {

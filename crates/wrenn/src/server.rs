@@ -53,6 +53,8 @@ pub struct FleetArgs {
     /// Seconds between reconciliations of the database with the agents.
     #[arg(long, env = "WRENN_RECONCILE_INTERVAL", default_value_t = 2)]
     reconcile_interval: u64,
+    #[command(flatten)]
+    overcommit: OvercommitArgs,
     /// Let teams register their own hosts at private addresses (10/8,
     /// 172.16/12, 192.168/16, 100.64/10, fc00::/7). Loopback, link-local and
     /// this machine's own addresses stay refused.
@@ -68,7 +70,7 @@ impl FleetArgs {
                 own: vec![listen],
             });
         app.scheduler =
-            wrenn_control_plane::hosts::scheduler(&self.scheduler).with_context(|| {
+            wrenn_control_plane::hosts::scheduler(&self.scheduler, self.overcommit.get()?).with_context(|| {
                 format!(
                     "--scheduler {}: use least-loaded or round-robin",
                     self.scheduler
@@ -78,6 +80,26 @@ impl FleetArgs {
         app.host_timeout = std::time::Duration::from_secs(self.host_timeout.max(1));
         app.reconcile_interval = std::time::Duration::from_secs(self.reconcile_interval.max(1));
         Ok(())
+    }
+}
+
+/// How far hosts' memory and disk may be promised, for `wrenn server` and
+/// `wrenn up`.
+#[derive(clap::Args, Debug)]
+pub struct OvercommitArgs {
+    /// Memory promised to sandboxes per MiB a host has (their limits are
+    /// caps, and idle sandboxes use little); 1 promises no more than there is.
+    #[arg(long, env = "WRENN_MEMORY_OVERCOMMIT", default_value_t = 1.0)]
+    memory_overcommit: f64,
+    /// Disk promised to sandboxes per free MiB a host has.
+    #[arg(long, env = "WRENN_DISK_OVERCOMMIT", default_value_t = 1.0)]
+    disk_overcommit: f64,
+}
+
+impl OvercommitArgs {
+    fn get(&self) -> anyhow::Result<wrenn_control_plane::hosts::Overcommit> {
+        wrenn_control_plane::hosts::Overcommit::new(self.memory_overcommit, self.disk_overcommit)
+            .map_err(|e| anyhow::anyhow!("--memory-overcommit/--disk-overcommit: {e}"))
     }
 }
 
@@ -133,6 +155,8 @@ pub struct UpArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     proxy: ProxyArgs,
+    #[command(flatten)]
+    overcommit: OvercommitArgs,
 }
 
 /// A secret kept in a 0600 file, made on first use.
@@ -267,6 +291,7 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
             "wrenn up runs sandboxes with namespaces, cgroups and veths: run it as root (sudo wrenn up)"
         );
     }
+    let overcommit = args.overcommit.get()?;
     let mut runtime_cfg = Config::new(data_dir.to_path_buf());
     // Before anything is touched: a second instance on this host would
     // take over the first one's sandboxes.
@@ -317,6 +342,8 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
         while tokio::net::TcpStream::connect(agent_addr).await.is_err() {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+        // What this machine has, as a registered agent would report it.
+        let specs = wrenn_host_agent::registration::Specs::of_this_machine(data_dir);
         store
             .upsert_host(&Host {
                 id: wrenn_control_plane::hosts::LOCAL_HOST_ID.into(),
@@ -326,10 +353,15 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
                 status: "online".into(),
                 created_at: now(),
                 last_seen_at: now(),
+                arch: specs.arch,
+                cpu_count: specs.cpu_count,
+                memory_mb: specs.memory_mb,
+                disk_mb: specs.disk_mb,
                 ..Default::default()
             })
             .await?;
         let mut app = App::new(store.clone(), secret.as_bytes());
+        app.scheduler = std::sync::Arc::new(wrenn_control_plane::hosts::LeastLoaded { overcommit });
         app.proxy = args.proxy.config(listen);
         let domain = app.proxy.domain.clone();
         let key = admin_key(&app, data_dir, &config_file, listen).await?;

@@ -261,7 +261,7 @@ pub async fn create_sandbox(app: &App, caller: &Caller, r: CreateReqPublic) -> A
         } else if candidates.is_empty() {
             "no host is online to run the sandbox; start an agent or register a host".to_string()
         } else {
-            "no online host has room for the sandbox (memory or disk); destroy sandboxes or add a host".to_string()
+            "no online host has room for the sandbox (memory or disk); destroy sandboxes, add a host, or let hosts promise more than they have (--memory-overcommit, --disk-overcommit)".to_string()
         };
         return Err(ApiError::unavailable("no_hosts_available", why));
     };

@@ -1047,6 +1047,30 @@ impl Store {
         Ok(())
     }
 
+    /// Like [`Store::update_sandbox`], but only if nobody changed the row
+    /// since `s` was read from it (same state, same `updated_at`); false
+    /// when someone did, and nothing was written. For writers that act on
+    /// what they read a while ago (reconciliation).
+    pub async fn update_sandbox_if_unchanged(&self, s: &Sandbox, read_state: &str) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query("UPDATE sandboxes SET state = $1, host_id = $2, envd_address = $3, envd_token = $4, error = $5, started_at = $6, last_active_at = $7, updated_at = $8, timeout_sec = $9, public_ports = $10 WHERE id = $11 AND state = $12 AND updated_at = $13")
+            .bind(&s.state)
+            .bind(&s.host_id)
+            .bind(&s.envd_address)
+            .bind(&s.envd_token)
+            .bind(&s.error)
+            .bind(s.started_at)
+            .bind(s.last_active_at)
+            .bind(now())
+            .bind(s.timeout_sec)
+            .bind(ports_text(&s.public_ports))
+            .bind(&s.id)
+            .bind(read_state)
+            .bind(s.updated_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Forgets a sandbox that never existed anywhere (a create its host
     /// refused as invalid).
     pub async fn delete_sandbox(&self, id: &str) -> Result<(), sqlx::Error> {

@@ -127,6 +127,16 @@ pub trait Runtime: Send + Sync + 'static {
     /// Resource use.
     fn usage(&self, id: &str) -> Result<Usage, RuntimeError>;
 
+    /// A connection to `port` on the sandbox's own loopback (127.0.0.1,
+    /// then ::1): how the proxy reaches a server that listens only there,
+    /// when the sandbox's address refused. `Ok(None)` when nothing listens
+    /// there either. Made when asked, so nothing watches for listeners.
+    fn connect_loopback(
+        &self,
+        id: &str,
+        port: u16,
+    ) -> impl Future<Output = Result<Option<tokio::net::TcpStream>, RuntimeError>> + Send;
+
     /// After a start: adopts sandboxes that still run, removes half-made or
     /// dead ones; returns the adopted.
     fn recover(&self) -> impl Future<Output = Result<Vec<Instance>, RuntimeError>> + Send;

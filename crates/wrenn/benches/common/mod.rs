@@ -31,6 +31,11 @@ pub struct Up {
 impl Up {
     /// Starts it with the test `base` template of `templates`.
     pub fn start(templates: &std::path::Path) -> Up {
+        Self::start_with(templates, &[])
+    }
+
+    /// Starts it with the test `base` template and `extra` flags of `up`.
+    pub fn start_with(templates: &std::path::Path, extra: &[&str]) -> Up {
         let data = scratch_data_dir(templates);
         let port = free_port();
         let config = data.join("cli.json");
@@ -39,6 +44,7 @@ impl Up {
             .arg(&data)
             .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--config"])
             .arg(&config)
+            .args(extra)
             .env("WRENN_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()

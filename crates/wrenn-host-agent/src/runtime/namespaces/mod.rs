@@ -12,6 +12,7 @@
 
 pub mod cgroup;
 pub mod init;
+pub mod limits;
 pub mod lock;
 pub mod loopdev;
 pub mod network;
@@ -276,6 +277,9 @@ impl NamespaceRuntime {
         // being a subreaper lets us reap them.
         rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
             .map_err(|e| failed("PR_SET_CHILD_SUBREAPER")(e.into()))?;
+        for e in limits::raise() {
+            tracing::warn!("could not raise a host limit, fewer sandboxes will fit: {e}");
+        }
         let resolvers = network::host_resolvers();
         network::install_firewall(&resolvers).map_err(|e| RuntimeError::Failed(e.to_string()))?;
         let net = Network::new().map_err(failed("opening netlink"))?;
@@ -565,7 +569,6 @@ impl NamespaceRuntime {
                 ("HOME".into(), "/root".into()),
                 ("ENVD_ACCESS_TOKEN".into(), token.clone()),
                 ("ENVD_LOG".into(), "envd=warn".into()),
-                ("ENVD_FORWARD_LOOPBACK_PORTS".into(), "true".into()),
                 ("ENVD_STATE_FILE".into(), init::ENVD_STATE_FILE.into()),
             ],
         };
@@ -923,6 +926,45 @@ fn sparse_copy(src: &Path, dst: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// On this thread, which it moves into the network namespace of the
+/// sandbox whose init is `pid` (started at `started`): a connection to
+/// `port` on 127.0.0.1, else on ::1; `None` when both refuse.
+fn connect_loopback_in(
+    pid: u32,
+    started: u64,
+    port: u16,
+) -> std::io::Result<Option<std::net::TcpStream>> {
+    // Open first, then check: the namespace is the right one even if the
+    // pid is reused right after.
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    if start_time(pid) != Some(started) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the sandbox's first process is gone",
+        ));
+    }
+    rustix::thread::move_into_link_name_space(
+        std::os::fd::AsFd::as_fd(&ns),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )?;
+    for ip in [
+        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+    ] {
+        let addr = std::net::SocketAddr::new(ip, port);
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(s) => return Ok(Some(s)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
 impl Runtime for NamespaceRuntime {
     fn name(&self) -> &'static str {
         "namespaces"
@@ -1021,6 +1063,47 @@ impl Runtime for NamespaceRuntime {
             .collect();
         v.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
         v
+    }
+
+    async fn connect_loopback(
+        &self,
+        id: &str,
+        port: u16,
+    ) -> Result<Option<tokio::net::TcpStream>, RuntimeError> {
+        let (pid, started) = {
+            let live = self.live.lock();
+            let r = &live
+                .get(id)
+                .ok_or_else(|| RuntimeError::NotFound(id.into()))?
+                .record;
+            if r.instance.state != RunState::Running {
+                return Err(RuntimeError::InvalidState(format!(
+                    "sandbox {id} is paused; resume it to reach port {port}"
+                )));
+            }
+            (r.instance.init_pid, r.init_start_time)
+        };
+        // A thread of its own: it leaves the host's network namespace for
+        // good, which no pooled thread may do.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("loopback-connect".into())
+            .spawn(move || {
+                let _ = tx.send(connect_loopback_in(pid, started, port));
+            })
+            .map_err(failed(format!("starting a thread to reach port {port} of {id}")))?;
+        let stream = rx
+            .await
+            .map_err(|_| RuntimeError::Failed(format!("reaching port {port} of {id}: the thread died")))?
+            .map_err(failed(format!("reaching port {port} on the loopback of {id}")))?;
+        let Some(stream) = stream else {
+            return Ok(None);
+        };
+        stream
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpStream::from_std(stream))
+            .map(Some)
+            .map_err(failed(format!("reaching port {port} on the loopback of {id}")))
     }
 
     fn usage(&self, id: &str) -> Result<Usage, RuntimeError> {
