@@ -20,7 +20,12 @@ pub mod templates;
 /// Writes `data` to `path` (with `mode`) through a temporary file beside it
 /// and a rename, so that a crash leaves the old file or the new one, never
 /// half of either.
-pub(crate) fn write_atomic(path: &std::path::Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+pub(crate) fn write_atomic(
+    path: &std::path::Path,
+    data: &[u8],
+    mode: u32,
+    durability: Durability,
+) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
@@ -31,6 +36,18 @@ pub(crate) fn write_atomic(path: &std::path::Path, data: &[u8], mode: u32) -> st
         .mode(mode)
         .open(&tmp)?;
     f.write_all(data)?;
-    f.sync_data()?;
+    if durability == Durability::Reboot {
+        f.sync_data()?;
+    }
     std::fs::rename(&tmp, path)
+}
+
+/// What a write done with [`write_atomic`] must survive.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Durability {
+    /// A crash of this process: the page cache keeps it (no fsync). For
+    /// what describes running processes, which a reboot ends anyway.
+    ProcessCrash,
+    /// A crash of the machine: flushed to disk before the rename.
+    Reboot,
 }

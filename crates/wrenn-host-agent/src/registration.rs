@@ -96,7 +96,7 @@ impl Credentials {
     /// Saves them (0600) by writing a new file and renaming it into place.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let data = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        crate::write_atomic(path, &data, 0o600)
+        crate::write_atomic(path, &data, 0o600, crate::Durability::Reboot)
     }
 }
 

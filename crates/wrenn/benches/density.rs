@@ -58,9 +58,9 @@ fn process_ticks(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Context switches so far of every process in the cgroups under
-/// `parent` (the sandboxes'): each wake-up is one.
-fn sandbox_switches(parent: &str) -> u64 {
+/// (context switches, CPU ticks) so far of every process in the cgroups
+/// under `parent` (the sandboxes'): each wake-up is one switch.
+fn sandbox_switches(parent: &str) -> (u64, u64) {
     let mut pids = HashSet::new();
     for controller in ["pids", "memory", "unified"] {
         let root = format!("/sys/fs/cgroup/{controller}/{parent}");
@@ -81,7 +81,9 @@ fn sandbox_switches(parent: &str) -> u64 {
             break;
         }
     }
-    pids.into_iter()
+    let ticks = pids.iter().map(|p| process_ticks(*p)).sum();
+    let switches = pids
+        .into_iter()
         .filter_map(|p| std::fs::read_dir(format!("/proc/{p}/task")).ok())
         .flat_map(|tasks| tasks.flatten())
         .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
@@ -91,7 +93,8 @@ fn sandbox_switches(parent: &str) -> u64 {
                 .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
                 .collect::<Vec<_>>()
         })
-        .sum()
+        .sum();
+    (switches, ticks)
 }
 
 async fn create(http: &Http, up: &Up) -> Result<String, String> {
@@ -222,15 +225,17 @@ async fn main() {
     let s1 = sandbox_switches(parent);
     let u1 = process_ticks(up_pid);
     let busy = (b1 - b0) as f64 / (t1 - t0).max(1) as f64 * 100.0;
-    // Of all CPUs, as the host figure (ticks of one process vs all CPUs').
-    let up_share = (u1 - u0) as f64 / (t1 - t0).max(1) as f64 * 100.0;
+    // Of all CPUs, as the host figure (ticks of processes vs all CPUs').
+    let share = |ticks: u64| ticks as f64 / (t1 - t0).max(1) as f64 * 100.0;
     println!(
-        "  host CPU busy, all idle, 10 s       {busy:>9.1} %    (goal <= 5; {baseline:.1} % before any sandbox; wrenn up itself {up_share:.1} %)"
+        "  host CPU busy, all idle, 10 s       {busy:>9.1} %    (goal <= 5; {baseline:.1} % before any sandbox; wrenn up {:.1} %, the sandboxes' processes {:.1} %)",
+        share(u1 - u0),
+        share(s1.1 - s0.1)
     );
     println!(
         "  sandboxes' own wake-ups              {:>9.2} /s per sandbox ({} in 10 s)",
-        (s1 - s0) as f64 / 10.0 / made as f64,
-        s1 - s0
+        (s1.0 - s0.0) as f64 / 10.0 / made as f64,
+        s1.0 - s0.0
     );
     let per = (mem_before - mem_available_mib()) / (made - 1).max(1) as f64;
     println!("  host memory per idle sandbox         {per:>9.2} MiB  (goal <= 1)");

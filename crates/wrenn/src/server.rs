@@ -394,11 +394,19 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
         })
         .await;
         eprintln!("stopping: destroying this host's sandboxes");
-        for inst in runtime.list() {
-            if let Err(e) = agent.destroy(&inst.spec.id).await {
-                eprintln!("destroying {}: {e}", inst.spec.id);
-            }
-        }
+        // Several at once: each waits mostly on the kernel (unmounts,
+        // namespaces going away).
+        use futures::StreamExt;
+        futures::stream::iter(runtime.list())
+            .for_each_concurrent(8, |inst| {
+                let agent = agent.clone();
+                async move {
+                    if let Err(e) = agent.destroy(&inst.spec.id).await {
+                        eprintln!("destroying {}: {e}", inst.spec.id);
+                    }
+                }
+            })
+            .await;
         for mut s in store.sandboxes_on_host(wrenn_control_plane::hosts::LOCAL_HOST_ID).await.unwrap_or_default() {
             s.state = "stopped".into();
             let _ = store.update_sandbox(&s).await;

@@ -1,6 +1,7 @@
 //! Many idle sandboxes on one host, scaled down from the `density`
 //! benchmark: 200 sandboxes of 128 MiB created through the REST API by 8
-//! clients at once (`wrenn server` in front of a real agent) all succeed,
+//! clients at once (`wrenn server` in front of a real agent, reconciling
+//! every second) all succeed and stay running,
 //! exec latency with all of them alive stays near what it is with one,
 //! idle sandboxes do not keep the host busy, and destroying them leaves
 //! nothing on the host.
@@ -56,7 +57,16 @@ async fn two_hundred_idle_sandboxes_keep_exec_flat_and_leave_nothing() {
     let agent_addr = format!("127.0.0.1:{}", agent.port);
     let server = ServerProc::start(
         "density",
-        &["--agent", &agent_addr, "--agent-token", &agent.token],
+        // Reconciliation every second, racing the creates: none of them
+        // may be taken for an orphan.
+        &[
+            "--agent",
+            &agent_addr,
+            "--agent-token",
+            &agent.token,
+            "--reconcile-interval",
+            "1",
+        ],
     );
     let http = http_client();
     let base = server.base();
@@ -121,6 +131,12 @@ async fn two_hundred_idle_sandboxes_keep_exec_flat_and_leave_nothing() {
         }
         // Idle means idle: the host is not kept busy by 200 sleeping sandboxes.
         tokio::time::sleep(Duration::from_secs(2)).await;
+        let (st, body) = call(&http, "GET", &format!("{base}/v1/sandboxes"), &h, None).await;
+        let listed: Vec<Value> = serde_json::from_str(&body).unwrap_or_default();
+        let running = listed.iter().filter(|s| s["status"] == "running").count();
+        if st != 200 || running != SANDBOXES {
+            return Err(format!("{running} of {SANDBOXES} running after the creates: {st}"));
+        }
         let (b0, t0) = cpu_jiffies();
         tokio::time::sleep(Duration::from_secs(5)).await;
         let (b1, t1) = cpu_jiffies();

@@ -338,10 +338,14 @@ impl NamespaceRuntime {
 
     fn save(&self, id: &str, record: &Record) -> Result<(), RuntimeError> {
         let p = self.dir(id).join("runtime.json");
+        // A record describes live processes: a reboot ends them, so it
+        // needs to outlive only a crash of the agent (no fsync, which costs
+        // milliseconds per create on a busy disk).
         crate::write_atomic(
             &p,
             &serde_json::to_vec_pretty(record).expect("record serializes"),
             0o644,
+            crate::Durability::ProcessCrash,
         )
         .map_err(failed(format!("writing {}", p.display())))
     }
