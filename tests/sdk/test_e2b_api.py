@@ -332,6 +332,10 @@ def test_proxy_reaches_http_and_websocket_servers_in_a_sandbox(wrenn_up):
             r = httpx.get(f"{base}/", headers={"Host": f"8000-sb-nosuch.localhost:{port}", **headers})
             assert r.status_code == 404, r.text
             assert (r.json()["error"]["code"] == "not_found") if shape == "native" else (r.json()["code"] == 404)
+        # A browser's first visit keeps its cookie even when nothing listens yet.
+        r = get(8999, {}, path=f"/?wrenn_traffic_token={e2b['e2b-traffic-access-token']}")
+        assert r.status_code == 502 and r.json()["error"]["code"] == "port_not_open", r.text
+        assert r.headers.get("set-cookie", "").startswith("wrenn-traffic-token="), r.headers
         # What the app answers passes untouched, even when it looks like ours.
         r = _until(lambda: _try(lambda: get(8765, h, path="/fail")), timeout=15)
         assert r.status_code == 502 and r.json() == {"code": "port_not_open", "message": "the app says so"}

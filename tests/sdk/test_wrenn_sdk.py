@@ -67,6 +67,8 @@ def test_another_team_sees_nothing(wrenn_up):
         token = r.json()["token"]
         other_key = httpx.post(f"{base}/v1/api-keys", headers={"Authorization": f"Bearer {token}"}, json={"name": "eve"}).json()["key"]
         theirs = httpx.Client(base_url=base, headers={"X-API-Key": other_key}, timeout=30)
+        # Templates, but not which (shared) hosts have them: host ids are for admins.
+        assert theirs.get("/v1/templates").json() == [{"name": "base", "type": "base", "hosts": []}]
         routes = [
             ("GET", f"/v1/sandboxes/{sid}", None),
             ("DELETE", f"/v1/sandboxes/{sid}", None),

@@ -68,14 +68,20 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        // 500s are our bugs; other 5xx (no host, host down) are conditions.
+impl ApiError {
+    /// Logs a 5xx: 500s are our bugs; other 5xx (no host, host down) are
+    /// conditions worth a warning.
+    pub fn log(&self) {
         if self.status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(code = self.code, "{}", self.message);
         } else if self.status.is_server_error() {
             tracing::warn!(code = self.code, "{}", self.message);
         }
+    }
+
+    /// The response, without logging (for errors that are the caller's or
+    /// a sandbox's business, such as a port nothing listens on).
+    pub fn quiet_response(self) -> Response {
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
         let mut resp = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
@@ -83,6 +89,13 @@ impl IntoResponse for ApiError {
                 .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
         }
         resp
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.log();
+        self.quiet_response()
     }
 }
 

@@ -317,7 +317,8 @@ impl Scheduler for RoundRobin {
 
 /// The host whose most loaded resource (vcpus, memory, disk given to its
 /// sandboxes, against what it reported) stays lowest with the new sandbox.
-/// Memory and disk are not overcommitted; CPUs are. Hosts that reported no
+/// Memory and disk are promised up to `overcommit` times a host's (1 by
+/// default: not overcommitted); CPUs are overcommitted. Hosts that reported no
 /// capacity (static agents) count 1 CPU, 1 GiB and 10 GiB per sandbox slot
 /// of 64.
 #[derive(Debug, Clone, Copy, Default)]

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -164,20 +164,30 @@ impl Family {
         }
     }
 
-    /// `e`, about port `port` of sandbox `id`, in this family's shape.
+    /// `e`, about port `port` of sandbox `id`, in this family's shape; not
+    /// logged (the caller logs what is the platform's business).
     fn answer(self, id: &str, port: u16, e: ApiError) -> Response {
         match self {
-            Family::Native => e.into_response(),
+            Family::Native => e.quiet_response(),
             Family::E2b => {
-                if e.status.is_server_error() {
-                    tracing::warn!(code = e.code, "{}", e.message);
-                }
-                wrenn_http_proxy::text(
+                let retry_after = e.retry_after;
+                let mut resp = wrenn_http_proxy::text(
                     e.status,
                     json!({ "code": e.status.as_u16(), "message": e.message, "sandboxId": id, "port": port }),
-                )
+                );
+                if let Some(secs) = retry_after {
+                    resp.headers_mut()
+                        .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+                }
+                resp
             }
         }
+    }
+
+    /// [`Family::answer`] for the proxy's own errors, logged as the API's are.
+    fn refuse(self, id: &str, port: u16, e: ApiError) -> Response {
+        e.log();
+        self.answer(id, port, e)
     }
 }
 
@@ -192,7 +202,7 @@ pub async fn intercept(State(app): State<App>, req: Request, next: Next) -> Resp
     match target(req.headers()) {
         None => next.run(req).await,
         Some(Err(message)) => {
-            Family::of(req.headers()).answer("", 0, ApiError::bad_request(message))
+            Family::of(req.headers()).refuse("", 0, ApiError::bad_request(message))
         }
         Some(Ok((id, port))) => handle(app, req, id, port).await,
     }
@@ -383,13 +393,16 @@ async fn handle(app: App, mut req: Request, id: String, port: u16) -> Response {
     let family = Family::of(req.headers());
     match forward(&app, &mut req, &id, port).await {
         Ok(resp) => match resp.headers().get(PROXY_ERROR_HEADER) {
-            // The agent's own error: in the caller's shape.
+            // The agent's own error (a port nothing listens on, an app
+            // that failed): in the caller's shape, not logged, with the
+            // cookie the proxy was setting.
             Some(code) => {
                 let code = proxy_error::ALL
                     .into_iter()
                     .find(|c| code.as_bytes() == c.as_bytes())
                     .unwrap_or(proxy_error::UPSTREAM_FAILED);
                 let status = resp.status();
+                let resp_cookie = resp.headers().get(http::header::SET_COOKIE).cloned();
                 let body = axum::body::to_bytes(resp.into_body(), AGENT_ERROR_MAX_BYTES)
                     .await
                     .unwrap_or_default();
@@ -397,11 +410,16 @@ async fn handle(app: App, mut req: Request, id: String, port: u16) -> Response {
                     .ok()
                     .and_then(|v| v["message"].as_str().map(str::to_string))
                     .unwrap_or_else(|| format!("the host of sandbox {id} answered {status}"));
-                family.answer(&id, port, ApiError::new(status, code, message))
+                let cookie = resp_cookie;
+                let mut out = family.answer(&id, port, ApiError::new(status, code, message));
+                if let Some(c) = cookie {
+                    out.headers_mut().append(http::header::SET_COOKIE, c);
+                }
+                out
             }
             None => resp,
         },
-        Err(e) => family.answer(&id, port, e),
+        Err(e) => family.refuse(&id, port, e),
     }
 }
 

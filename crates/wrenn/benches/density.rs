@@ -72,9 +72,15 @@ fn sandbox_switches(parent: &str) -> (u64, u64) {
         let Ok(dirs) = std::fs::read_dir(&root) else {
             continue;
         };
-        for d in dirs.flatten() {
-            if let Ok(procs) = std::fs::read_to_string(d.path().join("cgroup.procs")) {
-                pids.extend(procs.lines().filter_map(|p| p.parse::<u32>().ok()));
+        // Each sandbox's cgroup, and its leaves (`envd`, `work`).
+        for d in dirs.flatten().filter(|d| d.path().is_dir()) {
+            let leaves = std::fs::read_dir(d.path())
+                .map(|l| l.flatten().map(|l| l.path()).filter(|l| l.is_dir()).collect::<Vec<_>>())
+                .unwrap_or_default();
+            for dir in std::iter::once(d.path()).chain(leaves) {
+                if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                    pids.extend(procs.lines().filter_map(|p| p.parse::<u32>().ok()));
+                }
             }
         }
         if !pids.is_empty() {
@@ -224,6 +230,7 @@ async fn main() {
     let (b1, t1) = cpu_jiffies();
     let s1 = sandbox_switches(parent);
     let u1 = process_ticks(up_pid);
+    assert!(s0.0 > 0, "found no sandbox processes under the cgroup parent {parent}");
     let busy = (b1 - b0) as f64 / (t1 - t0).max(1) as f64 * 100.0;
     // Of all CPUs, as the host figure (ticks of processes vs all CPUs').
     let share = |ticks: u64| ticks as f64 / (t1 - t0).max(1) as f64 * 100.0;

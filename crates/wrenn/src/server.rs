@@ -371,7 +371,7 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
         let key_ref = if stdout_is_terminal() {
             key.clone()
         } else {
-            format!("\"$(cat {})\"", key_file.display())
+            format!("\"$(cat '{}')\"", key_file.display().to_string().replace('\'', "'\\''"))
         };
         let base = format!("http://{listen}");
         // The API listener is bound (above): what follows works as printed.
@@ -487,8 +487,8 @@ const ADMIN_PASSWORD_FILE: &str = "admin-password";
 const API_KEY_FILE: &str = "api-key";
 
 /// The admin's API key: the stored CLI login if it still works, else a new
-/// key (creating admin, team on first start). Saves the CLI login and the
-/// key in `<data dir>/api-key`.
+/// key (creating admin, team on first start). Saves the CLI login (the
+/// caller keeps the key in `<data dir>/api-key`).
 async fn admin_key(
     app: &App,
     app_data_dir: &Path,

@@ -1174,27 +1174,36 @@ pub(super) async fn delete_template(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/templates", tag = "templates", responses((status = 200, description = "Templates the online hosts have: `[{name, type, hosts}]`")), security(("api_key" = []), ("bearer" = [])))]
-/// GET /v1/templates: what the online hosts can start, each with the ids
-/// of the hosts that have it.
+#[utoipa::path(get, path = "/v1/templates", tag = "templates", responses((status = 200, description = "Templates the caller's online hosts have: `[{name, type, hosts}]` (host ids for admins and the team's own hosts)")), security(("api_key" = []), ("bearer" = [])))]
+/// GET /v1/templates: what the online hosts the caller can use (shared and
+/// its team's) can start, each with the ids of the hosts that have it that
+/// the caller may see (all for admins, else its team's own).
 pub(super) async fn list_templates(
     State(app): State<App>,
-    _caller: Caller,
+    caller: Caller,
 ) -> ApiResult<Json<Value>> {
     let mut names: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    // The hosts the caller's sandboxes can go to: shared ones and its team's.
     for h in app
         .store
         .hosts()
         .await?
         .into_iter()
         .filter(|h| h.status == "online")
+        .filter(|h| h.team_id.is_empty() || h.team_id == caller.team_id)
     {
         let Ok(client) = app.hosts.client(&h).await else {
             continue;
         };
         if let Ok(info) = client.get_host(pb::GetHostRequest::default()).await {
+            // Host ids are for admins and for the team's own hosts, as
+            // `GET /v1/hosts` shows them.
+            let shown = caller.is_admin || !h.team_id.is_empty();
             for n in info.into_owned().templates {
-                names.entry(n).or_default().push(h.id.clone());
+                let hosts = names.entry(n).or_default();
+                if shown {
+                    hosts.push(h.id.clone());
+                }
             }
         }
     }

@@ -1188,7 +1188,8 @@ impl Store {
 /// Creates the SQLite file of `url` readable by its owner only (0600)
 /// before SQLite opens it: it holds password hashes and the agents'
 /// credentials. SQLite gives its `-wal` and `-shm` files the same mode.
-/// An existing file, or a URL without a file (`:memory:`), is left alone.
+/// An existing file (and those) is made 0600; a URL without a file
+/// (`:memory:`) is left alone.
 fn private_sqlite_file(url: &str) {
     use std::os::unix::fs::OpenOptionsExt;
     let path = url
@@ -1197,7 +1198,15 @@ fn private_sqlite_file(url: &str) {
         .split('?')
         .next()
         .unwrap_or_default();
-    if path.is_empty() || path.starts_with(':') || std::path::Path::new(path).exists() {
+    if path.is_empty() || path.starts_with(':') {
+        return;
+    }
+    if std::path::Path::new(path).exists() {
+        // Made by an older version, perhaps readable by all: no longer.
+        use std::os::unix::fs::PermissionsExt;
+        for f in [path.to_string(), format!("{path}-wal"), format!("{path}-shm")] {
+            let _ = std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600));
+        }
         return;
     }
     // If this fails, SQLite's own open reports the error.

@@ -47,14 +47,35 @@ pub fn raise() -> Vec<String> {
     failed
 }
 
+/// The open-files limit the agent started with, which sandboxes get back.
+static STARTED_WITH: std::sync::OnceLock<rustix::process::Rlimit> = std::sync::OnceLock::new();
+
 /// The soft open-files limit up to the hard one.
 fn raise_nofile() -> std::io::Result<()> {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut l = getrlimit(Resource::Nofile);
+    let _ = STARTED_WITH.set(l.clone());
     // The soft limit is never above the hard one (`None` is unlimited).
     if l.current != l.maximum {
         l.current = l.maximum;
         setrlimit(Resource::Nofile, l)?;
     }
     Ok(())
+}
+
+/// Makes `cmd`'s process start with the open-files limit the agent
+/// started with, not the raised one: what runs in a sandbox (programs that
+/// `select()` or close every descriptor up to the limit) expects the usual.
+pub fn give_back_nofile(cmd: &mut tokio::process::Command) {
+    let Some(l) = STARTED_WITH.get().cloned() else {
+        return;
+    };
+    // SAFETY: between fork and exec only setrlimit runs, a plain system
+    // call (async-signal-safe); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::setrlimit(rustix::process::Resource::Nofile, l.clone())
+                .map_err(std::io::Error::from)
+        });
+    }
 }

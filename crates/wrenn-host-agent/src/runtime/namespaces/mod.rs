@@ -113,6 +113,8 @@ pub struct NamespaceRuntime {
     cgroups: Box<dyn Cgroups>,
     net: Network,
     slots: Slots,
+    /// Bounds the threads that make sockets inside sandboxes' namespaces.
+    loopback_threads: tokio::sync::Semaphore,
     templates: TemplateStore,
     resolvers: Vec<std::net::Ipv4Addr>,
     live: Mutex<HashMap<String, Live>>,
@@ -312,6 +314,7 @@ impl NamespaceRuntime {
                 cgroups: cgroup::detect(&cfg.cgroup_parent),
                 net,
                 slots: Slots::default(),
+                loopback_threads: tokio::sync::Semaphore::new(LOOPBACK_THREADS),
                 templates,
                 resolvers,
                 live: Mutex::new(HashMap::new()),
@@ -576,12 +579,14 @@ impl NamespaceRuntime {
                 ("ENVD_STATE_FILE".into(), init::ENVD_STATE_FILE.into()),
             ],
         };
-        let mut child = tokio::process::Command::new(&self.cfg.init_exe)
-            .arg("__sandbox-init")
+        let mut init = tokio::process::Command::new(&self.cfg.init_exe);
+        init.arg("__sandbox-init")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        limits::give_back_nofile(&mut init);
+        let mut child = init
             .spawn()
             .map_err(failed(format!("starting {}", self.cfg.init_exe.display())))?;
         let mut stdin = child.stdin.take().expect("piped");
@@ -930,14 +935,15 @@ fn sparse_copy(src: &Path, dst: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// On this thread, which it moves into the network namespace of the
-/// sandbox whose init is `pid` (started at `started`): a connection to
-/// `port` on 127.0.0.1, else on ::1; `None` when both refuse.
-fn connect_loopback_in(
+/// Sockets for 127.0.0.1 and ::1 made inside the network namespace of the
+/// sandbox whose init is `pid` (started at `started`), on this thread,
+/// which it moves there for good. A socket stays in the namespace it was
+/// made in: the caller connects it, anywhere. Quick: no connect here, so a
+/// server that never accepts cannot hold the thread.
+fn loopback_sockets_in(
     pid: u32,
     started: u64,
-    port: u16,
-) -> std::io::Result<Option<std::net::TcpStream>> {
+) -> std::io::Result<[std::os::fd::OwnedFd; 2]> {
     // Open first, then check: the namespace is the right one even if the
     // pid is reused right after.
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
@@ -951,23 +957,24 @@ fn connect_loopback_in(
         std::os::fd::AsFd::as_fd(&ns),
         Some(rustix::thread::LinkNameSpaceType::Network),
     )?;
-    for ip in [
-        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-        std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-    ] {
-        let addr = std::net::SocketAddr::new(ip, port);
-        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-            Ok(s) => return Ok(Some(s)),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
-                ) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(None)
+    let socket = |family| {
+        rustix::net::socket_with(
+            family,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+            None,
+        )
+    };
+    Ok([
+        socket(rustix::net::AddressFamily::INET)?,
+        socket(rustix::net::AddressFamily::INET6)?,
+    ])
 }
+
+/// How many threads at once may be entering sandboxes' namespaces for the
+/// proxy (each lives for microseconds; the bound keeps a flood of
+/// connections to loopback-only servers from piling threads up).
+const LOOPBACK_THREADS: usize = 16;
 
 impl Runtime for NamespaceRuntime {
     fn name(&self) -> &'static str {
@@ -1087,27 +1094,46 @@ impl Runtime for NamespaceRuntime {
             }
             (r.instance.init_pid, r.init_start_time)
         };
-        // A thread of its own: it leaves the host's network namespace for
-        // good, which no pooled thread may do.
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("loopback-connect".into())
-            .spawn(move || {
-                let _ = tx.send(connect_loopback_in(pid, started, port));
-            })
-            .map_err(failed(format!("starting a thread to reach port {port} of {id}")))?;
-        let stream = rx
-            .await
-            .map_err(|_| RuntimeError::Failed(format!("reaching port {port} of {id}: the thread died")))?
-            .map_err(failed(format!("reaching port {port} on the loopback of {id}")))?;
-        let Some(stream) = stream else {
-            return Ok(None);
+        let why = |what: &str| format!("reaching port {port} on the loopback of {id}: {what}");
+        let sockets = {
+            let _slot = self
+                .loopback_threads
+                .acquire()
+                .await
+                .map_err(|_| RuntimeError::Failed(why("the runtime is stopping")))?;
+            // A thread of its own: it leaves the host's network namespace
+            // for good, which no pooled thread may do.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            std::thread::Builder::new()
+                .name("loopback-socket".into())
+                .spawn(move || {
+                    let _ = tx.send(loopback_sockets_in(pid, started));
+                })
+                .map_err(failed(why("starting a thread")))?;
+            rx.await
+                .map_err(|_| RuntimeError::Failed(why("the thread died")))?
+                .map_err(failed(why("making a socket in its namespace")))?
         };
-        stream
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::TcpStream::from_std(stream))
-            .map(Some)
-            .map_err(failed(format!("reaching port {port} on the loopback of {id}")))
+        let [v4, v6] = sockets;
+        for (fd, ip) in [
+            (v4, std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+            (v6, std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)),
+        ] {
+            let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+            let addr = SocketAddr::new(ip, port);
+            match tokio::time::timeout(Duration::from_secs(2), socket.connect(addr)).await {
+                Ok(Ok(stream)) => return Ok(Some(stream)),
+                Ok(Err(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::AddrNotAvailable
+                    ) => {}
+                Ok(Err(e)) => return Err(failed(why("connecting"))(e)),
+                Err(_) => return Err(RuntimeError::Failed(why("the server did not accept within 2 s"))),
+            }
+        }
+        Ok(None)
     }
 
     fn usage(&self, id: &str) -> Result<Usage, RuntimeError> {
