@@ -1,7 +1,7 @@
 //! Many idle sandboxes on one host, printed: `cargo bench -p wrenn --bench
 //! density` (root; needs the test template).
 //!
-//! Starts `wrenn up --memory-overcommit 8 --disk-overcommit 8` on a scratch
+//! Starts `wrenn up --memory-overcommit 8 --disk-overcommit 32` on a scratch
 //! data dir and, through the REST API, creates `WRENN_BENCH_SANDBOXES`
 //! (default 1,000) sandboxes of 128 MiB (256 MiB of disk) with 8 clients, then measures with all of them alive and idle:
 //! host CPU busy over 10 s, the wake-ups of the sandboxes' own processes,
@@ -165,7 +165,7 @@ async fn main() {
         .unwrap_or(1000);
     let up = Arc::new(Up::start_with(
         &templates,
-        &["--memory-overcommit", "8", "--disk-overcommit", "8"],
+        &["--memory-overcommit", "8", "--disk-overcommit", "32"],
     ));
     let http = http_client();
     println!("density benchmark: {n} idle sandboxes of 128 MiB through wrenn up, {CLIENTS} clients");

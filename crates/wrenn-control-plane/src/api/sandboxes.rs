@@ -744,7 +744,7 @@ pub(super) async fn exec(
     if r.cmd.is_empty() {
         return Err(ApiError::bad_request("cmd: must not be empty"));
     }
-    let (mut s, agent) = running(&app, &caller, &id).await?;
+    let (s, agent) = running(&app, &caller, &id).await?;
     let timeout_sec = r.timeout_sec.unwrap_or(if r.background { 0 } else { 60 });
     let req = pb::ExecRequest {
         sandbox_id: id.clone(),
@@ -760,8 +760,7 @@ pub(super) async fn exec(
     };
     if r.background {
         let out = agent.exec(req).await?.into_owned();
-        s.last_active_at = now();
-        let _ = app.store.update_sandbox(&s).await;
+        let _ = app.store.touch_sandbox(&s.id, now()).await;
         return Ok(Json(
             json!({ "sandbox_id": id, "pid": out.pid, "tag": r.tag.unwrap_or_default() }),
         )
@@ -812,8 +811,8 @@ pub(super) async fn exec(
         }
         truncated[i] |= take < bytes.len();
     }
-    s.last_active_at = now();
-    let _ = app.store.update_sandbox(&s).await;
+    // Only the use: a pause or destroy during the exec stands.
+    let _ = app.store.touch_sandbox(&s.id, now()).await;
     let [stdout, stderr] = kept;
     let (stdout, stderr, encoding) = text_or_base64(stdout, stderr);
     let cmd = std::iter::once(r.cmd)

@@ -1047,6 +1047,18 @@ impl Store {
         Ok(())
     }
 
+    /// Records that a sandbox was used at `at` (its `last_active_at`), and
+    /// nothing else: a caller that read the row before a long call (an
+    /// exec) must not write back a state that changed meanwhile.
+    pub async fn touch_sandbox(&self, id: &str, at: i64) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE sandboxes SET last_active_at = $1 WHERE id = $2")
+            .bind(at)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Like [`Store::update_sandbox`], but only if nobody changed the row
     /// since `s` was read from it (same state, same `updated_at`); false
     /// when someone did, and nothing was written. For writers that act on
