@@ -70,7 +70,7 @@ impl FleetArgs {
                 own: vec![listen],
             });
         app.scheduler =
-            wrenn_control_plane::hosts::scheduler(&self.scheduler, self.overcommit.get()?).with_context(|| {
+            wrenn_control_plane::hosts::scheduler(&self.scheduler, self.overcommit.get(SERVER_OVERCOMMIT)?).with_context(|| {
                 format!(
                     "--scheduler {}: use least-loaded or round-robin",
                     self.scheduler
@@ -88,18 +88,29 @@ impl FleetArgs {
 #[derive(clap::Args, Debug)]
 pub struct OvercommitArgs {
     /// Memory promised to sandboxes per MiB a host has (their limits are
-    /// caps, and idle sandboxes use little); 1 promises no more than there is.
-    #[arg(long, env = "WRENN_MEMORY_OVERCOMMIT", default_value_t = 1.0)]
-    memory_overcommit: f64,
-    /// Disk promised to sandboxes per free MiB a host has.
-    #[arg(long, env = "WRENN_DISK_OVERCOMMIT", default_value_t = 1.0)]
-    disk_overcommit: f64,
+    /// caps, and idle sandboxes use little); 1 promises no more than there
+    /// is. Default: 1 for `wrenn server`, 4 for `wrenn up`.
+    #[arg(long, env = "WRENN_MEMORY_OVERCOMMIT")]
+    memory_overcommit: Option<f64>,
+    /// Disk promised to sandboxes per free MiB a host has (their disks are
+    /// sparse). Default: 1 for `wrenn server`, 8 for `wrenn up`.
+    #[arg(long, env = "WRENN_DISK_OVERCOMMIT")]
+    disk_overcommit: Option<f64>,
 }
 
+/// `wrenn server`'s: a fleet's operator decides how far to promise.
+const SERVER_OVERCOMMIT: (f64, f64) = (1.0, 1.0);
+/// `wrenn up`'s: one machine, mostly idle sandboxes with sparse disks;
+/// about what it allowed before it counted its real capacity.
+const UP_OVERCOMMIT: (f64, f64) = (4.0, 8.0);
+
 impl OvercommitArgs {
-    fn get(&self) -> anyhow::Result<wrenn_control_plane::hosts::Overcommit> {
-        wrenn_control_plane::hosts::Overcommit::new(self.memory_overcommit, self.disk_overcommit)
-            .map_err(|e| anyhow::anyhow!("--memory-overcommit/--disk-overcommit: {e}"))
+    fn get(&self, (memory, disk): (f64, f64)) -> anyhow::Result<wrenn_control_plane::hosts::Overcommit> {
+        wrenn_control_plane::hosts::Overcommit::new(
+            self.memory_overcommit.unwrap_or(memory),
+            self.disk_overcommit.unwrap_or(disk),
+        )
+        .map_err(|e| anyhow::anyhow!("--memory-overcommit/--disk-overcommit: {e}"))
     }
 }
 
@@ -291,7 +302,7 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
             "wrenn up runs sandboxes with namespaces, cgroups and veths: run it as root (sudo wrenn up)"
         );
     }
-    let overcommit = args.overcommit.get()?;
+    let overcommit = args.overcommit.get(UP_OVERCOMMIT)?;
     let mut runtime_cfg = Config::new(data_dir.to_path_buf());
     // Before anything is touched: a second instance on this host would
     // take over the first one's sandboxes.
