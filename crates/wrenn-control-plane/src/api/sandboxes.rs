@@ -1581,10 +1581,15 @@ pub(super) mod ws {
             }
         };
         // Whichever side ends first ends the session; the process lives on
-        // unless it exited or was killed.
+        // unless it exited or was killed. When the output side ends first
+        // (the client is closing), what the client sent before its close
+        // (a resize, last keystrokes) is still carried out, for 2 s at most.
+        tokio::pin!(output, input);
         tokio::select! {
-            _ = output => {}
-            _ = input => {}
+            _ = &mut output => {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut input).await;
+            }
+            _ = &mut input => {}
         }
     }
 }
