@@ -1030,7 +1030,17 @@ impl Store {
 
     /// Writes every mutable field of a sandbox.
     pub async fn update_sandbox(&self, s: &Sandbox) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE sandboxes SET state = $1, host_id = $2, envd_address = $3, envd_token = $4, error = $5, started_at = $6, last_active_at = $7, updated_at = $8, timeout_sec = $9, public_ports = $10 WHERE id = $11")
+        self.write_sandbox(s, None).await.map(|_| ())
+    }
+
+    /// Writes every mutable field of `s`; with `guard` (state, updated_at)
+    /// only if the row still has them. Whether a row was written.
+    async fn write_sandbox(&self, s: &Sandbox, guard: Option<(&str, i64)>) -> Result<bool, sqlx::Error> {
+        let sql = match guard {
+            None => "UPDATE sandboxes SET state = $1, host_id = $2, envd_address = $3, envd_token = $4, error = $5, started_at = $6, last_active_at = $7, updated_at = $8, timeout_sec = $9, public_ports = $10 WHERE id = $11",
+            Some(_) => "UPDATE sandboxes SET state = $1, host_id = $2, envd_address = $3, envd_token = $4, error = $5, started_at = $6, last_active_at = $7, updated_at = $8, timeout_sec = $9, public_ports = $10 WHERE id = $11 AND state = $12 AND updated_at = $13",
+        };
+        let mut q = sqlx::query(sql)
             .bind(&s.state)
             .bind(&s.host_id)
             .bind(&s.envd_address)
@@ -1041,10 +1051,11 @@ impl Store {
             .bind(now())
             .bind(s.timeout_sec)
             .bind(ports_text(&s.public_ports))
-            .bind(&s.id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+            .bind(&s.id);
+        if let Some((state, updated_at)) = guard {
+            q = q.bind(state).bind(updated_at);
+        }
+        Ok(q.execute(&self.pool).await?.rows_affected() == 1)
     }
 
     /// Records that a sandbox was used at `at` (its `last_active_at`), and
@@ -1064,23 +1075,7 @@ impl Store {
     /// when someone did, and nothing was written. For writers that act on
     /// what they read a while ago (reconciliation).
     pub async fn update_sandbox_if_unchanged(&self, s: &Sandbox, read_state: &str) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query("UPDATE sandboxes SET state = $1, host_id = $2, envd_address = $3, envd_token = $4, error = $5, started_at = $6, last_active_at = $7, updated_at = $8, timeout_sec = $9, public_ports = $10 WHERE id = $11 AND state = $12 AND updated_at = $13")
-            .bind(&s.state)
-            .bind(&s.host_id)
-            .bind(&s.envd_address)
-            .bind(&s.envd_token)
-            .bind(&s.error)
-            .bind(s.started_at)
-            .bind(s.last_active_at)
-            .bind(now())
-            .bind(s.timeout_sec)
-            .bind(ports_text(&s.public_ports))
-            .bind(&s.id)
-            .bind(read_state)
-            .bind(s.updated_at)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        self.write_sandbox(s, Some((read_state, s.updated_at))).await
     }
 
     /// Forgets a sandbox that never existed anywhere (a create its host
