@@ -298,8 +298,12 @@ impl Client {
     /// DELETE /v1/templates/{name} (platform admins): removes a template
     /// from every online host; the answer lists the hosts.
     pub async fn delete_template(&self, name: &str) -> Result<Value, Error> {
-        self.json("DELETE", &format!("/v1/templates/{}", path_segment(name)), None)
-            .await
+        self.json(
+            "DELETE",
+            &format!("/v1/templates/{}", path_segment(name)),
+            None,
+        )
+        .await
     }
 }
 

@@ -114,7 +114,11 @@ pub async fn host_pass(app: &App, host: &Host) -> Result<(usize, usize), crate::
         if now_state != s.state {
             s.state = now_state.into();
             // Someone changed it since it was read: theirs stands.
-            if !app.store.update_sandbox_if_unchanged(&s, &read_state).await? {
+            if !app
+                .store
+                .update_sandbox_if_unchanged(&s, &read_state)
+                .await?
+            {
                 continue;
             }
             tracing::info!(sandbox = %s.id, from = %read_state, to = now_state, "reconciled");

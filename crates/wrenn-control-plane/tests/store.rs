@@ -161,12 +161,33 @@ async fn suite(store: &Store) {
     let mut paused = read.clone();
     paused.state = "paused".into();
     paused.updated_at -= 1; // as if read before another write
-    assert!(!store.update_sandbox_if_unchanged(&paused, "running").await.unwrap());
+    assert!(
+        !store
+            .update_sandbox_if_unchanged(&paused, "running")
+            .await
+            .unwrap()
+    );
     paused.updated_at = read.updated_at;
-    assert!(!store.update_sandbox_if_unchanged(&paused, "missing").await.unwrap());
-    assert_eq!(store.sandbox(&t1.id, &s.id).await.unwrap().unwrap().state, "running");
-    assert!(store.update_sandbox_if_unchanged(&paused, "running").await.unwrap());
-    assert_eq!(store.sandbox(&t1.id, &s.id).await.unwrap().unwrap().state, "paused");
+    assert!(
+        !store
+            .update_sandbox_if_unchanged(&paused, "missing")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.sandbox(&t1.id, &s.id).await.unwrap().unwrap().state,
+        "running"
+    );
+    assert!(
+        store
+            .update_sandbox_if_unchanged(&paused, "running")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.sandbox(&t1.id, &s.id).await.unwrap().unwrap().state,
+        "paused"
+    );
     s.state = "stopped".into();
     store.update_sandbox(&s).await.unwrap();
     assert_eq!(

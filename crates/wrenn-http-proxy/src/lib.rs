@@ -56,7 +56,10 @@ pub fn client_with_fallback(fallback: Fallback) -> Client<FallbackConnector> {
 /// A second way to reach an upstream whose address refused: `None` when
 /// there is none (the refusal stands), else the connection or why not.
 pub type Fallback = Arc<
-    dyn Fn(SocketAddr) -> Pin<Box<dyn Future<Output = Option<std::io::Result<tokio::net::TcpStream>>> + Send>>
+    dyn Fn(
+            SocketAddr,
+        )
+            -> Pin<Box<dyn Future<Output = Option<std::io::Result<tokio::net::TcpStream>>> + Send>>
         + Send
         + Sync,
 >;

@@ -102,7 +102,10 @@ fn answers(port: u16, key: &str) -> bool {
 
 /// A fresh data dir, with the cached `base` of `templates` if given.
 fn data_dir(name: &str, templates: Option<&Path>) -> PathBuf {
-    let d = PathBuf::from(format!("/var/tmp/wrenn-bench-up-{}-{name}", std::process::id()));
+    let d = PathBuf::from(format!(
+        "/var/tmp/wrenn-bench-up-{}-{name}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(d.join("templates")).unwrap();
     if let Some(t) = templates {
@@ -122,22 +125,36 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
     let target = PathBuf::from(
-        std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| repo().join("target").display().to_string()),
+        std::env::var("CARGO_TARGET_DIR")
+            .unwrap_or_else(|_| repo().join("target").display().to_string()),
     );
-    let prefix = PathBuf::from(format!("/var/tmp/wrenn-bench-up-{}-bin", std::process::id()));
+    let prefix = PathBuf::from(format!(
+        "/var/tmp/wrenn-bench-up-{}-bin",
+        std::process::id()
+    ));
     let scratch = format!("/var/tmp/wrenn-bench-up-{}-", std::process::id());
     // A failed assertion leaves at most the one start it was waiting for.
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         previous(info);
-        eprintln!("a start may be left running on {scratch}*: stop it (Ctrl-C) and remove those directories");
+        eprintln!(
+            "a start may be left running on {scratch}*: stop it (Ctrl-C) and remove those directories"
+        );
     }));
     println!("time to ready of scripts/up.sh (the README's start command): {runs} runs, medians");
 
     // The script's own cost: a cargo build with nothing to do.
     let t = Instant::now();
     let st = Command::new("cargo")
-        .args(["build", "--release", "--locked", "-p", "wrenn", "-p", "envd"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "wrenn",
+            "-p",
+            "envd",
+        ])
         .current_dir(repo())
         .env("CARGO_TARGET_DIR", &target)
         .stdout(Stdio::null())
@@ -151,7 +168,15 @@ fn main() {
     for i in 0..runs {
         let t = Instant::now();
         Command::new("cargo")
-            .args(["build", "--release", "--locked", "-p", "wrenn", "-p", "envd"])
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "-p",
+                "wrenn",
+                "-p",
+                "envd",
+            ])
             .current_dir(repo())
             .env("CARGO_TARGET_DIR", &target)
             .stdout(Stdio::null())
@@ -185,7 +210,11 @@ fn main() {
             .stderr(Stdio::null())
             .spawn()
             .expect("start wrenn up");
-        let mut s = Start { child, data: data.clone(), port };
+        let mut s = Start {
+            child,
+            data: data.clone(),
+            port,
+        };
         bare.push(secs(s.ready(t, Duration::from_secs(120))));
         s.stop();
         std::fs::remove_dir_all(&data).unwrap();
@@ -195,15 +224,34 @@ fn main() {
         "template cached, first start on a fresh data dir",
         median(first)
     );
-    println!("  {:<58} {:>7.2} s", "template cached, restart on the same data dir", median(again));
-    println!("  {:<58} {:>7.2} s", "  of which the script's cargo build with nothing to do", median(noop));
-    println!("  {:<58} {:>7.2} s", "  wrenn up alone (no script), fresh data dir", median(bare));
-    println!("  {:<58} {:>7.2} s", "(first cargo build of this bench, maybe incremental)", secs(build_once));
+    println!(
+        "  {:<58} {:>7.2} s",
+        "template cached, restart on the same data dir",
+        median(again)
+    );
+    println!(
+        "  {:<58} {:>7.2} s",
+        "  of which the script's cargo build with nothing to do",
+        median(noop)
+    );
+    println!(
+        "  {:<58} {:>7.2} s",
+        "  wrenn up alone (no script), fresh data dir",
+        median(bare)
+    );
+    println!(
+        "  {:<58} {:>7.2} s",
+        "(first cargo build of this bench, maybe incremental)",
+        secs(build_once)
+    );
 
     if std::env::var("WRENN_BENCH_FROM_NOTHING").as_deref() != Ok("0") {
         let cold = std::env::var("WRENN_BENCH_COLD_BUILD").as_deref() == Ok("1");
         let (repo_dir, target_dir) = if cold {
-            let clone = PathBuf::from(format!("/var/tmp/wrenn-bench-up-{}-clone", std::process::id()));
+            let clone = PathBuf::from(format!(
+                "/var/tmp/wrenn-bench-up-{}-clone",
+                std::process::id()
+            ));
             let _ = std::fs::remove_dir_all(&clone);
             let st = Command::new("git")
                 .args(["clone", "-q"])

@@ -713,4 +713,3 @@ mod start_failure_tests {
         }
     }
 }
-

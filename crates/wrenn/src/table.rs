@@ -146,7 +146,14 @@ mod tests {
         t.row(["héllo", "1"]);
         t.row(["h", "2"]);
         let out = t.render();
-        let cols: Vec<usize> = out.lines().map(|l| l.chars().position(|c| c == '1' || c == '2' || c == 'X').unwrap()).collect();
+        let cols: Vec<usize> = out
+            .lines()
+            .map(|l| {
+                l.chars()
+                    .position(|c| c == '1' || c == '2' || c == 'X')
+                    .unwrap()
+            })
+            .collect();
         assert!(cols.iter().all(|c| *c == cols[0]), "{out}");
     }
 }

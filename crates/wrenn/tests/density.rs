@@ -75,7 +75,14 @@ async fn two_hundred_idle_sandboxes_keep_exec_flat_and_leave_nothing() {
     let h = [("authorization", auth.as_str())];
     let create = json!({ "template": "base", "memory_mb": 128, "timeout_sec": 900 });
 
-    let (st, body) = call(&http, "POST", &format!("{base}/v1/sandboxes"), &h, Some(create.clone())).await;
+    let (st, body) = call(
+        &http,
+        "POST",
+        &format!("{base}/v1/sandboxes"),
+        &h,
+        Some(create.clone()),
+    )
+    .await;
     assert_eq!(st, 201, "{body}");
     let first = serde_json::from_str::<Value>(&body).unwrap()["id"]
         .as_str()
@@ -120,7 +127,11 @@ async fn two_hundred_idle_sandboxes_keep_exec_flat_and_leave_nothing() {
     let errs = errors.lock().unwrap().clone();
     let check = || -> Result<(), String> {
         if !errs.is_empty() {
-            return Err(format!("{} creates failed, e.g. {:?}", errs.len(), &errs[..errs.len().min(3)]));
+            return Err(format!(
+                "{} creates failed, e.g. {:?}",
+                errs.len(),
+                &errs[..errs.len().min(3)]
+            ));
         }
         Ok(())
     };
@@ -135,14 +146,18 @@ async fn two_hundred_idle_sandboxes_keep_exec_flat_and_leave_nothing() {
         let listed: Vec<Value> = serde_json::from_str(&body).unwrap_or_default();
         let running = listed.iter().filter(|s| s["status"] == "running").count();
         if st != 200 || running != SANDBOXES {
-            return Err(format!("{running} of {SANDBOXES} running after the creates: {st}"));
+            return Err(format!(
+                "{running} of {SANDBOXES} running after the creates: {st}"
+            ));
         }
         let (b0, t0) = cpu_jiffies();
         tokio::time::sleep(Duration::from_secs(5)).await;
         let (b1, t1) = cpu_jiffies();
         let busy = (b1 - b0) as f64 / (t1 - t0).max(1) as f64 * 100.0;
         if busy > 25.0 {
-            return Err(format!("host {busy:.0}% busy with {SANDBOXES} idle sandboxes"));
+            return Err(format!(
+                "host {busy:.0}% busy with {SANDBOXES} idle sandboxes"
+            ));
         }
         let crowded = exec_p50(&http, &base, &h, &first).await;
         // Flat: within 2x (and a millisecond of noise) of exec alone.
@@ -162,7 +177,9 @@ async fn two_hundred_idle_sandboxes_keep_exec_flat_and_leave_nothing() {
         let (http, base, auth, queue) = (http.clone(), base.clone(), auth.clone(), queue.clone());
         tasks.push(tokio::spawn(async move {
             loop {
-                let Some(id) = queue.lock().unwrap().pop() else { break };
+                let Some(id) = queue.lock().unwrap().pop() else {
+                    break;
+                };
                 let (st, body) = call(
                     &http,
                     "DELETE",

@@ -249,7 +249,10 @@ async fn wrong_method(method: http::Method, uri: http::Uri) -> axum::response::R
     let e = ApiError::new(
         http::StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("{} does not take {method}; see /openapi.yaml for its methods", uri.path()),
+        format!(
+            "{} does not take {method}; see /openapi.yaml for its methods",
+            uri.path()
+        ),
     );
     in_family(&uri, e)
 }

@@ -1035,10 +1035,18 @@ impl Store {
 
     /// Writes every mutable field of `s`; with `guard` (state, updated_at)
     /// only if the row still has them. Whether a row was written.
-    async fn write_sandbox(&self, s: &Sandbox, guard: Option<(&str, i64)>) -> Result<bool, sqlx::Error> {
+    async fn write_sandbox(
+        &self,
+        s: &Sandbox,
+        guard: Option<(&str, i64)>,
+    ) -> Result<bool, sqlx::Error> {
         let sql = match guard {
-            None => "UPDATE sandboxes SET state = $1, host_id = $2, envd_address = $3, envd_token = $4, error = $5, started_at = $6, last_active_at = $7, updated_at = $8, timeout_sec = $9, public_ports = $10 WHERE id = $11",
-            Some(_) => "UPDATE sandboxes SET state = $1, host_id = $2, envd_address = $3, envd_token = $4, error = $5, started_at = $6, last_active_at = $7, updated_at = $8, timeout_sec = $9, public_ports = $10 WHERE id = $11 AND state = $12 AND updated_at = $13",
+            None => {
+                "UPDATE sandboxes SET state = $1, host_id = $2, envd_address = $3, envd_token = $4, error = $5, started_at = $6, last_active_at = $7, updated_at = $8, timeout_sec = $9, public_ports = $10 WHERE id = $11"
+            }
+            Some(_) => {
+                "UPDATE sandboxes SET state = $1, host_id = $2, envd_address = $3, envd_token = $4, error = $5, started_at = $6, last_active_at = $7, updated_at = $8, timeout_sec = $9, public_ports = $10 WHERE id = $11 AND state = $12 AND updated_at = $13"
+            }
         };
         let mut q = sqlx::query(sql)
             .bind(&s.state)
@@ -1074,8 +1082,13 @@ impl Store {
     /// since `s` was read from it (same state, same `updated_at`); false
     /// when someone did, and nothing was written. For writers that act on
     /// what they read a while ago (reconciliation).
-    pub async fn update_sandbox_if_unchanged(&self, s: &Sandbox, read_state: &str) -> Result<bool, sqlx::Error> {
-        self.write_sandbox(s, Some((read_state, s.updated_at))).await
+    pub async fn update_sandbox_if_unchanged(
+        &self,
+        s: &Sandbox,
+        read_state: &str,
+    ) -> Result<bool, sqlx::Error> {
+        self.write_sandbox(s, Some((read_state, s.updated_at)))
+            .await
     }
 
     /// Forgets a sandbox that never existed anywhere (a create its host
@@ -1211,7 +1224,11 @@ fn private_sqlite_file(url: &str) {
     if std::path::Path::new(path).exists() {
         // Made by an older version, perhaps readable by all: no longer.
         use std::os::unix::fs::PermissionsExt;
-        for f in [path.to_string(), format!("{path}-wal"), format!("{path}-shm")] {
+        for f in [
+            path.to_string(),
+            format!("{path}-wal"),
+            format!("{path}-shm"),
+        ] {
             let _ = std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600));
         }
         return;
