@@ -76,8 +76,19 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    serve_on(listener, state, shutdown).await
+}
+
+/// [`serve`] on a socket that already listens (handed over by the
+/// sandbox's init; see `wrenn_protocol::envd::LISTEN_FD_ENV`).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let addr = listener.local_addr()?;
     tracing::info!(%addr, version = ENVD_VERSION, "envd listening");
     // Events are small writes; without TCP_NODELAY, Nagle's algorithm and
     // delayed ACKs hold them back by tens of milliseconds.

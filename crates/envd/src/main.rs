@@ -46,19 +46,35 @@ extern "C" fn forward(sig: libc::c_int) {
     }
 }
 
-/// Closes every descriptor above stderr that envd inherited, but for the
-/// workload cgroup's (named in `ENVD_WORK_CGROUP_FDS` by the sandbox's
-/// init): whatever started envd (an agent, a shell, a test runner) may have
-/// left some open without close-on-exec, and nothing inside a sandbox may
-/// reach them. Runs first thing, before envd opens anything of its own.
-/// Returns the kept descriptors, now close-on-exec.
-fn close_inherited_fds() -> Vec<std::os::fd::OwnedFd> {
-    let mut keep: Vec<u32> = std::env::var(envd::process::WORK_CGROUP_FDS_ENV)
+/// What envd was handed by the sandbox's init.
+struct Inherited {
+    /// The workload cgroup's `cgroup.procs` files.
+    work_cgroup: Vec<std::os::fd::OwnedFd>,
+    /// A socket listening on envd's port.
+    listener: Option<std::os::fd::OwnedFd>,
+}
+
+/// Descriptor numbers above stderr named by `var` (comma-separated).
+fn fds_in(var: &str) -> Vec<u32> {
+    std::env::var(var)
         .unwrap_or_default()
         .split(',')
         .filter_map(|f| f.trim().parse().ok())
         .filter(|&f| f > 2)
-        .collect();
+        .collect()
+}
+
+/// Closes every descriptor above stderr that envd inherited, but for the
+/// workload cgroup's and the listening socket (named in
+/// `ENVD_WORK_CGROUP_FDS` and `ENVD_LISTEN_FD` by the sandbox's init):
+/// whatever started envd (an agent, a shell, a test runner) may have left
+/// some open without close-on-exec, and nothing inside a sandbox may reach
+/// them. Runs first thing, before envd opens anything of its own. The kept
+/// descriptors become close-on-exec.
+fn close_inherited_fds() -> Inherited {
+    let work = fds_in(envd::process::WORK_CGROUP_FDS_ENV);
+    let listen = fds_in(wrenn_protocol::envd::LISTEN_FD_ENV).first().copied();
+    let mut keep: Vec<u32> = work.iter().copied().chain(listen).collect();
     keep.sort_unstable();
     keep.dedup();
     let mut from = 3u32;
@@ -68,19 +84,23 @@ fn close_inherited_fds() -> Vec<std::os::fd::OwnedFd> {
         }
         from = fd.saturating_add(1);
     }
-    keep.into_iter()
-        .filter_map(|fd| {
-            // SAFETY: only borrowed for a flag change; one that is not open
-            // fails here and is never owned (dropping it would close a
-            // descriptor that is not ours).
-            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd as i32) };
-            rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC).ok()?;
-            // SAFETY: open, handed to envd for this use, owned by nothing else.
-            Some(unsafe {
-                <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32)
-            })
-        })
-        .collect()
+    let own = |fd: u32| {
+        // SAFETY: only borrowed for a flag change; one that is not open
+        // fails here and is never owned (dropping it would close a
+        // descriptor that is not ours).
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd as i32) };
+        rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC).ok()?;
+        // SAFETY: open, handed to envd for this use, owned by nothing else.
+        Some(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+    };
+    Inherited {
+        work_cgroup: work
+            .into_iter()
+            .filter(|f| Some(*f) != listen)
+            .filter_map(own)
+            .collect(),
+        listener: listen.and_then(own),
+    }
 }
 
 /// Closes descriptors `first..=last`.
@@ -189,7 +209,7 @@ fn reap_all_nohang() {
 }
 
 fn main() -> anyhow::Result<()> {
-    let work_cgroup = close_inherited_fds();
+    let inherited = close_inherited_fds();
     become_init_if_pid1();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -212,16 +232,30 @@ fn main() -> anyhow::Result<()> {
             workdir: args.default_workdir,
             ..Default::default()
         });
-    envd::process::start_children_in(work_cgroup);
-    // Two worker threads: envd shares its sandbox's CPUs with the workload.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    envd::process::start_children_in(inherited.work_cgroup);
+    // One thread (file I/O goes to a small blocking pool, whose threads
+    // leave when idle): envd shares its sandbox's CPUs with the workload,
+    // an idle one costs one thread's stack and kernel stack, and nothing
+    // it does crosses threads.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(16)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let listener = inherited.listener;
     rt.block_on(async move {
         let addr = SocketAddr::new(args.host, args.port);
+        let listener = match listener {
+            Some(fd) => {
+                let std = std::net::TcpListener::from(fd);
+                std.set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpListener::from_std(std))
+                    .context("taking the listening socket the sandbox's init handed over")?
+            }
+            None => tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}; is another envd on that port?"))?,
+        };
         let shutdown = async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -231,12 +265,12 @@ fn main() -> anyhow::Result<()> {
                 _ = term.recv() => {}
             }
         };
-        envd::serve(
-            addr,
+        envd::serve_on(
+            listener,
             envd::AppState::with_state_file(defaults, args.state_file),
             shutdown,
         )
         .await
-        .with_context(|| format!("serving on {addr}; is another envd on that port?"))
+        .with_context(|| format!("serving on {addr}"))
     })
 }

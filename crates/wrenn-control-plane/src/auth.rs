@@ -223,10 +223,102 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
 
 /// SHA-256 of a secret, hex.
 pub fn sha256_hex(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(64);
+    for b in Sha256::digest(secret.as_bytes()) {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    out
+}
+
+/// How long a looked-up API key is trusted without asking the database: a
+/// key deleted through another control plane stops working there within
+/// this (through this one, at once).
+pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often a key's `last_used_at` is written, at most (per control plane).
+const KEY_TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Entries above which expired ones are swept.
+const KEY_CACHE_SWEEP: usize = 10_000;
+
+/// API keys looked up recently, by the SHA-256 of their secret (unknown
+/// ones too, so a flood of bad keys costs one query per key and second),
+/// and when each was last marked used. Shared by the REST API and the
+/// sandbox proxy, so that a request costs no database write and, within
+/// [`KEY_CACHE_TTL`], no read for its key.
+#[derive(Default)]
+pub struct KeyCache {
+    found: parking_lot::Mutex<
+        std::collections::HashMap<String, (std::time::Instant, Option<crate::store::ApiKey>)>,
+    >,
+    touched: parking_lot::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl KeyCache {
+    /// The key whose secret is `secret`, if any; marks it used (in the
+    /// background, once a minute at most).
+    pub async fn lookup(
+        &self,
+        store: &crate::store::Store,
+        secret: &str,
+    ) -> Result<Option<crate::store::ApiKey>, sqlx::Error> {
+        let hash = sha256_hex(secret.trim());
+        let cached = self
+            .found
+            .lock()
+            .get(&hash)
+            .filter(|(at, _)| at.elapsed() < KEY_CACHE_TTL)
+            .map(|(_, k)| k.clone());
+        let key = match cached {
+            Some(k) => k,
+            None => {
+                let k = store.api_key_by_hash(&hash).await?;
+                let mut found = self.found.lock();
+                if found.len() > KEY_CACHE_SWEEP {
+                    found.retain(|_, (at, _)| at.elapsed() < KEY_CACHE_TTL);
+                }
+                found.insert(hash, (std::time::Instant::now(), k.clone()));
+                k
+            }
+        };
+        if let Some(k) = &key {
+            self.touch(store, &k.id);
+        }
+        Ok(key)
+    }
+
+    fn touch(&self, store: &crate::store::Store, id: &str) {
+        let now = std::time::Instant::now();
+        {
+            let mut touched = self.touched.lock();
+            if touched
+                .get(id)
+                .is_some_and(|at| now.duration_since(*at) < KEY_TOUCH_EVERY)
+            {
+                return;
+            }
+            if touched.len() > KEY_CACHE_SWEEP {
+                touched.retain(|_, at| now.duration_since(*at) < KEY_TOUCH_EVERY);
+            }
+            touched.insert(id.to_string(), now);
+        }
+        let (store, id) = (store.clone(), id.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = store.touch_api_key(&id).await {
+                tracing::debug!(key = %id, "marking an API key used: {e}");
+            }
+        });
+    }
+
+    /// Forgets key `id` (deleted through this control plane).
+    pub fn forget(&self, id: &str) {
+        self.found
+            .lock()
+            .retain(|_, (_, k)| k.as_ref().is_none_or(|k| k.id != id));
+        self.touched.lock().remove(id);
+    }
 }
 
 /// How an API key's secret looks.
@@ -367,17 +459,11 @@ impl FromRequestParts<App> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiError> {
         if let Some(key) = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
-            let found = app.store.api_key_by_hash(&sha256_hex(key.trim())).await?;
-            let Some(k) = found else {
+            let Some(k) = app.keys.lookup(&app.store, key).await? else {
                 return Err(ApiError::unauthorized(
                     "invalid API key; create one with `wrenn key create` or POST /v1/api-keys",
                 ));
             };
-            let store = app.store.clone();
-            let id = k.id.clone();
-            tokio::spawn(async move {
-                let _ = store.touch_api_key(&id).await;
-            });
             return Ok(Caller {
                 team_id: k.team_id,
                 actor: k.id,

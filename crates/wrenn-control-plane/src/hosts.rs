@@ -187,6 +187,8 @@ struct Cached {
 pub struct HostPool {
     http: Arc<Mutex<Option<HttpClient>>>,
     clients: Arc<Mutex<HashMap<String, Cached>>>,
+    /// Host rows read recently, for the calls that only route by them.
+    rows: Arc<Mutex<HashMap<String, (Instant, Option<Host>)>>>,
     /// Which addresses hosts may have.
     pub policy: Arc<AddressPolicy>,
 }
@@ -224,7 +226,10 @@ impl HostPool {
             .parse()
             .map_err(|_| AddressError::Malformed(host.address.clone()))?;
         let mut cfg = ClientConfig::new(uri)
-            .with_default_max_message_size(wrenn_protocol::hostagent::MAX_MESSAGE_BYTES);
+            .with_default_max_message_size(wrenn_protocol::hostagent::MAX_MESSAGE_BYTES)
+            // File chunks are mostly incompressible or cheap to carry:
+            // gzip would cost more CPU than the link saves.
+            .with_compression(connectrpc::compression::CompressionRegistry::new());
         if let Ok(v) = format!("Bearer {}", host.token).parse::<http::HeaderValue>() {
             cfg = cfg.with_default_header(http::header::AUTHORIZATION, v);
         }
@@ -253,8 +258,36 @@ impl HostPool {
     /// Forgets a host's client (host deleted or re-registered).
     pub fn evict(&self, host_id: &str) {
         self.clients.lock().remove(host_id);
+        self.rows.lock().remove(host_id);
+    }
+
+    /// Host `id`'s row, read from `store` at most once per
+    /// [`HOST_ROW_TTL`]: what a call to a sandbox needs to reach its host
+    /// (address, token, state), so that every exec or file call does not
+    /// read it again. A change made through another control plane shows
+    /// here within the TTL.
+    pub async fn row(
+        &self,
+        store: &crate::store::Store,
+        id: &str,
+    ) -> Result<Option<Host>, sqlx::Error> {
+        if let Some((at, h)) = self.rows.lock().get(id) {
+            if at.elapsed() < HOST_ROW_TTL {
+                return Ok(h.clone());
+            }
+        }
+        let h = store.host(id).await?;
+        let mut rows = self.rows.lock();
+        if rows.len() > 10_000 {
+            rows.retain(|_, (at, _)| at.elapsed() < HOST_ROW_TTL);
+        }
+        rows.insert(id.to_string(), (Instant::now(), h.clone()));
+        Ok(h)
     }
 }
+
+/// How long a host row read for routing is trusted.
+pub const HOST_ROW_TTL: Duration = Duration::from_secs(1);
 
 /// A host that may take a sandbox, with what its sandboxes already have.
 #[derive(Debug, Clone)]
@@ -538,7 +571,10 @@ mod tests {
         let full = cand("full", 64, 1024, (1, 1024, 0));
         assert_eq!(LeastLoaded::default().pick(&[full.clone()], &d), None);
         assert_eq!(
-            LeastLoaded::default().pick(&[full.clone(), small], &d).unwrap().id,
+            LeastLoaded::default()
+                .pick(&[full.clone(), small], &d)
+                .unwrap()
+                .id,
             "small"
         );
         // Overcommitted twice, the full host takes as much again, no more.

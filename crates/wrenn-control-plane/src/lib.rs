@@ -41,8 +41,10 @@ pub struct App {
     pub proxy: proxy::ProxyConfig,
     /// Pooled connections to agents for proxied traffic.
     pub proxy_client: wrenn_http_proxy::Client,
-    /// Routes and API keys the proxy looked up recently.
+    /// Routes the proxy looked up recently.
     pub proxy_cache: proxy::ProxyCache,
+    /// API keys looked up recently (REST and proxy).
+    pub keys: Arc<auth::KeyCache>,
     /// How often registered hosts heartbeat (told to them).
     pub heartbeat_interval: std::time::Duration,
     /// Silence after which a registered host is `unreachable`.
@@ -70,6 +72,7 @@ impl App {
             proxy: proxy::ProxyConfig::default(),
             proxy_client: wrenn_http_proxy::client(),
             proxy_cache: proxy::ProxyCache::default(),
+            keys: Arc::default(),
             heartbeat_interval: std::time::Duration::from_secs(30),
             host_timeout: std::time::Duration::from_secs(90),
             reconcile_interval: std::time::Duration::from_secs(2),

@@ -29,10 +29,9 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::App;
-use crate::auth::sha256_hex;
 use crate::error::ApiError;
-use wrenn_protocol::hostagent::{PROXY_ERROR_HEADER, proxy_error};
 use crate::store::{Host, Sandbox};
+use wrenn_protocol::hostagent::{PROXY_ERROR_HEADER, proxy_error};
 
 /// envd's port: the data plane of E2B's SDKs.
 pub const ENVD_PORT: u16 = 49983;
@@ -65,11 +64,10 @@ struct Route {
     host: Host,
 }
 
-/// Short-lived caches of routes (running sandboxes only) and API keys.
+/// A short-lived cache of routes (running sandboxes only).
 #[derive(Clone, Default)]
 pub struct ProxyCache {
     routes: Arc<Mutex<HashMap<String, (Instant, Route)>>>,
-    keys: Arc<Mutex<HashMap<String, (Instant, Option<String>)>>>,
 }
 
 impl ProxyCache {
@@ -156,7 +154,11 @@ pub enum Family {
 impl Family {
     /// The family of a request, from its headers as the client sent them.
     pub fn of(headers: &HeaderMap) -> Family {
-        let e2b = ["e2b-sandbox-id", "x-access-token", "e2b-traffic-access-token"];
+        let e2b = [
+            "e2b-sandbox-id",
+            "x-access-token",
+            "e2b-traffic-access-token",
+        ];
         if e2b.iter().any(|h| headers.contains_key(*h)) {
             Family::E2b
         } else {
@@ -215,21 +217,9 @@ fn header_eq(headers: &HeaderMap, name: &str, secret: &str) -> bool {
             .is_some_and(|v| bool::from(v.as_bytes().ct_eq(secret.as_bytes())))
 }
 
-/// The team of an API key, cached.
+/// The team of an API key (through the shared [`crate::auth::KeyCache`]).
 async fn key_team(app: &App, key: &str) -> Result<Option<String>, sqlx::Error> {
-    let hash = sha256_hex(key.trim());
-    if let Some((at, team)) = app.proxy_cache.keys.lock().get(&hash) {
-        if at.elapsed() < CACHE_TTL {
-            return Ok(team.clone());
-        }
-    }
-    let team = app.store.api_key_by_hash(&hash).await?.map(|k| k.team_id);
-    let mut keys = app.proxy_cache.keys.lock();
-    if keys.len() > 10_000 {
-        keys.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
-    }
-    keys.insert(hash, (Instant::now(), team.clone()));
-    Ok(team)
+    Ok(app.keys.lookup(&app.store, key).await?.map(|k| k.team_id))
 }
 
 /// Whether the request may reach `port` of `s`; `Err` is the refusal.
@@ -261,7 +251,7 @@ async fn authorize(app: &App, headers: &HeaderMap, s: &Sandbox, port: u16) -> Re
         ApiError::forbidden(format!("wrong access token for sandbox {}", s.id))
     } else {
         ApiError::unauthorized(format!(
-                "port {port} of sandbox {} is private: send X-API-Key (a key of its team), X-Access-Token (its envd token) or e2b-traffic-access-token; in a browser add ?wrenn_traffic_token=<its traffic token> once; or make the port public (PUT /v1/sandboxes/{{id}}/public-ports)",
+            "port {port} of sandbox {} is private: send X-API-Key (a key of its team), X-Access-Token (its envd token) or e2b-traffic-access-token; in a browser add ?wrenn_traffic_token=<its traffic token> once; or make the port public (PUT /v1/sandboxes/{{id}}/public-ports)",
             s.id
         ))
     })
@@ -275,7 +265,10 @@ async fn route(app: &App, id: &str, port: u16, headers: &HeaderMap) -> Result<Ro
         return Ok(r);
     }
     let unavailable = |e: &dyn std::fmt::Display| {
-        ApiError::unavailable("unavailable", format!("looking up sandbox {id}: {e}; try again"))
+        ApiError::unavailable(
+            "unavailable",
+            format!("looking up sandbox {id}: {e}; try again"),
+        )
     };
     let not_found = || ApiError::not_found(format!("sandbox {id}"));
     let mut s = match app.store.sandbox_by_id(id).await {

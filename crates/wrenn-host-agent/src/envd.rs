@@ -63,7 +63,9 @@ impl Envd {
     pub fn new(pools: &Pools, inst: &Instance) -> Self {
         let base = format!("http://{}", inst.envd_addr);
         let config = ClientConfig::new(base.parse().expect("valid uri"))
-            .with_default_header("x-access-token", inst.envd_token.as_str());
+            .with_default_header("x-access-token", inst.envd_token.as_str())
+            // A veth away: compressing costs more than it saves.
+            .with_compression(connectrpc::compression::CompressionRegistry::new());
         Envd {
             process: ProcessClient::new(pools.connect.clone(), config.clone()),
             fs: FilesystemClient::new(pools.connect.clone(), config),

@@ -21,6 +21,13 @@ pub mod envd {
     /// envd keeps them open and each process it starts writes itself into
     /// them before its exec.
     pub const WORK_CGROUP_FDS_ENV: &str = "ENVD_WORK_CGROUP_FDS";
+
+    /// The variable in which a sandbox's init names the descriptor of a
+    /// TCP socket already listening on envd's port, which envd serves on
+    /// instead of binding its own: connections made before envd runs wait
+    /// in its backlog, so nobody polls for envd to come up, and a
+    /// restarted envd never leaves a moment with nothing listening.
+    pub const LISTEN_FD_ENV: &str = "ENVD_LISTEN_FD";
 }
 
 /// The host agent's API, `hostagent.v1.HostAgentService`, and its HTTP

@@ -69,13 +69,16 @@ impl FleetArgs {
                 allow_private: self.allow_private_host_addresses,
                 own: vec![listen],
             });
-        app.scheduler =
-            wrenn_control_plane::hosts::scheduler(&self.scheduler, self.overcommit.get(SERVER_OVERCOMMIT)?).with_context(|| {
-                format!(
-                    "--scheduler {}: use least-loaded or round-robin",
-                    self.scheduler
-                )
-            })?;
+        app.scheduler = wrenn_control_plane::hosts::scheduler(
+            &self.scheduler,
+            self.overcommit.get(SERVER_OVERCOMMIT)?,
+        )
+        .with_context(|| {
+            format!(
+                "--scheduler {}: use least-loaded or round-robin",
+                self.scheduler
+            )
+        })?;
         app.heartbeat_interval = std::time::Duration::from_secs(self.heartbeat_interval.max(1));
         app.host_timeout = std::time::Duration::from_secs(self.host_timeout.max(1));
         app.reconcile_interval = std::time::Duration::from_secs(self.reconcile_interval.max(1));
@@ -105,7 +108,10 @@ const SERVER_OVERCOMMIT: (f64, f64) = (1.0, 1.0);
 const UP_OVERCOMMIT: (f64, f64) = (4.0, 8.0);
 
 impl OvercommitArgs {
-    fn get(&self, (memory, disk): (f64, f64)) -> anyhow::Result<wrenn_control_plane::hosts::Overcommit> {
+    fn get(
+        &self,
+        (memory, disk): (f64, f64),
+    ) -> anyhow::Result<wrenn_control_plane::hosts::Overcommit> {
         wrenn_control_plane::hosts::Overcommit::new(
             self.memory_overcommit.unwrap_or(memory),
             self.disk_overcommit.unwrap_or(disk),
@@ -418,6 +424,7 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
                 }
             })
             .await;
+        runtime.settle().await;
         for mut s in store.sandboxes_on_host(wrenn_control_plane::hosts::LOCAL_HOST_ID).await.unwrap_or_default() {
             s.state = "stopped".into();
             let _ = store.update_sandbox(&s).await;
@@ -524,9 +531,15 @@ async fn admin_key(
             let file = app_data_dir.join(ADMIN_PASSWORD_FILE);
             write_secret(&file, format!("{password}\n").as_bytes())?;
             if stdout_is_terminal() {
-                println!("Created the admin user {admin_email} with password {password} (also in {}, root only).", file.display());
+                println!(
+                    "Created the admin user {admin_email} with password {password} (also in {}, root only).",
+                    file.display()
+                );
             } else {
-                println!("Created the admin user {admin_email}; its password is in {} (root only).", file.display());
+                println!(
+                    "Created the admin user {admin_email}; its password is in {} (root only).",
+                    file.display()
+                );
             }
             u
         }

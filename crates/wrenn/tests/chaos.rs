@@ -608,9 +608,18 @@ async fn sigkill_of_server_agent_or_postgres_loses_nothing_acknowledged() {
             "{id} is left '{state}', which no one can act on"
         );
     }
+    // Processes in the sandbox's cgroup (v1 memory or v2), its leaves
+    // included: a destroy answers once it killed them and removes the
+    // cgroup itself behind.
     let on_host = |id: &str| {
-        std::path::Path::new(&format!("/sys/fs/cgroup/memory/wrenn/{id}")).exists()
-            || std::path::Path::new(&format!("/sys/fs/cgroup/wrenn/{id}")).exists()
+        ["/sys/fs/cgroup/memory/wrenn", "/sys/fs/cgroup/wrenn"]
+            .iter()
+            .any(|root| {
+                ["", "/envd", "/work"].iter().any(|leaf| {
+                    std::fs::read_to_string(format!("{root}/{id}{leaf}/cgroup.procs"))
+                        .is_ok_and(|p| !p.trim().is_empty())
+                })
+            })
     };
     for (id, state) in &listed {
         let live = state == "running" || state == "paused";
@@ -647,6 +656,10 @@ async fn sigkill_of_server_agent_or_postgres_loses_nothing_acknowledged() {
                 assert!(matches!(&r, Some((200, _))), "{id}: resume {r:?}");
             }
             Known::Destroyed => {
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while on_host(id) && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 assert!(!on_host(id), "{id} was destroyed and still runs");
                 assert!(matches!(state, None | Some("stopped")), "{id}: {state:?}");
             }

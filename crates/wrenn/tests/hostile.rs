@@ -102,9 +102,9 @@ async fn inherited_descriptors_never_reach_a_sandbox() {
         !out.contains(&bait_name),
         "the host's descriptor is open inside:\n{out}"
     );
-    // PID 1 holds exactly stdin, stdout and stderr, all /dev/null, and
-    // the descriptors that move envd's processes into the workload's leaf
-    // of its own cgroup.
+    // PID 1 holds exactly stdin, stdout and stderr, all /dev/null, the
+    // descriptors that move envd's processes into the workload's leaf of
+    // its own cgroup, and envd's listening socket.
     let pid1: Vec<&str> = out
         .lines()
         .filter(|l| l.starts_with("/proc/1/fd/"))
@@ -117,6 +117,9 @@ async fn inherited_descriptors_never_reach_a_sandbox() {
     assert_eq!(stdio.len(), 3, "PID 1 holds {pid1:?}");
     assert!(stdio.iter().all(|l| l.ends_with(" /dev/null")), "{pid1:?}");
     let own_work = format!("/{id}/work/cgroup.procs");
+    let (sockets, rest): (Vec<&&str>, Vec<&&str>) =
+        rest.iter().partition(|l| l.contains(" socket:["));
+    assert_eq!(sockets.len(), 1, "PID 1 holds envd's socket only: {pid1:?}");
     assert!(
         rest.iter().all(|l| l.ends_with(&own_work)),
         "PID 1 holds more than its cgroup's: {pid1:?}"

@@ -252,6 +252,7 @@ pub(super) async fn delete_key(
     if !app.store.delete_api_key(&caller.team_id, &id).await? {
         return Err(ApiError::not_found(format!("API key '{id}'")));
     }
+    app.keys.forget(&id);
     app.store
         .audit(&caller.team_id, &caller.actor, "api_key.delete", &id)
         .await?;

@@ -141,12 +141,16 @@ pub(super) async fn find(app: &App, caller: &Caller, id: &str) -> ApiResult<Sand
 }
 
 pub(super) async fn agent_for(app: &App, s: &Sandbox) -> ApiResult<AgentClient> {
-    let host = app.store.host(&s.host_id).await?.ok_or_else(|| {
-        ApiError::unavailable(
-            "host_unavailable",
-            format!("host '{}' of sandbox {} is gone", s.host_id, s.id),
-        )
-    })?;
+    let host = app
+        .hosts
+        .row(&app.store, &s.host_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::unavailable(
+                "host_unavailable",
+                format!("host '{}' of sandbox {} is gone", s.host_id, s.id),
+            )
+        })?;
     Ok(app.hosts.client(&host).await?)
 }
 
@@ -760,7 +764,7 @@ pub(super) async fn exec(
     };
     if r.background {
         let out = agent.exec(req).await?.into_owned();
-        let _ = app.store.touch_sandbox(&s.id, now()).await;
+        touch(&app, &s);
         return Ok(Json(
             json!({ "sandbox_id": id, "pid": out.pid, "tag": r.tag.unwrap_or_default() }),
         )
@@ -811,8 +815,7 @@ pub(super) async fn exec(
         }
         truncated[i] |= take < bytes.len();
     }
-    // Only the use: a pause or destroy during the exec stands.
-    let _ = app.store.touch_sandbox(&s.id, now()).await;
+    touch(&app, &s);
     let [stdout, stderr] = kept;
     let (stdout, stderr, encoding) = text_or_base64(stdout, stderr);
     let cmd = std::iter::once(r.cmd)
@@ -889,6 +892,22 @@ fn check_path(p: &str) -> ApiResult<()> {
         return Err(ApiError::bad_request("path: must be a non-empty path"));
     }
     Ok(())
+}
+
+/// Records the use of `s` (read before the call) in its `last_active_at`,
+/// behind the answer, and at most once a second: only the use, so a pause
+/// or destroy during the call stands.
+fn touch(app: &App, s: &Sandbox) {
+    let at = now();
+    if s.last_active_at >= at {
+        return;
+    }
+    let (store, id) = (app.store.clone(), s.id.clone());
+    tokio::spawn(async move {
+        if let Err(e) = store.touch_sandbox(&id, at).await {
+            tracing::debug!(sandbox = %id, "recording its use: {e}");
+        }
+    });
 }
 
 /// POST files/read and files/stream/read: the file's bytes, streamed.

@@ -109,8 +109,16 @@ pub trait Runtime: Send + Sync + 'static {
         spec: SandboxSpec,
     ) -> impl Future<Output = Result<Instance, RuntimeError>> + Send;
 
-    /// Stops a sandbox and removes everything it had.
+    /// Stops a sandbox and removes everything it had. May answer once the
+    /// sandbox is stopped (gone from `get` and `list`, its processes
+    /// killed) and remove the rest behind; [`Runtime::settle`] waits for
+    /// that, and a restart's `recover` finishes what a crash interrupted.
     fn destroy(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Waits until every sandbox destroyed so far is wholly removed.
+    fn settle(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 
     /// Freezes every process of a sandbox.
     fn pause(&self, id: &str) -> impl Future<Output = Result<Instance, RuntimeError>> + Send;

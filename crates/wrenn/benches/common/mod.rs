@@ -125,6 +125,32 @@ pub async fn call(
     (status, resp.into_body().collect().await.unwrap().to_bytes())
 }
 
+/// bwrap's create-exec-destroy of `true` in new namespaces, p50 of 20 in
+/// ms: the yardstick the figures are set against. `None` when bwrap is
+/// missing or cannot run here.
+pub fn bwrap_cycle() -> Option<f64> {
+    let mut v = vec![];
+    for _ in 0..20 {
+        let t = std::time::Instant::now();
+        let st = Command::new("bwrap")
+            .args([
+                "--ro-bind",
+                "/",
+                "/",
+                "--unshare-all",
+                "--die-with-parent",
+                "true",
+            ])
+            .status()
+            .ok()?;
+        if !st.success() {
+            return None;
+        }
+        v.push(ms(t.elapsed()));
+    }
+    Some(median(v))
+}
+
 /// The median.
 pub fn median(mut v: Vec<f64>) -> f64 {
     pct(&mut v, 0.5)

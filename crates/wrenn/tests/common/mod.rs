@@ -262,8 +262,16 @@ pub fn host_traces(data_dir: &std::path::Path) -> Vec<String> {
 
 /// Asserts that nothing of a sandbox is left on the host (see
 /// [`host_traces`]), listing what is.
+///
+/// A destroy answers once the sandbox is stopped and removes the rest
+/// behind, so the host has 10 s to become clean.
 pub fn assert_no_host_traces(data_dir: &std::path::Path) {
-    let traces = host_traces(data_dir);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut traces = host_traces(data_dir);
+    while !traces.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        traces = host_traces(data_dir);
+    }
     assert!(traces.is_empty(), "left on the host: {traces:?}");
 }
 

@@ -20,8 +20,9 @@
 //!    installs the seccomp filter, prints `exec` and execs envd.
 //!
 //! It starts with exactly stdin, stdout and stderr: every other inherited
-//! descriptor is closed first. envd gets those three and the workload
-//! cgroup's `cgroup.procs` files, nothing else. Any failure prints `error: <what>` and
+//! descriptor is closed first. envd gets those three, the workload
+//! cgroup's `cgroup.procs` files and a socket listening on its port (bound
+//! by the init once the network is up), nothing else. Any failure prints `error: <what>` and
 //! exits non-zero.
 
 use std::ffi::CString;
@@ -541,6 +542,19 @@ fn sandbox_init(spec: &InitSpec, work_fds: &str) -> Result<(), Fail> {
     say("net")?;
     wait_for("go")?;
 
+    // envd's socket, listening before envd runs (see
+    // `wrenn_protocol::envd::LISTEN_FD_ENV`): the agent's first request
+    // waits in the backlog instead of polling for envd to come up.
+    let listener = ctx(
+        std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, super::ENVD_PORT)),
+        format!("listening on envd's port {}", super::ENVD_PORT),
+    )?;
+    ctx(
+        rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::empty()),
+        "keeping envd's socket open for envd",
+    )?;
+    let listen_fd = std::os::fd::IntoRawFd::into_raw_fd(listener).to_string();
+
     // Into the new root; the old one is detached and gone.
     ctx(std::env::set_current_dir(root), "chdir to the new root")?;
     ctx(rustix::process::pivot_root(".", "."), "pivot_root")?;
@@ -590,10 +604,12 @@ fn sandbox_init(spec: &InitSpec, work_fds: &str) -> Result<(), Fail> {
             work_fds.to_string(),
         )
     });
+    let listen = (wrenn_protocol::envd::LISTEN_FD_ENV.to_string(), listen_fd);
     let envp: Vec<CString> = spec
         .envd_env
         .iter()
         .chain(work.iter())
+        .chain(std::iter::once(&listen))
         .map(|(k, v)| CString::new(format!("{k}={v}")).expect("env has no NUL"))
         .collect();
     say("exec")?;

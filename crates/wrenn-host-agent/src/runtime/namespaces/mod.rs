@@ -100,6 +100,9 @@ struct Record {
     init_start_time: u64,
     /// False until envd answered.
     ready: bool,
+    /// Destroyed: being removed, never to be adopted again.
+    #[serde(default)]
+    destroying: bool,
 }
 
 struct Live {
@@ -131,6 +134,39 @@ pub struct NamespaceRuntime {
     envd_layer: PathBuf,
     /// LXCFS, if it runs.
     procview: Option<Arc<procview::ProcView>>,
+    /// Teardowns running behind answered destroys.
+    teardowns: Teardowns,
+}
+
+/// Counts the teardowns that run behind answered destroys, so that
+/// `settle` can wait for them.
+#[derive(Default)]
+struct Teardowns {
+    running: std::sync::atomic::AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+impl Teardowns {
+    fn start(&self) {
+        self.running
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn finish(&self) {
+        self.running
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.done.notify_waiters();
+    }
+
+    async fn settled(&self) {
+        loop {
+            let done = self.done.notified();
+            if self.running.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            done.await;
+        }
+    }
 }
 
 /// The program interpreter (dynamic loader) an ELF executable names, if
@@ -318,6 +354,7 @@ impl NamespaceRuntime {
                 templates,
                 resolvers,
                 live: Mutex::new(HashMap::new()),
+                teardowns: Teardowns::default(),
                 http,
                 this: this.clone(),
                 cfg,
@@ -495,6 +532,11 @@ impl NamespaceRuntime {
     ) -> Result<Instance, RuntimeError> {
         let id = &spec.id;
         let dir = self.dir(id);
+        // How long each step took, logged at debug level: where a create's
+        // time goes.
+        let started = Instant::now();
+        let mut steps: Vec<(&str, u128)> = Vec::with_capacity(8);
+        let mut step = |name: &'static str| steps.push((name, started.elapsed().as_micros()));
         let template = self
             .templates
             .get(&spec.template)
@@ -517,6 +559,7 @@ impl NamespaceRuntime {
             .await
             .map_err(|e| RuntimeError::Failed(format!("copying the disk image: {e}")))??;
         }
+        step("disk");
         let slot = self
             .slots
             .take(spec.allow_internet_access)
@@ -534,6 +577,7 @@ impl NamespaceRuntime {
             slot,
             init_start_time: 0,
             ready: false,
+            destroying: false,
         });
         self.save(id, record.as_ref().expect("set"))?;
 
@@ -547,6 +591,7 @@ impl NamespaceRuntime {
             .cgroups
             .create(id, &limits)
             .map_err(failed(format!("creating the cgroup of {id}")))?;
+        step("cgroup");
         let resolv_conf = if spec.allow_internet_access && !self.resolvers.is_empty() {
             self.resolvers
                 .iter()
@@ -637,8 +682,10 @@ impl NamespaceRuntime {
                     r.instance.init_pid = pid;
                     r.init_start_time = start_time(pid).unwrap_or(0);
                     self.save(id, r)?;
+                    step("init");
                 }
                 ("net", _) => {
+                    step("mounts");
                     self.net
                         .attach(pid, slot)
                         .await
@@ -647,6 +694,7 @@ impl NamespaceRuntime {
                         .write_all(b"go\n")
                         .await
                         .map_err(failed("talking to the sandbox init"))?;
+                    step("network");
                 }
                 ("userns", _) => {
                     let map = format!("0 {} {}\n", self.cfg.uid_base, self.cfg.uid_count);
@@ -659,7 +707,10 @@ impl NamespaceRuntime {
                         .await
                         .map_err(failed("talking to the sandbox init"))?;
                 }
-                ("exec", _) => break,
+                ("exec", _) => {
+                    step("exec");
+                    break;
+                }
                 ("error:", e) => return Err(RuntimeError::Failed(format!("sandbox {id}: {e}"))),
                 _ => {
                     return Err(RuntimeError::Failed(format!(
@@ -690,35 +741,44 @@ impl NamespaceRuntime {
                 )));
             }
         }
+        step("ready");
         let r = record.as_mut().expect("set");
         r.ready = true;
         self.save(id, r)?;
+        tracing::debug!(sandbox = %id, ?steps, "created (µs since the start, per step)");
         Ok(r.instance.clone())
     }
 
+    /// Waits for envd's `/health` to answer 204. The sandbox's init made
+    /// envd's socket listen before envd ran, so the request waits in its
+    /// backlog until envd serves it; it is made again (after a short
+    /// pause) only if the connection fails.
     async fn wait_ready(&self, addr: SocketAddr) -> std::io::Result<()> {
-        let deadline = Instant::now() + self.cfg.ready_timeout;
-        let mut backoff = Duration::from_micros(500);
-        loop {
-            if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
-                use tokio::io::AsyncReadExt;
-                s.write_all(b"GET /health HTTP/1.1\r\nhost: envd\r\nconnection: close\r\n\r\n")
-                    .await?;
-                let mut buf = [0u8; 16];
-                let n = s.read(&mut buf).await?;
-                if buf[..n].starts_with(b"HTTP/1.1 204") {
-                    return Ok(());
+        let attempt = async {
+            let mut pause = Duration::from_millis(1);
+            loop {
+                if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+                    use tokio::io::AsyncReadExt;
+                    s.write_all(b"GET /health HTTP/1.1\r\nhost: envd\r\nconnection: close\r\n\r\n")
+                        .await?;
+                    let mut buf = [0u8; 16];
+                    let n = s.read(&mut buf).await?;
+                    if buf[..n].starts_with(b"HTTP/1.1 204") {
+                        return Ok(());
+                    }
                 }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(20));
             }
-            if Instant::now() > deadline {
-                return Err(std::io::Error::new(
+        };
+        tokio::time::timeout(self.cfg.ready_timeout, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    "timed out",
-                ));
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(20));
-        }
+                    format!("no answer within {:?}", self.cfg.ready_timeout),
+                ))
+            })
     }
 
     /// Binds a (re)started LXCFS into every live sandbox.
@@ -940,10 +1000,7 @@ fn sparse_copy(src: &Path, dst: &Path) -> std::io::Result<()> {
 /// which it moves there for good. A socket stays in the namespace it was
 /// made in: the caller connects it, anywhere. Quick: no connect here, so a
 /// server that never accepts cannot hold the thread.
-fn loopback_sockets_in(
-    pid: u32,
-    started: u64,
-) -> std::io::Result<[std::os::fd::OwnedFd; 2]> {
+fn loopback_sockets_in(pid: u32, started: u64) -> std::io::Result<[std::os::fd::OwnedFd; 2]> {
     // Open first, then check: the namespace is the right one even if the
     // pid is reused right after.
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
@@ -975,6 +1032,9 @@ fn loopback_sockets_in(
 /// proxy (each lives for microseconds; the bound keeps a flood of
 /// connections to loopback-only servers from piling threads up).
 const LOOPBACK_THREADS: usize = 16;
+
+/// Tries at removing a destroyed sandbox before leaving it to `recover`.
+const TEARDOWN_ATTEMPTS: u32 = 3;
 
 impl Runtime for NamespaceRuntime {
     fn name(&self) -> &'static str {
@@ -1013,16 +1073,47 @@ impl Runtime for NamespaceRuntime {
     }
 
     async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
-        let live = self.live.lock().remove(id);
-        match live {
-            Some(l) => {
-                if let Some(w) = l.watcher {
-                    w.abort();
-                }
-                self.teardown(id, Some(&l.record)).await
-            }
-            None => Err(RuntimeError::NotFound(id.into())),
+        let Some(mut l) = self.live.lock().remove(id) else {
+            return Err(RuntimeError::NotFound(id.into()));
+        };
+        if let Some(w) = l.watcher.take() {
+            w.abort();
         }
+        // Marked first: an agent that dies from here on removes it on its
+        // next start instead of adopting it.
+        l.record.destroying = true;
+        if let Err(e) = self.save(id, &l.record) {
+            tracing::warn!(sandbox = %id, "marking the sandbox destroyed: {e}");
+        }
+        // Stopped now (killing PID 1 ends its PID namespace); the unmounts,
+        // cgroup, link and directory go behind, off the caller's clock.
+        let pid = l.record.instance.init_pid;
+        if pid > 0 && start_time(pid) == Some(l.record.init_start_time) {
+            kill(pid);
+        }
+        let this = self.this.upgrade().expect("runtime alive");
+        let id = id.to_string();
+        self.teardowns.start();
+        tokio::spawn(async move {
+            // A teardown that fails (a process that would not die, a busy
+            // cgroup) is tried again a few times; what still stands is
+            // removed by the next start's `recover`.
+            for attempt in 1..=TEARDOWN_ATTEMPTS {
+                match this.teardown(&id, Some(&l.record)).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::error!(sandbox = %id, attempt, "removing a destroyed sandbox: {e}");
+                        tokio::time::sleep(Duration::from_secs(attempt.into())).await;
+                    }
+                }
+            }
+            this.teardowns.finish();
+        });
+        Ok(())
+    }
+
+    async fn settle(&self) {
+        self.teardowns.settled().await;
     }
 
     async fn pause(&self, id: &str) -> Result<Instance, RuntimeError> {
@@ -1130,7 +1221,11 @@ impl Runtime for NamespaceRuntime {
                             | std::io::ErrorKind::AddrNotAvailable
                     ) => {}
                 Ok(Err(e)) => return Err(failed(why("connecting"))(e)),
-                Err(_) => return Err(RuntimeError::Failed(why("the server did not accept within 2 s"))),
+                Err(_) => {
+                    return Err(RuntimeError::Failed(why(
+                        "the server did not accept within 2 s",
+                    )));
+                }
             }
         }
         Ok(None)
@@ -1173,6 +1268,7 @@ impl Runtime for NamespaceRuntime {
                 .and_then(|b| serde_json::from_slice(&b).ok());
             let alive = record.as_ref().is_some_and(|r| {
                 r.ready
+                    && !r.destroying
                     && r.instance.init_pid > 0
                     && start_time(r.instance.init_pid) == Some(r.init_start_time)
             });
