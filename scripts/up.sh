@@ -29,8 +29,16 @@ fi
 target="${CARGO_TARGET_DIR:-target}"
 prefix="${WRENN_PREFIX:-/usr/local/bin}"
 echo "Building wrenn and envd (release; the first build takes several minutes)."
-cargo build --release --locked -p wrenn -p envd
+cargo build --release --locked -p wrenn
+# envd static and not position-independent: it runs in any template
+# (no loader, no libc of the template's needed), starts without relocating
+# itself, and its pages are shared by every sandbox (no private, relocated
+# copy of its data in each).
+# --target keeps these flags off build scripts and proc macros.
+triple=x86_64-unknown-linux-gnu
+RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
+  cargo build --release --locked -p envd --target "$triple"
 install -d "$prefix"
 # envd next to wrenn: the agent finds it there.
-install -m 0755 "$target/release/wrenn" "$target/release/envd" "$prefix/"
+install -m 0755 "$target/release/wrenn" "$target/$triple/release/envd" "$prefix/"
 exec "$prefix/wrenn" up "$@"

@@ -134,7 +134,6 @@ pub async fn host_pass(app: &App, host: &Host) -> Result<(usize, usize), crate::
         }
         // Not live in the database (unknown, or stopped while the host was
         // away): nobody can reach it, so it goes.
-        tracing::warn!(host = %host.id, sandbox = %id, "orphan sandbox; destroying it");
         match client
             .destroy_sandbox(pb::SandboxRef {
                 sandbox_id: id.clone(),
@@ -142,7 +141,14 @@ pub async fn host_pass(app: &App, host: &Host) -> Result<(usize, usize), crate::
             })
             .await
         {
-            Ok(_) => orphans += 1,
+            Ok(_) => {
+                tracing::warn!(host = %host.id, sandbox = %id, "destroyed an orphan sandbox (running, unknown to the database)");
+                orphans += 1;
+            }
+            // Destroyed through the API since the listing: nothing to do.
+            Err(e) if e.code == connectrpc::ErrorCode::NotFound => {
+                tracing::debug!(host = %host.id, sandbox = %id, "orphan already gone")
+            }
             Err(e) => tracing::warn!(sandbox = %id, "destroying an orphan: {e:?}"),
         }
     }

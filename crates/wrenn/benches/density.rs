@@ -37,6 +37,17 @@ fn cpu_jiffies() -> (u64, u64) {
     (total - idle, total)
 }
 
+/// Dirty and under-writeback page cache, in MiB.
+fn dirty_mib() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("Dirty:") || l.starts_with("Writeback:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .sum::<f64>()
+        / 1024.0
+}
+
 fn mem_available_mib() -> f64 {
     std::fs::read_to_string("/proc/meminfo")
         .unwrap()
@@ -211,8 +222,18 @@ async fn main() {
         println!("    error: {e}");
     }
 
-    // All alive and idle.
+    // All alive and idle, once the creates' own background work settled:
+    // the kernel writes the new disks' metadata back to their image files
+    // for a while after a burst of creates.
+    let settle = Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
+    while dirty_mib() > 1.0 && settle.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "  settled after the creates in         {:>9.1} s    (dirty pages written back)",
+        settle.elapsed().as_secs_f64()
+    );
     let parent = "wrenn";
     let up_pid = up.child.id();
     let (b0, t0) = cpu_jiffies();

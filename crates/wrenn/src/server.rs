@@ -170,6 +170,9 @@ pub struct UpArgs {
     /// Where the CLI login is stored (default: ~/.config/wrenn/config.json).
     #[arg(long, env = "WRENN_CONFIG")]
     config: Option<PathBuf>,
+    /// envd binary to put in sandboxes (default: `envd` next to `wrenn`).
+    #[arg(long, env = "WRENN_ENVD")]
+    envd: Option<PathBuf>,
     #[command(flatten)]
     proxy: ProxyArgs,
     #[command(flatten)]
@@ -310,6 +313,9 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
     }
     let overcommit = args.overcommit.get(UP_OVERCOMMIT)?;
     let mut runtime_cfg = Config::new(data_dir.to_path_buf());
+    if let Some(e) = &args.envd {
+        runtime_cfg.envd_binary = e.clone();
+    }
     // Before anything is touched: a second instance on this host would
     // take over the first one's sandboxes.
     runtime_cfg.instance_lock = Some(std::sync::Arc::new(

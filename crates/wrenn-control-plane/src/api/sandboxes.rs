@@ -200,6 +200,10 @@ pub(super) struct CreateSandboxReq {
 /// Creates a sandbox on a host the scheduler picks: recorded `pending`,
 /// then `running` or `error` with the agent's message.
 pub async fn create_sandbox(app: &App, caller: &Caller, r: CreateReqPublic) -> ApiResult<Sandbox> {
+    // How long each step took, logged at debug level.
+    let started = std::time::Instant::now();
+    let mut steps: Vec<(&str, u128)> = Vec::with_capacity(5);
+    let mut step = |name: &'static str| steps.push((name, started.elapsed().as_micros()));
     let alloc = app.store.allocations().await?;
     let tagged: Vec<_> = app
         .store
@@ -287,7 +291,9 @@ pub async fn create_sandbox(app: &App, caller: &Caller, r: CreateReqPublic) -> A
         public_ports: r.public_ports.clone(),
         ..Default::default()
     };
+    step("placed");
     app.store.insert_sandbox(&s).await?;
+    step("inserted");
     let req = pb::CreateSandboxRequest {
         sandbox_id: s.id.clone(),
         template: s.template.clone(),
@@ -319,10 +325,14 @@ pub async fn create_sandbox(app: &App, caller: &Caller, r: CreateReqPublic) -> A
             s.envd_token = info.envd_access_token;
             s.started_at = now();
             s.last_active_at = s.started_at;
+            step("agent");
             app.store.update_sandbox(&s).await?;
+            step("updated");
             app.store
                 .audit(&caller.team_id, &caller.actor, "sandbox.create", &s.id)
                 .await?;
+            step("audited");
+            tracing::debug!(sandbox = %s.id, ?steps, "created (µs since the start, per step)");
             emit(app, &caller.team_id, "capsule.create", &s);
             Ok(s)
         }

@@ -44,6 +44,8 @@ impl Up {
             .arg(&data)
             .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--config"])
             .arg(&config)
+            .arg("--envd")
+            .arg(static_envd())
             .args(extra)
             .env("WRENN_LOG", "warn")
             .stdout(Stdio::null())
@@ -123,6 +125,31 @@ pub async fn call(
         .unwrap();
     let status = resp.status().as_u16();
     (status, resp.into_body().collect().await.unwrap().to_bytes())
+}
+
+/// envd as `scripts/up.sh` builds and installs it (static, not
+/// position-independent), built now if it is not up to date: the figures
+/// are for what users run.
+pub fn static_envd() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let wrenn = PathBuf::from(env!("CARGO_BIN_EXE_wrenn"));
+            let target = wrenn.parent().and_then(|p| p.parent()).unwrap();
+            let triple = "x86_64-unknown-linux-gnu";
+            let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["build", "--release", "-p", "envd", "--target", triple])
+                .env("CARGO_TARGET_DIR", target)
+                .env(
+                    "RUSTFLAGS",
+                    "-C target-feature=+crt-static -C relocation-model=static",
+                )
+                .status()
+                .expect("run cargo");
+            assert!(st.success(), "building the static envd failed");
+            target.join(triple).join("release").join("envd")
+        })
+        .clone()
 }
 
 /// bwrap's create-exec-destroy of `true` in new namespaces, p50 of 20 in

@@ -11,8 +11,9 @@
 //!    host, and everything vanishes with the sandbox): attaches the disk
 //!    image to a loop device, mounts the overlay root over the template,
 //!    `/proc` (its own memory, CPUs and uptime through LXCFS), a minimal
-//!    `/dev`, read-only `/sys`; envd is the overlay's top layer; prints
-//!    `net` and waits for `go` while the agent wires up the network;
+//!    `/dev`, read-only `/sys`; envd is the overlay's top layer (meanwhile
+//!    the agent wires up the network); prints `net` and waits for `go`,
+//!    which the agent sends once the network is up;
 //! 3. pivots into the root, unshares a user namespace, prints `userns` and
 //!    waits for `mapped` while the agent writes the uid/gid maps;
 //! 4. becomes root of that user namespace (an unprivileged uid range on the
@@ -75,6 +76,10 @@ pub struct InitSpec {
     pub resolv_conf: String,
     /// Environment for envd.
     pub envd_env: Vec<(String, String)>,
+    /// The open-files limit (soft, hard; `None` is unlimited) to set on
+    /// itself first: the agent's own is raised, the sandbox's is not.
+    #[serde(default)]
+    pub nofile: Option<(Option<u64>, Option<u64>)>,
 }
 
 /// Where envd appears inside the sandbox.
@@ -152,6 +157,15 @@ fn run() -> Result<(), Fail> {
         "reading the init spec",
     )?;
     let spec: InitSpec = ctx(serde_json::from_str(&line), "parsing the init spec")?;
+    if let Some((current, maximum)) = spec.nofile {
+        ctx(
+            rustix::process::setrlimit(
+                rustix::process::Resource::Nofile,
+                rustix::process::Rlimit { current, maximum },
+            ),
+            "setting the open-files limit",
+        )?;
+    }
 
     let me = std::process::id().to_string();
     for procs in &spec.cgroup_procs {

@@ -63,19 +63,10 @@ fn raise_nofile() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Makes `cmd`'s process start with the open-files limit the agent
-/// started with, not the raised one: what runs in a sandbox (programs that
-/// `select()` or close every descriptor up to the limit) expects the usual.
-pub fn give_back_nofile(cmd: &mut tokio::process::Command) {
-    let Some(l) = STARTED_WITH.get().cloned() else {
-        return;
-    };
-    // SAFETY: between fork and exec only setrlimit runs, a plain system
-    // call (async-signal-safe); it allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            rustix::process::setrlimit(rustix::process::Resource::Nofile, l.clone())
-                .map_err(std::io::Error::from)
-        });
-    }
+/// The open-files limit the agent started with (soft, hard), not the
+/// raised one, for the sandbox's init to set on itself: what runs in a
+/// sandbox (programs that `select()` or close every descriptor up to the
+/// limit) expects the usual. `None` if the agent never raised it.
+pub fn original_nofile() -> Option<(Option<u64>, Option<u64>)> {
+    STARTED_WITH.get().map(|l| (l.current, l.maximum))
 }
