@@ -35,7 +35,7 @@ cargo build --release --locked -p wrenn
 # itself, and its pages are shared by every sandbox (no private, relocated
 # copy of its data in each).
 # --target keeps these flags off build scripts and proc macros.
-triple=x86_64-unknown-linux-gnu
+triple=$(rustc -vV | sed -n 's/^host: //p')
 RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
   cargo build --release --locked -p envd --target "$triple"
 install -d "$prefix"

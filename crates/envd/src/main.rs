@@ -72,7 +72,9 @@ fn fds_in(var: &str) -> Vec<u32> {
 /// them. Runs first thing, before envd opens anything of its own. The kept
 /// descriptors become close-on-exec.
 fn close_inherited_fds() -> Inherited {
-    let work = fds_in(envd::process::WORK_CGROUP_FDS_ENV);
+    let mut work = fds_in(envd::process::WORK_CGROUP_FDS_ENV);
+    work.sort_unstable();
+    work.dedup();
     let listen = fds_in(wrenn_protocol::envd::LISTEN_FD_ENV).first().copied();
     let mut keep: Vec<u32> = work.iter().copied().chain(listen).collect();
     keep.sort_unstable();
@@ -233,11 +235,11 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         });
     envd::process::start_children_in(inherited.work_cgroup);
-    // One thread (file I/O goes to a small blocking pool, whose threads
-    // leave when idle): envd shares its sandbox's CPUs with the workload,
-    // an idle one costs one thread's stack and kernel stack, and nothing
-    // it does crosses threads.
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // Two worker threads: envd shares its sandbox's CPUs with the workload,
+    // and a handler that blocks for a moment (an upload handing a chunk to
+    // its writer, a large `Remove`) never stalls the rest of envd.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .max_blocking_threads(16)
         .enable_all()
         .build()

@@ -233,8 +233,9 @@ pub fn sha256_hex(secret: &str) -> String {
 }
 
 /// How long a looked-up API key is trusted without asking the database: a
-/// key deleted through another control plane stops working there within
-/// this (through this one, at once).
+/// key deleted through any control plane stops working everywhere within
+/// this (through the one that deleted it, at once, but for a lookup that
+/// was already under way).
 pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How often a key's `last_used_at` is written, at most (per control plane).

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use wrenn_host_agent::agent::Agent;
 use wrenn_host_agent::registration::{ControlPlane, Credentials, Specs};
+use wrenn_host_agent::runtime::Runtime;
 use wrenn_host_agent::runtime::namespaces::{Config, NamespaceRuntime};
 
 /// Flags of `wrenn agent`.
@@ -98,8 +99,13 @@ pub fn run(data_dir: &Path, args: AgentArgs) -> anyhow::Result<()> {
                 _ = term.recv() => {}
             }
         };
-        wrenn_host_agent::server::serve(agent, args.listen, token, shutdown)
+        let runtime = agent.runtime.clone();
+        let served = wrenn_host_agent::server::serve(agent, args.listen, token, shutdown)
             .await
-            .with_context(|| format!("serving the agent on {}", args.listen))
+            .with_context(|| format!("serving the agent on {}", args.listen));
+        // Sandboxes destroyed before the stop (a `Terminate` that destroys
+        // them all among them) are wholly removed before the agent exits.
+        runtime.settle().await;
+        served
     })
 }

@@ -185,7 +185,13 @@ async fn timeout_destroys_and_ping_extends() {
         c.get_sandbox(sref(&kept)).await.is_ok(),
         "pinged sandbox was reaped"
     );
-    assert!(!agent.data_dir.join("sandboxes").join(&short).exists());
+    // Its directory goes behind the destroy.
+    let dir = agent.data_dir.join("sandboxes").join(&short);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while dir.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!dir.exists(), "the timed-out sandbox's directory is left");
 }
 
 #[tokio::test]

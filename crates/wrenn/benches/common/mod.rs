@@ -136,9 +136,9 @@ pub fn static_envd() -> PathBuf {
         .get_or_init(|| {
             let wrenn = PathBuf::from(env!("CARGO_BIN_EXE_wrenn"));
             let target = wrenn.parent().and_then(|p| p.parent()).unwrap();
-            let triple = "x86_64-unknown-linux-gnu";
+            let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
             let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args(["build", "--release", "-p", "envd", "--target", triple])
+                .args(["build", "--release", "-p", "envd", "--target", &triple])
                 .env("CARGO_TARGET_DIR", target)
                 .env(
                     "RUSTFLAGS",
@@ -147,7 +147,7 @@ pub fn static_envd() -> PathBuf {
                 .status()
                 .expect("run cargo");
             assert!(st.success(), "building the static envd failed");
-            target.join(triple).join("release").join("envd")
+            target.join(&triple).join("release").join("envd")
         })
         .clone()
 }

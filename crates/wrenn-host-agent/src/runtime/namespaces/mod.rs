@@ -141,26 +141,48 @@ pub struct NamespaceRuntime {
     _dynmods: Option<std::os::fd::OwnedFd>,
 }
 
-/// Counts the teardowns that run behind answered destroys, so that
-/// `settle` can wait for them.
-#[derive(Default)]
+/// The teardowns that run behind answered destroys: counted, so that
+/// `settle` can wait for them, and [`TEARDOWNS_AT_ONCE`] at most at a
+/// time (the kernel serializes much of the work, and each step has a
+/// deadline).
 struct Teardowns {
     running: std::sync::atomic::AtomicUsize,
     done: tokio::sync::Notify,
+    slots: tokio::sync::Semaphore,
+}
+
+impl Default for Teardowns {
+    fn default() -> Self {
+        Teardowns {
+            running: std::sync::atomic::AtomicUsize::new(0),
+            done: tokio::sync::Notify::new(),
+            slots: tokio::sync::Semaphore::new(TEARDOWNS_AT_ONCE),
+        }
+    }
+}
+
+/// One counted teardown of the runtime's; uncounted when dropped, even by
+/// a panic or with its task never run.
+struct Counted(Arc<NamespaceRuntime>);
+
+impl Counted {
+    fn new(rt: Arc<NamespaceRuntime>) -> Self {
+        rt.teardowns
+            .running
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Counted(rt)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let t = &self.0.teardowns;
+        t.running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        t.done.notify_waiters();
+    }
 }
 
 impl Teardowns {
-    fn start(&self) {
-        self.running
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    fn finish(&self) {
-        self.running
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        self.done.notify_waiters();
-    }
-
     async fn settled(&self) {
         loop {
             let done = self.done.notified();
@@ -466,13 +488,10 @@ impl NamespaceRuntime {
         for p in killed {
             reap(p);
         }
-        if let Some(r) = record {
-            self.net
-                .detach(r.slot)
-                .await
-                .map_err(|e| RuntimeError::Failed(e.to_string()))?;
-            self.slots.release(r.slot);
-        }
+        // The directory before the network: a teardown tried again after
+        // a failure here must not release the slot twice (a create may
+        // hold it by then). A veth left by a crash in between is swept by
+        // `recover`, which removes links no sandbox owns.
         let dir = self.dir(id);
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -482,6 +501,13 @@ impl NamespaceRuntime {
                 )));
             }
             _ => {}
+        }
+        if let Some(r) = record {
+            self.net
+                .detach(r.slot)
+                .await
+                .map_err(|e| RuntimeError::Failed(e.to_string()))?;
+            self.slots.release(r.slot);
         }
         Ok(())
     }
@@ -1051,6 +1077,9 @@ const LOOPBACK_THREADS: usize = 16;
 /// Tries at removing a destroyed sandbox before leaving it to `recover`.
 const TEARDOWN_ATTEMPTS: u32 = 3;
 
+/// Destroyed sandboxes removed at once, at most.
+const TEARDOWNS_AT_ONCE: usize = 16;
+
 impl Runtime for NamespaceRuntime {
     fn name(&self) -> &'static str {
         "namespaces"
@@ -1106,10 +1135,11 @@ impl Runtime for NamespaceRuntime {
         if pid > 0 && start_time(pid) == Some(l.record.init_start_time) {
             kill(pid);
         }
-        let this = self.this.upgrade().expect("runtime alive");
+        let counted = Counted::new(self.this.upgrade().expect("runtime alive"));
         let id = id.to_string();
-        self.teardowns.start();
         tokio::spawn(async move {
+            let this = &counted.0;
+            let _turn = this.teardowns.slots.acquire().await;
             // A teardown that fails (a process that would not die, a busy
             // cgroup) is tried again a few times; what still stands is
             // removed by the next start's `recover`.
@@ -1122,7 +1152,6 @@ impl Runtime for NamespaceRuntime {
                     }
                 }
             }
-            this.teardowns.finish();
         });
         Ok(())
     }
