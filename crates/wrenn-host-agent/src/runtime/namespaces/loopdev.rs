@@ -12,6 +12,7 @@ const LOOP_CTL_ADD: Opcode = 0x4C80;
 const LOOP_CTL_GET_FREE: Opcode = 0x4C82;
 const LOOP_CONFIGURE: Opcode = 0x4C0A;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
+const LO_FLAGS_DIRECT_IO: u32 = 16;
 
 #[repr(C)]
 struct LoopInfo64 {
@@ -135,17 +136,28 @@ pub fn attach(image: &Path) -> std::io::Result<(String, std::os::fd::OwnedFd)> {
             }
             Err(e) => return Err(e.into()),
         };
-        // SAFETY: all-zero is a valid loop_info64.
-        let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
-        info.lo_flags = LO_FLAGS_AUTOCLEAR;
-        let cfg = LoopConfig {
-            fd: file.as_fd().as_raw_fd() as u32,
-            block_size: 0,
-            info,
-            reserved: [0; 8],
+        // Direct I/O: the sandbox's file system caches its pages once, in
+        // its own cgroup; without it the image file's pages are cached (and
+        // written back) a second time, on the host's account. A backing
+        // file system that cannot do it gets the device without.
+        let configure = |flags: u32| {
+            // SAFETY: all-zero is a valid loop_info64.
+            let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+            info.lo_flags = flags;
+            let cfg = LoopConfig {
+                fd: file.as_fd().as_raw_fd() as u32,
+                block_size: 0,
+                info,
+                reserved: [0; 8],
+            };
+            // SAFETY: Configure matches the ioctl's contract.
+            unsafe { rustix::ioctl::ioctl(&dev, Configure(cfg)) }
         };
-        // SAFETY: Configure matches the ioctl's contract.
-        match unsafe { rustix::ioctl::ioctl(&dev, Configure(cfg)) } {
+        let result = match configure(LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO) {
+            Err(rustix::io::Errno::INVAL) => configure(LO_FLAGS_AUTOCLEAR),
+            r => r,
+        };
+        match result {
             Ok(()) => return Ok((path, dev)),
             Err(rustix::io::Errno::BUSY) => continue,
             Err(e) => return Err(e.into()),
