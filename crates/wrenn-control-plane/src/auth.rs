@@ -232,28 +232,27 @@ pub fn sha256_hex(secret: &str) -> String {
     out
 }
 
-/// How long a looked-up API key is trusted without asking the database: a
-/// key deleted through any control plane stops working everywhere within
-/// this (through the one that deleted it, at once, but for a lookup that
-/// was already under way).
-pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a looked-up API key is trusted without asking the database, in
+/// milliseconds: a key deleted through any control plane stops working
+/// everywhere within this (through the one that deleted it, at once, but
+/// for a lookup that was already under way).
+pub const KEY_CACHE_TTL_MS: u64 = 1_000;
 
 /// How often a key's `last_used_at` is written, at most (per control plane).
 const KEY_TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Entries above which expired ones are swept.
-const KEY_CACHE_SWEEP: usize = 10_000;
+/// Keys marked used above which those not touched within
+/// `KEY_TOUCH_EVERY` are swept.
+const KEY_TOUCH_SWEEP: usize = 10_000;
 
 /// API keys looked up recently, by the SHA-256 of their secret (unknown
 /// ones too, so a flood of bad keys costs one query per key and second),
 /// and when each was last marked used. Shared by the REST API and the
 /// sandbox proxy, so that a request costs no database write and, within
-/// [`KEY_CACHE_TTL`], no read for its key.
+/// [`KEY_CACHE_TTL_MS`], no read for its key.
 #[derive(Default)]
 pub struct KeyCache {
-    found: parking_lot::Mutex<
-        std::collections::HashMap<String, (std::time::Instant, Option<crate::store::ApiKey>)>,
-    >,
+    found: crate::ttl::TtlMap<Option<crate::store::ApiKey>, KEY_CACHE_TTL_MS>,
     touched: parking_lot::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
@@ -266,21 +265,11 @@ impl KeyCache {
         secret: &str,
     ) -> Result<Option<crate::store::ApiKey>, sqlx::Error> {
         let hash = sha256_hex(secret.trim());
-        let cached = self
-            .found
-            .lock()
-            .get(&hash)
-            .filter(|(at, _)| at.elapsed() < KEY_CACHE_TTL)
-            .map(|(_, k)| k.clone());
-        let key = match cached {
+        let key = match self.found.get(&hash) {
             Some(k) => k,
             None => {
                 let k = store.api_key_by_hash(&hash).await?;
-                let mut found = self.found.lock();
-                if found.len() > KEY_CACHE_SWEEP {
-                    found.retain(|_, (at, _)| at.elapsed() < KEY_CACHE_TTL);
-                }
-                found.insert(hash, (std::time::Instant::now(), k.clone()));
+                self.found.insert(hash, k.clone());
                 k
             }
         };
@@ -300,7 +289,7 @@ impl KeyCache {
             {
                 return;
             }
-            if touched.len() > KEY_CACHE_SWEEP {
+            if touched.len() > KEY_TOUCH_SWEEP {
                 touched.retain(|_, at| now.duration_since(*at) < KEY_TOUCH_EVERY);
             }
             touched.insert(id.to_string(), now);
@@ -315,9 +304,7 @@ impl KeyCache {
 
     /// Forgets key `id` (deleted through this control plane).
     pub fn forget(&self, id: &str) {
-        self.found
-            .lock()
-            .retain(|_, (_, k)| k.as_ref().is_none_or(|k| k.id != id));
+        self.found.retain(|k| k.as_ref().is_none_or(|k| k.id != id));
         self.touched.lock().remove(id);
     }
 }

@@ -188,7 +188,7 @@ pub struct HostPool {
     http: Arc<Mutex<Option<HttpClient>>>,
     clients: Arc<Mutex<HashMap<String, Cached>>>,
     /// Host rows read recently, for the calls that only route by them.
-    rows: Arc<Mutex<HashMap<String, (Instant, Option<Host>)>>>,
+    rows: Arc<crate::ttl::TtlMap<Option<Host>, HOST_ROW_TTL_MS>>,
     /// Which addresses hosts may have.
     pub policy: Arc<AddressPolicy>,
 }
@@ -258,11 +258,11 @@ impl HostPool {
     /// Forgets a host's client (host deleted or re-registered).
     pub fn evict(&self, host_id: &str) {
         self.clients.lock().remove(host_id);
-        self.rows.lock().remove(host_id);
+        self.rows.remove(host_id);
     }
 
     /// Host `id`'s row, read from `store` at most once per
-    /// [`HOST_ROW_TTL`]: what a call to a sandbox needs to reach its host
+    /// [`HOST_ROW_TTL_MS`]: what a call to a sandbox needs to reach its host
     /// (address, token, state), so that every exec or file call does not
     /// read it again. A change made through another control plane shows
     /// here within the TTL.
@@ -271,23 +271,17 @@ impl HostPool {
         store: &crate::store::Store,
         id: &str,
     ) -> Result<Option<Host>, sqlx::Error> {
-        if let Some((at, h)) = self.rows.lock().get(id) {
-            if at.elapsed() < HOST_ROW_TTL {
-                return Ok(h.clone());
-            }
+        if let Some(h) = self.rows.get(id) {
+            return Ok(h);
         }
         let h = store.host(id).await?;
-        let mut rows = self.rows.lock();
-        if rows.len() > 10_000 {
-            rows.retain(|_, (at, _)| at.elapsed() < HOST_ROW_TTL);
-        }
-        rows.insert(id.to_string(), (Instant::now(), h.clone()));
+        self.rows.insert(id.to_string(), h.clone());
         Ok(h)
     }
 }
 
-/// How long a host row read for routing is trusted.
-pub const HOST_ROW_TTL: Duration = Duration::from_secs(1);
+/// How long a host row read for routing is trusted, in milliseconds.
+pub const HOST_ROW_TTL_MS: u64 = 1_000;
 
 /// A host that may take a sandbox, with what its sandboxes already have.
 #[derive(Debug, Clone)]

@@ -17,6 +17,7 @@ pub mod output;
 pub mod proxy;
 pub mod reconcile;
 pub mod store;
+pub mod ttl;
 
 use std::sync::Arc;
 

@@ -15,11 +15,7 @@
 //! Routes of running sandboxes and API-key lookups are cached for a second,
 //! so a request costs no database round trip.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-
-use parking_lot::Mutex;
-use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -31,6 +27,7 @@ use subtle::ConstantTimeEq;
 use crate::App;
 use crate::error::ApiError;
 use crate::store::{Host, Sandbox};
+use crate::ttl::TtlMap;
 use wrenn_protocol::hostagent::{PROXY_ERROR_HEADER, proxy_error};
 
 /// envd's port: the data plane of E2B's SDKs.
@@ -54,8 +51,8 @@ impl Default for ProxyConfig {
     }
 }
 
-/// How long a route or key lookup is reused.
-const CACHE_TTL: Duration = Duration::from_secs(1);
+/// How long a route is reused, in milliseconds.
+const CACHE_TTL_MS: u64 = 1_000;
 
 /// A running sandbox and the host it is on.
 #[derive(Clone)]
@@ -67,27 +64,21 @@ struct Route {
 /// A short-lived cache of routes (running sandboxes only).
 #[derive(Clone, Default)]
 pub struct ProxyCache {
-    routes: Arc<Mutex<HashMap<String, (Instant, Route)>>>,
+    routes: Arc<TtlMap<Route, CACHE_TTL_MS>>,
 }
 
 impl ProxyCache {
     /// Drops a sandbox's route (after a state change through this process).
     pub fn forget(&self, sandbox_id: &str) {
-        self.routes.lock().remove(sandbox_id);
+        self.routes.remove(sandbox_id);
     }
 
     fn route(&self, id: &str) -> Option<Route> {
-        let routes = self.routes.lock();
-        let (at, r) = routes.get(id)?;
-        (at.elapsed() < CACHE_TTL).then(|| r.clone())
+        self.routes.get(id)
     }
 
     fn put_route(&self, r: Route) {
-        let mut routes = self.routes.lock();
-        if routes.len() > 10_000 {
-            routes.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
-        }
-        routes.insert(r.sandbox.id.clone(), (Instant::now(), r));
+        self.routes.insert(r.sandbox.id.clone(), r);
     }
 }
 
