@@ -6,7 +6,7 @@
 //! - template cached, binaries built: a first start on a fresh data dir
 //!   (admin, team, key made) and a restart on the same one; the goal is
 //!   ≤ 2 s. `WRENN_BENCH_RUNS` (default 5) repeats; medians are printed,
-//!   with what the script's no-op `cargo build` and `wrenn up` alone take.
+//!   with what the script's no-op `cargo build`s and `wrenn up` alone take.
 //! - from nothing: an empty data dir, so `base` is built with debootstrap
 //!   (needs a Debian mirror; `WRENN_BENCH_FROM_NOTHING=0` skips it); with
 //!   `WRENN_BENCH_COLD_BUILD=1` also from a fresh clone of HEAD with an
@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, median, settings};
+use common::{build_static_envd, free_port, median, settings};
 
 /// The repository this bench is part of.
 fn repo() -> PathBuf {
@@ -114,6 +114,20 @@ fn data_dir(name: &str, templates: Option<&Path>) -> PathBuf {
     d
 }
 
+/// The builds `scripts/up.sh` runs (wrenn, then the static envd), into
+/// `target`; whether both succeeded.
+fn script_builds(target: &Path) -> bool {
+    let wrenn = Command::new("cargo")
+        .args(["build", "--release", "--locked", "-p", "wrenn"])
+        .current_dir(repo())
+        .env("CARGO_TARGET_DIR", target)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    wrenn && build_static_envd(target, Stdio::null())
+}
+
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -143,46 +157,15 @@ fn main() {
     }));
     println!("time to ready of scripts/up.sh (the README's start command): {runs} runs, medians");
 
-    // The script's own cost: a cargo build with nothing to do.
+    // The script's own cost: its cargo builds with nothing to do.
     let t = Instant::now();
-    let st = Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "wrenn",
-            "-p",
-            "envd",
-        ])
-        .current_dir(repo())
-        .env("CARGO_TARGET_DIR", &target)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("cargo");
-    assert!(st.success(), "cargo build --release failed");
+    assert!(script_builds(&target), "cargo build --release failed");
     let build_once = t.elapsed();
     let mut noop = vec![];
     let (mut first, mut again, mut bare) = (vec![], vec![], vec![]);
     for i in 0..runs {
         let t = Instant::now();
-        Command::new("cargo")
-            .args([
-                "build",
-                "--release",
-                "--locked",
-                "-p",
-                "wrenn",
-                "-p",
-                "envd",
-            ])
-            .current_dir(repo())
-            .env("CARGO_TARGET_DIR", &target)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("cargo");
+        script_builds(&target);
         noop.push(secs(t.elapsed()));
 
         let data = data_dir(&format!("cached-{i}"), Some(&templates));

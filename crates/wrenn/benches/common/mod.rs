@@ -127,27 +127,43 @@ pub async fn call(
     (status, resp.into_body().collect().await.unwrap().to_bytes())
 }
 
-/// envd as `scripts/up.sh` builds and installs it (static, not
-/// position-independent), built now if it is not up to date: the figures
-/// are for what users run.
+/// The target triple the static envd is built for: this host's.
+pub fn envd_triple() -> String {
+    format!("{}-unknown-linux-gnu", std::env::consts::ARCH)
+}
+
+/// Builds envd as `scripts/up.sh` does (release, static, not
+/// position-independent, for [`envd_triple`]) into `target`, with cargo's
+/// output to `output`; whether it succeeded.
+pub fn build_static_envd(target: &std::path::Path, output: Stdio) -> bool {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--locked", "-p", "envd", "--target"])
+        .arg(envd_triple())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("CARGO_TARGET_DIR", target)
+        .env(
+            "RUSTFLAGS",
+            "-C target-feature=+crt-static -C relocation-model=static",
+        )
+        .stdout(Stdio::null())
+        .stderr(output)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// envd as `scripts/up.sh` builds and installs it, built now if it is not
+/// up to date: the figures are for what users run.
 pub fn static_envd() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
             let wrenn = PathBuf::from(env!("CARGO_BIN_EXE_wrenn"));
             let target = wrenn.parent().and_then(|p| p.parent()).unwrap();
-            let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
-            let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args(["build", "--release", "-p", "envd", "--target", &triple])
-                .env("CARGO_TARGET_DIR", target)
-                .env(
-                    "RUSTFLAGS",
-                    "-C target-feature=+crt-static -C relocation-model=static",
-                )
-                .status()
-                .expect("run cargo");
-            assert!(st.success(), "building the static envd failed");
-            target.join(&triple).join("release").join("envd")
+            assert!(
+                build_static_envd(target, Stdio::inherit()),
+                "building the static envd failed"
+            );
+            target.join(envd_triple()).join("release").join("envd")
         })
         .clone()
 }
