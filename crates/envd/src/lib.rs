@@ -24,10 +24,9 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use connectrpc::{ConnectRpcService, DeadlinePolicy};
 
-pub use state::{AppState, Defaults, ENVD_VERSION};
+pub use state::{AppState, Defaults};
 
-/// The port E2B clients expect envd on.
-pub const DEFAULT_PORT: u16 = 49983;
+
 
 /// Builds envd's whole HTTP app over `state`.
 pub fn router(state: AppState) -> axum::Router {
@@ -89,7 +88,7 @@ pub async fn serve_on(
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, version = ENVD_VERSION, "envd listening");
+    tracing::info!(%addr, version = wrenn_protocol::envd::VERSION, "envd listening");
     // Events are small writes; without TCP_NODELAY, Nagle's algorithm and
     // delayed ACKs hold them back by tens of milliseconds.
     let listener = listener.tap_io(|tcp| {

@@ -8,13 +8,13 @@ use clap::Parser;
 
 /// Wrenn's in-sandbox agent, wire-compatible with E2B's envd.
 #[derive(Parser, Debug)]
-#[command(version = envd::ENVD_VERSION)]
+#[command(version = wrenn_protocol::envd::VERSION)]
 struct Args {
     /// Address to listen on.
     #[arg(long, env = "ENVD_HOST", default_value = "0.0.0.0")]
     host: IpAddr,
     /// Port to listen on.
-    #[arg(long, env = "ENVD_PORT", default_value_t = envd::DEFAULT_PORT)]
+    #[arg(long, env = "ENVD_PORT", default_value_t = wrenn_protocol::envd::PORT)]
     port: u16,
     /// User for calls that name none (default: the user envd runs as).
     #[arg(long, env = "ENVD_DEFAULT_USER")]

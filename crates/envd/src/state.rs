@@ -11,8 +11,6 @@ use crate::filesystem::watch::WatcherTable;
 use crate::process::ProcessTable;
 use crate::users::{self, User, UserError};
 
-/// The highest E2B envd version whose features this envd implements.
-pub const ENVD_VERSION: &str = "0.5.7";
 
 /// Settings given on the command line and changed by `POST /init`.
 ///

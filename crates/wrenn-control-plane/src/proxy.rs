@@ -30,8 +30,6 @@ use crate::store::{Host, Sandbox};
 use crate::ttl::TtlMap;
 use wrenn_protocol::hostagent::{PROXY_ERROR_HEADER, proxy_error};
 
-/// envd's port: the data plane of E2B's SDKs.
-pub const ENVD_PORT: u16 = 49983;
 
 /// How the proxy behaves.
 #[derive(Debug, Clone)]
@@ -97,7 +95,7 @@ pub fn target(headers: &HeaderMap) -> Option<Result<(String, u16), String>> {
             Err(e) => return Some(Err(format!("E2b-Sandbox-Id: {e}"))),
         };
         let port = match headers.get("e2b-sandbox-port") {
-            None => Ok(ENVD_PORT),
+            None => Ok(wrenn_protocol::envd::PORT),
             Some(p) => p
                 .to_str()
                 .ok()
@@ -424,7 +422,7 @@ async fn forward(app: &App, req: &mut Request, id: &str, port: u16) -> Result<Re
     ] {
         h.remove(name);
     }
-    if port != ENVD_PORT {
+    if port != wrenn_protocol::envd::PORT {
         h.remove("x-access-token");
     }
     if let Ok(v) = HeaderValue::from_str(&r.host.token) {
@@ -481,7 +479,7 @@ mod tests {
         assert!(matches!(host("99999-sb-x.localhost"), Some(Err(_))));
         let mut m = HeaderMap::new();
         m.insert("e2b-sandbox-id", "sb-q".parse().unwrap());
-        assert_eq!(target(&m), Some(Ok(("sb-q".into(), ENVD_PORT))));
+        assert_eq!(target(&m), Some(Ok(("sb-q".into(), wrenn_protocol::envd::PORT))));
         m.insert("e2b-sandbox-port", "8888".parse().unwrap());
         assert_eq!(target(&m), Some(Ok(("sb-q".into(), 8888))));
         m.insert("e2b-sandbox-port", "x".parse().unwrap());

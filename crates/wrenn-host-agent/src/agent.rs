@@ -47,7 +47,13 @@ pub struct Agent<R: Runtime> {
     cpu_samples: Mutex<HashMap<String, (std::time::Instant, u64)>>,
     /// Fires when the agent should stop.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// How long a new sandbox's envd may take to answer once its runtime
+    /// started it.
+    pub envd_timeout: Duration,
 }
+
+/// How long a new sandbox's envd may take to answer, by default.
+pub const ENVD_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl<R: Runtime> Agent<R> {
     /// An agent over `runtime`, keeping its records in `meta_dir`.
@@ -60,6 +66,7 @@ impl<R: Runtime> Agent<R> {
             meta: Mutex::new(HashMap::new()),
             cpu_samples: Mutex::new(HashMap::new()),
             shutdown: tokio::sync::watch::channel(false).0,
+            envd_timeout: ENVD_TIMEOUT,
         }))
     }
 
@@ -101,7 +108,9 @@ impl<R: Runtime> Agent<R> {
         }
     }
 
-    /// Creates a sandbox.
+    /// Creates a sandbox: the runtime starts it, then envd is brought up
+    /// (health, environment) through [`crate::envd::Envd::start`]; when
+    /// envd does not come up, the sandbox is destroyed again.
     pub async fn create(
         &self,
         spec: SandboxSpec,
@@ -110,7 +119,15 @@ impl<R: Runtime> Agent<R> {
         auto_pause: bool,
     ) -> Result<(Instance, Meta), RuntimeError> {
         let id = spec.id.clone();
+        let envs = spec.envs.clone();
         let inst = self.runtime.create(spec).await?;
+        let envd = crate::envd::Envd::new(&self.pools, &inst);
+        if let Err(e) = envd.start(&envs, self.envd_timeout).await {
+            if let Err(d) = self.runtime.destroy(&id).await {
+                tracing::warn!(sandbox = %id, "removing a sandbox whose envd did not come up: {d}");
+            }
+            return Err(RuntimeError::caused(format!("sandbox {id}: envd never came up"), e));
+        }
         let t = now();
         let m = Meta {
             timeout_sec,

@@ -20,6 +20,7 @@ pub struct Envd {
     /// `filesystem.Filesystem`.
     pub fs: FilesystemClient<HttpClient>,
     base: String,
+    addr: std::net::SocketAddr,
     token: String,
     http: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
@@ -70,6 +71,7 @@ impl Envd {
             process: ProcessClient::new(pools.connect.clone(), config.clone()),
             fs: FilesystemClient::new(pools.connect.clone(), config),
             base,
+            addr: inst.envd_addr,
             token: inst.envd_token.clone(),
             http: pools.http.clone(),
         }
@@ -135,6 +137,114 @@ impl Envd {
             .unwrap_or_default();
         Err(files_error(status, &body))
     }
+}
+
+/// Why envd did not come up in a new sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No `204` from `/health` in time.
+    #[error("envd at {addr} did not answer /health within {timeout:?}")]
+    NoAnswer {
+        /// Where envd should listen.
+        addr: std::net::SocketAddr,
+        /// How long it was given.
+        timeout: std::time::Duration,
+    },
+    /// `/init` was refused.
+    #[error("envd refused /init: {status} {message}")]
+    Init {
+        /// Its status.
+        status: http::StatusCode,
+        /// Its message.
+        message: String,
+    },
+    /// The request could not be made or carried.
+    #[error("calling envd's {what}")]
+    Http {
+        /// Which call.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+}
+
+impl Envd {
+    /// Brings up a new sandbox's envd: waits until `/health` answers 204
+    /// (within `timeout`), then, when there are `envs`, hands them over
+    /// with `/init`. The sandbox's init made envd's socket listen before
+    /// envd ran, so the first request waits in its backlog until envd
+    /// serves it; a request is made again (after 1, 2, 4 … 20 ms) only if
+    /// a connection fails. Every runtime's sandboxes start this way.
+    pub async fn start(
+        &self,
+        envs: &std::collections::HashMap<String, String>,
+        timeout: std::time::Duration,
+    ) -> Result<(), StartError> {
+        let addr = self.addr;
+        let health = async {
+            let mut pause = std::time::Duration::from_millis(1);
+            loop {
+                let req = http::Request::get(format!("{}/health", self.base))
+                    .body(Body::default())
+                    .map_err(|e| StartError::Http {
+                        what: "/health",
+                        source: e.into(),
+                    })?;
+                if let Ok(resp) = self.http.request(req).await {
+                    if resp.status() == http::StatusCode::NO_CONTENT {
+                        return Ok(());
+                    }
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(20));
+            }
+        };
+        tokio::time::timeout(timeout, health)
+            .await
+            .unwrap_or(Err(StartError::NoAnswer { addr, timeout }))?;
+        if envs.is_empty() {
+            return Ok(());
+        }
+        let body = serde_json::json!({ "envVars": envs }).to_string();
+        let req = http::Request::post(format!("{}/init", self.base))
+            .header("content-type", "application/json")
+            .header("x-access-token", &self.token)
+            .body(whole(Bytes::from(body)))
+            .map_err(|e| StartError::Http {
+                what: "/init",
+                source: e.into(),
+            })?;
+        let resp = tokio::time::timeout(timeout, self.http.request(req))
+            .await
+            .map_err(|_| StartError::NoAnswer { addr, timeout })?
+            .map_err(|e| StartError::Http {
+                what: "/init",
+                source: e.into(),
+            })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Err(StartError::Init {
+            status,
+            message: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+}
+
+/// A whole body.
+pub fn whole(b: Bytes) -> Body {
+    use http_body_util::BodyExt as _;
+    http_body_util::Full::new(b)
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 fn files_error(status: http::StatusCode, body: &[u8]) -> ConnectError {

@@ -76,7 +76,7 @@ async fn to_the_end<T: Send + 'static>(
 ) -> Result<T, RuntimeError> {
     tokio::spawn(step)
         .await
-        .unwrap_or_else(|e| Err(RuntimeError::Failed(format!("the step failed: {e}"))))
+        .unwrap_or_else(|e| Err(RuntimeError::failed(format!("the step failed: {e}"))))
 }
 
 /// Maps runtime errors to Connect codes.
@@ -88,7 +88,7 @@ pub fn runtime_error(e: RuntimeError) -> ConnectError {
         RuntimeError::NotFound(_) => ConnectError::not_found(msg),
         RuntimeError::InvalidState(_) => ConnectError::failed_precondition(msg),
         RuntimeError::Exhausted(_) => ConnectError::resource_exhausted(msg),
-        RuntimeError::Failed(_) => ConnectError::internal(msg),
+        RuntimeError::Failed { .. } => ConnectError::internal(msg),
     }
 }
 
@@ -110,18 +110,13 @@ fn sandbox_pb(inst: &Instance, meta: &Meta) -> pb::Sandbox {
         expires_at: meta.expires_at,
         envd_address: inst.envd_addr.to_string(),
         envd_access_token: inst.envd_token.clone(),
-        envd_version: envd_version(),
+        envd_version: wrenn_protocol::envd::VERSION.into(),
         init_pid: inst.init_pid,
         auto_pause: meta.auto_pause,
         ..Default::default()
     };
     s.metadata.extend(meta.metadata.clone());
     s
-}
-
-/// The E2B envd version whose features this envd has (SDKs gate on it).
-fn envd_version() -> String {
-    "0.6.4".into()
 }
 
 type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, ConnectError>> + Send>>;
@@ -301,20 +296,18 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
         r: ServiceRequest<'_, pb::CreateSandboxRequest>,
     ) -> ServiceResult<pb::Sandbox> {
         let r = r.to_owned_message();
+        use wrenn_protocol::sandbox as d;
+        let or = |v: u32, default: u32| if v == 0 { default } else { v };
         let spec = SandboxSpec {
             id: r.sandbox_id,
             template: if r.template.is_empty() {
-                "base".into()
+                d::DEFAULT_TEMPLATE.into()
             } else {
                 r.template
             },
-            vcpus: if r.vcpus == 0 { 1 } else { r.vcpus },
-            memory_mb: if r.memory_mb == 0 { 512 } else { r.memory_mb },
-            disk_size_mb: if r.disk_size_mb == 0 {
-                1024
-            } else {
-                r.disk_size_mb
-            },
+            vcpus: or(r.vcpus, d::DEFAULT_VCPUS),
+            memory_mb: or(r.memory_mb, d::DEFAULT_MEMORY_MB),
+            disk_size_mb: or(r.disk_size_mb, d::DEFAULT_DISK_SIZE_MB),
             allow_internet_access: r.allow_internet_access,
             envs: r.envs.into_iter().collect(),
         };

@@ -4,6 +4,7 @@
 //!   services, field-for-field compatible with E2B's envd, with generated
 //!   message types (binary protobuf and proto3 JSON), server traits and
 //!   clients (feature `client`).
+//! - [`sandbox`]: the defaults of a create request;
 //! - [`hostagent`]: `hostagent.v1.HostAgentService`, what the control plane
 //!   calls on each host.
 
@@ -15,6 +16,16 @@ mod generated {
 /// envd's protobuf packages `process` and `filesystem`.
 pub mod envd {
     pub use crate::generated::{filesystem, process};
+
+    /// The port envd listens on inside every sandbox (E2B's: SDKs build
+    /// `49983-<id>.<domain>` themselves).
+    pub const PORT: u16 = 49983;
+
+    /// The E2B envd version whose protocol Wrenn's envd speaks: what envd,
+    /// the agent and the E2B API report, and what E2B's SDKs gate features
+    /// on (0.6.4: recursive watches with entry info, octet-stream uploads,
+    /// file metadata).
+    pub const VERSION: &str = "0.6.4";
 
     /// The variable in which a sandbox's init names the descriptors
     /// (comma-separated) of the workload cgroup's `cgroup.procs` files:
@@ -28,6 +39,24 @@ pub mod envd {
     /// in its backlog, so nobody polls for envd to come up, and a
     /// restarted envd never leaves a moment with nothing listening.
     pub const LISTEN_FD_ENV: &str = "ENVD_LISTEN_FD";
+}
+
+/// What a sandbox gets when its create request leaves a field out: the
+/// one place these defaults are written (the control plane's native and
+/// E2B routes, the agent and the CLI read them here).
+pub mod sandbox {
+    /// Template.
+    pub const DEFAULT_TEMPLATE: &str = "base";
+    /// CPUs.
+    pub const DEFAULT_VCPUS: u32 = 1;
+    /// Memory limit, MiB.
+    pub const DEFAULT_MEMORY_MB: u32 = 512;
+    /// Disk size, MiB.
+    pub const DEFAULT_DISK_SIZE_MB: u32 = 1024;
+    /// Idle timeout of the native API, seconds.
+    pub const DEFAULT_TIMEOUT_SEC: u32 = 300;
+    /// Idle timeout of the E2B API, seconds (E2B's own default).
+    pub const E2B_DEFAULT_TIMEOUT_SEC: u32 = 15;
 }
 
 /// The host agent's API, `hostagent.v1.HostAgentService`, and its HTTP

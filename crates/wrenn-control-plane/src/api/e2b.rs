@@ -25,7 +25,7 @@ use crate::error::ApiError;
 use crate::store::{Sandbox, now};
 
 /// envd as E2B's SDKs know it: the feature level they gate on.
-const ENVD_VERSION: &str = "0.6.4";
+const ENVD_VERSION: &str = wrenn_protocol::envd::VERSION;
 
 /// The E2B routes.
 pub(super) fn routes() -> axum::Router<App> {

@@ -92,9 +92,37 @@ pub enum RuntimeError {
     /// The host ran out of something (slots, memory, disk).
     #[error("{0}")]
     Exhausted(String),
-    /// Anything else, with what was being done.
-    #[error("{0}")]
-    Failed(String),
+    /// Anything else: what was being done, and the error that stopped it
+    /// (kept as the source, and shown after a colon).
+    #[error("{what}{}", .source.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    Failed {
+        /// What was being done (e.g. "creating the cgroup of sb-1").
+        what: String,
+        /// Why it failed, when another error says so.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    },
+}
+
+impl RuntimeError {
+    /// A failure described by `what` alone.
+    pub fn failed(what: impl Into<String>) -> Self {
+        RuntimeError::Failed {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// A failure while doing `what`, caused by `source`.
+    pub fn caused(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        RuntimeError::Failed {
+            what: what.into(),
+            source: Some(Box::new(source)),
+        }
+    }
 }
 
 /// A way of running sandboxes on this host.
@@ -102,7 +130,9 @@ pub trait Runtime: Send + Sync + 'static {
     /// Its name: "namespaces", "firecracker", ...
     fn name(&self) -> &'static str;
 
-    /// Creates and starts a sandbox; returns once envd answers. On failure
+    /// Creates and starts a sandbox; returns once envd was started and its
+    /// port at [`Instance::envd_addr`] accepts connections (the agent then
+    /// waits for envd to answer: the runtime speaks no HTTP). On failure
     /// nothing of it remains.
     fn create(
         &self,

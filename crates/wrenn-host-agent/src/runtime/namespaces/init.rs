@@ -560,8 +560,8 @@ fn sandbox_init(spec: &InitSpec, work_fds: &str) -> Result<(), Fail> {
     // `wrenn_protocol::envd::LISTEN_FD_ENV`): the agent's first request
     // waits in the backlog instead of polling for envd to come up.
     let listener = ctx(
-        std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, super::ENVD_PORT)),
-        format!("listening on envd's port {}", super::ENVD_PORT),
+        std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, wrenn_protocol::envd::PORT)),
+        format!("listening on envd's port {}", wrenn_protocol::envd::PORT),
     )?;
     ctx(
         rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::empty()),

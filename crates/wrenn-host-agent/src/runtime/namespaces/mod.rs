@@ -36,9 +36,6 @@ use self::network::{Network, Slot, Slots};
 use super::{Instance, RunState, Runtime, RuntimeError, SandboxSpec, Usage};
 use crate::templates::TemplateStore;
 
-/// Port envd listens on inside every sandbox.
-pub const ENVD_PORT: u16 = 49983;
-
 /// How the namespace runtime is set up.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -58,8 +55,9 @@ pub struct Config {
     pub uid_count: u32,
     /// Task limit per sandbox.
     pub pids_max: u32,
-    /// How long a sandbox may take to answer on envd's /health.
-    pub ready_timeout: Duration,
+    /// How long a sandbox's init may take to start envd (the agent then
+    /// waits for envd to answer, within its own limit).
+    pub start_timeout: Duration,
     /// The cgroup (in every hierarchy) under which sandboxes' cgroups go;
     /// each agent on a machine needs its own.
     pub cgroup_parent: String,
@@ -83,7 +81,7 @@ impl Config {
             uid_base: 1_000_000_000,
             uid_count: 65536,
             pids_max: 4096,
-            ready_timeout: Duration::from_secs(10),
+            start_timeout: Duration::from_secs(10),
             cgroup_parent: "wrenn".into(),
             instance_lock: None,
         }
@@ -98,7 +96,7 @@ struct Record {
     /// Start time of the init (field 22 of /proc/<pid>/stat), to tell it
     /// from a later process that reuses the pid.
     init_start_time: u64,
-    /// False until envd answered.
+    /// False until the init started envd.
     ready: bool,
     /// Destroyed: being removed, never to be adopted again.
     #[serde(default)]
@@ -121,10 +119,6 @@ pub struct NamespaceRuntime {
     templates: TemplateStore,
     resolvers: Vec<std::net::Ipv4Addr>,
     live: Mutex<HashMap<String, Live>>,
-    http: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        http_body_util::Full<bytes::Bytes>,
-    >,
     this: std::sync::Weak<NamespaceRuntime>,
     /// envd's dynamic loader (`None`: envd is static and runs anywhere).
     envd_interp: Option<String>,
@@ -223,7 +217,7 @@ pub fn elf_interpreter(path: &std::path::Path) -> Option<String> {
 }
 
 fn failed(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> RuntimeError {
-    move |e| RuntimeError::Failed(format!("{what}: {e}"))
+    move |e| RuntimeError::caused(what.to_string(), e)
 }
 
 fn start_time(pid: u32) -> Option<u64> {
@@ -313,8 +307,8 @@ impl NamespaceRuntime {
     /// a tokio runtime, as root.
     pub fn new(cfg: Config) -> Result<Arc<Self>, RuntimeError> {
         if !rustix::process::geteuid().is_root() {
-            return Err(RuntimeError::Failed(
-                "the namespace runtime needs root; run the agent as root".into(),
+            return Err(RuntimeError::failed(
+                "the namespace runtime needs root; run the agent as root",
             ));
         }
         // Before anything is touched: another agent's sandboxes are not
@@ -323,7 +317,7 @@ impl NamespaceRuntime {
         if cfg.instance_lock.is_none() {
             cfg.instance_lock = Some(Arc::new(
                 lock::take(&cfg.cgroup_parent, &cfg.data_dir)
-                    .map_err(|e| RuntimeError::Failed(e.to_string()))?,
+                    .map_err(|e| RuntimeError::failed(e.to_string()))?,
             ));
         }
         for d in ["sandboxes", "templates", "cache"] {
@@ -331,7 +325,7 @@ impl NamespaceRuntime {
             std::fs::create_dir_all(&p).map_err(failed(format!("creating {}", p.display())))?;
         }
         if !cfg.envd_binary.exists() {
-            return Err(RuntimeError::Failed(format!(
+            return Err(RuntimeError::failed(format!(
                 "envd binary not found at {}; build it (cargo build -p envd) or pass --envd",
                 cfg.envd_binary.display()
             )));
@@ -351,12 +345,9 @@ impl NamespaceRuntime {
             })
             .ok();
         let resolvers = network::host_resolvers();
-        network::install_firewall(&resolvers).map_err(|e| RuntimeError::Failed(e.to_string()))?;
+        network::install_firewall(&resolvers).map_err(|e| RuntimeError::failed(e.to_string()))?;
         let net = Network::new().map_err(failed("opening netlink"))?;
         let templates = TemplateStore::new(cfg.data_dir.join("templates"), cfg.uid_base);
-        let http =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
         let envd_interp = elf_interpreter(&cfg.envd_binary);
         let envd_layer = envd_layer(&cfg.envd_binary, &cfg.data_dir)
             .map_err(failed("placing envd in <data>/envd-layer"))?;
@@ -388,7 +379,6 @@ impl NamespaceRuntime {
                 live: Mutex::new(HashMap::new()),
                 teardowns: Teardowns::default(),
                 _dynmods: dynmods,
-                http,
                 this: this.clone(),
                 cfg,
             },
@@ -456,7 +446,7 @@ impl NamespaceRuntime {
                     break;
                 }
                 if Instant::now() > deadline {
-                    return Err(RuntimeError::Failed(format!(
+                    return Err(RuntimeError::failed(format!(
                         "sandbox {id}: processes {left:?} did not die"
                     )));
                 }
@@ -470,7 +460,7 @@ impl NamespaceRuntime {
             let deadline = Instant::now() + Duration::from_secs(2);
             while let Err(e) = self.cgroups.remove(id) {
                 if Instant::now() > deadline {
-                    return Err(RuntimeError::Failed(format!(
+                    return Err(RuntimeError::failed(format!(
                         "removing the cgroup of {id}: {e}"
                     )));
                 }
@@ -495,7 +485,7 @@ impl NamespaceRuntime {
         let dir = self.dir(id);
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(RuntimeError::Failed(format!(
+                return Err(RuntimeError::failed(format!(
                     "removing {}: {e}",
                     dir.display()
                 )));
@@ -506,7 +496,7 @@ impl NamespaceRuntime {
             self.net
                 .detach(r.slot)
                 .await
-                .map_err(|e| RuntimeError::Failed(e.to_string()))?;
+                .map_err(|e| RuntimeError::failed(e.to_string()))?;
             self.slots.release(r.slot);
         }
         Ok(())
@@ -594,7 +584,7 @@ impl NamespaceRuntime {
                 )
             })
             .await
-            .map_err(|e| RuntimeError::Failed(format!("copying the disk image: {e}")))??;
+            .map_err(|e| RuntimeError::caused("copying the disk image", e))??;
         }
         step("disk");
         let slot = self
@@ -602,7 +592,7 @@ impl NamespaceRuntime {
             .take(spec.allow_internet_access)
             .map_err(|e| RuntimeError::Exhausted(e.to_string()))?;
         let token = random_hex(16);
-        let envd_addr = SocketAddr::new(slot.sandbox_ip().into(), ENVD_PORT);
+        let envd_addr = SocketAddr::new(slot.sandbox_ip().into(), wrenn_protocol::envd::PORT);
         *record = Some(Record {
             instance: Instance {
                 spec: spec.clone(),
@@ -683,11 +673,11 @@ impl NamespaceRuntime {
             .map_err(failed("sending the init spec"))?;
         let mut pid = 0;
         loop {
-            let next = tokio::time::timeout(self.cfg.ready_timeout, lines.next_line()).await;
+            let next = tokio::time::timeout(self.cfg.start_timeout, lines.next_line()).await;
             let Ok(next) = next else {
-                return Err(RuntimeError::Failed(format!(
+                return Err(RuntimeError::failed(format!(
                     "sandbox {id}: init did not answer within {:?}",
-                    self.cfg.ready_timeout
+                    self.cfg.start_timeout
                 )));
             };
             let Some(msg) = next.map_err(failed("reading from the sandbox init"))? else {
@@ -696,7 +686,7 @@ impl NamespaceRuntime {
                     use tokio::io::AsyncReadExt;
                     let _ = e.read_to_string(&mut err).await;
                 }
-                return Err(RuntimeError::Failed(format!(
+                return Err(RuntimeError::failed(format!(
                     "sandbox {id}: init exited early: {}",
                     err.trim()
                 )));
@@ -708,7 +698,7 @@ impl NamespaceRuntime {
                 ("pid", n) => {
                     pid = n
                         .parse()
-                        .map_err(|_| RuntimeError::Failed(format!("bad pid line '{msg}'")))?;
+                        .map_err(|_| RuntimeError::failed(format!("bad pid line '{msg}'")))?;
                     let _ = child.wait().await; // the launcher exits right away
                     // PID 1 restarts envd when it dies; the OOM killer
                     // should never pick PID 1 itself (envd resets its own).
@@ -727,7 +717,7 @@ impl NamespaceRuntime {
                     self.net
                         .attach(pid, slot)
                         .await
-                        .map_err(|e| RuntimeError::Failed(format!("sandbox {id}: {e}")))?;
+                        .map_err(|e| RuntimeError::caused(format!("sandbox {id}"), e))?;
                     step("network");
                 }
                 ("net", _) => {
@@ -752,74 +742,21 @@ impl NamespaceRuntime {
                     step("exec");
                     break;
                 }
-                ("error:", e) => return Err(RuntimeError::Failed(format!("sandbox {id}: {e}"))),
+                ("error:", e) => return Err(RuntimeError::failed(format!("sandbox {id}: {e}"))),
                 _ => {
-                    return Err(RuntimeError::Failed(format!(
+                    return Err(RuntimeError::failed(format!(
                         "sandbox {id}: unexpected init message '{msg}'"
                     )));
                 }
             }
         }
-        self.wait_ready(envd_addr)
-            .await
-            .map_err(|e| RuntimeError::Failed(format!("sandbox {id}: envd never answered: {e}")))?;
-        if !spec.envs.is_empty() {
-            let body = serde_json::json!({ "envVars": spec.envs }).to_string();
-            let req = http::Request::post(format!("http://{envd_addr}/init"))
-                .header("content-type", "application/json")
-                .header("x-access-token", &token)
-                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                .expect("valid request");
-            let resp = self
-                .http
-                .request(req)
-                .await
-                .map_err(|e| RuntimeError::Failed(format!("envd /init: {e}")))?;
-            if !resp.status().is_success() {
-                return Err(RuntimeError::Failed(format!(
-                    "envd /init answered {}",
-                    resp.status()
-                )));
-            }
-        }
-        step("ready");
+        // envd runs from here on (its socket listened before it did): the
+        // agent waits for it to answer and gives it the environment.
         let r = record.as_mut().expect("set");
         r.ready = true;
         self.save(id, r)?;
         tracing::debug!(sandbox = %id, ?steps, "created (µs since the start, per step)");
         Ok(r.instance.clone())
-    }
-
-    /// Waits for envd's `/health` to answer 204. The sandbox's init made
-    /// envd's socket listen before envd ran, so the request waits in its
-    /// backlog until envd serves it; it is made again (after a short
-    /// pause) only if the connection fails.
-    async fn wait_ready(&self, addr: SocketAddr) -> std::io::Result<()> {
-        let attempt = async {
-            let mut pause = Duration::from_millis(1);
-            loop {
-                if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
-                    use tokio::io::AsyncReadExt;
-                    s.write_all(b"GET /health HTTP/1.1\r\nhost: envd\r\nconnection: close\r\n\r\n")
-                        .await?;
-                    let mut buf = [0u8; 16];
-                    let n = s.read(&mut buf).await?;
-                    if buf[..n].starts_with(b"HTTP/1.1 204") {
-                        return Ok(());
-                    }
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(20));
-            }
-        };
-        tokio::time::timeout(self.cfg.ready_timeout, attempt)
-            .await
-            .unwrap_or_else(|_| {
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer within {:?}", self.cfg.ready_timeout),
-                ))
-            })
     }
 
     /// Binds a (re)started LXCFS into every live sandbox.
@@ -986,7 +923,7 @@ fn make_image(golden: &Path, uid_base: u32, mb: u32) -> Result<(), RuntimeError>
             .output()
             .map_err(failed("running mkfs.ext4 (apt-get install e2fsprogs)"))?;
         if !out.status.success() {
-            return Err(RuntimeError::Failed(format!(
+            return Err(RuntimeError::failed(format!(
                 "mkfs.ext4: {}",
                 String::from_utf8_lossy(&out.stderr)
             )));
@@ -1173,7 +1110,7 @@ impl Runtime for NamespaceRuntime {
         let id2 = id.to_string();
         tokio::task::spawn_blocking(move || this.cgroups.set_frozen(&id2, true))
             .await
-            .map_err(|e| RuntimeError::Failed(e.to_string()))?
+            .map_err(|e| RuntimeError::failed(e.to_string()))?
             .map_err(failed(format!("freezing {id}")))?;
         self.set_state(id, RunState::Paused)
     }
@@ -1191,7 +1128,7 @@ impl Runtime for NamespaceRuntime {
         let id2 = id.to_string();
         tokio::task::spawn_blocking(move || this.cgroups.set_frozen(&id2, false))
             .await
-            .map_err(|e| RuntimeError::Failed(e.to_string()))?
+            .map_err(|e| RuntimeError::failed(e.to_string()))?
             .map_err(failed(format!("thawing {id}")))?;
         self.set_state(id, RunState::Running)
     }
@@ -1235,7 +1172,7 @@ impl Runtime for NamespaceRuntime {
                 .loopback_threads
                 .acquire()
                 .await
-                .map_err(|_| RuntimeError::Failed(why("the runtime is stopping")))?;
+                .map_err(|_| RuntimeError::failed(why("the runtime is stopping")))?;
             // A thread of its own: it leaves the host's network namespace
             // for good, which no pooled thread may do.
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -1246,7 +1183,7 @@ impl Runtime for NamespaceRuntime {
                 })
                 .map_err(failed(why("starting a thread")))?;
             rx.await
-                .map_err(|_| RuntimeError::Failed(why("the thread died")))?
+                .map_err(|_| RuntimeError::failed(why("the thread died")))?
                 .map_err(failed(why("making a socket in its namespace")))?
         };
         let [v4, v6] = sockets;
@@ -1266,7 +1203,7 @@ impl Runtime for NamespaceRuntime {
                     ) => {}
                 Ok(Err(e)) => return Err(failed(why("connecting"))(e)),
                 Err(_) => {
-                    return Err(RuntimeError::Failed(why(
+                    return Err(RuntimeError::failed(why(
                         "the server did not accept within 2 s",
                     )));
                 }
@@ -1359,7 +1296,7 @@ impl Runtime for NamespaceRuntime {
             .net
             .host_links()
             .await
-            .map_err(|e| RuntimeError::Failed(e.to_string()))?
+            .map_err(|e| RuntimeError::failed(e.to_string()))?
         {
             if !slots.contains(&index) {
                 let _ = self
