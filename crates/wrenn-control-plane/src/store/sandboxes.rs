@@ -1,0 +1,261 @@
+//! Sandboxes.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Store, now};
+
+/// A sandbox as the control plane knows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Sandbox {
+    /// `sb-…`.
+    pub id: String,
+    /// Owning team.
+    pub team_id: String,
+    /// Host it runs on.
+    pub host_id: String,
+    /// Template.
+    pub template: String,
+    /// pending, starting, running, paused, stopped, missing, error.
+    pub state: String,
+    /// CPUs.
+    pub vcpus: i64,
+    /// Memory.
+    pub memory_mb: i64,
+    /// Disk.
+    pub disk_size_mb: i64,
+    /// Idle timeout.
+    pub timeout_sec: i64,
+    /// Egress allowed.
+    pub allow_internet_access: bool,
+    /// Labels.
+    pub metadata: HashMap<String, String>,
+    /// envd's address as the host sees it.
+    pub envd_address: String,
+    /// envd's token.
+    #[serde(skip)]
+    pub envd_token: String,
+    /// Why it is in `error`.
+    pub error: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub started_at: i64,
+    /// Unix seconds.
+    pub last_active_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+    /// Token that opens the sandbox's ports through the proxy
+    /// (`e2b-traffic-access-token`).
+    #[serde(skip)]
+    pub traffic_token: String,
+    /// Ports anyone may reach through the proxy, without credentials.
+    pub public_ports: Vec<u16>,
+    /// Pause instead of destroy when the timeout passes (E2B `autoPause`).
+    pub auto_pause: bool,
+}
+
+fn sandbox(r: &AnyRow) -> Sandbox {
+    let meta: String = r.get("metadata");
+    Sandbox {
+        id: r.get("id"),
+        team_id: r.get("team_id"),
+        host_id: r.get("host_id"),
+        template: r.get("template"),
+        state: r.get("state"),
+        vcpus: r.get("vcpus"),
+        memory_mb: r.get("memory_mb"),
+        disk_size_mb: r.get("disk_size_mb"),
+        timeout_sec: r.get("timeout_sec"),
+        allow_internet_access: r.get::<i64, _>("allow_internet_access") != 0,
+        metadata: serde_json::from_str(&meta).unwrap_or_default(),
+        envd_address: r.get("envd_address"),
+        envd_token: r.get("envd_token"),
+        error: r.get("error"),
+        created_at: r.get("created_at"),
+        started_at: r.get("started_at"),
+        last_active_at: r.get("last_active_at"),
+        updated_at: r.get("updated_at"),
+        traffic_token: r.get("traffic_token"),
+        public_ports: r
+            .get::<String, _>("public_ports")
+            .split(',')
+            .filter_map(|p| p.trim().parse().ok())
+            .collect(),
+        auto_pause: r.get::<i64, _>("auto_pause") != 0,
+    }
+}
+
+fn ports_text(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+const SANDBOX_COLS: &str = "id, team_id, host_id, template, state, vcpus, memory_mb, disk_size_mb, timeout_sec, allow_internet_access, metadata, envd_address, envd_token, error, created_at, started_at, last_active_at, updated_at, traffic_token, public_ports, auto_pause";
+
+impl Store {
+    /// Records a new sandbox (normally `pending`).
+    pub async fn insert_sandbox(&self, s: &Sandbox) -> Result<(), sqlx::Error> {
+        sqlx::query(&format!("INSERT INTO sandboxes ({SANDBOX_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"))
+            .bind(&s.id)
+            .bind(&s.team_id)
+            .bind(&s.host_id)
+            .bind(&s.template)
+            .bind(&s.state)
+            .bind(s.vcpus)
+            .bind(s.memory_mb)
+            .bind(s.disk_size_mb)
+            .bind(s.timeout_sec)
+            .bind(i64::from(s.allow_internet_access))
+            .bind(serde_json::to_string(&s.metadata).expect("map serializes"))
+            .bind(&s.envd_address)
+            .bind(&s.envd_token)
+            .bind(&s.error)
+            .bind(s.created_at)
+            .bind(s.started_at)
+            .bind(s.last_active_at)
+            .bind(s.updated_at)
+            .bind(&s.traffic_token)
+            .bind(ports_text(&s.public_ports))
+            .bind(i64::from(s.auto_pause))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes every mutable field of a sandbox.
+    pub async fn update_sandbox(&self, s: &Sandbox) -> Result<(), sqlx::Error> {
+        self.write_sandbox(s, None).await.map(|_| ())
+    }
+
+    /// Writes every mutable field of `s`; with `guard` (state, updated_at)
+    /// only if the row still has them. Whether a row was written.
+    async fn write_sandbox(
+        &self,
+        s: &Sandbox,
+        guard: Option<(&str, i64)>,
+    ) -> Result<bool, sqlx::Error> {
+        let sql = match guard {
+            None => {
+                "UPDATE sandboxes SET state = $1, host_id = $2, envd_address = $3, envd_token = $4, error = $5, started_at = $6, last_active_at = $7, updated_at = $8, timeout_sec = $9, public_ports = $10 WHERE id = $11"
+            }
+            Some(_) => {
+                "UPDATE sandboxes SET state = $1, host_id = $2, envd_address = $3, envd_token = $4, error = $5, started_at = $6, last_active_at = $7, updated_at = $8, timeout_sec = $9, public_ports = $10 WHERE id = $11 AND state = $12 AND updated_at = $13"
+            }
+        };
+        let mut q = sqlx::query(sql)
+            .bind(&s.state)
+            .bind(&s.host_id)
+            .bind(&s.envd_address)
+            .bind(&s.envd_token)
+            .bind(&s.error)
+            .bind(s.started_at)
+            .bind(s.last_active_at)
+            .bind(now())
+            .bind(s.timeout_sec)
+            .bind(ports_text(&s.public_ports))
+            .bind(&s.id);
+        if let Some((state, updated_at)) = guard {
+            q = q.bind(state).bind(updated_at);
+        }
+        Ok(q.execute(&self.pool).await?.rows_affected() == 1)
+    }
+
+    /// Records that a sandbox was used at `at` (its `last_active_at`), and
+    /// nothing else: a caller that read the row before a long call (an
+    /// exec) must not write back a state that changed meanwhile.
+    pub async fn touch_sandbox(&self, id: &str, at: i64) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE sandboxes SET last_active_at = $1 WHERE id = $2")
+            .bind(at)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Like [`Store::update_sandbox`], but only if nobody changed the row
+    /// since `s` was read from it (same state, same `updated_at`); false
+    /// when someone did, and nothing was written. For writers that act on
+    /// what they read a while ago (reconciliation).
+    pub async fn update_sandbox_if_unchanged(
+        &self,
+        s: &Sandbox,
+        read_state: &str,
+    ) -> Result<bool, sqlx::Error> {
+        self.write_sandbox(s, Some((read_state, s.updated_at)))
+            .await
+    }
+
+    /// Forgets a sandbox that never existed anywhere (a create its host
+    /// refused as invalid).
+    pub async fn delete_sandbox(&self, id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM sandboxes WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A team's sandbox; `None` for other teams' sandboxes too.
+    pub async fn sandbox(&self, team_id: &str, id: &str) -> Result<Option<Sandbox>, sqlx::Error> {
+        Ok(sqlx::query(&format!(
+            "SELECT {SANDBOX_COLS} FROM sandboxes WHERE team_id = $1 AND id = $2"
+        ))
+        .bind(team_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| sandbox(&r)))
+    }
+
+    /// Any team's sandbox, for routing proxy traffic (which proves access
+    /// by other means than a team's credentials).
+    pub async fn sandbox_by_id(&self, id: &str) -> Result<Option<Sandbox>, sqlx::Error> {
+        Ok(sqlx::query(&format!(
+            "SELECT {SANDBOX_COLS} FROM sandboxes WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| sandbox(&r)))
+    }
+
+    /// A team's sandboxes, optionally in one state, newest first.
+    pub async fn sandboxes(
+        &self,
+        team_id: &str,
+        state: Option<&str>,
+    ) -> Result<Vec<Sandbox>, sqlx::Error> {
+        let rows = match state {
+            Some(st) => {
+                sqlx::query(&format!("SELECT {SANDBOX_COLS} FROM sandboxes WHERE team_id = $1 AND state = $2 ORDER BY created_at DESC, id"))
+                    .bind(team_id)
+                    .bind(st)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query(&format!("SELECT {SANDBOX_COLS} FROM sandboxes WHERE team_id = $1 AND state <> 'stopped' ORDER BY created_at DESC, id"))
+                    .bind(team_id)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        Ok(rows.iter().map(sandbox).collect())
+    }
+
+    /// Sandboxes on a host that are not stopped.
+    pub async fn sandboxes_on_host(&self, host_id: &str) -> Result<Vec<Sandbox>, sqlx::Error> {
+        let rows = sqlx::query(&format!("SELECT {SANDBOX_COLS} FROM sandboxes WHERE host_id = $1 AND state <> 'stopped' ORDER BY id"))
+            .bind(host_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(sandbox).collect())
+    }
+}
