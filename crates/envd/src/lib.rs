@@ -26,8 +26,6 @@ use connectrpc::{ConnectRpcService, DeadlinePolicy};
 
 pub use state::{AppState, Defaults};
 
-
-
 /// Builds envd's whole HTTP app over `state`.
 pub fn router(state: AppState) -> axum::Router {
     let connect = connectrpc::Router::new()

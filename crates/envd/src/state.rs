@@ -11,7 +11,6 @@ use crate::filesystem::watch::WatcherTable;
 use crate::process::ProcessTable;
 use crate::users::{self, User, UserError};
 
-
 /// Settings given on the command line and changed by `POST /init`.
 ///
 /// With a state file (`--state-file`), `/init` saves them there and a

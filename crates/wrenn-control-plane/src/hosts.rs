@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use connectrpc::client::{ClientConfig, HttpClient};
 use wrenn_protocol::hostagent::v1::HostAgentServiceClient;
 
+use crate::error::ApiError;
 use crate::store::{Allocated, Host};
 
 /// The host record of the agent that runs inside `wrenn up`'s own process.
@@ -324,6 +325,106 @@ pub struct Demand {
 pub trait Scheduler: Send + Sync {
     /// One of `candidates`, or `None` when none can take `demand`.
     fn pick<'a>(&self, candidates: &'a [Candidate], demand: &Demand) -> Option<&'a Host>;
+
+    /// Whether `demand` still fits on `candidate` (with what its sandboxes
+    /// hold now): asked again inside the placement's transaction, so that
+    /// concurrent creates never promise a host more than this scheduler
+    /// allows. By default everything fits.
+    fn fits(&self, candidate: &Candidate, demand: &Demand) -> bool {
+        let _ = (candidate, demand);
+        true
+    }
+}
+
+/// Checks the tags a request names (host tags, or tags a sandbox asks
+/// for): at most 32, each 1-64 of letters, digits and `- _ . : =`.
+pub fn check_tags(field: &str, tags: &[String]) -> Result<(), ApiError> {
+    if tags.len() > 32
+        || tags.iter().any(|t| {
+            t.is_empty()
+                || t.len() > 64
+                || !t
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:=".contains(&b))
+        })
+    {
+        return Err(ApiError::bad_request(format!(
+            "{field}: up to 32 tags of 1-64 letters, digits or - _ . : ="
+        )));
+    }
+    Ok(())
+}
+
+/// The hosts a sandbox of `team` asking for `demand` on hosts with every
+/// tag of `tags` may go to: online, shared or the team's own, tagged, and
+/// large enough, each with what its sandboxes hold now. An error when no
+/// host could ever take it (400: the request is wrong) or none is online
+/// now (503).
+pub async fn candidates(
+    store: &crate::store::Store,
+    team: &str,
+    tags: &[String],
+    demand: &Demand,
+) -> Result<Vec<Candidate>, ApiError> {
+    let tagged: Vec<Host> = store
+        .hosts()
+        .await?
+        .into_iter()
+        .filter(|h| h.team_id.is_empty() || h.team_id == team)
+        .filter(|h| tags.iter().all(|t| h.tags.contains(t)))
+        .collect();
+    if tagged.is_empty() && !tags.is_empty() {
+        // Not a passing shortage: no host, up or down, would ever do.
+        return Err(ApiError::bad_request(format!(
+            "host_tags: no host has all of the tags {tags:?}; tag a host (PUT /v1/hosts/{{id}}/tags) or drop host_tags"
+        )));
+    }
+    // A sandbox bigger than every host will never fit: the request is
+    // wrong, not the moment.
+    if !tagged.is_empty() && !tagged.iter().any(|h| could_ever_fit(h, demand)) {
+        let most = |f: fn((i64, i64, i64)) -> i64| {
+            tagged.iter().map(|h| f(capacity(h))).max().unwrap_or(0)
+        };
+        return Err(ApiError::bad_request(format!(
+            "no host is that large: the largest has {} vCPUs, {} MiB of memory and {} MiB of disk (asked: {}, {}, {}); ask for less",
+            most(|c| c.0),
+            most(|c| c.1),
+            most(|c| c.2),
+            demand.vcpus,
+            demand.memory_mb,
+            demand.disk_mb
+        )));
+    }
+    let online: Vec<Host> = tagged
+        .into_iter()
+        .filter(|h| h.status == "online")
+        .collect();
+    if online.is_empty() {
+        let why = if tags.is_empty() {
+            "no host is online to run the sandbox; start an agent or register a host".to_string()
+        } else {
+            format!(
+                "no host with the tags {tags:?} is online; start one, tag another (PUT /v1/hosts/{{id}}/tags) or drop host_tags"
+            )
+        };
+        return Err(ApiError::unavailable("no_hosts_available", why));
+    }
+    let held = store.allocations().await?;
+    Ok(online
+        .into_iter()
+        .map(|h| Candidate {
+            allocated: held.get(&h.id).copied().unwrap_or_default(),
+            host: h,
+        })
+        .collect())
+}
+
+/// The 503 when every candidate is full.
+pub fn no_room() -> ApiError {
+    ApiError::unavailable(
+        "no_hosts_available",
+        "no online host has room for the sandbox (memory or disk); destroy sandboxes, add a host, or let hosts promise more than they have (--memory-overcommit, --disk-overcommit)",
+    )
 }
 
 /// Each host in turn.
@@ -414,6 +515,10 @@ impl LeastLoaded {
 }
 
 impl Scheduler for LeastLoaded {
+    fn fits(&self, candidate: &Candidate, demand: &Demand) -> bool {
+        self.load(candidate, demand).is_some()
+    }
+
     fn pick<'a>(&self, candidates: &'a [Candidate], demand: &Demand) -> Option<&'a Host> {
         candidates
             .iter()

@@ -4,7 +4,9 @@
 //!
 //! - [`store`]: PostgreSQL or SQLite behind one `Store`;
 //! - [`auth`]: passwords, JWTs, API keys and the `Caller` extractor;
-//! - [`hosts`]: agent clients and schedulers;
+//! - [`hosts`]: agent clients, candidate hosts and schedulers;
+//! - [`sandboxes`]: the sandbox lifecycle (create, pause, resume, destroy)
+//!   that every API, the proxy and the host routes call;
 //! - [`api`]: the routes (Wrenn's and E2B's); [`proxy`]: traffic to sandbox
 //!   ports; [`reconcile`]: database against agents.
 
@@ -16,6 +18,8 @@ pub mod ids;
 pub mod output;
 pub mod proxy;
 pub mod reconcile;
+pub mod sandbox_state;
+pub mod sandboxes;
 pub mod store;
 pub mod ttl;
 

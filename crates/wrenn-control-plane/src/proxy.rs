@@ -26,10 +26,10 @@ use subtle::ConstantTimeEq;
 
 use crate::App;
 use crate::error::ApiError;
+use crate::sandboxes::SandboxState;
 use crate::store::{Host, Sandbox};
 use crate::ttl::TtlMap;
 use wrenn_protocol::hostagent::{PROXY_ERROR_HEADER, proxy_error};
-
 
 /// How the proxy behaves.
 #[derive(Debug, Clone)]
@@ -261,17 +261,17 @@ async fn route(app: &App, id: &str, port: u16, headers: &HeaderMap) -> Result<Ro
     };
     let not_found = || ApiError::not_found(format!("sandbox {id}"));
     let mut s = match app.store.sandbox_by_id(id).await {
-        Ok(Some(s)) if s.state != "stopped" => s,
+        Ok(Some(s)) if s.state != SandboxState::Stopped => s,
         Ok(_) => return Err(not_found()),
         Err(e) => return Err(unavailable(&e)),
     };
     authorize(app, headers, &s, port).await?;
-    match s.state.as_str() {
-        "running" => {}
-        "paused" if app.proxy.auto_resume => {
-            s = crate::api::resume_for_traffic(app, s).await?;
+    match s.state {
+        SandboxState::Running => {}
+        SandboxState::Paused if app.proxy.auto_resume => {
+            s = crate::sandboxes::resume_for_traffic(app, s).await?;
         }
-        "paused" => {
+        SandboxState::Paused => {
             return Err(ApiError::conflict(
                 "invalid_state",
                 format!(
@@ -279,7 +279,7 @@ async fn route(app: &App, id: &str, port: u16, headers: &HeaderMap) -> Result<Ro
                 ),
             ));
         }
-        "missing" => {
+        SandboxState::Missing => {
             return Err(host_unreachable(format!(
                 "the host of sandbox {id} is not answering; try again when it is back"
             )));
@@ -479,7 +479,10 @@ mod tests {
         assert!(matches!(host("99999-sb-x.localhost"), Some(Err(_))));
         let mut m = HeaderMap::new();
         m.insert("e2b-sandbox-id", "sb-q".parse().unwrap());
-        assert_eq!(target(&m), Some(Ok(("sb-q".into(), wrenn_protocol::envd::PORT))));
+        assert_eq!(
+            target(&m),
+            Some(Ok(("sb-q".into(), wrenn_protocol::envd::PORT)))
+        );
         m.insert("e2b-sandbox-port", "8888".parse().unwrap());
         assert_eq!(target(&m), Some(Ok(("sb-q".into(), 8888))));
         m.insert("e2b-sandbox-port", "x".parse().unwrap());

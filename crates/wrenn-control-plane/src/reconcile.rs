@@ -13,6 +13,7 @@ use std::time::Duration;
 use wrenn_protocol::hostagent::v1 as pb;
 
 use crate::App;
+use crate::sandboxes::SandboxState;
 use crate::store::{Host, now};
 
 /// What one pass did.
@@ -85,18 +86,19 @@ pub async fn host_pass(app: &App, host: &Host) -> Result<(usize, usize), crate::
         if s.updated_at >= listed_at {
             continue;
         }
-        let read_state = s.state.clone();
+        let read_state = s.state;
         // A create whose control plane died before it recorded the answer
         // stays `pending`; past the longest a create takes, the host says
         // what became of it.
-        let interrupted = s.state == "pending" && now - s.created_at > PENDING_GRACE_SECS;
+        let interrupted =
+            s.state == SandboxState::Pending && now - s.created_at > PENDING_GRACE_SECS;
         let now_state = match alive.get(&s.id) {
             None if interrupted => {
                 s.error = "its creation was interrupted (the control plane restarted); destroy it and create another".into();
-                "error"
+                SandboxState::Error
             }
-            None if s.state == "pending" || s.state == "error" => continue,
-            None => "stopped",
+            None if matches!(s.state, SandboxState::Pending | SandboxState::Error) => continue,
+            None => SandboxState::Stopped,
             Some(a) => {
                 if s.envd_address.is_empty() {
                     // What the interrupted create would have recorded.
@@ -106,25 +108,25 @@ pub async fn host_pass(app: &App, host: &Host) -> Result<(usize, usize), crate::
                     s.last_active_at = now;
                 }
                 match a.state.as_known() {
-                    Some(pb::SandboxState::SANDBOX_STATE_PAUSED) => "paused",
-                    _ => "running",
+                    Some(pb::SandboxState::SANDBOX_STATE_PAUSED) => SandboxState::Paused,
+                    _ => SandboxState::Running,
                 }
             }
         };
         if now_state != s.state {
-            s.state = now_state.into();
+            s.state = now_state;
             // Someone changed it since it was read: theirs stands.
             if !app
                 .store
-                .update_sandbox_if_unchanged(&s, &read_state)
+                .update_sandbox_if_unchanged(&s, read_state)
                 .await?
             {
                 continue;
             }
-            tracing::info!(sandbox = %s.id, from = %read_state, to = now_state, "reconciled");
+            tracing::info!(sandbox = %s.id, from = %read_state, to = %now_state, "reconciled");
             app.proxy_cache.forget(&s.id);
             changed += 1;
-            let _ = app.events.send((s.team_id.clone(), serde_json::json!({ "event": "capsule.state.changed", "capsule_id": s.id, "status": s.state })));
+            crate::sandboxes::emit(app, &s, crate::sandboxes::Event::StateChanged);
         }
     }
     let mut orphans = 0;

@@ -4,6 +4,7 @@
 //! throwaway server and sets it); each run makes and drops its own database.
 
 use std::collections::HashMap;
+use wrenn_control_plane::sandboxes::SandboxState;
 
 use wrenn_control_plane::ids;
 use wrenn_control_plane::store::{ApiKey, Host, Sandbox, Store, Team, User, now};
@@ -123,7 +124,7 @@ async fn suite(store: &Store) {
         team_id: t1.id.clone(),
         host_id: h.id.clone(),
         template: "base".into(),
-        state: "pending".into(),
+        state: SandboxState::Pending,
         vcpus: 1,
         memory_mb: 512,
         disk_size_mb: 1024,
@@ -140,7 +141,7 @@ async fn suite(store: &Store) {
         None,
         "team scoping"
     );
-    s.state = "running".into();
+    s.state = SandboxState::Running;
     s.envd_address = "10.200.0.2:49983".into();
     s.started_at = now();
     store.update_sandbox(&s).await.unwrap();
@@ -152,43 +153,59 @@ async fn suite(store: &Store) {
     assert_eq!(got.metadata.get("project").map(String::as_str), Some("x"));
     assert_eq!(store.sandboxes(&t1.id, None).await.unwrap().len(), 1);
     assert_eq!(
-        store.sandboxes(&t1.id, Some("paused")).await.unwrap().len(),
+        store
+            .sandboxes(&t1.id, Some(SandboxState::Paused))
+            .await
+            .unwrap()
+            .len(),
         0
     );
     assert_eq!(store.sandboxes_on_host(&h.id).await.unwrap().len(), 1);
     // A writer acting on an old read loses to whoever wrote since.
     let read = store.sandbox(&t1.id, &s.id).await.unwrap().unwrap();
     let mut paused = read.clone();
-    paused.state = "paused".into();
+    paused.state = SandboxState::Paused;
     paused.updated_at -= 1; // as if read before another write
     assert!(
         !store
-            .update_sandbox_if_unchanged(&paused, "running")
+            .update_sandbox_if_unchanged(&paused, SandboxState::Running)
             .await
             .unwrap()
     );
     paused.updated_at = read.updated_at;
     assert!(
         !store
-            .update_sandbox_if_unchanged(&paused, "missing")
+            .update_sandbox_if_unchanged(&paused, SandboxState::Missing)
             .await
             .unwrap()
     );
     assert_eq!(
-        store.sandbox(&t1.id, &s.id).await.unwrap().unwrap().state,
+        store
+            .sandbox(&t1.id, &s.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state
+            .as_str(),
         "running"
     );
     assert!(
         store
-            .update_sandbox_if_unchanged(&paused, "running")
+            .update_sandbox_if_unchanged(&paused, SandboxState::Running)
             .await
             .unwrap()
     );
     assert_eq!(
-        store.sandbox(&t1.id, &s.id).await.unwrap().unwrap().state,
+        store
+            .sandbox(&t1.id, &s.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state
+            .as_str(),
         "paused"
     );
-    s.state = "stopped".into();
+    s.state = SandboxState::Stopped;
     store.update_sandbox(&s).await.unwrap();
     assert_eq!(
         store.sandboxes(&t1.id, None).await.unwrap().len(),
@@ -197,7 +214,7 @@ async fn suite(store: &Store) {
     );
     assert_eq!(
         store
-            .sandboxes(&t1.id, Some("stopped"))
+            .sandboxes(&t1.id, Some(SandboxState::Stopped))
             .await
             .unwrap()
             .len(),
@@ -294,7 +311,7 @@ async fn hosts_suite(store: &Store, team: &str) {
         team_id: team.into(),
         host_id: h.id.clone(),
         template: "base".into(),
-        state: "running".into(),
+        state: SandboxState::Running,
         vcpus: 2,
         memory_mb: 256,
         disk_size_mb: 512,
@@ -321,7 +338,13 @@ async fn hosts_suite(store: &Store, team: &str) {
         "unreachable"
     );
     assert_eq!(
-        store.sandbox(team, &sb.id).await.unwrap().unwrap().state,
+        store
+            .sandbox(team, &sb.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state
+            .as_str(),
         "missing"
     );
     assert!(

@@ -126,7 +126,10 @@ impl<R: Runtime> Agent<R> {
             if let Err(d) = self.runtime.destroy(&id).await {
                 tracing::warn!(sandbox = %id, "removing a sandbox whose envd did not come up: {d}");
             }
-            return Err(RuntimeError::caused(format!("sandbox {id}: envd never came up"), e));
+            return Err(RuntimeError::caused(
+                format!("sandbox {id}: envd never came up"),
+                e,
+            ));
         }
         let t = now();
         let m = Meta {

@@ -191,10 +191,10 @@ impl Envd {
                         what: "/health",
                         source: e.into(),
                     })?;
-                if let Ok(resp) = self.http.request(req).await {
-                    if resp.status() == http::StatusCode::NO_CONTENT {
-                        return Ok(());
-                    }
+                if let Ok(resp) = self.http.request(req).await
+                    && resp.status() == http::StatusCode::NO_CONTENT
+                {
+                    return Ok(());
                 }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(std::time::Duration::from_millis(20));

@@ -432,7 +432,7 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
             .await;
         runtime.settle().await;
         for mut s in store.sandboxes_on_host(wrenn_control_plane::hosts::LOCAL_HOST_ID).await.unwrap_or_default() {
-            s.state = "stopped".into();
+            s.state = wrenn_control_plane::sandboxes::SandboxState::Stopped;
             let _ = store.update_sandbox(&s).await;
         }
         let _ = stop_tx.send(true);

@@ -16,12 +16,10 @@ use serde_json::{Value, json};
 use wrenn_protocol::hostagent::v1 as pb;
 
 use super::rfc3339;
-use super::sandboxes::{
-    CreateReqPublic, agent_for, apply_pause, check_range, create_sandbox, destroy_sandbox, find,
-};
 use crate::App;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::sandboxes::{self as lifecycle, Dialect, SandboxState, agent_for, find};
 use crate::store::{Sandbox, now};
 
 /// envd as E2B's SDKs know it: the feature level they gate on.
@@ -108,9 +106,9 @@ fn created(app: &App, s: &Sandbox) -> Value {
 
 /// E2B's state for a Wrenn state: only `running` and `paused` exist there.
 fn e2b_state(s: &Sandbox) -> Option<&'static str> {
-    match s.state.as_str() {
-        "running" | "pending" | "starting" => Some("running"),
-        "paused" => Some("paused"),
+    match s.state {
+        SandboxState::Running | SandboxState::Pending => Some("running"),
+        SandboxState::Paused => Some("paused"),
         _ => None,
     }
 }
@@ -156,24 +154,17 @@ pub(super) async fn create(
 ) -> E2bResult<(StatusCode, Json<Value>)> {
     let caller = caller?;
     let r: NewSandbox = body(&raw)?;
-    let template = r
-        .template_id
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::bad_request("templateID: required (e.g. \"base\")"))?;
-    let public = CreateReqPublic {
-        template,
-        vcpus: 1,
-        memory_mb: 512,
-        disk_size_mb: 1024,
-        timeout_sec: check_range("timeout", r.timeout.unwrap_or(15), 1, 30 * 86400)?,
+    let spec = lifecycle::NewSandbox {
+        template: r.template_id,
+        timeout_sec: r.timeout,
         metadata: r.metadata.unwrap_or_default(),
         envs: r.env_vars.unwrap_or_default(),
-        allow_internet_access: r.allow_internet_access.unwrap_or(true),
+        allow_internet_access: r.allow_internet_access,
         auto_pause: r.auto_pause.unwrap_or(false),
-        public_ports: Vec::new(),
-        host_tags: Vec::new(),
-    };
-    let s = create_sandbox(&app, &caller, public).await?;
+        ..Default::default()
+    }
+    .check(Dialect::E2b)?;
+    let s = lifecycle::create(&app, &caller, spec).await?;
     Ok((StatusCode::CREATED, Json(created(&app, &s))))
 }
 
@@ -351,7 +342,7 @@ pub(super) async fn kill(
 ) -> E2bResult<StatusCode> {
     let caller = caller?;
     let s = find(&app, &caller, &id).await?;
-    destroy_sandbox(&app, s, &caller.actor).await?;
+    lifecycle::destroy(&app, s, &caller.actor).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -360,28 +351,13 @@ pub(super) struct TimeoutReq {
     timeout: Option<u32>,
 }
 
-/// Restarts the idle timer, with `timeout` as the new timeout if given.
-async fn retime(app: &App, mut s: Sandbox, timeout: Option<u32>) -> E2bResult<Sandbox> {
+/// Restarts the idle timer, with `timeout` (checked as E2B's create
+/// checks it) as the new timeout if given.
+async fn retime(app: &App, s: Sandbox, timeout: Option<u32>) -> E2bResult<Sandbox> {
     if let Some(t) = timeout {
-        check_range("timeout", t, 1, 30 * 86400)?;
+        lifecycle::check_timeout(Dialect::E2b, t)?;
     }
-    if s.state == "running" {
-        agent_for(app, &s)
-            .await?
-            .ping(pb::PingRequest {
-                sandbox_id: s.id.clone(),
-                timeout_sec: timeout,
-                ..Default::default()
-            })
-            .await
-            .map_err(ApiError::from)?;
-    }
-    if let Some(t) = timeout {
-        s.timeout_sec = i64::from(t);
-    }
-    s.last_active_at = now();
-    app.store.update_sandbox(&s).await?;
-    Ok(s)
+    Ok(lifecycle::keep_alive(app, s, timeout).await?)
 }
 
 #[utoipa::path(post, path = "/sandboxes/{id}/timeout", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), request_body = TimeoutReq, responses((status = 204, description = "Timer restarted with the new timeout")), security(("api_key" = []), ("bearer" = [])))]
@@ -431,7 +407,7 @@ pub(super) async fn pause(
 ) -> E2bResult<StatusCode> {
     let caller = caller?;
     let s = e2b_find(&app, &caller, &id).await?;
-    apply_pause(&app, s, &caller.actor, true).await?;
+    lifecycle::pause(&app, s, &caller.actor).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -446,7 +422,7 @@ pub(super) async fn resume(
     let caller = caller?;
     let r: TimeoutReq = body(&raw)?;
     let s = e2b_find(&app, &caller, &id).await?;
-    let s = apply_pause(&app, s, &caller.actor, false).await?;
+    let s = lifecycle::resume(&app, s, &caller.actor).await?;
     let s = retime(&app, s, r.timeout).await?;
     Ok((StatusCode::CREATED, Json(created(&app, &s))))
 }
@@ -463,8 +439,8 @@ pub(super) async fn connect(
     let caller = caller?;
     let r: TimeoutReq = body(&raw)?;
     let s = e2b_find(&app, &caller, &id).await?;
-    let (status, s) = if s.state == "paused" {
-        let s = apply_pause(&app, s, &caller.actor, false).await?;
+    let (status, s) = if s.state == SandboxState::Paused {
+        let s = lifecycle::resume(&app, s, &caller.actor).await?;
         (StatusCode::CREATED, s)
     } else {
         (StatusCode::OK, s)
@@ -512,7 +488,7 @@ mod tests {
     #[test]
     fn e2b_states() {
         let s = |state: &str| Sandbox {
-            state: state.into(),
+            state: state.parse().unwrap(),
             ..Default::default()
         };
         assert_eq!(e2b_state(&s("running")), Some("running"));

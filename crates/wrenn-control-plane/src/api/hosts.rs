@@ -16,12 +16,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use wrenn_protocol::hostagent::v1 as pb;
 
-use super::sandboxes::destroy_sandbox;
 use super::{ApiJson, OptionalJson, rfc3339};
 use crate::App;
 use crate::auth::{Caller, sha256_hex};
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::hosts::check_tags;
 use crate::ids;
+use crate::sandboxes::{self, SandboxState};
 use crate::store::{Host, HostToken, now};
 
 /// How long a registration token is valid.
@@ -73,25 +74,6 @@ async fn managed(app: &App, caller: &Caller, id: &str) -> ApiResult<Host> {
         Some(h) if may_manage(caller, &h) => Ok(h),
         _ => Err(ApiError::not_found(format!("host '{id}'"))),
     }
-}
-
-/// Host tags, as hosts carry them and creates ask for them (`host_tags`):
-/// 400 naming `field` otherwise.
-pub(super) fn check_tags(field: &str, tags: &[String]) -> ApiResult<()> {
-    if tags.len() > 32
-        || tags.iter().any(|t| {
-            t.is_empty()
-                || t.len() > 64
-                || !t
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:=".contains(&b))
-        })
-    {
-        return Err(ApiError::bad_request(format!(
-            "{field}: up to 32 tags of 1-64 letters, digits or - _ . : ="
-        )));
-    }
-    Ok(())
 }
 
 async fn new_registration_token(app: &App, host_id: &str) -> ApiResult<(String, i64)> {
@@ -259,11 +241,11 @@ pub(super) async fn delete(
     }
     for s in live {
         let sid = s.id.clone();
-        if let Err(e) = destroy_sandbox(&app, s.clone(), &caller.actor).await {
+        if let Err(e) = sandboxes::destroy(&app, s.clone(), &caller.actor).await {
             // The host may be gone: the sandbox is gone with it.
             tracing::warn!(sandbox = %sid, "destroying on host delete: {e}");
             let mut s = s;
-            s.state = "stopped".into();
+            s.state = SandboxState::Stopped;
             app.store.update_sandbox(&s).await?;
         }
     }

@@ -1,14 +1,15 @@
 //! The REST API: `/v1/...` routes, small handlers over [`App`].
 
 mod e2b;
+mod events;
 mod hosts;
 mod identity;
 mod sandboxes;
+mod templates;
 
 use utoipa::OpenApi;
 
 pub use identity::{create_user_with_team, issue_key};
-pub use sandboxes::resume_for_traffic;
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
@@ -90,15 +91,7 @@ pub(crate) fn optional_json<T: DeserializeOwned + Default>(bytes: &[u8]) -> Resu
         .map_err(json_rejection)
 }
 
-/// RFC 3339 from unix seconds; `None` for 0.
-pub fn rfc3339(secs: i64) -> Option<String> {
-    (secs > 0).then(|| {
-        humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64),
-        )
-        .to_string()
-    })
-}
+pub use crate::store::rfc3339;
 
 #[utoipa::path(get, path = "/health", tag = "meta", responses((status = 200, description = "The control plane answers")))]
 async fn health() -> axum::Json<serde_json::Value> {
@@ -146,9 +139,9 @@ impl utoipa::Modify for Security {
         identity::audit_logs,
         sandboxes::create, sandboxes::list, sandboxes::get_one, sandboxes::destroy,
         sandboxes::pause, sandboxes::resume, sandboxes::ping, sandboxes::metrics, sandboxes::set_public_ports,
-        sandboxes::exec, sandboxes::processes, sandboxes::kill,
-        sandboxes::file_read, sandboxes::file_write, sandboxes::file_list, sandboxes::file_mkdir, sandboxes::file_remove,
-        sandboxes::list_templates, sandboxes::delete_template, sandboxes::events,
+        sandboxes::exec::exec, sandboxes::exec::processes, sandboxes::exec::kill,
+        sandboxes::files::file_read, sandboxes::files::file_write, sandboxes::files::file_list, sandboxes::files::file_mkdir, sandboxes::files::file_remove,
+        templates::list_templates, templates::delete_template, events::events,
         hosts::create, hosts::list, hosts::get_one, hosts::set_tags, hosts::regenerate, hosts::delete,
         hosts::register, hosts::refresh, hosts::heartbeat,
         e2b::create, e2b::get_one, e2b::list_v1, e2b::list_v2, e2b::kill, e2b::set_timeout,
@@ -201,9 +194,9 @@ pub fn router(app: App) -> Router {
             post(identity::accept_invitation),
         )
         .route("/v1/audit-logs", get(identity::audit_logs))
-        .route("/v1/templates", get(sandboxes::list_templates))
-        .route("/v1/templates/{name}", delete(sandboxes::delete_template))
-        .route("/v1/events/stream", get(sandboxes::events))
+        .route("/v1/templates", get(templates::list_templates))
+        .route("/v1/templates/{name}", delete(templates::delete_template))
+        .route("/v1/events/stream", get(events::events))
         .nest("/v1/hosts", hosts::routes())
         .nest("/v1/sandboxes", sandboxes.clone())
         .nest("/v1/capsules", sandboxes)
@@ -276,7 +269,8 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::R
 
 #[cfg(test)]
 mod body_tests {
-    use super::sandboxes::{CreateSandboxReq, ExecReq};
+    use super::sandboxes::CreateSandboxReq;
+    use super::sandboxes::exec::ExecReq;
     use super::{json_rejection, optional_json};
 
     /// What `ApiJson` makes of a body.

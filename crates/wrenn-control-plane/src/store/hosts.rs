@@ -7,6 +7,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::{Store, now};
+use crate::sandbox_state::SandboxState;
 
 /// A host running an agent.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -307,7 +308,10 @@ impl Store {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("UPDATE sandboxes SET state = 'missing', updated_at = $1 WHERE host_id = $2 AND state IN ('running', 'paused', 'starting')")
+            sqlx::query(&format!(
+                "UPDATE sandboxes SET state = '{}', updated_at = $1 WHERE host_id = $2 AND state IN ('{}', '{}')",
+                SandboxState::Missing, SandboxState::Running, SandboxState::Paused
+            ))
                 .bind(now())
                 .bind(id)
                 .execute(&mut *tx)
@@ -319,56 +323,15 @@ impl Store {
 
     /// Resources given to live sandboxes, per host.
     pub async fn allocations(&self) -> Result<HashMap<String, Allocated>, sqlx::Error> {
-        self.allocated(None).await
+        allocated(&self.pool, None).await
     }
 
     /// Resources given to live sandboxes on one host.
     pub async fn allocated_on(&self, host_id: &str) -> Result<Allocated, sqlx::Error> {
-        Ok(self
-            .allocated(Some(host_id))
+        Ok(allocated(&self.pool, Some(host_id))
             .await?
             .remove(host_id)
             .unwrap_or_default())
-    }
-
-    async fn allocated(
-        &self,
-        host: Option<&str>,
-    ) -> Result<HashMap<String, Allocated>, sqlx::Error> {
-        let one = if host.is_some() {
-            "AND host_id = $1"
-        } else {
-            ""
-        };
-        let sql = format!(
-            "SELECT host_id, COUNT(*) AS n, CAST(SUM(vcpus) AS BIGINT) AS v, CAST(SUM(memory_mb) AS BIGINT) AS m, CAST(SUM(disk_size_mb) AS BIGINT) AS d FROM sandboxes WHERE state IN ('pending', 'starting', 'running', 'paused', 'missing') {one} GROUP BY host_id"
-        );
-        let mut q = sqlx::query(&sql);
-        if let Some(h) = host {
-            q = q.bind(h);
-        }
-        let rows = q.fetch_all(&self.pool).await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get::<String, _>("host_id"),
-                    Allocated {
-                        sandboxes: r.get("n"),
-                        vcpus: r.try_get("v").unwrap_or(0),
-                        memory_mb: r.try_get("m").unwrap_or(0),
-                        disk_mb: r.try_get("d").unwrap_or(0),
-                    },
-                )
-            })
-            .collect())
-    }
-
-    /// How many users exist.
-    pub async fn user_count(&self) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM users")
-            .fetch_one(&self.pool)
-            .await
     }
 
     /// Every host.
@@ -385,12 +348,57 @@ impl Store {
 
     /// One host.
     pub async fn host(&self, id: &str) -> Result<Option<Host>, sqlx::Error> {
-        Ok(
-            sqlx::query(&format!("SELECT {HOST_COLS} FROM hosts WHERE id = $1"))
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?
-                .map(|r| host(&r)),
-        )
+        host_by_id(&self.pool, id).await
     }
+}
+
+/// Host `id`, through any executor (the pool, or a transaction).
+pub(super) async fn host_by_id<'e>(
+    db: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    id: &str,
+) -> Result<Option<Host>, sqlx::Error> {
+    Ok(
+        sqlx::query(&format!("SELECT {HOST_COLS} FROM hosts WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(db)
+            .await?
+            .map(|r| host(&r)),
+    )
+}
+
+/// What the sandboxes that hold resources (see
+/// [`SandboxState::holds_resources`]) were given, per host, or on one host;
+/// through any executor (the pool, or a transaction).
+pub(super) async fn allocated<'e>(
+    db: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    host: Option<&str>,
+) -> Result<HashMap<String, Allocated>, sqlx::Error> {
+    let one = if host.is_some() {
+        "AND host_id = $1"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT host_id, COUNT(*) AS n, CAST(SUM(vcpus) AS BIGINT) AS v, CAST(SUM(memory_mb) AS BIGINT) AS m, CAST(SUM(disk_size_mb) AS BIGINT) AS d FROM sandboxes WHERE state IN ({}) {one} GROUP BY host_id",
+        SandboxState::holding_sql()
+    );
+    let mut q = sqlx::query(&sql);
+    if let Some(h) = host {
+        q = q.bind(h);
+    }
+    let rows = q.fetch_all(db).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.try_get::<String, _>("host_id").unwrap_or_default(),
+                Allocated {
+                    sandboxes: r.try_get("n").unwrap_or(0),
+                    vcpus: r.try_get("v").unwrap_or(0),
+                    memory_mb: r.try_get("m").unwrap_or(0),
+                    disk_mb: r.try_get("d").unwrap_or(0),
+                },
+            )
+        })
+        .collect())
 }

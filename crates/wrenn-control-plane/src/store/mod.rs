@@ -17,7 +17,7 @@ pub use audit::AuditEntry;
 pub use hosts::{Allocated, Host, HostToken};
 pub use keys::ApiKey;
 pub use migrations::MIGRATIONS;
-pub use sandboxes::Sandbox;
+pub use sandboxes::{Reserved, Sandbox};
 pub use users::{Invitation, Member, Team, User};
 
 /// Unix time in seconds.
@@ -25,6 +25,16 @@ pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// RFC 3339 from unix seconds; `None` for 0 (never).
+pub fn rfc3339(secs: i64) -> Option<String> {
+    (secs > 0).then(|| {
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64),
+        )
+        .to_string()
+    })
 }
 
 /// The database.

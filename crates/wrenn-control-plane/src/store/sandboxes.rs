@@ -6,7 +6,19 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Store, now};
+use super::{Allocated, Host, Store, now};
+use crate::sandbox_state::SandboxState;
+
+/// What [`Store::insert_sandbox_if_fits`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserved {
+    /// The sandbox is recorded on its host.
+    Inserted,
+    /// The host is online but has no room left for it.
+    NoRoom,
+    /// The host is gone or no longer online.
+    HostGone,
+}
 
 /// A sandbox as the control plane knows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -19,8 +31,8 @@ pub struct Sandbox {
     pub host_id: String,
     /// Template.
     pub template: String,
-    /// pending, starting, running, paused, stopped, missing, error.
-    pub state: String,
+    /// Where it is in its lifecycle.
+    pub state: SandboxState,
     /// CPUs.
     pub vcpus: i64,
     /// Memory.
@@ -65,7 +77,7 @@ fn sandbox(r: &AnyRow) -> Sandbox {
         team_id: r.get("team_id"),
         host_id: r.get("host_id"),
         template: r.get("template"),
-        state: r.get("state"),
+        state: state_of(r),
         vcpus: r.get("vcpus"),
         memory_mb: r.get("memory_mb"),
         disk_size_mb: r.get("disk_size_mb"),
@@ -89,6 +101,16 @@ fn sandbox(r: &AnyRow) -> Sandbox {
     }
 }
 
+/// A row's state; a name this version does not know (written by a newer
+/// one) reads as `error`, which only lets the sandbox be destroyed.
+fn state_of(r: &AnyRow) -> SandboxState {
+    let name: String = r.try_get("state").unwrap_or_default();
+    SandboxState::parse(&name).unwrap_or_else(|| {
+        tracing::warn!(state = %name, "a sandbox row has a state this version does not know; treating it as error");
+        SandboxState::Error
+    })
+}
+
 fn ports_text(ports: &[u16]) -> String {
     ports
         .iter()
@@ -100,33 +122,48 @@ fn ports_text(ports: &[u16]) -> String {
 const SANDBOX_COLS: &str = "id, team_id, host_id, template, state, vcpus, memory_mb, disk_size_mb, timeout_sec, allow_internet_access, metadata, envd_address, envd_token, error, created_at, started_at, last_active_at, updated_at, traffic_token, public_ports, auto_pause";
 
 impl Store {
-    /// Records a new sandbox (normally `pending`).
+    /// Records a new sandbox (normally `pending`) without looking at its
+    /// host: for tests and imports. A create goes through
+    /// [`Store::insert_sandbox_if_fits`].
     pub async fn insert_sandbox(&self, s: &Sandbox) -> Result<(), sqlx::Error> {
-        sqlx::query(&format!("INSERT INTO sandboxes ({SANDBOX_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"))
-            .bind(&s.id)
-            .bind(&s.team_id)
+        insert(&self.pool, s).await
+    }
+
+    /// Records a new sandbox on its host (`s.host_id`) only if the host is
+    /// online and `fits` says the sandbox fits beside what the host's
+    /// sandboxes already hold; the check and the insert are atomic against
+    /// every other placement on that host. The host's row is written first
+    /// in a transaction: PostgreSQL then holds its row lock until the
+    /// commit, and SQLite its one write lock, so a concurrent placement on
+    /// the same host waits and then counts this sandbox.
+    pub async fn insert_sandbox_if_fits(
+        &self,
+        s: &Sandbox,
+        fits: impl FnOnce(&Host, &Allocated) -> bool,
+    ) -> Result<Reserved, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let locked = sqlx::query("UPDATE hosts SET last_seen_at = last_seen_at WHERE id = $1")
             .bind(&s.host_id)
-            .bind(&s.template)
-            .bind(&s.state)
-            .bind(s.vcpus)
-            .bind(s.memory_mb)
-            .bind(s.disk_size_mb)
-            .bind(s.timeout_sec)
-            .bind(i64::from(s.allow_internet_access))
-            .bind(serde_json::to_string(&s.metadata).expect("map serializes"))
-            .bind(&s.envd_address)
-            .bind(&s.envd_token)
-            .bind(&s.error)
-            .bind(s.created_at)
-            .bind(s.started_at)
-            .bind(s.last_active_at)
-            .bind(s.updated_at)
-            .bind(&s.traffic_token)
-            .bind(ports_text(&s.public_ports))
-            .bind(i64::from(s.auto_pause))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let host = match locked {
+            0 => None,
+            _ => super::hosts::host_by_id(&mut *tx, &s.host_id).await?,
+        };
+        let Some(host) = host.filter(|h| h.status == "online") else {
+            return Ok(Reserved::HostGone);
+        };
+        let held = super::hosts::allocated(&mut *tx, Some(&s.host_id))
+            .await?
+            .remove(&s.host_id)
+            .unwrap_or_default();
+        if !fits(&host, &held) {
+            return Ok(Reserved::NoRoom);
+        }
+        insert(&mut *tx, s).await?;
+        tx.commit().await?;
+        Ok(Reserved::Inserted)
     }
 
     /// Writes every mutable field of a sandbox.
@@ -139,7 +176,7 @@ impl Store {
     async fn write_sandbox(
         &self,
         s: &Sandbox,
-        guard: Option<(&str, i64)>,
+        guard: Option<(SandboxState, i64)>,
     ) -> Result<bool, sqlx::Error> {
         let sql = match guard {
             None => {
@@ -150,7 +187,7 @@ impl Store {
             }
         };
         let mut q = sqlx::query(sql)
-            .bind(&s.state)
+            .bind(s.state.as_str())
             .bind(&s.host_id)
             .bind(&s.envd_address)
             .bind(&s.envd_token)
@@ -162,7 +199,7 @@ impl Store {
             .bind(ports_text(&s.public_ports))
             .bind(&s.id);
         if let Some((state, updated_at)) = guard {
-            q = q.bind(state).bind(updated_at);
+            q = q.bind(state.as_str()).bind(updated_at);
         }
         Ok(q.execute(&self.pool).await?.rows_affected() == 1)
     }
@@ -186,7 +223,7 @@ impl Store {
     pub async fn update_sandbox_if_unchanged(
         &self,
         s: &Sandbox,
-        read_state: &str,
+        read_state: SandboxState,
     ) -> Result<bool, sqlx::Error> {
         self.write_sandbox(s, Some((read_state, s.updated_at)))
             .await
@@ -230,18 +267,18 @@ impl Store {
     pub async fn sandboxes(
         &self,
         team_id: &str,
-        state: Option<&str>,
+        state: Option<SandboxState>,
     ) -> Result<Vec<Sandbox>, sqlx::Error> {
         let rows = match state {
             Some(st) => {
                 sqlx::query(&format!("SELECT {SANDBOX_COLS} FROM sandboxes WHERE team_id = $1 AND state = $2 ORDER BY created_at DESC, id"))
                     .bind(team_id)
-                    .bind(st)
+                    .bind(st.as_str())
                     .fetch_all(&self.pool)
                     .await?
             }
             None => {
-                sqlx::query(&format!("SELECT {SANDBOX_COLS} FROM sandboxes WHERE team_id = $1 AND state <> 'stopped' ORDER BY created_at DESC, id"))
+                sqlx::query(&format!("SELECT {SANDBOX_COLS} FROM sandboxes WHERE team_id = $1 AND state <> '{}' ORDER BY created_at DESC, id", SandboxState::Stopped))
                     .bind(team_id)
                     .fetch_all(&self.pool)
                     .await?
@@ -252,10 +289,45 @@ impl Store {
 
     /// Sandboxes on a host that are not stopped.
     pub async fn sandboxes_on_host(&self, host_id: &str) -> Result<Vec<Sandbox>, sqlx::Error> {
-        let rows = sqlx::query(&format!("SELECT {SANDBOX_COLS} FROM sandboxes WHERE host_id = $1 AND state <> 'stopped' ORDER BY id"))
-            .bind(host_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {SANDBOX_COLS} FROM sandboxes WHERE host_id = $1 AND state <> '{}' ORDER BY id",
+            SandboxState::Stopped
+        ))
+        .bind(host_id)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.iter().map(sandbox).collect())
     }
+}
+
+/// Inserts `s`, through any executor (the pool, or a transaction).
+async fn insert<'e>(
+    db: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    s: &Sandbox,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("INSERT INTO sandboxes ({SANDBOX_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"))
+        .bind(&s.id)
+        .bind(&s.team_id)
+        .bind(&s.host_id)
+        .bind(&s.template)
+        .bind(s.state.as_str())
+        .bind(s.vcpus)
+        .bind(s.memory_mb)
+        .bind(s.disk_size_mb)
+        .bind(s.timeout_sec)
+        .bind(i64::from(s.allow_internet_access))
+        .bind(serde_json::to_string(&s.metadata).unwrap_or_else(|_| "{}".into()))
+        .bind(&s.envd_address)
+        .bind(&s.envd_token)
+        .bind(&s.error)
+        .bind(s.created_at)
+        .bind(s.started_at)
+        .bind(s.last_active_at)
+        .bind(s.updated_at)
+        .bind(&s.traffic_token)
+        .bind(ports_text(&s.public_ports))
+        .bind(i64::from(s.auto_pause))
+        .execute(db)
+        .await?;
+    Ok(())
 }

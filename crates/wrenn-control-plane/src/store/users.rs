@@ -319,4 +319,11 @@ impl Store {
             })
             .collect())
     }
+
+    /// How many users exist.
+    pub async fn user_count(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.pool)
+            .await
+    }
 }

@@ -6,6 +6,8 @@
 //! restart of the agent re-adopts what still runs and removes what was half
 //! made. It knows nothing of HTTP, timeouts or metadata: the agent does.
 
+#[cfg(feature = "test-double")]
+pub mod memory;
 pub mod namespaces;
 
 use std::collections::HashMap;

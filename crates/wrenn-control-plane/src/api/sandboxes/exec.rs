@@ -1,0 +1,197 @@
+//! Commands in a sandbox: a buffered exec (output held within the
+//! team's and the control plane's budgets), its processes, kill.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use wrenn_protocol::hostagent::v1::{self as pb, exec_event};
+
+use super::super::ApiJson;
+use crate::App;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::sandboxes::{running, touch};
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExecReq {
+    cmd: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    envs: HashMap<String, String>,
+    #[serde(default)]
+    cwd: Option<String>,
+    #[serde(default)]
+    timeout_sec: Option<u32>,
+    #[serde(default)]
+    background: bool,
+    #[serde(default)]
+    tag: Option<String>,
+    /// Most bytes of stdout (and of stderr) to return; the rest is dropped
+    /// and `stdout_truncated`/`stderr_truncated` say so. Default 16 MiB,
+    /// at most 64 MiB.
+    #[serde(default)]
+    max_output_bytes: Option<u64>,
+}
+
+fn text_or_base64(stdout: Vec<u8>, stderr: Vec<u8>) -> (String, String, &'static str) {
+    match (String::from_utf8(stdout), String::from_utf8(stderr)) {
+        (Ok(o), Ok(e)) => (o, e, "utf-8"),
+        (o, e) => {
+            let b = |r: Result<String, std::string::FromUtf8Error>| match r {
+                Ok(s) => s.into_bytes(),
+                Err(e) => e.into_bytes(),
+            };
+            let enc = base64::engine::general_purpose::STANDARD;
+            (enc.encode(b(o)), enc.encode(b(e)), "base64")
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/exec", tag = "processes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = ExecReq, responses((status = 200, description = "stdout, stderr (utf-8 or base64 per `encoding`; each at most `max_output_bytes`, 16 MiB by default, with `stdout_truncated`/`stderr_truncated` set when more was dropped), exit_code, duration_ms; or pid and tag when background"), (status = 404, description = "No such sandbox in the team", body = ErrorBody), (status = 409, description = "Wrong state (e.g. paused)", body = ErrorBody), (status = 504, description = "timeout_sec passed; the command was killed", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(crate) async fn exec(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<ExecReq>,
+) -> ApiResult<Response> {
+    if r.cmd.is_empty() {
+        return Err(ApiError::bad_request("cmd: must not be empty"));
+    }
+    let (s, agent) = running(&app, &caller, &id).await?;
+    let timeout_sec = r.timeout_sec.unwrap_or(if r.background { 0 } else { 60 });
+    let req = pb::ExecRequest {
+        sandbox_id: id.clone(),
+        cmd: r.cmd.clone(),
+        args: r.args.clone(),
+        envs: r.envs.into_iter().collect(),
+        cwd: r.cwd.unwrap_or_default(),
+        timeout_sec,
+        background: r.background,
+        tag: r.tag.clone().unwrap_or_default(),
+        close_stdin: true,
+        ..Default::default()
+    };
+    if r.background {
+        let out = agent.exec(req).await?.into_owned();
+        touch(&app, &s);
+        return Ok(Json(
+            json!({ "sandbox_id": id, "pid": out.pid, "tag": r.tag.unwrap_or_default() }),
+        )
+        .into_response());
+    }
+    let limit = wrenn_protocol::hostagent::exec_output_limit(r.max_output_bytes.unwrap_or(0));
+    let started = std::time::Instant::now();
+    let mut stream = agent.exec_stream(req).await?;
+    // Output is kept chunk by chunk, each charged to the team's and the
+    // global budget (crate::output), until the answer is sent.
+    let mut held = crate::output::Held::default();
+    let mut kept = [Vec::new(), Vec::new()];
+    let mut truncated = [false, false];
+    let mut exit_code = -1;
+    loop {
+        let ev = match stream.message::<pb::ExecEvent>().await {
+            Ok(Some(m)) => m.to_owned_message().event,
+            Ok(None) => break,
+            Err(e) if e.code == connectrpc::ErrorCode::DeadlineExceeded => {
+                return Err(ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    format!(
+                        "the command did not finish within timeout_sec={timeout_sec}; it was killed"
+                    ),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (i, bytes) = match ev {
+            Some(exec_event::Event::Stdout(b)) | Some(exec_event::Event::Pty(b)) => (0, b),
+            Some(exec_event::Event::Stderr(b)) => (1, b),
+            Some(exec_event::Event::End(e)) => {
+                exit_code = e.exit_code;
+                continue;
+            }
+            _ => continue,
+        };
+        let take = bytes.len().min(limit - kept[i].len());
+        if take > 0
+            && app
+                .output
+                .try_charge(&caller.team_id, &bytes[..take], &mut held)
+        {
+            kept[i].extend_from_slice(&bytes[..take]);
+        } else if take > 0 {
+            truncated[i] = true;
+        }
+        truncated[i] |= take < bytes.len();
+    }
+    touch(&app, &s);
+    let [stdout, stderr] = kept;
+    let (stdout, stderr, encoding) = text_or_base64(stdout, stderr);
+    let cmd = std::iter::once(r.cmd)
+        .chain(r.args)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let body = json!({
+        "sandbox_id": id, "cmd": cmd, "stdout": stdout, "stderr": stderr,
+        "exit_code": exit_code, "duration_ms": started.elapsed().as_millis() as u64, "encoding": encoding,
+        "stdout_truncated": truncated[0], "stderr_truncated": truncated[1],
+    });
+    // Serialized while the budget is held: the body is the largest copy.
+    let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::internal(e.to_string()))?;
+    drop(body);
+    let resp = (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        bytes,
+    )
+        .into_response();
+    drop(held);
+    Ok(resp)
+}
+
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/processes", tag = "processes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), responses((status = 200, description = "Running processes"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(crate) async fn processes(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let (_, agent) = running(&app, &caller, &id).await?;
+    let list = agent
+        .list_processes(pb::SandboxRef {
+            sandbox_id: id,
+            ..Default::default()
+        })
+        .await?
+        .into_owned();
+    let processes: Vec<Value> = list
+        .processes
+        .into_iter()
+        .map(|p| json!({ "pid": p.pid, "tag": p.tag, "cmd": p.cmd, "args": p.args }))
+        .collect();
+    Ok(Json(json!({ "processes": processes })))
+}
+
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}/processes/{pid}", tag = "processes", params(("id" = String, Path), ("pid" = u32, Path)), responses((status = 204, description = "Killed"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(crate) async fn kill(
+    State(app): State<App>,
+    caller: Caller,
+    Path((id, pid)): Path<(String, u32)>,
+) -> ApiResult<StatusCode> {
+    let (_, agent) = running(&app, &caller, &id).await?;
+    agent
+        .kill_process(pb::KillProcessRequest {
+            sandbox_id: id,
+            pid,
+            signal: 9,
+            ..Default::default()
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

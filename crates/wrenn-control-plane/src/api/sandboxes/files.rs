@@ -1,0 +1,246 @@
+//! Files in a sandbox: read and write (streamed), list, mkdir, remove.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Multipart, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use wrenn_protocol::hostagent::v1 as pb;
+
+use super::super::ApiJson;
+use crate::App;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::sandboxes::running;
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PathReq {
+    path: String,
+    #[serde(default)]
+    depth: Option<u32>,
+}
+
+fn check_path(p: &str) -> ApiResult<()> {
+    if p.is_empty() || p.contains('\0') {
+        return Err(ApiError::bad_request("path: must be a non-empty path"));
+    }
+    Ok(())
+}
+
+/// POST files/read and files/stream/read: the file's bytes, streamed.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/read", tag = "files", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = PathReq, responses((status = 200, description = "The file's bytes (streamed)", content_type = "application/octet-stream"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(crate) async fn file_read(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<PathReq>,
+) -> ApiResult<Response> {
+    check_path(&r.path)?;
+    let (_, agent) = running(&app, &caller, &id).await?;
+    let mut stream = agent
+        .read_file_stream(pb::FileRef {
+            sandbox_id: id,
+            path: r.path,
+            ..Default::default()
+        })
+        .await?;
+    // The first message tells a missing file from a present one.
+    let first = stream.message::<pb::FileChunk>().await?;
+    let head = first.map(|m| bytes::Bytes::from(m.to_owned_message().data));
+    let rest = futures::stream::unfold(Some(stream), |st| async move {
+        let mut s = st?;
+        match s.message::<pb::FileChunk>().await {
+            Ok(Some(m)) => Some((
+                Ok::<_, std::io::Error>(bytes::Bytes::from(m.to_owned_message().data)),
+                Some(s),
+            )),
+            Ok(None) => None,
+            Err(e) => Some((Err(std::io::Error::other(format!("{e:?}"))), None)),
+        }
+    });
+    let body = futures::stream::iter(head.map(Ok)).chain(rest);
+    Ok((
+        [(http::header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// POST files/write and files/stream/write: multipart `path` then `file`,
+/// streamed to the sandbox in chunks (a large upload never sits in memory).
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/write", tag = "files", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body(content_type = "multipart/form-data", description = "Parts `path` then `file`; streamed, no size limit"), responses((status = 200, description = "Path and size written"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(crate) async fn file_write(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+    mut form: Multipart,
+) -> ApiResult<Json<Value>> {
+    let (_, agent) = running(&app, &caller, &id).await?;
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        ApiError::bad_request(format!("multipart body: {}", e.body_text()))
+    };
+    let mut path: Option<String> = None;
+    let mut buffered: Option<Vec<u8>> = None;
+    let mut written = None;
+    while let Some(mut field) = form.next_field().await.map_err(bad)? {
+        match field.name() {
+            Some("path") => path = Some(field.text().await.map_err(bad)?),
+            Some("file") => match &path {
+                Some(p) => {
+                    check_path(p)?;
+                    let (tx, rx) = tokio::sync::mpsc::channel::<pb::WriteFileChunk>(8);
+                    let first = pb::WriteFileChunk {
+                        chunk: Some(
+                            pb::FileRef {
+                                sandbox_id: id.clone(),
+                                path: p.clone(),
+                                ..Default::default()
+                            }
+                            .into(),
+                        ),
+                        ..Default::default()
+                    };
+                    tx.send(first).await.expect("fresh channel");
+                    let upload = agent
+                        .write_file_stream(futures::stream::unfold(rx, |mut rx| async move {
+                            rx.recv().await.map(|c| (c, rx))
+                        }));
+                    let feed = async {
+                        while let Some(chunk) = field.chunk().await.map_err(bad)? {
+                            let msg = pb::WriteFileChunk {
+                                chunk: Some(pb::write_file_chunk::Chunk::Data(chunk.to_vec())),
+                                ..Default::default()
+                            };
+                            if tx.send(msg).await.is_err() {
+                                break;
+                            }
+                        }
+                        drop(tx);
+                        Ok::<_, ApiError>(())
+                    };
+                    let (up, fed) = tokio::join!(upload, feed);
+                    fed?;
+                    written = Some(up?.into_owned());
+                }
+                None => {
+                    let mut data = Vec::new();
+                    while let Some(c) = field.chunk().await.map_err(bad)? {
+                        if data.len() + c.len() > 64 << 20 {
+                            return Err(ApiError::new(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                "too_large",
+                                "send the path part before the file part for uploads over 64 MiB",
+                            ));
+                        }
+                        data.extend_from_slice(&c);
+                    }
+                    buffered = Some(data);
+                }
+            },
+            _ => {}
+        }
+    }
+    if let (Some(p), Some(data)) = (&path, buffered) {
+        check_path(p)?;
+        let w = pb::WriteFileRequest {
+            sandbox_id: id.clone(),
+            path: p.clone(),
+            content: data,
+            ..Default::default()
+        };
+        written = Some(agent.write_file(w).await.map(|r| r.into_owned())?);
+    }
+    let Some(w) = written else {
+        return Err(ApiError::bad_request(
+            "multipart body needs a 'path' part and a 'file' part",
+        ));
+    };
+    Ok(Json(json!({ "path": w.path, "size": w.size })))
+}
+
+fn entry_json(e: &pb::DirEntry) -> Value {
+    json!({
+        "name": e.name, "path": e.path, "type": e.r#type, "size": e.size, "mode": e.mode,
+        "owner": e.owner, "group": e.group, "modified_at": e.modified_unix,
+    })
+}
+
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/list", tag = "files", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = PathReq, responses((status = 200, description = "Entries"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(crate) async fn file_list(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<PathReq>,
+) -> ApiResult<Json<Value>> {
+    check_path(&r.path)?;
+    let (_, agent) = running(&app, &caller, &id).await?;
+    let l = agent
+        .list_dir(pb::ListDirRequest {
+            sandbox_id: id,
+            path: r.path,
+            depth: r.depth.unwrap_or(1).max(1),
+            ..Default::default()
+        })
+        .await?
+        .into_owned();
+    Ok(Json(
+        json!({ "entries": l.entries.iter().map(entry_json).collect::<Vec<_>>() }),
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/mkdir", tag = "files", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = PathReq, responses((status = 200, description = "The new directory"), (status = 404, description = "No such sandbox in the team", body = ErrorBody), (status = 409, description = "Already exists", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(crate) async fn file_mkdir(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<PathReq>,
+) -> ApiResult<Json<Value>> {
+    check_path(&r.path)?;
+    let (_, agent) = running(&app, &caller, &id).await?;
+    agent
+        .make_dir(pb::FileRef {
+            sandbox_id: id.clone(),
+            path: r.path.clone(),
+            ..Default::default()
+        })
+        .await?;
+    // Describe the new directory from its parent's listing.
+    let parent = std::path::Path::new(&r.path)
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "/".into());
+    let l = agent
+        .list_dir(pb::ListDirRequest {
+            sandbox_id: id,
+            path: parent,
+            depth: 1,
+            ..Default::default()
+        })
+        .await?
+        .into_owned();
+    let entry = l.entries.iter().find(|e| e.path == r.path).map(entry_json);
+    Ok(Json(json!({ "entry": entry })))
+}
+
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/remove", tag = "files", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = PathReq, responses((status = 204, description = "Removed"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(crate) async fn file_remove(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<PathReq>,
+) -> ApiResult<StatusCode> {
+    check_path(&r.path)?;
+    let (_, agent) = running(&app, &caller, &id).await?;
+    agent
+        .remove_path(pb::FileRef {
+            sandbox_id: id,
+            path: r.path,
+            ..Default::default()
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,330 @@
+//! The sandbox routes (mounted at `/v1/sandboxes` and `/v1/capsules`):
+//! lifecycle here, commands in [`exec`], files in [`files`], WebSocket
+//! streams in [`ws`]. Each handler translates HTTP to a call of
+//! [`crate::sandboxes`] or of the sandbox's agent, and back.
+//! (Templates are in `api/templates.rs`, the event stream in
+//! `api/events.rs`.)
+
+pub(super) mod exec;
+pub(super) mod files;
+pub(super) mod ws;
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use wrenn_protocol::hostagent::v1 as pb;
+
+use super::{ApiJson, OptionalJson, rfc3339};
+use crate::App;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::sandboxes::{
+    self as lifecycle, Dialect, NewSandbox, SandboxState, agent_for, find, running,
+};
+use crate::store::Sandbox;
+
+/// The routes under `/v1/sandboxes` and `/v1/capsules`.
+pub(super) fn routes() -> axum::Router<App> {
+    use exec::{exec, kill, processes};
+    use files::{file_list, file_mkdir, file_read, file_remove, file_write};
+    axum::Router::new()
+        .route("/", post(create).get(list))
+        .route("/{id}", get(get_one).delete(destroy))
+        .route("/{id}/exec", post(exec))
+        .route("/{id}/exec/stream", get(ws::exec_stream))
+        .route("/{id}/pty", get(ws::pty))
+        .route("/{id}/processes/{pid}/stream", get(ws::process_stream))
+        .route("/{id}/processes", get(processes))
+        .route("/{id}/processes/{pid}", delete(kill))
+        .route("/{id}/ping", post(ping))
+        .route("/{id}/pause", post(pause))
+        .route("/{id}/resume", post(resume))
+        .route("/{id}/metrics", get(metrics))
+        .route("/{id}/public-ports", axum::routing::put(set_public_ports))
+        .route("/{id}/files/read", post(file_read))
+        .route("/{id}/files/stream/read", post(file_read))
+        // Uploads stream to the sandbox; no body limit applies to them.
+        .route(
+            "/{id}/files/write",
+            post(file_write).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/{id}/files/stream/write",
+            post(file_write).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/{id}/files/list", post(file_list))
+        .route("/{id}/files/mkdir", post(file_mkdir))
+        .route("/{id}/files/remove", post(file_remove))
+}
+
+/// A sandbox as the API shows it (the `Capsule` of the Wrenn SDK).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct SandboxView {
+    /// `sb-…`.
+    pub id: String,
+    /// pending, starting, running, paused, stopped, missing or error.
+    pub status: String,
+    /// Template.
+    pub template: String,
+    /// CPUs.
+    pub vcpus: i64,
+    /// Memory in MiB.
+    pub memory_mb: i64,
+    /// Disk in MiB.
+    pub disk_size_mb: i64,
+    /// Idle timeout in seconds; 0 = none.
+    pub timeout_sec: i64,
+    /// Whether egress is allowed.
+    pub allow_internet_access: bool,
+    /// Labels given at creation.
+    pub metadata: HashMap<String, String>,
+    /// Host it runs on.
+    pub host_id: String,
+    /// Why it is in `error`.
+    pub error: Option<String>,
+    /// RFC 3339.
+    pub created_at: Option<String>,
+    /// RFC 3339.
+    pub started_at: Option<String>,
+    /// RFC 3339.
+    pub last_active_at: Option<String>,
+    /// RFC 3339.
+    pub last_updated: Option<String>,
+    /// Ports anyone may reach through the proxy, without credentials.
+    pub public_ports: Vec<u16>,
+    /// Opens every port through the proxy (`e2b-traffic-access-token`).
+    pub traffic_token: String,
+    /// Disk in use, MiB (on GET of one running sandbox).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_used_mb: Option<u64>,
+}
+
+/// The view of a stored sandbox.
+pub fn sandbox_view(s: &Sandbox) -> SandboxView {
+    SandboxView {
+        id: s.id.clone(),
+        status: s.state.to_string(),
+        template: s.template.clone(),
+        vcpus: s.vcpus,
+        memory_mb: s.memory_mb,
+        disk_size_mb: s.disk_size_mb,
+        timeout_sec: s.timeout_sec,
+        allow_internet_access: s.allow_internet_access,
+        metadata: s.metadata.clone(),
+        host_id: s.host_id.clone(),
+        error: (!s.error.is_empty()).then(|| s.error.clone()),
+        created_at: rfc3339(s.created_at),
+        started_at: rfc3339(s.started_at),
+        last_active_at: rfc3339(s.last_active_at),
+        last_updated: rfc3339(s.updated_at.max(s.created_at)),
+        public_ports: s.public_ports.clone(),
+        traffic_token: s.traffic_token.clone(),
+        disk_used_mb: None,
+    }
+}
+
+/// The sandbox as JSON.
+pub fn sandbox_json(s: &Sandbox) -> Value {
+    serde_json::to_value(sandbox_view(s)).expect("view serializes")
+}
+
+#[derive(Deserialize, utoipa::ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateSandboxReq {
+    #[serde(default)]
+    template: Option<String>,
+    #[serde(default)]
+    vcpus: Option<u32>,
+    #[serde(default)]
+    memory_mb: Option<u32>,
+    #[serde(default)]
+    disk_size_mb: Option<u32>,
+    #[serde(default)]
+    timeout_sec: Option<u32>,
+    #[serde(default)]
+    metadata: Option<HashMap<String, String>>,
+    #[serde(default)]
+    envs: Option<HashMap<String, String>>,
+    #[serde(default)]
+    allow_internet_access: Option<bool>,
+    /// Ports reachable through the proxy without credentials.
+    #[serde(default)]
+    public_ports: Option<Vec<u16>>,
+    /// Only hosts with all these tags.
+    #[serde(default)]
+    host_tags: Option<Vec<String>>,
+}
+
+#[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes", request_body(content = CreateSandboxReq, description = "All fields optional"), responses((status = 201, description = "Running", body = SandboxView), (status = 400, description = "Bad input", body = ErrorBody), (status = 503, description = "No host available", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn create(
+    State(app): State<App>,
+    caller: Caller,
+    OptionalJson(r): OptionalJson<CreateSandboxReq>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let spec = NewSandbox {
+        template: r.template,
+        vcpus: r.vcpus,
+        memory_mb: r.memory_mb,
+        disk_size_mb: r.disk_size_mb,
+        timeout_sec: r.timeout_sec,
+        metadata: r.metadata.unwrap_or_default(),
+        envs: r.envs.unwrap_or_default(),
+        allow_internet_access: r.allow_internet_access,
+        auto_pause: false,
+        public_ports: r.public_ports.unwrap_or_default(),
+        host_tags: r.host_tags.unwrap_or_default(),
+    }
+    .check(Dialect::Native)?;
+    let s = lifecycle::create(&app, &caller, spec).await?;
+    Ok((StatusCode::CREATED, Json(sandbox_json(&s))))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PublicPortsReq {
+    /// The ports anyone may reach; the others need credentials.
+    ports: Vec<u16>,
+}
+
+#[utoipa::path(put, path = "/v1/sandboxes/{id}/public-ports", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = PublicPortsReq, responses((status = 200, description = "The sandbox with its new public ports", body = SandboxView), (status = 400, description = "Bad port", body = ErrorBody), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn set_public_ports(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<PublicPortsReq>,
+) -> ApiResult<Json<SandboxView>> {
+    let mut s = find(&app, &caller, &id).await?;
+    s.public_ports = lifecycle::check_ports(r.ports)?;
+    app.store.update_sandbox(&s).await?;
+    app.proxy_cache.forget(&id);
+    app.store
+        .audit(&caller.team_id, &caller.actor, "sandbox.public_ports", &id)
+        .await?;
+    Ok(Json(sandbox_view(&s)))
+}
+
+#[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes", params(("state" = Option<String>, Query, description = "Only this state; default: all but stopped")), responses((status = 200, description = "The team's sandboxes; `metadata.KEY=VALUE` query parameters filter", body = [SandboxView])), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn list(
+    State(app): State<App>,
+    caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let state = match q.get("state") {
+        Some(st) => Some(
+            st.parse::<SandboxState>()
+                .map_err(|e| ApiError::bad_request(format!("state: {e}")))?,
+        ),
+        None => None,
+    };
+    let filters: Vec<(&str, &str)> = q
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("metadata.")?, v.as_str())))
+        .collect();
+    let items: Vec<Value> = app
+        .store
+        .sandboxes(&caller.team_id, state)
+        .await?
+        .iter()
+        .filter(|s| {
+            filters
+                .iter()
+                .all(|(k, v)| s.metadata.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(sandbox_json)
+        .collect();
+    Ok(Json(Value::Array(items)))
+}
+
+#[utoipa::path(get, path = "/v1/sandboxes/{id}", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), responses((status = 200, description = "The sandbox, with disk_used_mb while it runs", body = SandboxView), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn get_one(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SandboxView>> {
+    let s = find(&app, &caller, &id).await?;
+    let mut view = sandbox_view(&s);
+    if matches!(s.state, SandboxState::Running | SandboxState::Paused) {
+        view.disk_used_mb = lifecycle::disk_used(&app, &s)
+            .await
+            .map(|bytes| bytes >> 20);
+    }
+    Ok(Json(view))
+}
+
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), responses((status = 204, description = "Destroyed"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn destroy(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let s = find(&app, &caller, &id).await?;
+    lifecycle::destroy(&app, s, &caller.actor).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/pause", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), responses((status = 200, body = SandboxView, description = "Paused"), (status = 404, description = "No such sandbox in the team", body = ErrorBody), (status = 409, description = "Wrong state (e.g. paused)", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn pause(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let s = find(&app, &caller, &id).await?;
+    let s = lifecycle::pause(&app, s, &caller.actor).await?;
+    Ok(Json(sandbox_json(&s)))
+}
+
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/resume", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), responses((status = 200, body = SandboxView, description = "Running again"), (status = 404, description = "No such sandbox in the team", body = ErrorBody), (status = 409, description = "Wrong state (e.g. paused)", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn resume(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let s = find(&app, &caller, &id).await?;
+    let s = lifecycle::resume(&app, s, &caller.actor).await?;
+    Ok(Json(sandbox_json(&s)))
+}
+
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/ping", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), responses((status = 204, description = "Idle timer restarted"), (status = 404, description = "No such sandbox in the team", body = ErrorBody), (status = 409, description = "Wrong state (e.g. paused)", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn ping(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let (s, _) = running(&app, &caller, &id).await?;
+    lifecycle::keep_alive(&app, s, None).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/metrics", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), responses((status = 200, description = "CPU, memory, disk and pids"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn metrics(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let s = find(&app, &caller, &id).await?;
+    let agent = agent_for(&app, &s).await?;
+    let m = agent
+        .get_sandbox_metrics(pb::SandboxRef {
+            sandbox_id: id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_owned();
+    Ok(Json(json!({
+        "sandbox_id": id,
+        "points": [{
+            "timestamp_unix": m.timestamp,
+            "cpu_pct": m.cpu_used_pct,
+            "mem_bytes": m.memory_bytes,
+            "mem_limit_bytes": m.memory_limit_bytes,
+            "disk_bytes": m.disk_used_bytes,
+            "disk_limit_bytes": m.disk_limit_bytes,
+            "pids": m.pids,
+        }],
+    })))
+}

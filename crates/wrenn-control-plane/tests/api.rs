@@ -1,0 +1,351 @@
+//! The REST API and the agent's service without root: a control plane
+//! and a real agent in this process, the agent over its in-memory runtime
+//! (`MemoryRuntime`, a test double whose sandboxes are real envds on
+//! loopback), driven over real HTTP by the Rust client. The tests with the
+//! namespace runtime (`crates/wrenn/tests`) stay; these run in seconds.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use wrenn_control_plane::api::{create_user_with_team, issue_key};
+use wrenn_control_plane::auth::KeyFormat;
+use wrenn_control_plane::store::{Host, Store, now};
+use wrenn_control_plane::{App, ids};
+use wrenn_host_agent::agent::Agent;
+use wrenn_host_agent::runtime::Runtime;
+use wrenn_host_agent::runtime::memory::MemoryRuntime;
+
+/// A control plane and one agent with a host of `memory_mb`, ready for a
+/// key; everything stops (and every sandbox goes) when it is dropped.
+struct Stack {
+    base: String,
+    key: String,
+    runtime: Arc<MemoryRuntime>,
+    store: Store,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+    dir: std::path::PathBuf,
+    /// PostgreSQL: the admin URL and the database to drop at the end.
+    pg: Option<(String, String)>,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some((admin, db)) = self.pg.take() {
+            // A thread of its own: this may run inside the test's runtime.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime");
+                rt.block_on(async {
+                    if let Ok(pool) = sqlx::AnyPool::connect(&admin).await {
+                        let _ = sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)"))
+                            .execute(&pool)
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The store for `backend`; `None` when PostgreSQL is not available here
+/// (outside CI, which must have it).
+async fn store(
+    backend: Backend,
+    dir: &std::path::Path,
+) -> Option<(Store, Option<(String, String)>)> {
+    match backend {
+        Backend::Sqlite => {
+            let url = format!("sqlite://{}?mode=rwc", dir.join("wrenn.db").display());
+            Some((Store::connect(&url).await.expect("sqlite store"), None))
+        }
+        Backend::Postgres => {
+            let Ok(admin) = std::env::var("WRENN_TEST_PG_URL") else {
+                assert!(
+                    std::env::var("CI").is_err(),
+                    "CI must run the PostgreSQL tests: set WRENN_TEST_PG_URL"
+                );
+                eprintln!("skipped on PostgreSQL: WRENN_TEST_PG_URL is not set");
+                return None;
+            };
+            sqlx::any::install_default_drivers();
+            let db = format!("wrenn_test_{}", ids::hex(6));
+            let pool = sqlx::AnyPool::connect(&admin)
+                .await
+                .expect("the test PostgreSQL");
+            sqlx::query(&format!("CREATE DATABASE {db}"))
+                .execute(&pool)
+                .await
+                .expect("a test database");
+            let (base, _) = admin.rsplit_once('/').expect("URL ends in /<database>");
+            let store = Store::connect(&format!("{base}/{db}"))
+                .await
+                .expect("pg store");
+            Some((store, Some((admin, db))))
+        }
+    }
+}
+
+async fn stack(backend: Backend, memory_mb: i64) -> Option<Stack> {
+    let dir = std::env::temp_dir().join(format!("wrenn-api-test-{}", ids::hex(6)));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let (store, pg) = store(backend, &dir).await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+
+    // The agent, on a loopback port, over the in-memory runtime.
+    let runtime = MemoryRuntime::new(&["base"], dir.join("sandboxes"));
+    let agent = Agent::new(runtime.clone(), dir.join("agent")).expect("agent");
+    let token = ids::hex(16);
+    let agent_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent_addr = agent_listener.local_addr().unwrap();
+    let router = wrenn_host_agent::server::router(agent, token.clone());
+    let mut rx = stopped.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(agent_listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+    store
+        .upsert_host(&Host {
+            id: "host-test".into(),
+            name: "test".into(),
+            address: agent_addr.to_string(),
+            token,
+            status: "online".into(),
+            created_at: now(),
+            last_seen_at: now(),
+            cpu_count: 64,
+            memory_mb,
+            disk_mb: 1 << 20,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // The control plane, with least-loaded scheduling that never
+    // overcommits (the default).
+    let app = App::new(store.clone(), b"test-secret-test-secret-test-sec");
+    let (user, team) =
+        create_user_with_team(&app, "t@example.com", "password123", None, None, true)
+            .await
+            .expect("user");
+    let (key, _) = issue_key(&app, &team.id, &user.id, "test", KeyFormat::Wrenn, true)
+        .await
+        .expect("key");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut rx = stopped.clone();
+    tokio::spawn(wrenn_control_plane::serve_on(app, listener, async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+    Some(Stack {
+        base,
+        key,
+        runtime,
+        store,
+        stop: Some(stop),
+        dir,
+        pg,
+    })
+}
+
+fn client(s: &Stack) -> wrenn_client::Client {
+    wrenn_client::Client::new(&s.base, &s.key).unwrap()
+}
+
+fn status(e: &wrenn_client::Error) -> u16 {
+    match e {
+        wrenn_client::Error::Api { status, .. } => *status,
+        other => panic!("not an API error: {other}"),
+    }
+}
+
+/// A raw POST (the E2B routes, which the Rust client does not speak).
+async fn post_raw(s: &Stack, path: &str, body: &Value) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = s.base.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = body.to_string();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\nx-api-key: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        s.key,
+        body.len()
+    );
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    conn.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    let code = text[9..12].parse().unwrap();
+    let json = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
+    (code, json)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_lives_and_dies_through_rest() {
+    let Some(s) = stack(Backend::Sqlite, 8192).await else {
+        return;
+    };
+    let c = client(&s);
+    let sb = c
+        .create_sandbox(&json!({ "metadata": { "k": "v" } }))
+        .await
+        .unwrap();
+    let id = sb["id"].as_str().unwrap().to_string();
+    assert_eq!(sb["status"], "running");
+    assert_eq!(sb["template"], "base");
+    assert_eq!(
+        (sb["vcpus"].as_i64(), sb["memory_mb"].as_i64()),
+        (Some(1), Some(512))
+    );
+    assert_eq!(s.runtime.list().len(), 1);
+
+    // Commands and files reach the sandbox's envd through the agent.
+    let out = c
+        .exec(&id, "/bin/sh", &["-c", "echo hi; echo err >&2; exit 3"])
+        .await
+        .unwrap();
+    assert_eq!(out["stdout"], "hi\n");
+    assert_eq!(out["stderr"], "err\n");
+    assert_eq!(out["exit_code"], 3);
+    let path = s.dir.join("sandboxes").join(&id).join("f.txt");
+    let path = path.to_str().unwrap();
+    c.write_file(&id, path, bytes::Bytes::from_static(b"data"))
+        .await
+        .unwrap();
+    assert_eq!(&c.read_file(&id, path).await.unwrap()[..], b"data");
+
+    // Pause: no exec; resume: exec again.
+    assert_eq!(c.set_paused(&id, true).await.unwrap()["status"], "paused");
+    let e = c.exec(&id, "/bin/true", &[]).await.unwrap_err();
+    assert_eq!(status(&e), 409);
+    assert_eq!(status(&c.set_paused(&id, true).await.unwrap_err()), 409);
+    assert_eq!(c.set_paused(&id, false).await.unwrap()["status"], "running");
+    assert_eq!(c.exec(&id, "/bin/true", &[]).await.unwrap()["exit_code"], 0);
+
+    // Unknown states are refused by name; listing filters by state.
+    let list = c.list_sandboxes().await.unwrap();
+    assert_eq!(list.len(), 1);
+
+    c.destroy_sandbox(&id).await.unwrap();
+    assert!(s.runtime.list().is_empty());
+    assert_eq!(status(&c.destroy_sandbox(&id).await.unwrap_err()), 404);
+    assert_eq!(c.get_sandbox(&id).await.unwrap()["status"], "stopped");
+    assert!(c.list_sandboxes().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_creates_are_refused_by_both_apis_and_leave_nothing() {
+    let Some(s) = stack(Backend::Sqlite, 8192).await else {
+        return;
+    };
+    let c = client(&s);
+    let many: serde_json::Map<String, Value> =
+        (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
+    for (req, needle) in [
+        (json!({ "vcpus": 0 }), "vcpus"),
+        (json!({ "memory_mb": 1 }), "memory_mb"),
+        (json!({ "metadata": many.clone() }), "metadata"),
+        (json!({ "template": "nope" }), "nope"),
+        (json!({ "memory_mb": 16384 }), "no host is that large"),
+    ] {
+        let e = c.create_sandbox(&req).await.unwrap_err();
+        assert_eq!(status(&e), 400, "{req}: {e}");
+        assert!(e.to_string().contains(needle), "{e} !~ {needle}");
+    }
+    // The E2B create checks metadata as the native one does.
+    let (code, body) = post_raw(
+        &s,
+        "/sandboxes",
+        &json!({ "templateID": "base", "metadata": many }),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("metadata"),
+        "{body}"
+    );
+    let (code, body) = post_raw(&s, "/sandboxes", &json!({})).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("templateID"),
+        "{body}"
+    );
+    // A host that fails the create: recorded error, nothing on the host.
+    s.runtime.fail_next_creates(1);
+    let e = c.create_sandbox(&json!({})).await.unwrap_err();
+    assert_eq!(status(&e), 500, "{e}");
+    assert!(s.runtime.list().is_empty());
+    // Nothing but the errored one is listed, and it can be destroyed.
+    let listed = c.list_sandboxes().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["status"], "error");
+    c.destroy_sandbox(listed[0]["id"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert!(c.list_sandboxes().await.unwrap().is_empty());
+    // An E2B create works and defaults its timeout to E2B's 15 s.
+    let (code, body) = post_raw(&s, "/sandboxes", &json!({ "templateID": "base" })).await;
+    assert_eq!(code, 201, "{body}");
+    let id = body["sandboxID"].as_str().unwrap();
+    assert_eq!(c.get_sandbox(id).await.unwrap()["timeout_sec"], 15);
+    assert_eq!(body["envdVersion"], wrenn_protocol::envd::VERSION);
+}
+
+/// 50 creates at once against a host with room for 4: exactly 4 run, the
+/// others are told there is no room, and the host is never promised more
+/// than it has.
+async fn concurrent_creates_never_overcommit(backend: Backend) {
+    let Some(s) = stack(backend, 2048).await else {
+        return;
+    };
+    let c = client(&s);
+    let calls = (0..50).map(|_| {
+        let c = c.clone();
+        async move {
+            c.create_sandbox(&json!({ "memory_mb": 512, "timeout_sec": 0 }))
+                .await
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let created = results.iter().filter(|r| r.is_ok()).count();
+    let refused: Vec<u16> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .map(status)
+        .collect();
+    assert_eq!(created, 4, "refusals: {refused:?}");
+    assert!(refused.iter().all(|&s| s == 503), "{refused:?}");
+    assert_eq!(s.runtime.list().len(), 4);
+    let held = s.store.allocated_on("host-test").await.unwrap();
+    assert_eq!((held.sandboxes, held.memory_mb), (4, 2048));
+    for sb in c.list_sandboxes().await.unwrap() {
+        c.destroy_sandbox(sb["id"].as_str().unwrap()).await.unwrap();
+    }
+    assert!(s.runtime.list().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_never_overcommit_on_sqlite() {
+    concurrent_creates_never_overcommit(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_never_overcommit_on_postgres() {
+    concurrent_creates_never_overcommit(Backend::Postgres).await;
+}
