@@ -59,8 +59,11 @@ pub async fn pass(app: &App) -> Result<PassReport, crate::error::ApiError> {
     Ok(report)
 }
 
-/// Longer than any create takes (disk, init, envd's ready timeout): a
-/// sandbox `pending` for longer lost the process that was creating it.
+/// Longer than creates take (well under a second; a create that hits
+/// every start-up timeout takes 30 s): a sandbox `pending` for longer,
+/// that its host does not list, lost the process that was creating it and
+/// is marked `error`. A create slower than this still records its own
+/// outcome when it ends, which then stands.
 pub const PENDING_GRACE_SECS: i64 = 15;
 
 /// Reconciles one online host: (state changes, orphans destroyed).

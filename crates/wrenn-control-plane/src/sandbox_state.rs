@@ -69,8 +69,9 @@ impl SandboxState {
     }
 
     /// Whether the control plane's own lifecycle (create, pause, resume,
-    /// destroy) may move a sandbox from `self` to `to`; every such change
-    /// is checked against this. What the hosts observe is recorded outside
+    /// destroy) may move a sandbox from `self` to `to`; pause, resume and
+    /// destroy check every change against this, and create only ever makes
+    /// `pending` into `running` or `error`. What the hosts observe is recorded outside
     /// it: a silent host's sandboxes become `missing`, and the reconciler
     /// sets each sandbox to what its agent reports.
     pub const fn can_become(self, to: SandboxState) -> bool {

@@ -50,6 +50,17 @@ pub struct Agent<R: Runtime> {
     /// How long a new sandbox's envd may take to answer once its runtime
     /// started it.
     pub envd_timeout: Duration,
+    /// Sandboxes being created: not listed until they are whole.
+    starting: Mutex<std::collections::HashSet<String>>,
+}
+
+/// Takes a sandbox off the `starting` set when its create ends, however.
+struct Shown<'a>(&'a Mutex<std::collections::HashSet<String>>, &'a str);
+
+impl Drop for Shown<'_> {
+    fn drop(&mut self) {
+        self.0.lock().remove(self.1);
+    }
 }
 
 /// How long a new sandbox's envd may take to answer, by default.
@@ -67,6 +78,7 @@ impl<R: Runtime> Agent<R> {
             cpu_samples: Mutex::new(HashMap::new()),
             shutdown: tokio::sync::watch::channel(false).0,
             envd_timeout: ENVD_TIMEOUT,
+            starting: Mutex::default(),
         }))
     }
 
@@ -120,16 +132,24 @@ impl<R: Runtime> Agent<R> {
     ) -> Result<(Instance, Meta), RuntimeError> {
         let id = spec.id.clone();
         let envs = spec.envs.clone();
+        // Hidden from listings until it is whole: a reconciler must not
+        // record as running a sandbox whose envd may yet fail to start.
+        self.starting.lock().insert(id.clone());
+        let _shown = Shown(&self.starting, &id);
         let inst = self.runtime.create(spec).await?;
         let envd = crate::envd::Envd::new(&self.pools, &inst);
-        if let Err(e) = envd.start(&envs, self.envd_timeout).await {
-            if let Err(d) = self.runtime.destroy(&id).await {
-                tracing::warn!(sandbox = %id, "removing a sandbox whose envd did not come up: {d}");
-            }
-            return Err(RuntimeError::caused(
-                format!("sandbox {id}: envd never came up"),
+        let started = match envd.start(&envs, self.envd_timeout).await {
+            Ok(()) => self.runtime.confirm(&id).await,
+            Err(e) => Err(RuntimeError::caused(
+                format!("sandbox {id}: envd did not start"),
                 e,
-            ));
+            )),
+        };
+        if let Err(e) = started {
+            if let Err(d) = self.runtime.destroy(&id).await {
+                tracing::warn!(sandbox = %id, "removing a sandbox whose envd did not start: {d}");
+            }
+            return Err(e);
         }
         let t = now();
         let m = Meta {
@@ -144,7 +164,7 @@ impl<R: Runtime> Agent<R> {
             auto_pause,
         };
         self.save(&id, &m);
-        self.meta.lock().insert(id, m.clone());
+        self.meta.lock().insert(id.clone(), m.clone());
         Ok((inst, m))
     }
 
@@ -155,6 +175,15 @@ impl<R: Runtime> Agent<R> {
         self.cpu_samples.lock().remove(id);
         let _ = std::fs::remove_file(self.meta_dir.join(format!("{id}.json")));
         r
+    }
+
+    /// Every whole sandbox on this host (those still being created are
+    /// left out): what `ListSandboxes` reports.
+    pub fn listed(&self) -> Vec<Instance> {
+        let starting = self.starting.lock();
+        let mut all = self.runtime.list();
+        all.retain(|i| !starting.contains(&i.spec.id));
+        all
     }
 
     /// The agent's record of a sandbox.

@@ -150,6 +150,14 @@ pub enum StartError {
         /// How long it was given.
         timeout: std::time::Duration,
     },
+    /// No answer to `/init` in time.
+    #[error("envd at {addr} did not answer /init within {timeout:?}")]
+    InitTimeout {
+        /// Where envd listens.
+        addr: std::net::SocketAddr,
+        /// How long it was given.
+        timeout: std::time::Duration,
+    },
     /// `/init` was refused.
     #[error("envd refused /init: {status} {message}")]
     Init {
@@ -159,7 +167,7 @@ pub enum StartError {
         message: String,
     },
     /// The request could not be made or carried.
-    #[error("calling envd's {what}")]
+    #[error("calling envd's {what}: {source}")]
     Http {
         /// Which call.
         what: &'static str,
@@ -175,7 +183,8 @@ impl Envd {
     /// with `/init`. The sandbox's init made envd's socket listen before
     /// envd ran, so the first request waits in its backlog until envd
     /// serves it; a request is made again (after 1, 2, 4 … 20 ms) only if
-    /// a connection fails. Every runtime's sandboxes start this way.
+    /// a connection fails or envd answers anything but 204. Every
+    /// runtime's sandboxes start this way.
     pub async fn start(
         &self,
         envs: &std::collections::HashMap<String, String>,
@@ -217,7 +226,7 @@ impl Envd {
             })?;
         let resp = tokio::time::timeout(timeout, self.http.request(req))
             .await
-            .map_err(|_| StartError::NoAnswer { addr, timeout })?
+            .map_err(|_| StartError::InitTimeout { addr, timeout })?
             .map_err(|e| StartError::Http {
                 what: "/init",
                 source: e.into(),

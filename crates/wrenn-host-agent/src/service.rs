@@ -343,8 +343,7 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
     ) -> ServiceResult<pb::ListSandboxesResponse> {
         let sandboxes = self
             .agent
-            .runtime
-            .list()
+            .listed()
             .iter()
             .map(|i| sandbox_pb(i, &self.agent.meta(&i.spec.id)))
             .collect();

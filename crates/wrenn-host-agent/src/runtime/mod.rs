@@ -141,6 +141,14 @@ pub trait Runtime: Send + Sync + 'static {
         spec: SandboxSpec,
     ) -> impl Future<Output = Result<Instance, RuntimeError>> + Send;
 
+    /// Called once the agent brought a new sandbox's envd up: from here on
+    /// the sandbox is whole, and `recover` adopts it after a restart
+    /// (before, it removes it as half made).
+    fn confirm(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        let _ = id;
+        async { Ok(()) }
+    }
+
     /// Stops a sandbox and removes everything it had. May answer once the
     /// sandbox is stopped (gone from `get` and `list`, its processes
     /// killed) and remove the rest behind; [`Runtime::settle`] waits for

@@ -67,7 +67,7 @@ pub(super) fn routes() -> axum::Router<App> {
 pub struct SandboxView {
     /// `sb-…`.
     pub id: String,
-    /// pending, starting, running, paused, stopped, missing or error.
+    /// pending, running, paused, stopped, missing or error.
     pub status: String,
     /// Template.
     pub template: String,
@@ -214,10 +214,12 @@ pub(super) async fn list(
     caller: Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    let state = match q.get("state") {
+    let state = match q.get("state").map(String::as_str) {
+        // A state older versions listed but never set: nothing is in it.
+        Some("starting") => return Ok(Json(Value::Array(Vec::new()))),
         Some(st) => Some(
             st.parse::<SandboxState>()
-                .map_err(|e| ApiError::bad_request(format!("state: {e}")))?,
+                .map_err(|_| ApiError::bad_request(format!("state: unknown state '{st}'")))?,
         ),
         None => None,
     };

@@ -96,7 +96,8 @@ struct Record {
     /// Start time of the init (field 22 of /proc/<pid>/stat), to tell it
     /// from a later process that reuses the pid.
     init_start_time: u64,
-    /// False until the init started envd.
+    /// False until the agent confirmed the sandbox (envd answered and
+    /// has its environment): a record that is not ready is half made.
     ready: bool,
     /// Destroyed: being removed, never to be adopted again.
     #[serde(default)]
@@ -751,10 +752,10 @@ impl NamespaceRuntime {
             }
         }
         // envd runs from here on (its socket listened before it did): the
-        // agent waits for it to answer and gives it the environment.
+        // agent waits for it to answer, gives it the environment, then
+        // confirms the sandbox (`Runtime::confirm` marks the record ready;
+        // until then a restart removes it as half made).
         let r = record.as_mut().expect("set");
-        r.ready = true;
-        self.save(id, r)?;
         tracing::debug!(sandbox = %id, ?steps, "created (µs since the start, per step)");
         Ok(r.instance.clone())
     }
@@ -1095,6 +1096,18 @@ impl Runtime for NamespaceRuntime {
 
     async fn settle(&self) {
         self.teardowns.settled().await;
+    }
+
+    async fn confirm(&self, id: &str) -> Result<(), RuntimeError> {
+        let record = {
+            let mut live = self.live.lock();
+            let l = live
+                .get_mut(id)
+                .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
+            l.record.ready = true;
+            l.record.clone()
+        };
+        self.save(id, &record)
     }
 
     async fn pause(&self, id: &str) -> Result<Instance, RuntimeError> {
