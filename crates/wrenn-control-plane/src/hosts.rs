@@ -355,14 +355,23 @@ pub fn check_tags(field: &str, tags: &[String]) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The hosts a sandbox of `team` asking for `demand` on hosts with every
-/// tag of `tags` may go to: online, shared or the team's own, tagged, and
-/// large enough, each with what its sandboxes hold now. An error when no
-/// host could ever take it (400: the request is wrong) or none is online
-/// now (503).
+/// Whether `h` has `template`, as far as the control plane knows: a host
+/// that never reported its templates (a static host) may have any.
+pub fn has_template(h: &Host, template: &str) -> bool {
+    h.templates
+        .as_ref()
+        .is_none_or(|t| t.iter().any(|n| n == template))
+}
+
+/// The hosts a sandbox of `team` from `template` asking for `demand` on
+/// hosts with every tag of `tags` may go to: online, shared or the team's
+/// own, tagged, with the template, and large enough, each with what its
+/// sandboxes hold now. An error when no host could ever take it (400: the
+/// request is wrong) or none is online now (503).
 pub async fn candidates(
     store: &crate::store::Store,
     team: &str,
+    template: &str,
     tags: &[String],
     demand: &Demand,
 ) -> Result<Vec<Candidate>, ApiError> {
@@ -377,6 +386,16 @@ pub async fn candidates(
         // Not a passing shortage: no host, up or down, would ever do.
         return Err(ApiError::bad_request(format!(
             "host_tags: no host has all of the tags {tags:?}; tag a host (PUT /v1/hosts/{{id}}/tags) or drop host_tags"
+        )));
+    }
+    let any_host = !tagged.is_empty();
+    let tagged: Vec<Host> = tagged
+        .into_iter()
+        .filter(|h| has_template(h, template))
+        .collect();
+    if any_host && tagged.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "template '{template}' is on no host this sandbox may run on; build or import it there (wrenn template build|import) or pick another (GET /v1/templates)"
         )));
     }
     // A sandbox bigger than every host will never fit: the request is

@@ -364,3 +364,66 @@ async fn concurrent_creates_never_overcommit_on_sqlite() {
 async fn concurrent_creates_never_overcommit_on_postgres() {
     concurrent_creates_never_overcommit(Backend::Postgres).await;
 }
+
+/// A host that reported its templates gets only sandboxes of those; the
+/// template list comes from the reports, and a template removed from a
+/// host leaves its report at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_get_only_templates_they_reported() {
+    let Some(s) = stack(Backend::Sqlite, 8192).await else {
+        return;
+    };
+    let c = client(&s);
+    let report = vec!["base".to_string(), "tools".to_string()];
+    assert!(
+        s.store
+            .online_host_seen("host-test", Some(("memory", &report)))
+            .await
+            .unwrap()
+    );
+    let h = s.store.host("host-test").await.unwrap().unwrap();
+    assert_eq!(
+        (h.runtime.as_str(), h.templates.clone()),
+        ("memory", Some(report.clone()))
+    );
+    // Reported names enter the catalog once, as shared base templates.
+    for _ in 0..2 {
+        s.store.record_reported_templates(&report).await.unwrap();
+    }
+    let catalog = s.store.templates_for("any-team").await.unwrap();
+    let kinds: Vec<(&str, &str, &str)> = catalog
+        .iter()
+        .map(|t| (t.name.as_str(), t.kind.as_str(), t.team_id.as_str()))
+        .collect();
+    assert_eq!(kinds, vec![("base", "base", ""), ("tools", "base", "")]);
+    // Not on the host: refused by the control plane, naming the template.
+    let e = c
+        .create_sandbox(&json!({ "template": "nope" }))
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), 400);
+    assert!(
+        e.to_string().contains("template 'nope' is on no host"),
+        "{e}"
+    );
+    // Listed from the report (the agent itself has only `base`).
+    let names: Vec<String> = c
+        .list_templates()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, report);
+    // Removed where it was: no longer reported, no longer placed there.
+    let (code, body) = raw(&s, "DELETE", "/v1/templates/base", &Value::Null).await;
+    assert_eq!(code, 200, "{body}");
+    let h = s.store.host("host-test").await.unwrap().unwrap();
+    assert_eq!(h.templates, Some(vec!["tools".to_string()]));
+    let e = c.create_sandbox(&json!({})).await.unwrap_err();
+    assert_eq!(status(&e), 400, "{e}");
+    assert!(
+        e.to_string().contains("template 'base' is on no host"),
+        "{e}"
+    );
+}

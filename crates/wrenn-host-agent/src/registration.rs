@@ -63,6 +63,29 @@ pub struct Specs {
     pub disk_mb: i64,
 }
 
+/// What a host tells the control plane it runs, at registration and in
+/// every heartbeat: the scheduler sends a sandbox only to a host that has
+/// its template.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// The runtime's name (`namespaces`).
+    pub runtime: String,
+    /// The templates the runtime can start sandboxes from.
+    pub templates: Vec<String>,
+}
+
+impl Report {
+    /// What `agent` has now.
+    pub fn of<R: Runtime + crate::service::TemplateList>(agent: &Agent<R>) -> Report {
+        let mut templates = agent.runtime.template_names();
+        templates.sort();
+        Report {
+            runtime: agent.runtime.name().to_string(),
+            templates,
+        }
+    }
+}
+
 impl Specs {
     /// Reads them off this machine (`data_dir` for the disk).
     pub fn of_this_machine(data_dir: &Path) -> Specs {
@@ -189,6 +212,7 @@ impl ControlPlane {
         address: &str,
         agent_token: &str,
         specs: &Specs,
+        report: &Report,
     ) -> Result<Credentials, RegistrationError> {
         let v = self
             .post(
@@ -202,6 +226,8 @@ impl ControlPlane {
                     "cpu_count": specs.cpu_count,
                     "memory_mb": specs.memory_mb,
                     "disk_mb": specs.disk_mb,
+                    "runtime": report.runtime,
+                    "templates": report.templates,
                 }),
             )
             .await?;
@@ -224,12 +250,12 @@ impl ControlPlane {
     pub async fn heartbeat(
         &self,
         c: &Credentials,
-        sandboxes: usize,
+        report: &Report,
     ) -> Result<(), RegistrationError> {
         self.post(
             "/v1/hosts/heartbeat",
             Some(&c.host_jwt),
-            serde_json::json!({ "sandboxes": sandboxes }),
+            serde_json::json!({ "runtime": report.runtime, "templates": report.templates }),
         )
         .await
         .map(|_| ())
@@ -269,7 +295,7 @@ async fn pause_all<R: Runtime>(agent: &Agent<R>) {
 /// day before it expires or when refused; pauses every sandbox when the
 /// refresh is refused; forgets the credentials and stops the agent when
 /// the host is gone.
-pub async fn heartbeat_forever<R: Runtime>(
+pub async fn heartbeat_forever<R: Runtime + crate::service::TemplateList>(
     agent: Arc<Agent<R>>,
     mut creds: Credentials,
     path: PathBuf,
@@ -307,7 +333,7 @@ enum Beat {
 
 /// One heartbeat: refresh when due or refused, pause everything when the
 /// control plane refuses the host for good, stop when it was deleted.
-async fn heartbeat_once<R: Runtime>(
+async fn heartbeat_once<R: Runtime + crate::service::TemplateList>(
     agent: &Arc<Agent<R>>,
     cp: &ControlPlane,
     creds: &mut Credentials,
@@ -319,11 +345,11 @@ async fn heartbeat_once<R: Runtime>(
             tracing::warn!("refreshing ahead of expiry: {e}");
         }
     }
-    let n = agent.runtime.list().len();
-    let mut result = cp.heartbeat(creds, n).await;
+    let report = Report::of(agent);
+    let mut result = cp.heartbeat(creds, &report).await;
     if let Err(RegistrationError::Refused(_)) = &result {
         result = match refresh_and_save(cp, creds, path).await {
-            Ok(()) => cp.heartbeat(creds, n).await,
+            Ok(()) => cp.heartbeat(creds, &report).await,
             Err(e) => Err(e),
         };
     }

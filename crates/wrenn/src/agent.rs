@@ -5,13 +5,27 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use wrenn_host_agent::agent::Agent;
-use wrenn_host_agent::registration::{ControlPlane, Credentials, Specs};
+use wrenn_host_agent::registration::{ControlPlane, Credentials, Report, Specs};
 use wrenn_host_agent::runtime::Runtime;
 use wrenn_host_agent::runtime::namespaces::{Config, NamespaceRuntime};
+use wrenn_host_agent::service::TemplateList;
+
+/// The runtimes a host can run sandboxes with (`--runtime`). Each is a
+/// `wrenn_host_agent::runtime` module; the agent, its service and the
+/// control plane are the same whichever runs.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// Linux namespaces, cgroups and an overlay root (needs root).
+    #[default]
+    Namespaces,
+}
 
 /// Flags of `wrenn agent`.
 #[derive(clap::Args, Debug)]
 pub struct AgentArgs {
+    /// What runs this host's sandboxes.
+    #[arg(long, env = "WRENN_RUNTIME", value_enum, default_value_t = RuntimeKind::Namespaces)]
+    runtime: RuntimeKind,
     /// Address the agent's API listens on.
     #[arg(long, env = "WRENN_AGENT_LISTEN", default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
@@ -52,18 +66,35 @@ fn token(data_dir: &Path, given: Option<String>) -> anyhow::Result<String> {
 pub fn run(data_dir: &Path, args: AgentArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    let token = token(data_dir, args.token.clone())?;
-    let token_for_cp = token.clone();
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
-        let mut cfg = Config::new(data_dir.to_path_buf());
-        if let Some(e) = args.envd {
-            cfg.envd_binary = e;
+        match args.runtime {
+            RuntimeKind::Namespaces => {
+                let mut cfg = Config::new(data_dir.to_path_buf());
+                if let Some(e) = args.envd.clone() {
+                    cfg.envd_binary = e;
+                }
+                cfg.cgroup_parent = args.cgroup_parent.clone();
+                let runtime = NamespaceRuntime::new(cfg).context("setting up the namespace runtime")?;
+                tracing::info!(cgroups = runtime.cgroup_version(), templates = ?runtime.templates().list(), "namespace runtime ready");
+                serve(data_dir, args, runtime).await
+            }
         }
-        cfg.cgroup_parent = args.cgroup_parent.clone();
-        let runtime = NamespaceRuntime::new(cfg).context("setting up the namespace runtime")?;
-        tracing::info!(cgroups = runtime.cgroup_version(), templates = ?runtime.templates().list(), "namespace runtime ready");
-        let agent = Agent::new(runtime, data_dir.join("agent")).context("creating the agent's state directory")?;
+    })
+}
+
+/// Serves `runtime` as this host's agent: registration, heartbeats, the
+/// API, and a settled stop.
+async fn serve<R: Runtime + TemplateList>(
+    data_dir: &Path,
+    args: AgentArgs,
+    runtime: std::sync::Arc<R>,
+) -> anyhow::Result<()> {
+    let token = token(data_dir, args.token.clone())?;
+    let token_for_cp = token.clone();
+    {
+        let agent = Agent::new(runtime, data_dir.join("agent"))
+            .context("creating the agent's state directory")?;
         let creds_path = data_dir.join("credentials.json");
         let creds = match (Credentials::load(&creds_path), &args.register) {
             (Some(c), _) => {
@@ -71,14 +102,21 @@ pub fn run(data_dir: &Path, args: AgentArgs) -> anyhow::Result<()> {
                 Some(c)
             }
             (None, Some(token)) => {
-                let cp = args.control_plane.as_deref().context("--register needs --control-plane URL")?;
-                let address = args.address.clone().unwrap_or_else(|| args.listen.to_string());
+                let cp = args
+                    .control_plane
+                    .as_deref()
+                    .context("--register needs --control-plane URL")?;
+                let address = args
+                    .address
+                    .clone()
+                    .unwrap_or_else(|| args.listen.to_string());
                 let specs = Specs::of_this_machine(data_dir);
                 let c = ControlPlane::new(cp)
-                    .register(token, &address, &token_for_cp, &specs)
+                    .register(token, &address, &token_for_cp, &specs, &Report::of(&agent))
                     .await
                     .context("registering with the control plane")?;
-                c.save(&creds_path).with_context(|| format!("saving {}", creds_path.display()))?;
+                c.save(&creds_path)
+                    .with_context(|| format!("saving {}", creds_path.display()))?;
                 tracing::info!(host = %c.host_id, "registered");
                 Some(c)
             }
@@ -93,7 +131,9 @@ pub fn run(data_dir: &Path, args: AgentArgs) -> anyhow::Result<()> {
             ));
         }
         let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
@@ -107,5 +147,5 @@ pub fn run(data_dir: &Path, args: AgentArgs) -> anyhow::Result<()> {
         // them all among them) are wholly removed before the agent exits.
         runtime.settle().await;
         served
-    })
+    }
 }

@@ -154,6 +154,9 @@ pub enum ServerCommand {
 /// Flags of `wrenn up`.
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
+    /// What runs the sandboxes (as `wrenn agent --runtime`).
+    #[arg(long, env = "WRENN_RUNTIME", value_enum, default_value_t = crate::agent::RuntimeKind::Namespaces)]
+    runtime: crate::agent::RuntimeKind,
     /// Address the API listens on.
     #[arg(long, env = "WRENN_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -312,6 +315,9 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
         );
     }
     let overcommit = args.overcommit.get(UP_OVERCOMMIT)?;
+    // The namespace runtime is the one there is; a second one (a VM) makes
+    // what follows a match on `args.runtime`, as `wrenn agent` has.
+    let crate::agent::RuntimeKind::Namespaces = args.runtime;
     let mut runtime_cfg = Config::new(data_dir.to_path_buf());
     if let Some(e) = &args.envd {
         runtime_cfg.envd_binary = e.clone();
@@ -380,6 +386,10 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
                 cpu_count: specs.cpu_count,
                 memory_mb: specs.memory_mb,
                 disk_mb: specs.disk_mb,
+                runtime: runtime.name().into(),
+                // Not reported: templates built or imported while it runs
+                // are usable at once (scheduling takes it to have any).
+                templates: None,
                 ..Default::default()
             })
             .await?;

@@ -284,6 +284,24 @@ pub(super) struct RegisterReq {
     memory_mb: i64,
     #[serde(default)]
     disk_mb: i64,
+    /// The runtime the agent runs sandboxes with.
+    #[serde(default)]
+    runtime: Option<String>,
+    /// The templates it has.
+    #[serde(default)]
+    templates: Option<Vec<String>>,
+}
+
+/// What an agent may report of itself: a runtime name and its templates,
+/// within bounds (a host is not trusted with unbounded rows).
+fn check_report(runtime: &str, templates: &[String]) -> ApiResult<()> {
+    let name_ok = |n: &str| !n.is_empty() && n.len() <= 256 && !n.contains(['\0', '\n']);
+    if runtime.len() > 64 || templates.len() > 4096 || !templates.iter().all(|t| name_ok(t)) {
+        return Err(ApiError::bad_request(
+            "runtime: at most 64 characters; templates: at most 4096 names of 1-256 characters",
+        ));
+    }
+    Ok(())
 }
 
 /// A fresh host JWT and refresh token (stored hashed).
@@ -351,6 +369,12 @@ pub(super) async fn register(
     h.cpu_count = r.cpu_count;
     h.memory_mb = r.memory_mb;
     h.disk_mb = r.disk_mb;
+    if let (Some(runtime), Some(templates)) = (r.runtime, r.templates) {
+        check_report(&runtime, &templates)?;
+        app.store.record_reported_templates(&templates).await?;
+        h.runtime = runtime;
+        h.templates = Some(templates);
+    }
     h.status = "online".into();
     h.last_seen_at = now();
     app.store.update_host(&h).await?;
@@ -407,19 +431,42 @@ fn host_of(app: &App, headers: &HeaderMap) -> ApiResult<String> {
         .ok_or_else(|| ApiError::unauthorized("missing, invalid or expired host token; refresh it"))
 }
 
-#[utoipa::path(post, path = "/v1/hosts/heartbeat", tag = "hosts", responses((status = 200, description = "Seen"), (status = 401, description = "Host JWT missing, invalid or expired: refresh", body = ErrorBody), (status = 404, description = "The host was deleted: forget the credentials", body = ErrorBody)), security(("bearer" = [])))]
+/// A heartbeat's body: what the agent has now (all optional).
+#[derive(utoipa::ToSchema, Deserialize, Default)]
+pub(super) struct HeartbeatReq {
+    /// The runtime it runs sandboxes with.
+    #[serde(default)]
+    runtime: Option<String>,
+    /// The templates it has.
+    #[serde(default)]
+    templates: Option<Vec<String>>,
+}
+
+#[utoipa::path(post, path = "/v1/hosts/heartbeat", tag = "hosts", request_body(content = HeartbeatReq, description = "Optional: what the host has now"), responses((status = 200, description = "Seen"), (status = 401, description = "Host JWT missing, invalid or expired: refresh", body = ErrorBody), (status = 404, description = "The host was deleted: forget the credentials", body = ErrorBody)), security(("bearer" = [])))]
 /// POST /v1/hosts/heartbeat: the host is alive. 404 once it is deleted.
 pub(super) async fn heartbeat(
     State(app): State<App>,
     headers: HeaderMap,
+    raw: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
     let id = host_of(&app, &headers)?;
-    // The common case, an online host, costs one statement.
-    if !app.store.online_host_seen(&id).await? {
+    let r: HeartbeatReq = super::optional_json(&raw)?;
+    let report = match (&r.runtime, &r.templates) {
+        (Some(runtime), Some(templates)) => {
+            check_report(runtime, templates)?;
+            app.store.record_reported_templates(templates).await?;
+            Some((runtime.as_str(), templates.as_slice()))
+        }
+        _ => None,
+    };
+    // The common case, an online host, costs one statement (and one per
+    // template it reports, each a no-op once the catalog has it).
+    if !app.store.online_host_seen(&id, report).await? {
         let Some(mut h) = app.store.host(&id).await? else {
             return Err(ApiError::not_found(format!("host '{id}'")));
         };
         app.store.host_seen(&id).await?;
+        app.store.online_host_seen(&id, report).await?;
         h.status = "online".into();
         tracing::info!(host = %id, "host is online again; reconciling it");
         let app = app.clone();

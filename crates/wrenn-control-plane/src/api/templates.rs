@@ -57,6 +57,9 @@ pub(super) async fn delete_template(
     app.store
         .audit(&caller.team_id, &caller.actor, "template.delete", &name)
         .await?;
+    for h in &deleted {
+        app.store.drop_reported_template(h, &name).await?;
+    }
     if !in_use.is_empty() {
         return Err(ApiError::conflict(
             "template_in_use",
@@ -66,6 +69,9 @@ pub(super) async fn delete_template(
                 deleted.len()
             ),
         ));
+    }
+    if in_use.is_empty() && failed.is_empty() {
+        app.store.delete_shared_template(&name).await?;
     }
     if deleted.is_empty() && failed.is_empty() {
         return Err(ApiError::not_found(format!(
@@ -95,18 +101,27 @@ pub(super) async fn list_templates(
         .filter(|h| h.status == "online")
         .filter(|h| h.team_id.is_empty() || h.team_id == caller.team_id)
     {
-        let Ok(client) = app.hosts.client(&h).await else {
-            continue;
-        };
-        if let Ok(info) = client.get_host(pb::GetHostRequest::default()).await {
-            // Host ids are for admins and for the team's own hosts, as
-            // `GET /v1/hosts` shows them.
-            let shown = caller.is_admin || !h.team_id.is_empty();
-            for n in info.into_owned().templates {
-                let hosts = names.entry(n).or_default();
-                if shown {
-                    hosts.push(h.id.clone());
+        // What the host reported in its last heartbeat; a host that never
+        // reports (a static one) is asked.
+        let has = match h.templates.clone() {
+            Some(t) => t,
+            None => {
+                let Ok(client) = app.hosts.client(&h).await else {
+                    continue;
+                };
+                match client.get_host(pb::GetHostRequest::default()).await {
+                    Ok(info) => info.into_owned().templates,
+                    Err(_) => continue,
                 }
+            }
+        };
+        // Host ids are for admins and for the team's own hosts, as
+        // `GET /v1/hosts` shows them.
+        let shown = caller.is_admin || !h.team_id.is_empty();
+        for n in has {
+            let hosts = names.entry(n).or_default();
+            if shown {
+                hosts.push(h.id.clone());
             }
         }
     }

@@ -255,8 +255,14 @@ pub async fn create(app: &App, caller: &Caller, spec: CreateSpec) -> ApiResult<S
     };
     let mut placed = None;
     for _ in 0..PLACEMENT_ATTEMPTS {
-        let candidates =
-            crate::hosts::candidates(&app.store, &caller.team_id, &spec.host_tags, &demand).await?;
+        let candidates = crate::hosts::candidates(
+            &app.store,
+            &caller.team_id,
+            &s.template,
+            &spec.host_tags,
+            &demand,
+        )
+        .await?;
         let Some(host) = app.scheduler.pick(&candidates, &demand).cloned() else {
             return Err(crate::hosts::no_room());
         };

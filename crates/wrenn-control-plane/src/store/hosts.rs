@@ -41,6 +41,11 @@ pub struct Host {
     pub memory_mb: i64,
     /// Disk for sandboxes.
     pub disk_mb: i64,
+    /// The runtime its agent reported (`namespaces`); empty until it did.
+    pub runtime: String,
+    /// The templates its agent reported; `None` when it never reported
+    /// them (a static host), which scheduling takes as "may have any".
+    pub templates: Option<Vec<String>>,
 }
 
 impl Default for Host {
@@ -60,6 +65,8 @@ impl Default for Host {
             cpu_count: 0,
             memory_mb: 0,
             disk_mb: 0,
+            runtime: String::new(),
+            templates: None,
         }
     }
 }
@@ -111,10 +118,23 @@ fn host(r: &AnyRow) -> Host {
         cpu_count: r.get("cpu_count"),
         memory_mb: r.get("memory_mb"),
         disk_mb: r.get("disk_mb"),
+        runtime: r.try_get("runtime").unwrap_or_default(),
+        templates: r
+            .try_get::<String, _>("templates")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .and_then(|t| serde_json::from_str(&t).ok()),
     }
 }
 
-const HOST_COLS: &str = "id, name, address, token, status, created_at, last_seen_at, kind, team_id, tags, arch, cpu_count, memory_mb, disk_mb";
+/// The `templates` column's text for a reported list.
+fn templates_text(t: &Option<Vec<String>>) -> String {
+    t.as_ref()
+        .and_then(|t| serde_json::to_string(t).ok())
+        .unwrap_or_default()
+}
+
+const HOST_COLS: &str = "id, name, address, token, status, created_at, last_seen_at, kind, team_id, tags, arch, cpu_count, memory_mb, disk_mb, runtime, templates";
 
 impl Store {
     /// Creates or updates a host.
@@ -128,7 +148,7 @@ impl Store {
 
     /// Records a new host.
     pub async fn insert_host(&self, h: &Host) -> Result<(), sqlx::Error> {
-        sqlx::query("INSERT INTO hosts (id, name, address, token, status, created_at, last_seen_at, kind, team_id, tags, arch, cpu_count, memory_mb, disk_mb) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)")
+        sqlx::query(&format!("INSERT INTO hosts ({HOST_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"))
             .bind(&h.id)
             .bind(&h.name)
             .bind(&h.address)
@@ -143,6 +163,8 @@ impl Store {
             .bind(h.cpu_count)
             .bind(h.memory_mb)
             .bind(h.disk_mb)
+            .bind(&h.runtime)
+            .bind(templates_text(&h.templates))
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -150,7 +172,7 @@ impl Store {
 
     /// Writes a host's mutable fields.
     pub async fn update_host(&self, h: &Host) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE hosts SET name = $1, address = $2, token = $3, status = $4, last_seen_at = $5, tags = $6, arch = $7, cpu_count = $8, memory_mb = $9, disk_mb = $10 WHERE id = $11")
+        sqlx::query("UPDATE hosts SET name = $1, address = $2, token = $3, status = $4, last_seen_at = $5, tags = $6, arch = $7, cpu_count = $8, memory_mb = $9, disk_mb = $10, runtime = $11, templates = $12 WHERE id = $13")
             .bind(&h.name)
             .bind(&h.address)
             .bind(&h.token)
@@ -161,9 +183,28 @@ impl Store {
             .bind(h.cpu_count)
             .bind(h.memory_mb)
             .bind(h.disk_mb)
+            .bind(&h.runtime)
+            .bind(templates_text(&h.templates))
             .bind(&h.id)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    /// Takes `name` off the templates host `id` reported (it removed it),
+    /// until its next report says otherwise.
+    pub async fn drop_reported_template(&self, id: &str, name: &str) -> Result<(), sqlx::Error> {
+        let Some(h) = self.host(id).await? else {
+            return Ok(());
+        };
+        if let Some(mut t) = h.templates {
+            t.retain(|n| n != name);
+            sqlx::query("UPDATE hosts SET templates = $1 WHERE id = $2")
+                .bind(templates_text(&Some(t)))
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        }
         Ok(())
     }
 
@@ -179,13 +220,30 @@ impl Store {
 
     /// A heartbeat from a host that is online already: one statement, true
     /// if the host is online (false: gone, or coming back).
-    pub async fn online_host_seen(&self, id: &str) -> Result<bool, sqlx::Error> {
-        let r =
-            sqlx::query("UPDATE hosts SET last_seen_at = $1 WHERE id = $2 AND status = 'online'")
-                .bind(now())
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
+    ///
+    /// With `report` (runtime, templates), what the host has is recorded
+    /// in the same statement.
+    pub async fn online_host_seen(
+        &self,
+        id: &str,
+        report: Option<(&str, &[String])>,
+    ) -> Result<bool, sqlx::Error> {
+        let r = match report {
+            None => sqlx::query(
+                "UPDATE hosts SET last_seen_at = $1 WHERE id = $2 AND status = 'online'",
+            )
+            .bind(now())
+            .bind(id),
+            Some((runtime, templates)) => sqlx::query(
+                "UPDATE hosts SET last_seen_at = $1, runtime = $2, templates = $3 WHERE id = $4 AND status = 'online'",
+            )
+            .bind(now())
+            .bind(runtime.to_string())
+            .bind(templates_text(&Some(templates.to_vec())))
+            .bind(id),
+        }
+        .execute(&self.pool)
+        .await?;
         Ok(r.rows_affected() > 0)
     }
 

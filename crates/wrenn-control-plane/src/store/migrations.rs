@@ -67,4 +67,18 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
             "ALTER TABLE users ADD COLUMN home_team_id TEXT NOT NULL DEFAULT ''",
         ],
     ),
+    (
+        6,
+        &[
+            // What a host runs: the runtime it reports, and the templates
+            // it has (a JSON array; '' = never reported, as static hosts).
+            "ALTER TABLE hosts ADD COLUMN runtime TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE hosts ADD COLUMN templates TEXT NOT NULL DEFAULT ''",
+            // The catalog of templates, ready for builds and snapshots:
+            // shared ones (team_id '') and, later, a team's own. A name a
+            // host reports is entered here as a shared `base` template.
+            "CREATE TABLE templates (id TEXT PRIMARY KEY, team_id TEXT NOT NULL DEFAULT '', name TEXT NOT NULL, kind TEXT NOT NULL, runtime TEXT NOT NULL DEFAULT '', status TEXT NOT NULL, created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL)",
+            "CREATE UNIQUE INDEX templates_name ON templates (team_id, name)",
+        ],
+    ),
 ];

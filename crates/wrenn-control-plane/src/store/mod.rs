@@ -8,6 +8,7 @@ mod hosts;
 mod keys;
 mod migrations;
 mod sandboxes;
+mod templates;
 mod users;
 
 use sqlx::AnyPool;
@@ -18,6 +19,7 @@ pub use hosts::{Allocated, Host, HostToken};
 pub use keys::ApiKey;
 pub use migrations::MIGRATIONS;
 pub use sandboxes::{Reserved, Sandbox};
+pub use templates::Template;
 pub use users::{Invitation, Member, Team, User};
 
 /// Unix time in seconds.
