@@ -13,6 +13,7 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod host_status;
 pub mod hosts;
 pub mod ids;
 pub mod output;

@@ -42,7 +42,7 @@ pub async fn pass(app: &App) -> Result<PassReport, crate::error::ApiError> {
         .hosts()
         .await?
         .into_iter()
-        .filter(|h| h.status == "online" && !h.address.is_empty())
+        .filter(|h| h.status == crate::host_status::HostStatus::Online && !h.address.is_empty())
         .collect();
     // Hosts are independent: ask them all at once.
     let results = futures::future::join_all(online.iter().map(|h| host_pass(app, h))).await;

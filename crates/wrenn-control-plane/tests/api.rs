@@ -124,7 +124,7 @@ async fn stack(backend: Backend, memory_mb: i64) -> Option<Stack> {
             name: "test".into(),
             address: agent_addr.to_string(),
             token,
-            status: "online".into(),
+            status: wrenn_control_plane::host_status::HostStatus::Online,
             created_at: now(),
             last_seen_at: now(),
             cpu_count: 64,

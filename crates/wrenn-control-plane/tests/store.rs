@@ -110,7 +110,7 @@ async fn suite(store: &Store) {
         name: "local".into(),
         address: "127.0.0.1:7070".into(),
         token: "t".into(),
-        status: "online".into(),
+        status: wrenn_control_plane::host_status::HostStatus::Online,
         created_at: now(),
         last_seen_at: now(),
         ..Default::default()
@@ -242,7 +242,7 @@ async fn hosts_suite(store: &Store, team: &str) {
         id: ids::new("host"),
         name: "r1".into(),
         kind: "registered".into(),
-        status: "pending".into(),
+        status: wrenn_control_plane::host_status::HostStatus::Pending,
         created_at: now(),
         tags: vec!["gpu".into(), "eu".into()],
         ..Default::default()
@@ -297,7 +297,7 @@ async fn hosts_suite(store: &Store, team: &str) {
     assert!(store.host_token("rt-2").await.unwrap().unwrap().revoked_at > 0);
 
     // Online, then silent: unreachable, its live sandboxes missing.
-    h.status = "online".into();
+    h.status = wrenn_control_plane::host_status::HostStatus::Online;
     h.last_seen_at = now() - 100;
     h.cpu_count = 8;
     store.update_host(&h).await.unwrap();
@@ -334,7 +334,7 @@ async fn hosts_suite(store: &Store, team: &str) {
         vec![h.id.clone()]
     );
     assert_eq!(
-        store.host(&h.id).await.unwrap().unwrap().status,
+        store.host(&h.id).await.unwrap().unwrap().status.as_str(),
         "unreachable"
     );
     assert_eq!(
@@ -356,7 +356,10 @@ async fn hosts_suite(store: &Store, team: &str) {
         "once"
     );
     assert!(store.host_seen(&h.id).await.unwrap());
-    assert_eq!(store.host(&h.id).await.unwrap().unwrap().status, "online");
+    assert_eq!(
+        store.host(&h.id).await.unwrap().unwrap().status.as_str(),
+        "online"
+    );
     store.delete_host(&h.id).await.unwrap();
     assert!(!store.host_seen(&h.id).await.unwrap(), "gone");
 }

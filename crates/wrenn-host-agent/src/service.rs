@@ -1,5 +1,10 @@
 //! `hostagent.v1.HostAgentService` over an [`Agent`]: small handlers that
 //! translate between the wire and the agent, the runtime and envd.
+//!
+//! Why this file is long (~1,000 lines): it relays every native exec,
+//! process and file call to envd. ARCHITECTURE.md's data-plane decision
+//! removes these relays (the control plane speaks envd through the
+//! agent's `/proxy` hop), and with them most of this file.
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -1,4 +1,8 @@
 //! The CLI's API commands: `login`, `sandbox …`, `key …`.
+//!
+//! Why this file is long (~700 lines): one small function per subcommand,
+//! each printing its own table; they share the connection and the output
+//! helpers here.
 
 use std::path::PathBuf;
 

@@ -266,7 +266,7 @@ pub fn run_server(data_dir: &Path, args: ServerArgs) -> anyhow::Result<()> {
                     name: addr.clone(),
                     address: addr,
                     token,
-                    status: "online".into(),
+                    status: wrenn_control_plane::host_status::HostStatus::Online,
                     created_at: now(),
                     last_seen_at: now(),
                     ..Default::default()
@@ -379,7 +379,7 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
                 name: "local".into(),
                 address: agent_addr.to_string(),
                 token: agent_token.clone(),
-                status: "online".into(),
+                status: wrenn_control_plane::host_status::HostStatus::Online,
                 created_at: now(),
                 last_seen_at: now(),
                 arch: specs.arch,

@@ -8,6 +8,8 @@
 //!
 //! The run is seeded (`WRENN_CHAOS_SEED`; printed) and bounded
 //! (`WRENN_CHAOS_ROUNDS`, 30 by default).
+//!
+//! Long because it is one seeded scenario with its own process harness.
 
 mod common;
 

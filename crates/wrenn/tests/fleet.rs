@@ -4,6 +4,9 @@
 //! one-time tokens. Shows registration and refusals, credential rotation
 //! across a control-plane crash, scheduling, a host that dies and comes
 //! back, orphan clean-up, and host deletion.
+//!
+//! Long because each fleet scenario is a test of its own over one harness
+//! of three agents and a server.
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! Sandbox lifecycle through the agent: bad input, pause and resume,
 //! timeouts, agent restarts, crash mid-create, and repeated create/destroy.
+//!
+//! Long because each lifecycle case is a test of its own over one harness.
 
 mod common;
 

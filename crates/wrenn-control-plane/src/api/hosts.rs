@@ -114,7 +114,7 @@ pub(super) async fn create(
     let h = Host {
         id: ids::new("host"),
         name: r.name.unwrap_or_else(|| "host".into()),
-        status: "pending".into(),
+        status: crate::host_status::HostStatus::Pending,
         kind: "registered".into(),
         created_at: now(),
         team_id: if r.team_owned {
@@ -252,7 +252,7 @@ pub(super) async fn delete(
     app.store.revoke_host_tokens(&h.id).await?;
     // Forced: the agent stops now. Otherwise (no sandboxes) its next
     // heartbeat hears 404, and it forgets its credentials and stops.
-    if q.force && h.status == "online" && !h.address.is_empty() {
+    if q.force && h.status == crate::host_status::HostStatus::Online && !h.address.is_empty() {
         if let Ok(client) = app.hosts.client(&h).await {
             let _ = client.terminate(pb::TerminateRequest::default()).await;
         }
@@ -375,7 +375,7 @@ pub(super) async fn register(
         h.runtime = runtime;
         h.templates = Some(templates);
     }
-    h.status = "online".into();
+    h.status = crate::host_status::HostStatus::Online;
     h.last_seen_at = now();
     app.store.update_host(&h).await?;
     // A host registering again starts over: old refresh tokens die.
@@ -467,7 +467,7 @@ pub(super) async fn heartbeat(
         };
         app.store.host_seen(&id).await?;
         app.store.online_host_seen(&id, report).await?;
-        h.status = "online".into();
+        h.status = crate::host_status::HostStatus::Online;
         tracing::info!(host = %id, "host is online again; reconciling it");
         let app = app.clone();
         tokio::spawn(async move {

@@ -26,7 +26,7 @@ pub(super) async fn delete_template(
         .hosts()
         .await?
         .into_iter()
-        .filter(|h| h.status == "online")
+        .filter(|h| h.status == crate::host_status::HostStatus::Online)
         .collect();
     let calls = hosts.iter().map(|h| {
         let (name, pool) = (name.clone(), &app.hosts);
@@ -98,7 +98,7 @@ pub(super) async fn list_templates(
         .hosts()
         .await?
         .into_iter()
-        .filter(|h| h.status == "online")
+        .filter(|h| h.status == crate::host_status::HostStatus::Online)
         .filter(|h| h.team_id.is_empty() || h.team_id == caller.team_id)
     {
         // What the host reported in its last heartbeat; a host that never

@@ -7,6 +7,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::{Store, now};
+use crate::host_status::HostStatus;
 use crate::sandbox_state::SandboxState;
 
 /// A host running an agent.
@@ -21,8 +22,8 @@ pub struct Host {
     /// Token to call the agent.
     #[serde(skip)]
     pub token: String,
-    /// pending (not registered yet), online, unreachable.
-    pub status: String,
+    /// Whether it takes sandboxes.
+    pub status: HostStatus,
     /// Unix seconds.
     pub created_at: i64,
     /// Unix seconds.
@@ -55,7 +56,7 @@ impl Default for Host {
             name: String::new(),
             address: String::new(),
             token: String::new(),
-            status: "pending".into(),
+            status: HostStatus::Pending,
             created_at: 0,
             last_seen_at: 0,
             kind: "static".into(),
@@ -103,7 +104,8 @@ fn host(r: &AnyRow) -> Host {
         name: r.get("name"),
         address: r.get("address"),
         token: r.get("token"),
-        status: r.get("status"),
+        status: HostStatus::parse(&r.try_get::<String, _>("status").unwrap_or_default())
+            .unwrap_or(HostStatus::Unreachable),
         created_at: r.get("created_at"),
         last_seen_at: r.get("last_seen_at"),
         kind: r.get("kind"),
@@ -125,6 +127,11 @@ fn host(r: &AnyRow) -> Host {
             .filter(|t| !t.is_empty())
             .and_then(|t| serde_json::from_str(&t).ok()),
     }
+}
+
+/// `sql` (a statement ending in its WHERE clause) for online hosts only.
+fn online_only(sql: &str) -> String {
+    format!("{sql} AND status = '{}'", HostStatus::Online)
 }
 
 /// The `templates` column's text for a reported list.
@@ -153,7 +160,7 @@ impl Store {
             .bind(&h.name)
             .bind(&h.address)
             .bind(&h.token)
-            .bind(&h.status)
+            .bind(h.status.as_str())
             .bind(h.created_at)
             .bind(h.last_seen_at)
             .bind(&h.kind)
@@ -176,7 +183,7 @@ impl Store {
             .bind(&h.name)
             .bind(&h.address)
             .bind(&h.token)
-            .bind(&h.status)
+            .bind(h.status.as_str())
             .bind(h.last_seen_at)
             .bind(h.tags.join(","))
             .bind(&h.arch)
@@ -210,11 +217,14 @@ impl Store {
 
     /// Records a heartbeat: online, seen now. False if the host is gone.
     pub async fn host_seen(&self, id: &str) -> Result<bool, sqlx::Error> {
-        let r = sqlx::query("UPDATE hosts SET status = 'online', last_seen_at = $1 WHERE id = $2")
-            .bind(now())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let r = sqlx::query(&format!(
+            "UPDATE hosts SET status = '{}', last_seen_at = $1 WHERE id = $2",
+            HostStatus::Online
+        ))
+        .bind(now())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(r.rows_affected() > 0)
     }
 
@@ -228,19 +238,19 @@ impl Store {
         id: &str,
         report: Option<(&str, &[String])>,
     ) -> Result<bool, sqlx::Error> {
+        let sql = match report {
+            None => online_only("UPDATE hosts SET last_seen_at = $1 WHERE id = $2"),
+            Some(_) => online_only(
+                "UPDATE hosts SET last_seen_at = $1, runtime = $2, templates = $3 WHERE id = $4",
+            ),
+        };
         let r = match report {
-            None => sqlx::query(
-                "UPDATE hosts SET last_seen_at = $1 WHERE id = $2 AND status = 'online'",
-            )
-            .bind(now())
-            .bind(id),
-            Some((runtime, templates)) => sqlx::query(
-                "UPDATE hosts SET last_seen_at = $1, runtime = $2, templates = $3 WHERE id = $4 AND status = 'online'",
-            )
-            .bind(now())
-            .bind(runtime.to_string())
-            .bind(templates_text(&Some(templates.to_vec())))
-            .bind(id),
+            None => sqlx::query(&sql).bind(now()).bind(id),
+            Some((runtime, templates)) => sqlx::query(&sql)
+                .bind(now())
+                .bind(runtime.to_string())
+                .bind(templates_text(&Some(templates.to_vec())))
+                .bind(id),
         }
         .execute(&self.pool)
         .await?;
@@ -356,16 +366,21 @@ impl Store {
     /// `online`: marked `unreachable`, their live sandboxes `missing`.
     /// Returns the hosts marked.
     pub async fn mark_silent_hosts(&self, cutoff: i64) -> Result<Vec<String>, sqlx::Error> {
-        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM hosts WHERE kind = 'registered' AND status = 'online' AND last_seen_at < $1")
-            .bind(cutoff)
-            .fetch_all(&self.pool)
-            .await?;
+        let ids: Vec<String> = sqlx::query_scalar(&online_only(
+            "SELECT id FROM hosts WHERE kind = 'registered' AND last_seen_at < $1",
+        ))
+        .bind(cutoff)
+        .fetch_all(&self.pool)
+        .await?;
         for id in &ids {
             let mut tx = self.pool.begin().await?;
-            sqlx::query("UPDATE hosts SET status = 'unreachable' WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(&format!(
+                "UPDATE hosts SET status = '{}' WHERE id = $1",
+                HostStatus::Unreachable
+            ))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query(&format!(
                 "UPDATE sandboxes SET state = '{}', updated_at = $1 WHERE host_id = $2 AND state IN ('{}', '{}')",
                 SandboxState::Missing, SandboxState::Running, SandboxState::Paused

@@ -151,7 +151,7 @@ impl Store {
             0 => None,
             _ => super::hosts::host_by_id(&mut *tx, &s.host_id).await?,
         };
-        let Some(host) = host.filter(|h| h.status == "online") else {
+        let Some(host) = host.filter(|h| h.status == crate::host_status::HostStatus::Online) else {
             return Ok(Reserved::HostGone);
         };
         let held = super::hosts::allocated(&mut *tx, Some(&s.host_id))

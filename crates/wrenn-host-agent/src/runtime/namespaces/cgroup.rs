@@ -10,6 +10,9 @@
 //! larger CPU weight: a fork bomb, a memory hog or a thousand busy loops
 //! in the sandbox leave envd the memory, the pids and the CPU time to
 //! answer (and to kill them).
+//!
+//! Why this file is long (~630 lines): cgroup v1 and v2 each implement
+//! the `Cgroups` trait here, beside the helpers both use.
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -25,6 +25,9 @@
 //! cgroup's `cgroup.procs` files and a socket listening on its port (bound
 //! by the init once the network is up), nothing else. Any failure prints `error: <what>` and
 //! exits non-zero.
+//!
+//! Why this file is long (~700 lines): it is one process's setup, in the
+//! order the kernel requires; splitting it would scatter that order.
 
 use std::ffi::CString;
 use std::io::{BufRead, Write};

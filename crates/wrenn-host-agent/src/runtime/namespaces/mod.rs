@@ -9,6 +9,11 @@
 //! directory `<data>/sandboxes/<id>`, the cgroup `wrenn/<id>`, and the veth
 //! `wrenn<slot>` recorded in the directory's `runtime.json`. Mounts exist
 //! only inside the sandbox's mount namespace, so they vanish with it.
+//!
+//! Why this file is long (~1,400 lines): create, teardown and `recover`
+//! share one `Record` and must stay in step with each other; what stands
+//! alone is already a module (init, cgroup, network, loopdev, procview,
+//! limits, lock, seccomp). The next split is teardown and recover.
 
 pub mod cgroup;
 pub mod init;
