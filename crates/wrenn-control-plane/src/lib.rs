@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod dataplane;
 pub mod error;
 pub mod host_status;
 pub mod hosts;

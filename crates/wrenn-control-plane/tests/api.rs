@@ -234,6 +234,11 @@ async fn a_sandbox_lives_and_dies_through_rest() {
         .await
         .unwrap();
     assert_eq!(&c.read_file(&id, path).await.unwrap()[..], b"data");
+    let big = bytes::Bytes::from(vec![7u8; 3 << 20]);
+    c.write_file(&id, path, big.clone()).await.unwrap();
+    assert_eq!(c.read_file(&id, path).await.unwrap(), big);
+    let e = c.read_file(&id, "/nonexistent/f").await.unwrap_err();
+    assert_eq!(status(&e), 404, "{e}");
 
     // Pause: no exec; resume: exec again.
     assert_eq!(c.set_paused(&id, true).await.unwrap()["status"], "paused");

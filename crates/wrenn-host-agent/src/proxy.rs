@@ -86,7 +86,7 @@ fn error(status: StatusCode, code: &'static str, message: String) -> Response {
 }
 
 /// Forwards one request to a sandbox's port.
-pub async fn handle<R: Runtime>(State(st): State<ProxyState<R>>, req: Request) -> Response {
+pub async fn handle<R: Runtime>(State(st): State<ProxyState<R>>, mut req: Request) -> Response {
     let pq = req
         .uri()
         .path_and_query()
@@ -112,6 +112,13 @@ pub async fn handle<R: Runtime>(State(st): State<ProxyState<R>>, req: Request) -
             proxy_error::INVALID_STATE,
             format!("sandbox {id} is paused; resume it to reach port {port}"),
         );
+    }
+    if req
+        .headers_mut()
+        .remove(wrenn_protocol::hostagent::PROXY_TOUCH_HEADER)
+        .is_some()
+    {
+        st.agent.touch(id, None);
     }
     let target = format!("http://{}:{port}{tail}", inst.envd_addr.ip());
     let Ok(target) = target.parse() else {

@@ -68,6 +68,13 @@ pub mod hostagent {
     /// whose own `Authorization` belongs to the app in the sandbox.
     pub const PROXY_TOKEN_HEADER: &str = "x-wrenn-agent-token";
 
+    /// The header with which the control plane's own calls through
+    /// `/proxy/…` (native file calls) ask the agent to restart the
+    /// sandbox's idle timer, as its RPCs do; the agent strips it. Traffic
+    /// of E2B's SDKs does not carry it: E2B's timeouts are not idle
+    /// timers.
+    pub const PROXY_TOUCH_HEADER: &str = "x-wrenn-touch";
+
     /// The header that marks an error the agent's `/proxy/…` route answered
     /// itself (not the sandbox's app); its value is one of [`proxy_error`]'s
     /// codes and the body is `{"code", "message"}`. The control plane

@@ -5,7 +5,6 @@ use axum::body::Body;
 use axum::extract::{Multipart, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use wrenn_protocol::hostagent::v1 as pb;
@@ -13,6 +12,7 @@ use wrenn_protocol::hostagent::v1 as pb;
 use super::super::ApiJson;
 use crate::App;
 use crate::auth::Caller;
+use crate::dataplane::Envd;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::sandboxes::running;
 
@@ -40,32 +40,13 @@ pub(crate) async fn file_read(
     ApiJson(r): ApiJson<PathReq>,
 ) -> ApiResult<Response> {
     check_path(&r.path)?;
-    let (_, agent) = running(&app, &caller, &id).await?;
-    let mut stream = agent
-        .read_file_stream(pb::FileRef {
-            sandbox_id: id,
-            path: r.path,
-            ..Default::default()
-        })
-        .await?;
-    // The first message tells a missing file from a present one.
-    let first = stream.message::<pb::FileChunk>().await?;
-    let head = first.map(|m| bytes::Bytes::from(m.to_owned_message().data));
-    let rest = futures::stream::unfold(Some(stream), |st| async move {
-        let mut s = st?;
-        match s.message::<pb::FileChunk>().await {
-            Ok(Some(m)) => Some((
-                Ok::<_, std::io::Error>(bytes::Bytes::from(m.to_owned_message().data)),
-                Some(s),
-            )),
-            Ok(None) => None,
-            Err(e) => Some((Err(std::io::Error::other(format!("{e:?}"))), None)),
-        }
-    });
-    let body = futures::stream::iter(head.map(Ok)).chain(rest);
+    let (sb, _) = running(&app, &caller, &id).await?;
+    // Through the agent's proxy hop to envd's `/files`: the bytes pass
+    // unparsed, and a missing file is envd's 404 before any byte.
+    let body = Envd::of(&app, &sb).await?.read_file(&r.path).await?;
     Ok((
         [(http::header::CONTENT_TYPE, "application/octet-stream")],
-        Body::from_stream(body),
+        Body::new(body),
     )
         .into_response())
 }
@@ -79,52 +60,56 @@ pub(crate) async fn file_write(
     Path(id): Path<String>,
     mut form: Multipart,
 ) -> ApiResult<Json<Value>> {
-    let (_, agent) = running(&app, &caller, &id).await?;
+    let (sb, _) = running(&app, &caller, &id).await?;
+    // Through the agent's proxy hop to envd's `/files`, streamed: a large
+    // upload never sits in memory, and its bytes are not re-framed.
+    let envd = Envd::of(&app, &sb).await?;
     let bad = |e: axum::extract::multipart::MultipartError| {
         ApiError::bad_request(format!("multipart body: {}", e.body_text()))
     };
     let mut path: Option<String> = None;
     let mut buffered: Option<Vec<u8>> = None;
-    let mut written = None;
+    let mut written: Option<(String, u64)> = None;
     while let Some(mut field) = form.next_field().await.map_err(bad)? {
         match field.name() {
             Some("path") => path = Some(field.text().await.map_err(bad)?),
             Some("file") => match &path {
                 Some(p) => {
                     check_path(p)?;
-                    let (tx, rx) = tokio::sync::mpsc::channel::<pb::WriteFileChunk>(8);
-                    let first = pb::WriteFileChunk {
-                        chunk: Some(
-                            pb::FileRef {
-                                sandbox_id: id.clone(),
-                                path: p.clone(),
-                                ..Default::default()
-                            }
-                            .into(),
-                        ),
-                        ..Default::default()
-                    };
-                    tx.send(first).await.expect("fresh channel");
-                    let upload = agent
-                        .write_file_stream(futures::stream::unfold(rx, |mut rx| async move {
+                    let (tx, rx) =
+                        tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(8);
+                    let body =
+                        Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
                             rx.recv().await.map(|c| (c, rx))
                         }));
+                    let upload = envd.write_file(p, body);
                     let feed = async {
-                        while let Some(chunk) = field.chunk().await.map_err(bad)? {
-                            let msg = pb::WriteFileChunk {
-                                chunk: Some(pb::write_file_chunk::Chunk::Data(chunk.to_vec())),
-                                ..Default::default()
-                            };
-                            if tx.send(msg).await.is_err() {
-                                break;
+                        let mut size = 0u64;
+                        loop {
+                            match field.chunk().await {
+                                Ok(Some(chunk)) => {
+                                    size += chunk.len() as u64;
+                                    if tx.send(Ok(chunk)).await.is_err() {
+                                        break;
+                                    }
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    // envd must not keep half a file as if whole.
+                                    let _ = tx
+                                        .send(Err(std::io::Error::other("the upload broke off")))
+                                        .await;
+                                    return Err(bad(e));
+                                }
                             }
                         }
                         drop(tx);
-                        Ok::<_, ApiError>(())
+                        Ok::<_, ApiError>(size)
                     };
                     let (up, fed) = tokio::join!(upload, feed);
-                    fed?;
-                    written = Some(up?.into_owned());
+                    let size = fed?;
+                    up?;
+                    written = Some((p.clone(), size));
                 }
                 None => {
                     let mut data = Vec::new();
@@ -146,20 +131,16 @@ pub(crate) async fn file_write(
     }
     if let (Some(p), Some(data)) = (&path, buffered) {
         check_path(p)?;
-        let w = pb::WriteFileRequest {
-            sandbox_id: id.clone(),
-            path: p.clone(),
-            content: data,
-            ..Default::default()
-        };
-        written = Some(agent.write_file(w).await.map(|r| r.into_owned())?);
+        let size = data.len() as u64;
+        envd.write_file(p, Body::from(data)).await?;
+        written = Some((p.clone(), size));
     }
-    let Some(w) = written else {
+    let Some((path, size)) = written else {
         return Err(ApiError::bad_request(
             "multipart body needs a 'path' part and a 'file' part",
         ));
     };
-    Ok(Json(json!({ "path": w.path, "size": w.size })))
+    Ok(Json(json!({ "path": path, "size": size })))
 }
 
 fn entry_json(e: &pb::DirEntry) -> Value {
