@@ -3,12 +3,17 @@
 //! E2B's SDKs take through the proxy (see ARCHITECTURE.md, "The data
 //! plane"). Bytes cross that hop unparsed; the agent only pipes them.
 //!
-//! Files move this way now; exec, processes and the PTY still go through
-//! the agent's `hostagent.v1` relays until they move too.
+//! Files move this way now (contents through envd's `/files`, listings,
+//! directories and removal through its `filesystem.Filesystem`); exec,
+//! processes and the PTY still go through the agent's `hostagent.v1`
+//! relays until they move too.
 
 use axum::body::Body;
 use http::{HeaderValue, Method, Request, StatusCode};
 use http_body_util::BodyExt;
+
+use connectrpc::client::{ClientConfig, HttpClient};
+use wrenn_protocol::envd::filesystem::FilesystemClient;
 
 use crate::App;
 use crate::error::{ApiError, ApiResult};
@@ -23,6 +28,8 @@ pub struct Envd {
     agent_token: HeaderValue,
     envd_token: HeaderValue,
     id: String,
+    /// envd's `filesystem.Filesystem`, through the same hop.
+    pub fs: FilesystemClient<HttpClient>,
 }
 
 /// Percent-encodes a query value.
@@ -60,16 +67,29 @@ impl Envd {
                 ))
             })
         };
+        let base = format!(
+            "http://{addr}/proxy/{}/{}",
+            s.id,
+            wrenn_protocol::envd::PORT
+        );
+        let agent_token = header(&host.token, "host token")?;
+        let envd_token = header(&s.envd_token, "envd token")?;
+        let uri = base
+            .parse()
+            .map_err(|_| ApiError::internal(format!("no URI for sandbox {}", s.id)))?;
+        let config = ClientConfig::new(uri)
+            .with_default_header(PROXY_TOKEN_HEADER, agent_token.clone())
+            .with_default_header("x-access-token", envd_token.clone())
+            .with_default_header(PROXY_TOUCH_HEADER, HeaderValue::from_static("1"))
+            // Listings are small and a veth away: not worth compressing.
+            .with_compression(connectrpc::compression::CompressionRegistry::new());
         Ok(Envd {
             client: app.proxy_client.clone(),
-            base: format!(
-                "http://{addr}/proxy/{}/{}",
-                s.id,
-                wrenn_protocol::envd::PORT
-            ),
-            agent_token: header(&host.token, "host token")?,
-            envd_token: header(&s.envd_token, "envd token")?,
+            base,
+            agent_token,
+            envd_token,
             id: s.id.clone(),
+            fs: FilesystemClient::new(app.hosts.connect_http(), config),
         })
     }
 

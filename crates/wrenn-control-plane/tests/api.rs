@@ -239,6 +239,34 @@ async fn a_sandbox_lives_and_dies_through_rest() {
     assert_eq!(c.read_file(&id, path).await.unwrap(), big);
     let e = c.read_file(&id, "/nonexistent/f").await.unwrap_err();
     assert_eq!(status(&e), 404, "{e}");
+    // Directories: made, listed, removed (envd's filesystem service).
+    let dir = s.dir.join("sandboxes").join(&id).join("d");
+    let dir = dir.to_str().unwrap();
+    let files = format!("/v1/sandboxes/{id}/files");
+    let (code, made) = post_raw(&s, &format!("{files}/mkdir"), &json!({ "path": dir })).await;
+    assert_eq!(code, 200, "{made}");
+    assert_eq!(made["entry"]["type"], "directory", "{made}");
+    let (code, again) = post_raw(&s, &format!("{files}/mkdir"), &json!({ "path": dir })).await;
+    assert_eq!(code, 409, "{again}");
+    let parent = s.dir.join("sandboxes").join(&id);
+    let (code, listed) = post_raw(
+        &s,
+        &format!("{files}/list"),
+        &json!({ "path": parent.to_str().unwrap() }),
+    )
+    .await;
+    assert_eq!(code, 200, "{listed}");
+    let mut names: Vec<&str> = listed["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["d", "f.txt"]);
+    let (code, _) = post_raw(&s, &format!("{files}/remove"), &json!({ "path": dir })).await;
+    assert_eq!(code, 204);
+    assert!(!std::path::Path::new(dir).exists());
 
     // Pause: no exec; resume: exec again.
     assert_eq!(c.set_paused(&id, true).await.unwrap()["status"], "paused");

@@ -204,6 +204,15 @@ impl HostPool {
         }
     }
 
+    /// The Connect transport every client to an agent (or through one)
+    /// shares.
+    pub fn connect_http(&self) -> HttpClient {
+        self.http
+            .lock()
+            .get_or_insert_with(HttpClient::plaintext)
+            .clone()
+    }
+
     /// The client for `host`, and the address it calls.
     pub async fn endpoint(&self, host: &Host) -> Result<(AgentClient, SocketAddr), AddressError> {
         {

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use wrenn_protocol::hostagent::v1 as pb;
+use wrenn_protocol::envd::filesystem as efs;
 
 use super::super::ApiJson;
 use crate::App;
@@ -143,11 +143,32 @@ pub(crate) async fn file_write(
     Ok(Json(json!({ "path": path, "size": size })))
 }
 
-fn entry_json(e: &pb::DirEntry) -> Value {
+/// One of envd's entries as the native API shows it.
+fn entry_json(e: &efs::EntryInfo) -> Value {
+    let kind = match e.r#type.as_known() {
+        Some(efs::FileType::FILE_TYPE_DIRECTORY) => "directory",
+        Some(efs::FileType::FILE_TYPE_SYMLINK) => "symlink",
+        _ => "file",
+    };
+    let modified = e.modified_time.as_option().map_or(0, |t| t.seconds);
     json!({
-        "name": e.name, "path": e.path, "type": e.r#type, "size": e.size, "mode": e.mode,
-        "owner": e.owner, "group": e.group, "modified_at": e.modified_unix,
+        "name": e.name, "path": e.path, "type": kind, "size": e.size, "mode": e.mode,
+        "owner": e.owner, "group": e.group, "modified_at": modified,
     })
+}
+
+/// envd's listing of `path` to `depth`, through the agent's hop.
+async fn listing(envd: &Envd, path: &str, depth: u32) -> ApiResult<Vec<efs::EntryInfo>> {
+    let l = envd
+        .fs
+        .list_dir(efs::ListDirRequest {
+            path: path.to_string(),
+            depth,
+            ..Default::default()
+        })
+        .await?
+        .into_owned();
+    Ok(l.entries)
 }
 
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/files/list", tag = "files", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = PathReq, responses((status = 200, description = "Entries"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
@@ -158,18 +179,11 @@ pub(crate) async fn file_list(
     ApiJson(r): ApiJson<PathReq>,
 ) -> ApiResult<Json<Value>> {
     check_path(&r.path)?;
-    let (_, agent) = running(&app, &caller, &id).await?;
-    let l = agent
-        .list_dir(pb::ListDirRequest {
-            sandbox_id: id,
-            path: r.path,
-            depth: r.depth.unwrap_or(1).max(1),
-            ..Default::default()
-        })
-        .await?
-        .into_owned();
+    let (sb, _) = running(&app, &caller, &id).await?;
+    let envd = Envd::of(&app, &sb).await?;
+    let entries = listing(&envd, &r.path, r.depth.unwrap_or(1).max(1)).await?;
     Ok(Json(
-        json!({ "entries": l.entries.iter().map(entry_json).collect::<Vec<_>>() }),
+        json!({ "entries": entries.iter().map(entry_json).collect::<Vec<_>>() }),
     ))
 }
 
@@ -181,10 +195,10 @@ pub(crate) async fn file_mkdir(
     ApiJson(r): ApiJson<PathReq>,
 ) -> ApiResult<Json<Value>> {
     check_path(&r.path)?;
-    let (_, agent) = running(&app, &caller, &id).await?;
-    agent
-        .make_dir(pb::FileRef {
-            sandbox_id: id.clone(),
+    let (sb, _) = running(&app, &caller, &id).await?;
+    let envd = Envd::of(&app, &sb).await?;
+    envd.fs
+        .make_dir(efs::MakeDirRequest {
             path: r.path.clone(),
             ..Default::default()
         })
@@ -194,16 +208,8 @@ pub(crate) async fn file_mkdir(
         .parent()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "/".into());
-    let l = agent
-        .list_dir(pb::ListDirRequest {
-            sandbox_id: id,
-            path: parent,
-            depth: 1,
-            ..Default::default()
-        })
-        .await?
-        .into_owned();
-    let entry = l.entries.iter().find(|e| e.path == r.path).map(entry_json);
+    let entries = listing(&envd, &parent, 1).await?;
+    let entry = entries.iter().find(|e| e.path == r.path).map(entry_json);
     Ok(Json(json!({ "entry": entry })))
 }
 
@@ -215,10 +221,11 @@ pub(crate) async fn file_remove(
     ApiJson(r): ApiJson<PathReq>,
 ) -> ApiResult<StatusCode> {
     check_path(&r.path)?;
-    let (_, agent) = running(&app, &caller, &id).await?;
-    agent
-        .remove_path(pb::FileRef {
-            sandbox_id: id,
+    let (sb, _) = running(&app, &caller, &id).await?;
+    Envd::of(&app, &sb)
+        .await?
+        .fs
+        .remove(efs::RemoveRequest {
             path: r.path,
             ..Default::default()
         })
