@@ -268,12 +268,18 @@ pub async fn create(app: &App, caller: &Caller, spec: CreateSpec) -> ApiResult<S
         };
         s.host_id = host.id.clone();
         let scheduler = &app.scheduler;
+        // Everything that made the host a candidate is asked again on the
+        // row as locked: a host retagged, given to a team or stripped of
+        // the template since the candidates were read does not take it.
         let fits = |h: &crate::store::Host, held: &crate::store::Allocated| {
             let c = Candidate {
                 host: h.clone(),
                 allocated: *held,
             };
-            scheduler.fits(&c, &demand)
+            (h.team_id.is_empty() || h.team_id == caller.team_id)
+                && spec.host_tags.iter().all(|t| h.tags.contains(t))
+                && crate::hosts::has_template(h, &s.template)
+                && scheduler.fits(&c, &demand)
         };
         match app.store.insert_sandbox_if_fits(&s, fits).await? {
             Reserved::Inserted => {
