@@ -32,32 +32,10 @@ pub struct Envd {
     pub fs: FilesystemClient<HttpClient>,
 }
 
-/// Percent-encodes a query value.
-fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 impl Envd {
     /// The envd of `s` (a running sandbox), through its host's agent.
     pub async fn of(app: &App, s: &Sandbox) -> ApiResult<Envd> {
-        let host = app
-            .hosts
-            .row(&app.store, &s.host_id)
-            .await?
-            .ok_or_else(|| {
-                ApiError::unavailable(
-                    "host_unavailable",
-                    format!("host '{}' of sandbox {} is gone", s.host_id, s.id),
-                )
-            })?;
+        let host = crate::sandboxes::host_of(app, s).await?;
         let (_, addr) = app.hosts.endpoint(&host).await?;
         let header = |v: &str, what: &str| {
             HeaderValue::from_str(v).map_err(|_| {
@@ -163,7 +141,7 @@ impl Envd {
         let resp = self
             .call(
                 Method::GET,
-                format!("/files?path={}", urlencode(path)),
+                wrenn_protocol::envd::files_path(path, ""),
                 Body::empty(),
                 None,
             )
@@ -175,19 +153,11 @@ impl Envd {
     pub async fn write_file(&self, path: &str, body: Body) -> ApiResult<()> {
         self.call(
             Method::POST,
-            format!("/files?path={}", urlencode(path)),
+            wrenn_protocol::envd::files_path(path, ""),
             body,
             Some("application/octet-stream"),
         )
         .await
         .map(|_| ())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn paths_are_encoded_for_the_query() {
-        assert_eq!(super::urlencode("/a b/ü&x=1"), "/a%20b/%C3%BC%26x%3D1");
     }
 }

@@ -78,11 +78,11 @@ impl Envd {
     }
 
     fn files_url(&self, path: &str, user: &str) -> String {
-        let mut q = format!("{}/files?path={}", self.base, urlencode(path));
-        if !user.is_empty() {
-            q.push_str(&format!("&username={}", urlencode(user)));
-        }
-        q
+        format!(
+            "{}{}",
+            self.base,
+            wrenn_protocol::envd::files_path(path, user)
+        )
     }
 
     /// Writes a file from `body`.
@@ -101,12 +101,7 @@ impl Envd {
         if status.is_success() {
             return Ok(());
         }
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        let body = error_body(resp).await;
         Err(files_error(status, &body))
     }
 
@@ -129,12 +124,7 @@ impl Envd {
         if status.is_success() {
             return Ok(resp.into_body());
         }
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        let body = error_body(resp).await;
         Err(files_error(status, &body))
     }
 }
@@ -235,12 +225,7 @@ impl Envd {
         if status.is_success() {
             return Ok(());
         }
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        let body = error_body(resp).await;
         Err(StartError::Init {
             status,
             message: String::from_utf8_lossy(&body).into_owned(),
@@ -254,6 +239,17 @@ pub fn whole(b: Bytes) -> Body {
     http_body_util::Full::new(b)
         .map_err(|never| match never {})
         .boxed()
+}
+
+/// The body of an error answer from envd, at most 64 KiB of it (an error
+/// says what went wrong in a line; a sandbox's answer is not trusted with
+/// more of the agent's memory).
+async fn error_body(resp: http::Response<hyper::body::Incoming>) -> Bytes {
+    http_body_util::Limited::new(resp.into_body(), 64 << 10)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default()
 }
 
 fn files_error(status: http::StatusCode, body: &[u8]) -> ConnectError {
@@ -270,28 +266,14 @@ fn files_error(status: http::StatusCode, body: &[u8]) -> ConnectError {
     }
 }
 
-/// Percent-encodes a query value.
-pub fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn basic_auth_and_urlencoding() {
+    fn basic_auth() {
         assert_eq!(basic_user("root"), "Basic cm9vdDo=");
         assert_eq!(basic_user("user"), "Basic dXNlcjo=");
         assert_eq!(basic_user("ab"), "Basic YWI6");
-        assert_eq!(urlencode("/a b/ü&x"), "/a%20b/%C3%BC%26x");
     }
 }

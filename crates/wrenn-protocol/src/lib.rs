@@ -27,6 +27,31 @@ pub mod envd {
     /// file metadata).
     pub const VERSION: &str = "0.6.4";
 
+    /// The path and query of envd's `/files` for `path`, as `user` (none
+    /// when empty): both values percent-encoded. The agent (its file RPCs)
+    /// and the control plane (files through the proxy hop) build it here.
+    pub fn files_path(path: &str, user: &str) -> String {
+        let mut q = format!("/files?path={}", query_escape(path));
+        if !user.is_empty() {
+            q.push_str("&username=");
+            q.push_str(&query_escape(user));
+        }
+        q
+    }
+
+    /// Percent-encodes a query value (unreserved characters and `/` stay).
+    fn query_escape(s: &str) -> String {
+        let mut out = String::with_capacity(s.len());
+        for b in s.bytes() {
+            if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    }
+
     /// The variable in which a sandbox's init names the descriptors
     /// (comma-separated) of the workload cgroup's `cgroup.procs` files:
     /// envd keeps them open and each process it starts writes itself into
@@ -39,6 +64,21 @@ pub mod envd {
     /// in its backlog, so nobody polls for envd to come up, and a
     /// restarted envd never leaves a moment with nothing listening.
     pub const LISTEN_FD_ENV: &str = "ENVD_LISTEN_FD";
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn files_paths_encode_path_and_user() {
+            assert_eq!(
+                super::files_path("/a b/ü&x=1", ""),
+                "/files?path=/a%20b/%C3%BC%26x%3D1"
+            );
+            assert_eq!(
+                super::files_path("f", "us er"),
+                "/files?path=f&username=us%20er"
+            );
+        }
+    }
 }
 
 /// What a sandbox gets when its create request leaves a field out: the

@@ -70,7 +70,7 @@ pub enum SandboxCommand {
     /// Create a sandbox.
     Create {
         /// Template.
-        #[arg(long, default_value = "base")]
+        #[arg(long, default_value = wrenn_protocol::sandbox::DEFAULT_TEMPLATE)]
         template: String,
         /// CPUs.
         #[arg(long)]

@@ -21,7 +21,7 @@ use crate::App;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::hosts::AgentClient;
-use crate::store::{Sandbox, now};
+use crate::store::{Host, Sandbox, now};
 
 /// The caller's sandbox, or 404 (also for another team's).
 pub async fn find(app: &App, caller: &Caller, id: &str) -> ApiResult<Sandbox> {
@@ -31,23 +31,24 @@ pub async fn find(app: &App, caller: &Caller, id: &str) -> ApiResult<Sandbox> {
         .ok_or_else(|| ApiError::not_found(format!("sandbox '{id}'")))
 }
 
-/// The client of the agent that runs `s` (503 when its host is gone).
-pub async fn agent_for(app: &App, s: &Sandbox) -> ApiResult<AgentClient> {
-    let host = app
-        .hosts
-        .row(&app.store, &s.host_id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::unavailable(
-                "host_unavailable",
-                format!("host '{}' of sandbox {} is gone", s.host_id, s.id),
-            )
-        })?;
-    Ok(app.hosts.client(&host).await?)
+/// The host `s` runs on, as routing reads it (1 s cache; 503 when the
+/// host is gone).
+pub async fn host_of(app: &App, s: &Sandbox) -> ApiResult<Host> {
+    app.hosts.row(&app.store, &s.host_id).await?.ok_or_else(|| {
+        ApiError::unavailable(
+            "host_unavailable",
+            format!("host '{}' of sandbox {} is gone", s.host_id, s.id),
+        )
+    })
 }
 
-/// The caller's running sandbox and its agent; 409 if it is not running.
-pub async fn running(app: &App, caller: &Caller, id: &str) -> ApiResult<(Sandbox, AgentClient)> {
+/// The client of the agent that runs `s` (503 when its host is gone).
+pub async fn agent_for(app: &App, s: &Sandbox) -> ApiResult<AgentClient> {
+    Ok(app.hosts.client(&host_of(app, s).await?).await?)
+}
+
+/// The caller's sandbox if it is running; 409 if it is not.
+pub async fn running_sandbox(app: &App, caller: &Caller, id: &str) -> ApiResult<Sandbox> {
     let s = find(app, caller, id).await?;
     if s.state != SandboxState::Running {
         return Err(ApiError::conflict(
@@ -58,6 +59,12 @@ pub async fn running(app: &App, caller: &Caller, id: &str) -> ApiResult<(Sandbox
             ),
         ));
     }
+    Ok(s)
+}
+
+/// The caller's running sandbox and its agent; 409 if it is not running.
+pub async fn running(app: &App, caller: &Caller, id: &str) -> ApiResult<(Sandbox, AgentClient)> {
+    let s = running_sandbox(app, caller, id).await?;
     let agent = agent_for(app, &s).await?;
     Ok((s, agent))
 }

@@ -14,7 +14,7 @@ use crate::App;
 use crate::auth::Caller;
 use crate::dataplane::Envd;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::sandboxes::running;
+use crate::sandboxes::running_sandbox;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -40,7 +40,7 @@ pub(crate) async fn file_read(
     ApiJson(r): ApiJson<PathReq>,
 ) -> ApiResult<Response> {
     check_path(&r.path)?;
-    let (sb, _) = running(&app, &caller, &id).await?;
+    let sb = running_sandbox(&app, &caller, &id).await?;
     // Through the agent's proxy hop to envd's `/files`: the bytes pass
     // unparsed, and a missing file is envd's 404 before any byte.
     let body = Envd::of(&app, &sb).await?.read_file(&r.path).await?;
@@ -60,7 +60,7 @@ pub(crate) async fn file_write(
     Path(id): Path<String>,
     mut form: Multipart,
 ) -> ApiResult<Json<Value>> {
-    let (sb, _) = running(&app, &caller, &id).await?;
+    let sb = running_sandbox(&app, &caller, &id).await?;
     // Through the agent's proxy hop to envd's `/files`, streamed: a large
     // upload never sits in memory, and its bytes are not re-framed.
     let envd = Envd::of(&app, &sb).await?;
@@ -179,7 +179,7 @@ pub(crate) async fn file_list(
     ApiJson(r): ApiJson<PathReq>,
 ) -> ApiResult<Json<Value>> {
     check_path(&r.path)?;
-    let (sb, _) = running(&app, &caller, &id).await?;
+    let sb = running_sandbox(&app, &caller, &id).await?;
     let envd = Envd::of(&app, &sb).await?;
     let entries = listing(&envd, &r.path, r.depth.unwrap_or(1).max(1)).await?;
     Ok(Json(
@@ -195,7 +195,7 @@ pub(crate) async fn file_mkdir(
     ApiJson(r): ApiJson<PathReq>,
 ) -> ApiResult<Json<Value>> {
     check_path(&r.path)?;
-    let (sb, _) = running(&app, &caller, &id).await?;
+    let sb = running_sandbox(&app, &caller, &id).await?;
     let envd = Envd::of(&app, &sb).await?;
     envd.fs
         .make_dir(efs::MakeDirRequest {
@@ -221,7 +221,7 @@ pub(crate) async fn file_remove(
     ApiJson(r): ApiJson<PathReq>,
 ) -> ApiResult<StatusCode> {
     check_path(&r.path)?;
-    let (sb, _) = running(&app, &caller, &id).await?;
+    let sb = running_sandbox(&app, &caller, &id).await?;
     Envd::of(&app, &sb)
         .await?
         .fs

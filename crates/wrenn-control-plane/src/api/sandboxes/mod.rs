@@ -24,7 +24,7 @@ use crate::App;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::sandboxes::{
-    self as lifecycle, Dialect, NewSandbox, SandboxState, agent_for, find, running,
+    self as lifecycle, Dialect, NewSandbox, SandboxState, agent_for, find, running_sandbox,
 };
 use crate::store::Sandbox;
 
@@ -297,7 +297,7 @@ pub(super) async fn ping(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let (s, _) = running(&app, &caller, &id).await?;
+    let s = running_sandbox(&app, &caller, &id).await?;
     lifecycle::keep_alive(&app, s, None).await?;
     Ok(StatusCode::NO_CONTENT)
 }
