@@ -297,6 +297,92 @@ async fn a_sandbox_lives_and_dies_through_rest() {
     assert!(c.list_sandboxes().await.unwrap().is_empty());
 }
 
+/// Commands through REST: output kept up to its bound (the control plane
+/// holds it, not the agent), a deadline that kills, background processes
+/// listed and killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_are_bounded_timed_and_listed_through_rest() {
+    let Some(s) = stack(Backend::Sqlite, 8192).await else {
+        return;
+    };
+    let c = client(&s);
+    let id = c.create_sandbox(&json!({})).await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let exec = format!("/v1/sandboxes/{id}/exec");
+    let sh = |script: &str| json!({ "cmd": "/bin/sh", "args": ["-c", script] });
+
+    let (code, out) = post_raw(
+        &s,
+        &exec,
+        &sh("yes | head -c 20000000; echo tail >&2; exit 3"),
+    )
+    .await;
+    assert_eq!(code, 200, "{out}");
+    assert_eq!(
+        out["stdout"].as_str().map(str::len),
+        Some(16 << 20),
+        "16 MiB kept by default"
+    );
+    assert_eq!(
+        (&out["stdout_truncated"], &out["stderr_truncated"]),
+        (&json!(true), &json!(false))
+    );
+    assert_eq!(
+        (&out["stderr"], &out["exit_code"]),
+        (&json!("tail\n"), &json!(3))
+    );
+    let mut req = sh("yes | head -c 3000");
+    req["max_output_bytes"] = json!(1000);
+    let (_, out) = post_raw(&s, &exec, &req).await;
+    assert_eq!(out["stdout"].as_str().map(str::len), Some(1000));
+    assert_eq!(out["stdout_truncated"], true);
+
+    let mut req = sh("sleep 30");
+    req["timeout_sec"] = json!(1);
+    let t = std::time::Instant::now();
+    let (code, out) = post_raw(&s, &exec, &req).await;
+    assert_eq!(
+        (code, &out["error"]["code"]),
+        (504, &json!("timeout")),
+        "{out}"
+    );
+    assert!(t.elapsed() < std::time::Duration::from_secs(10));
+
+    let mut req = sh("sleep 60");
+    req["background"] = json!(true);
+    req["tag"] = json!("sleeper");
+    let (code, out) = post_raw(&s, &exec, &req).await;
+    assert_eq!(code, 200, "{out}");
+    let pid = out["pid"].as_u64().unwrap();
+    assert!(pid > 0 && out["tag"] == "sleeper", "{out}");
+    let procs = format!("/v1/sandboxes/{id}/processes");
+    let (_, list) = raw(&s, "GET", &procs, &Value::Null).await;
+    let listed = |list: &Value| {
+        list["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["pid"] == pid && p["tag"] == "sleeper")
+    };
+    assert!(listed(&list), "{list}");
+    let (code, _) = raw(&s, "DELETE", &format!("{procs}/{pid}"), &Value::Null).await;
+    assert_eq!(code, 204);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_, list) = raw(&s, "GET", &procs, &Value::Null).await;
+        if !listed(&list) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still listed: {list}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (code, out) = raw(&s, "DELETE", &format!("{procs}/999999"), &Value::Null).await;
+    assert_eq!(code, 404, "{out}");
+    c.destroy_sandbox(&id).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_creates_are_refused_by_both_apis_and_leave_nothing() {
     let Some(s) = stack(Backend::Sqlite, 8192).await else {

@@ -1,24 +1,17 @@
-//! Talking to the envd inside a sandbox: Connect for processes and the
-//! filesystem, plain HTTP for file contents.
+//! The agent's own calls to the envd inside a sandbox: bringing it up
+//! (`/health`, then `/init`). Commands and files do not pass through here:
+//! the control plane speaks envd through the agent's `/proxy` hop.
 
 use bytes::Bytes;
-use connectrpc::ConnectError;
-use connectrpc::client::{ClientConfig, HttpClient};
 use http_body_util::BodyExt;
-use wrenn_protocol::envd::filesystem::FilesystemClient;
-use wrenn_protocol::envd::process::ProcessClient;
 
 use crate::runtime::Instance;
 
-/// A body for requests to envd: whole or streamed.
+/// A body for requests to envd.
 pub type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
-/// Clients for one sandbox's envd.
+/// A client for one sandbox's envd.
 pub struct Envd {
-    /// `process.Process`.
-    pub process: ProcessClient<HttpClient>,
-    /// `filesystem.Filesystem`.
-    pub fs: FilesystemClient<HttpClient>,
     base: String,
     addr: std::net::SocketAddr,
     token: String,
@@ -28,10 +21,9 @@ pub struct Envd {
     >,
 }
 
-/// Shared connection pools for every envd.
+/// Shared connection pool for every envd.
 #[derive(Clone)]
 pub struct Pools {
-    connect: HttpClient,
     http: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
         Body,
@@ -43,89 +35,21 @@ impl Default for Pools {
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
         connector.set_nodelay(true);
         Pools {
-            connect: HttpClient::plaintext(),
             http: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build(connector),
         }
     }
 }
 
-/// `Authorization: Basic` selecting a user, as envd expects.
-pub fn basic_user(user: &str) -> String {
-    use base64::Engine as _;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:"))
-    )
-}
-
 impl Envd {
-    /// Clients for `inst`'s envd.
+    /// A client for `inst`'s envd.
     pub fn new(pools: &Pools, inst: &Instance) -> Self {
-        let base = format!("http://{}", inst.envd_addr);
-        let config = ClientConfig::new(base.parse().expect("valid uri"))
-            .with_default_header("x-access-token", inst.envd_token.as_str())
-            // A veth away: compressing costs more than it saves.
-            .with_compression(connectrpc::compression::CompressionRegistry::new());
         Envd {
-            process: ProcessClient::new(pools.connect.clone(), config.clone()),
-            fs: FilesystemClient::new(pools.connect.clone(), config),
-            base,
+            base: format!("http://{}", inst.envd_addr),
             addr: inst.envd_addr,
             token: inst.envd_token.clone(),
             http: pools.http.clone(),
         }
-    }
-
-    fn files_url(&self, path: &str, user: &str) -> String {
-        format!(
-            "{}{}",
-            self.base,
-            wrenn_protocol::envd::files_path(path, user)
-        )
-    }
-
-    /// Writes a file from `body`.
-    pub async fn write_file(&self, path: &str, user: &str, body: Body) -> Result<(), ConnectError> {
-        let req = http::Request::post(self.files_url(path, user))
-            .header("x-access-token", &self.token)
-            .header("content-type", "application/octet-stream")
-            .body(body)
-            .map_err(|e| ConnectError::internal(e.to_string()))?;
-        let resp = self
-            .http
-            .request(req)
-            .await
-            .map_err(|e| ConnectError::unavailable(format!("envd: {e}")))?;
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let body = error_body(resp).await;
-        Err(files_error(status, &body))
-    }
-
-    /// Opens a file for reading: the response body streams its bytes.
-    pub async fn read_file(
-        &self,
-        path: &str,
-        user: &str,
-    ) -> Result<hyper::body::Incoming, ConnectError> {
-        let req = http::Request::get(self.files_url(path, user))
-            .header("x-access-token", &self.token)
-            .body(Body::default())
-            .map_err(|e| ConnectError::internal(e.to_string()))?;
-        let resp = self
-            .http
-            .request(req)
-            .await
-            .map_err(|e| ConnectError::unavailable(format!("envd: {e}")))?;
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(resp.into_body());
-        }
-        let body = error_body(resp).await;
-        Err(files_error(status, &body))
     }
 }
 
@@ -250,30 +174,4 @@ async fn error_body(resp: http::Response<hyper::body::Incoming>) -> Bytes {
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default()
-}
-
-fn files_error(status: http::StatusCode, body: &[u8]) -> ConnectError {
-    let message = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
-    match status.as_u16() {
-        400 => ConnectError::invalid_argument(message),
-        401 | 403 => ConnectError::permission_denied(message),
-        404 => ConnectError::not_found(message),
-        507 => ConnectError::resource_exhausted(message),
-        _ => ConnectError::internal(message),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn basic_auth() {
-        assert_eq!(basic_user("root"), "Basic cm9vdDo=");
-        assert_eq!(basic_user("user"), "Basic dXNlcjo=");
-        assert_eq!(basic_user("ab"), "Basic YWI6");
-    }
 }

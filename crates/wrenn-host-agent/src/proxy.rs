@@ -128,7 +128,29 @@ pub async fn handle<R: Runtime>(State(st): State<ProxyState<R>>, mut req: Reques
             format!("bad proxy path '{pq}'"),
         );
     };
-    match wrenn_http_proxy::forward(&st.client, req, target).await {
+    let forwarded = wrenn_http_proxy::forward(&st.client, req, target).await;
+    if forwarded.is_err() {
+        // A sandbox destroyed or paused while the request ran is said to
+        // be so, not blamed on its port.
+        match st.agent.runtime.get(id) {
+            None => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    proxy_error::NOT_FOUND,
+                    format!("sandbox '{id}' was destroyed while the request ran"),
+                );
+            }
+            Some(i) if i.state == RunState::Paused => {
+                return error(
+                    StatusCode::CONFLICT,
+                    proxy_error::INVALID_STATE,
+                    format!("sandbox {id} was paused while the request ran; resume it"),
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    match forwarded {
         Ok(mut resp) => {
             // Only this route's own errors carry the mark.
             resp.headers_mut().remove(PROXY_ERROR_HEADER);

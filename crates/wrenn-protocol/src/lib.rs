@@ -109,7 +109,7 @@ pub mod hostagent {
     pub const PROXY_TOKEN_HEADER: &str = "x-wrenn-agent-token";
 
     /// The header with which the control plane's own calls through
-    /// `/proxy/…` (native file calls) ask the agent to restart the
+    /// `/proxy/…` (native commands and file calls) ask the agent to restart the
     /// sandbox's idle timer, as its RPCs do; the agent strips it. Traffic
     /// of E2B's SDKs does not carry it: E2B's timeouts are not idle
     /// timers.
@@ -144,25 +144,10 @@ pub mod hostagent {
         ];
     }
 
-    /// Output a buffered `Exec` keeps per stream when the request's
-    /// `max_output_bytes` is 0.
-    pub const EXEC_OUTPUT_DEFAULT_BYTES: usize = 16 << 20;
-    /// The most a buffered `Exec` keeps per stream, whatever it asks for.
-    pub const EXEC_OUTPUT_MAX_BYTES: usize = 64 << 20;
-    /// What a buffered exec keeps per stream for a request's
-    /// `max_output_bytes`: the default for 0, at most the maximum.
-    pub fn exec_output_limit(max_output_bytes: u64) -> usize {
-        match max_output_bytes {
-            0 => EXEC_OUTPUT_DEFAULT_BYTES,
-            n => usize::try_from(n)
-                .unwrap_or(usize::MAX)
-                .min(EXEC_OUTPUT_MAX_BYTES),
-        }
-    }
     /// The largest message an agent answers with, which its clients must
-    /// accept: a buffered `Exec` with both streams full, and room for the
-    /// rest of the answer.
-    pub const MAX_MESSAGE_BYTES: usize = 2 * EXEC_OUTPUT_MAX_BYTES + (1 << 20);
+    /// accept: a `ListSandboxes` of some ten thousand sandboxes with their
+    /// metadata.
+    pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
 }
 
 pub use connectrpc;

@@ -15,9 +15,66 @@ use std::time::{Duration, Instant};
 
 use common::{free_port, median, ms, pct, scratch_data_dir, settings, wait_port};
 use connectrpc::client::{ClientConfig, HttpClient};
+use wrenn_protocol::envd::process::{self as ep, ProcessClient};
 use wrenn_protocol::hostagent::v1::{self as pb, HostAgentServiceClient};
 
-type Client = HostAgentServiceClient<HttpClient>;
+/// The agent's service, and the agent's address and token for its hop.
+struct Client {
+    rpc: HostAgentServiceClient<HttpClient>,
+    /// Pooled connections to the agent, for the hop.
+    http: HttpClient,
+    port: u16,
+    token: String,
+}
+
+impl std::ops::Deref for Client {
+    type Target = HostAgentServiceClient<HttpClient>;
+    fn deref(&self) -> &Self::Target {
+        &self.rpc
+    }
+}
+
+impl Client {
+    /// Runs `/bin/true` in sandbox `id` through the agent's `/proxy` hop to
+    /// envd (the control plane's road): its exit code.
+    async fn run_true(&self, id: &str, envd_token: &str) -> i32 {
+        use ep::process_event::Event as E;
+        let base = format!(
+            "http://127.0.0.1:{}/proxy/{id}/{}",
+            self.port,
+            wrenn_protocol::envd::PORT
+        );
+        let cfg = ClientConfig::new(base.parse().unwrap())
+            .with_default_header(
+                wrenn_protocol::hostagent::PROXY_TOKEN_HEADER,
+                self.token.clone(),
+            )
+            .with_default_header("x-access-token", envd_token.to_string());
+        let envd = ProcessClient::new(self.http.clone(), cfg);
+        let req = ep::StartRequest {
+            process: ep::ProcessConfig {
+                cmd: "/bin/true".into(),
+                ..Default::default()
+            }
+            .into(),
+            stdin: Some(false),
+            ..Default::default()
+        };
+        let mut stream = envd.start(req).await.expect("exec");
+        let mut code = -1;
+        while let Some(m) = stream.message::<ep::StartResponse>().await.expect("exec") {
+            if let Some(E::End(e)) = m
+                .to_owned_message()
+                .event
+                .into_option()
+                .and_then(|e| e.event)
+            {
+                code = e.exit_code;
+            }
+        }
+        code
+    }
+}
 
 struct Agent {
     child: std::process::Child,
@@ -56,7 +113,13 @@ impl Agent {
     fn client(&self) -> Client {
         let cfg = ClientConfig::new(format!("http://127.0.0.1:{}", self.port).parse().unwrap())
             .with_default_header("authorization", format!("Bearer {}", self.token));
-        HostAgentServiceClient::new(HttpClient::plaintext(), cfg)
+        let http = HttpClient::plaintext();
+        Client {
+            rpc: HostAgentServiceClient::new(http.clone(), cfg),
+            http,
+            port: self.port,
+            token: self.token.clone(),
+        }
     }
 }
 
@@ -105,17 +168,12 @@ fn mem_available_kib() -> u64 {
 
 async fn cycle(c: &Client, id: &str) -> Duration {
     let t = Instant::now();
-    c.create_sandbox(req(id)).await.expect("create");
-    let r = c
-        .exec(pb::ExecRequest {
-            sandbox_id: id.into(),
-            cmd: "/bin/true".into(),
-            ..Default::default()
-        })
+    let sb = c
+        .create_sandbox(req(id))
         .await
-        .expect("exec")
+        .expect("create")
         .into_owned();
-    assert_eq!(r.exit_code, 0);
+    assert_eq!(c.run_true(id, &sb.envd_access_token).await, 0);
     c.destroy_sandbox(sref(id)).await.expect("destroy");
     t.elapsed()
 }
@@ -213,17 +271,15 @@ async fn main() {
         for i in 0..40 {
             let id = format!("sb-r{run}n{i}");
             let t = Instant::now();
-            c.create_sandbox(req(&id)).await.expect("create");
+            let sb = c
+                .create_sandbox(req(&id))
+                .await
+                .expect("create")
+                .into_owned();
             create.push(ms(t.elapsed()));
             for _ in 0..5 {
                 let t = Instant::now();
-                c.exec(pb::ExecRequest {
-                    sandbox_id: id.clone(),
-                    cmd: "/bin/true".into(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
+                assert_eq!(c.run_true(&id, &sb.envd_access_token).await, 0);
                 exec.push(ms(t.elapsed()));
             }
             let t = Instant::now();

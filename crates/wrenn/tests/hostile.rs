@@ -18,6 +18,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use wrenn_protocol::envd::process as ep;
 use wrenn_protocol::hostagent::v1 as pb;
 
 async fn create(c: &Client, id: &str) {
@@ -39,11 +40,13 @@ async fn destroy(c: &Client, id: &str) {
 async fn time_to_answer(c: &Client, id: &str, within: Duration) -> Duration {
     let t = Instant::now();
     loop {
-        let mut req = exec_req(id, "echo alive");
-        req.timeout_sec = 2;
-        let r = tokio::time::timeout(Duration::from_secs(3), c.exec(req)).await;
+        let r = tokio::time::timeout(
+            Duration::from_secs(3),
+            run(c, id, command("echo alive"), 2, None, false),
+        )
+        .await;
         if let Ok(Ok(r)) = r {
-            if String::from_utf8_lossy(&r.into_owned().stdout).trim() == "alive" {
+            if String::from_utf8_lossy(&r.stdout).trim() == "alive" {
                 return t.elapsed();
             }
         }
@@ -58,9 +61,7 @@ async fn time_to_answer(c: &Client, id: &str, within: Duration) -> Duration {
 /// Runs `script` (which takes envd down; its own answer does not matter),
 /// then asserts the sandbox answers again within a second.
 async fn answers_again_after(c: &Client, id: &str, script: &str, timeout_sec: u32) {
-    let mut req = exec_req(id, script);
-    req.timeout_sec = timeout_sec;
-    let _ = c.exec(req).await; // the stream dies with envd
+    let _ = run(c, id, command(script), timeout_sec, None, false).await; // the stream dies with envd
     let took = time_to_answer(c, id, Duration::from_secs(5)).await;
     assert!(
         took < Duration::from_secs(1),
@@ -184,11 +185,12 @@ async fn a_fork_bomb_that_ended_leaves_a_sandbox_that_answers() {
     create(&c, &id).await;
     // The bomb in the foreground of the command, so that the command's
     // deadline ends it: envd kills the command's process group then.
-    let mut req = exec_req(&id, "bash -c ':(){ :|:& };:; sleep 60'");
-    req.timeout_sec = 5;
     let bomb = tokio::spawn({
-        let c = c.clone();
-        async move { tokio::time::timeout(Duration::from_secs(40), c.exec(req)).await }
+        let (c, id) = (c.clone(), id.clone());
+        async move {
+            let req = command("bash -c ':(){ :|:& };:; sleep 60'");
+            tokio::time::timeout(Duration::from_secs(40), run(&c, &id, req, 5, None, false)).await
+        }
     });
     // While it rages, envd (its own cgroup leaf: reserved memory and pids,
     // four times the workload's CPU weight) still answers what needs no
@@ -226,8 +228,11 @@ async fn a_fork_bomb_that_ended_leaves_a_sandbox_that_answers() {
     destroy(&c, &id).await;
 }
 
+/// A command's output flood crosses the agent's hop as a stream: the
+/// agent holds none of it (the control plane bounds what it keeps).
 #[tokio::test]
-async fn buffered_exec_output_is_bounded() {
+async fn an_output_flood_streams_through_the_agent() {
+    use ep::process_event::{Event as E, data_event::Output as O};
     let agent = AgentProc::start();
     let c = agent.client();
     let id = new_id("flod");
@@ -241,17 +246,32 @@ async fn buffered_exec_output_is_bounded() {
             .unwrap_or(0)
     };
     let agent_pid = agent.child.as_ref().unwrap().id();
-    let mut req = exec_req(&id, "head -c 600M /dev/zero; echo tail >&2; exit 3");
-    req.timeout_sec = 120;
-    let r = c.exec(req).await.unwrap().into_owned();
-    assert_eq!(r.stdout.len(), 16 << 20, "16 MiB kept by default");
-    assert!(r.stdout_truncated && !r.stderr_truncated);
-    assert_eq!(r.stderr, b"tail\n");
-    assert_eq!(r.exit_code, 3, "the exit code is intact");
-    let mut req = exec_req(&id, "head -c 3000 /dev/zero");
-    req.max_output_bytes = 1000;
-    let r = c.exec(req).await.unwrap().into_owned();
-    assert_eq!((r.stdout.len(), r.stdout_truncated), (1000, true));
+    let mut stream = c
+        .envd(&id)
+        .await
+        .process
+        .start(command("head -c 600M /dev/zero; echo tail >&2; exit 3"))
+        .await
+        .unwrap();
+    let (mut stdout, mut stderr, mut exit) = (0usize, Vec::new(), None);
+    while let Some(m) = stream.message::<ep::StartResponse>().await.unwrap() {
+        match m
+            .to_owned_message()
+            .event
+            .into_option()
+            .and_then(|e| e.event)
+        {
+            Some(E::Data(d)) => match d.output {
+                Some(O::Stdout(b)) => stdout += b.len(),
+                Some(O::Stderr(b)) => stderr.extend(b),
+                _ => {}
+            },
+            Some(E::End(e)) => exit = Some(e.exit_code),
+            _ => {}
+        }
+    }
+    assert_eq!(stdout, 600 << 20, "every byte arrived");
+    assert_eq!((stderr.as_slice(), exit), (&b"tail\n"[..], Some(3)));
     let peak_mib = hwm(agent_pid) / 1024;
     assert!(
         peak_mib < 200,
@@ -269,14 +289,7 @@ async fn file_names_no_header_can_hold_are_served() {
     let id = new_id("nlfn");
     create(&c, &id).await;
     for path in ["/tmp/a\nb", "/tmp/q\"uote", "/tmp/é ü", "/tmp/cr\rlf"] {
-        c.write_file(pb::WriteFileRequest {
-            sandbox_id: id.clone(),
-            path: path.into(),
-            content: b"odd name".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("write {path:?}: {e:?}"));
+        write_file(&c, &id, path, b"odd name").await;
         assert_eq!(read_file(&c, &id, path).await, b"odd name", "{path:?}");
     }
     time_to_answer(&c, &id, Duration::from_secs(2)).await;
@@ -520,8 +533,9 @@ fn lxcfs_pid_of(agent: &AgentProc) -> u32 {
     }
 }
 
-/// Calls racing a destroy hear that the sandbox is gone (not found), never
-/// a broken connection to its envd (503 through the REST API).
+/// Calls racing a destroy hear from the agent's hop that the sandbox is
+/// gone (not found), never a broken connection to its envd (503 through
+/// the REST API).
 #[tokio::test]
 async fn calls_racing_a_destroy_hear_not_found() {
     let agent = AgentProc::start();
@@ -532,16 +546,11 @@ async fn calls_racing_a_destroy_hear_not_found() {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut callers = Vec::new();
         for _ in 0..4 {
-            let (c, id, stop) = (c.clone(), id.clone(), stop.clone());
+            let (envd, stop) = (c.envd(&id).await, stop.clone());
             callers.push(tokio::spawn(async move {
                 let mut codes = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let r = c
-                        .list_processes(pb::SandboxRef {
-                            sandbox_id: id.clone(),
-                            ..Default::default()
-                        })
-                        .await;
+                    let r = envd.process.list(ep::ListRequest::default()).await;
                     if let Err(e) = r {
                         codes.push(format!("{:?}: {:?}", e.code, e.message));
                     }

@@ -220,9 +220,7 @@ async fn abuse_stays_contained() {
 
     // Fork bomb, in the background; the host, the other sandbox and the
     // agent keep answering.
-    let mut bg = exec_req(&bomb, "b() { b | b & }; b");
-    bg.background = true;
-    c.exec(bg).await.unwrap();
+    spawn(&c, &bomb, "b() { b | b & }; b", "").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let t = Instant::now();
     let (out, _, code) = sh(&c, &other, "echo still-here").await;

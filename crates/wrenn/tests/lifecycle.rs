@@ -8,8 +8,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use connectrpc::client::CallOptions;
 use futures::StreamExt;
-use wrenn_protocol::hostagent::v1::{self as pb, exec_event};
+use wrenn_protocol::envd::filesystem as efs;
+use wrenn_protocol::envd::process as ep;
+use wrenn_protocol::hostagent::v1 as pb;
 
 fn sref(id: &str) -> pb::SandboxRef {
     pb::SandboxRef {
@@ -91,8 +94,10 @@ async fn bad_input_is_refused_and_leaves_nothing() {
     );
     let err = c.destroy_sandbox(sref("sb-nosuch")).await.unwrap_err();
     assert_eq!(err.code, connectrpc::ErrorCode::NotFound);
-    let err = c.exec(exec_req("sb-nosuch", "true")).await.unwrap_err();
-    assert_eq!(err.code, connectrpc::ErrorCode::NotFound);
+    let err = run(&c, "sb-nosuch", command("true"), 5, None, false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, connectrpc::ErrorCode::NotFound, "{err:?}");
 
     // Every call needs the token.
     let anon = wrenn_protocol::hostagent::v1::HostAgentServiceClient::new(
@@ -114,12 +119,13 @@ async fn pause_freezes_and_resume_continues() {
     let c = agent.client();
     let id = new_id("pause");
     c.create_sandbox(create_req(&id)).await.unwrap();
-    let mut bg = exec_req(
+    spawn(
+        &c,
         &id,
         "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done",
-    );
-    bg.background = true;
-    c.exec(bg).await.unwrap();
+        "",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t = Instant::now();
     let sb = c.pause_sandbox(sref(&id)).await.unwrap().into_owned();
@@ -128,8 +134,17 @@ async fn pause_freezes_and_resume_continues() {
         sb.state.as_known(),
         Some(pb::SandboxState::SANDBOX_STATE_PAUSED)
     );
-    let err = c.exec(exec_req(&id, "true")).await.unwrap_err();
-    assert_eq!(err.code, connectrpc::ErrorCode::FailedPrecondition);
+    // The agent's hop refuses calls into a paused sandbox, in its own name.
+    let err = run(&c, &id, command("true"), 5, None, false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.response_headers()
+            .get(wrenn_protocol::hostagent::PROXY_ERROR_HEADER)
+            .map(|v| v.to_str().unwrap()),
+        Some(wrenn_protocol::hostagent::proxy_error::INVALID_STATE),
+        "{err:?}"
+    );
     let err = c.pause_sandbox(sref(&id)).await.unwrap_err();
     assert_eq!(
         err.code,
@@ -203,10 +218,7 @@ async fn agent_restart_readopts_running_sandboxes() {
     {
         let c = agent.client();
         c.create_sandbox(create_req(&id)).await.unwrap();
-        let mut bg = exec_req(&id, "sleep 1000");
-        bg.background = true;
-        bg.tag = "sleeper".into();
-        c.exec(bg).await.unwrap();
+        spawn(&c, &id, "sleep 1000", "sleeper").await;
     }
     agent.kill();
     // The sandbox keeps running while the agent is down.
@@ -233,9 +245,19 @@ async fn agent_restart_readopts_running_sandboxes() {
             .collect::<Vec<_>>(),
         vec![id.as_str()]
     );
-    let procs = c.list_processes(sref(&id)).await.unwrap().into_owned();
+    let procs = c
+        .envd(&id)
+        .await
+        .process
+        .list(ep::ListRequest::default())
+        .await
+        .unwrap()
+        .into_owned();
     assert!(
-        procs.processes.iter().any(|p| p.tag == "sleeper"),
+        procs
+            .processes
+            .iter()
+            .any(|p| p.tag.as_deref() == Some("sleeper")),
         "{procs:?}"
     );
     assert_eq!(sh(&c, &id, "echo back").await.0, "back\n");
@@ -266,8 +288,11 @@ async fn agent_killed_mid_create_leaves_nothing_after_restart() {
     assert_no_host_traces(&agent.data_dir);
 }
 
+/// Commands, files, PTYs and processes through the agent's `/proxy` hop
+/// to envd (the control plane's road): streamed both ways, unbuffered.
 #[tokio::test]
 async fn streams_files_pty_and_processes() {
+    use ep::process_event::{Event as E, data_event::Output as O};
     let agent = AgentProc::start();
     let c = agent.client();
     let id = new_id("io");
@@ -279,97 +304,113 @@ async fn streams_files_pty_and_processes() {
         "hi\n",
         "sandbox envs reach processes"
     );
+    let envd = c.envd(&id).await;
 
-    // Exec with stdin, cwd, user, envs.
-    let mut e = exec_req(&id, "cat; pwd; id -un; echo $X");
-    e.stdin = b"from stdin\n".to_vec();
-    e.cwd = "/tmp".into();
-    e.user = "user".into();
-    e.envs.insert("X".into(), "y".into());
-    let out = c.exec(e).await.unwrap().into_owned();
+    // A command with stdin, cwd, user, envs.
+    let mut req = command("cat; pwd; id -un; echo $X");
+    req.stdin = Some(true);
+    let mut config = req.process.clone().into_option().unwrap();
+    config.cwd = Some("/tmp".into());
+    config.envs.insert("X".into(), "y".into());
+    req.process = config.into();
+    let user = envd.process.start_with_options(
+        req,
+        CallOptions::default().with_header("authorization", "Basic dXNlcjo="),
+    );
+    let mut stream = user.await.unwrap();
+    let mut pid = 0;
+    let mut stdout = Vec::new();
+    while let Some(m) = stream.message::<ep::StartResponse>().await.unwrap() {
+        match m
+            .to_owned_message()
+            .event
+            .into_option()
+            .and_then(|e| e.event)
+        {
+            Some(E::Start(s)) => {
+                pid = s.pid;
+                let input = ep::ProcessInput {
+                    input: Some(ep::process_input::Input::Stdin(b"from stdin\n".to_vec())),
+                    ..Default::default()
+                };
+                envd.process
+                    .send_input(ep::SendInputRequest {
+                        process: selector(pid).into(),
+                        input: input.into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                envd.process
+                    .close_stdin(ep::CloseStdinRequest {
+                        process: selector(pid).into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+            }
+            Some(E::Data(d)) => {
+                if let Some(O::Stdout(b)) = d.output {
+                    stdout.extend(b);
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(pid > 0);
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&stdout),
         "from stdin\n/tmp\nuser\ny\n"
     );
 
-    // Streamed exec: events arrive in order.
-    let mut s = c
-        .exec_stream(exec_req(&id, "echo a; echo b >&2; exit 4"))
+    // Events arrive in order, output as it happens.
+    let mut s = envd
+        .process
+        .start(command("echo a; echo b >&2; exit 4"))
         .await
         .unwrap();
     let mut seen = Vec::new();
-    while let Some(m) = s.message::<pb::ExecEvent>().await.unwrap() {
-        seen.push(m.to_owned_message().event.unwrap());
+    while let Some(m) = s.message::<ep::StartResponse>().await.unwrap() {
+        if let Some(e) = m
+            .to_owned_message()
+            .event
+            .into_option()
+            .and_then(|e| e.event)
+        {
+            seen.push(e);
+        }
     }
-    assert!(matches!(seen.first(), Some(exec_event::Event::Start(_))));
-    assert!(seen.contains(&exec_event::Event::Stdout(b"a\n".to_vec())));
-    assert!(seen.contains(&exec_event::Event::Stderr(b"b\n".to_vec())));
-    assert!(matches!(seen.last(), Some(exec_event::Event::End(e)) if e.exit_code == 4));
-
-    // Files, whole and streamed (4 MiB in 64 KiB chunks).
-    c.write_file(pb::WriteFileRequest {
-        sandbox_id: id.clone(),
-        path: "/data/a.txt".into(),
-        content: b"whole".to_vec(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let got = c
-        .read_file(pb::FileRef {
-            sandbox_id: id.clone(),
-            path: "/data/a.txt".into(),
-            ..Default::default()
+    assert!(matches!(seen.first(), Some(E::Start(_))), "{seen:?}");
+    let has = |want: &[u8], stderr: bool| {
+        seen.iter().any(|e| match e {
+            E::Data(d) => match &d.output {
+                Some(O::Stdout(b)) => !stderr && b == want,
+                Some(O::Stderr(b)) => stderr && b == want,
+                _ => false,
+            },
+            _ => false,
         })
-        .await
-        .unwrap()
-        .into_owned();
-    assert_eq!(got.content, b"whole");
+    };
+    assert!(has(b"a\n", false) && has(b"b\n", true), "{seen:?}");
+    assert!(matches!(seen.last(), Some(E::End(e)) if e.exit_code == 4));
+
+    // Files: 4 MiB each way, streamed through the hop.
     let blob: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
-    let mut chunks = vec![pb::WriteFileChunk {
-        chunk: Some(
-            pb::FileRef {
-                sandbox_id: id.clone(),
-                path: "/data/big.bin".into(),
-                ..Default::default()
-            }
-            .into(),
-        ),
-        ..Default::default()
-    }];
-    chunks.extend(blob.chunks(64 << 10).map(|c| pb::WriteFileChunk {
-        chunk: Some(pb::write_file_chunk::Chunk::Data(c.to_vec())),
-        ..Default::default()
-    }));
-    let w = c
-        .write_file_stream(futures::stream::iter(chunks))
-        .await
-        .unwrap()
-        .into_owned();
-    assert_eq!(w.size, blob.len() as u64);
-    let mut rs = c
-        .read_file_stream(pb::FileRef {
-            sandbox_id: id.clone(),
-            path: "/data/big.bin".into(),
+    write_file(&c, &id, "/data/big.bin", &blob).await;
+    write_file(&c, &id, "/data/a.txt", b"whole").await;
+    assert_eq!(read_file(&c, &id, "/data/a.txt").await, b"whole");
+    let back = read_file(&c, &id, "/data/big.bin").await;
+    assert!(back == blob, "the read differs ({} bytes)", back.len());
+    envd.fs
+        .make_dir(efs::MakeDirRequest {
+            path: "/data/sub".into(),
             ..Default::default()
         })
         .await
         .unwrap();
-    let mut back = Vec::new();
-    while let Some(m) = rs.message::<pb::FileChunk>().await.unwrap() {
-        back.extend(m.to_owned_message().data);
-    }
-    assert!(back == blob, "streamed read differs ({} bytes)", back.len());
-    c.make_dir(pb::FileRef {
-        sandbox_id: id.clone(),
-        path: "/data/sub".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let ls = c
-        .list_dir(pb::ListDirRequest {
-            sandbox_id: id.clone(),
+    let ls = envd
+        .fs
+        .list_dir(efs::ListDirRequest {
             path: "/data".into(),
             depth: 1,
             ..Default::default()
@@ -377,90 +418,115 @@ async fn streams_files_pty_and_processes() {
         .await
         .unwrap()
         .into_owned();
-    let mut names: Vec<(String, String)> = ls
+    let mut names: Vec<(String, bool)> = ls
         .entries
         .iter()
-        .map(|e| (e.name.clone(), e.r#type.clone()))
+        .map(|e| {
+            let dir = e.r#type.as_known() == Some(efs::FileType::FILE_TYPE_DIRECTORY);
+            (e.name.clone(), dir)
+        })
         .collect();
     names.sort();
     assert_eq!(
         names,
         vec![
-            ("a.txt".into(), "file".into()),
-            ("big.bin".into(), "file".into()),
-            ("sub".into(), "directory".into())
+            ("a.txt".into(), false),
+            ("big.bin".into(), false),
+            ("sub".into(), true)
         ]
     );
-    c.remove_path(pb::FileRef {
-        sandbox_id: id.clone(),
-        path: "/data".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let err = c
-        .read_file(pb::FileRef {
-            sandbox_id: id.clone(),
-            path: "/data/a.txt".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code, connectrpc::ErrorCode::NotFound);
-
-    // PTY: start, type, resize, exit.
-    let mut pty = c
-        .pty_start(pb::PtyStartRequest {
-            sandbox_id: id.clone(),
-            cols: 80,
-            rows: 24,
+    envd.fs
+        .remove(efs::RemoveRequest {
+            path: "/data".into(),
             ..Default::default()
         })
         .await
         .unwrap();
+    let q = wrenn_protocol::envd::files_path("/data/a.txt", "");
+    let (status, _) = c.envd_http(&id, http::Method::GET, &q, Vec::new()).await;
+    assert_eq!(status, http::StatusCode::NOT_FOUND);
+
+    // PTY: start, type, resize, exit.
+    let mut req = command("exec /bin/bash -i");
+    req.stdin = Some(true);
+    req.pty = ep::PTY {
+        size: ep::pty::Size {
+            cols: 80,
+            rows: 24,
+            ..Default::default()
+        }
+        .into(),
+        ..Default::default()
+    }
+    .into();
+    let mut pty = envd.process.start(req).await.unwrap();
     let first = pty
-        .message::<pb::ExecEvent>()
+        .message::<ep::StartResponse>()
         .await
         .unwrap()
         .unwrap()
         .to_owned_message();
-    let Some(exec_event::Event::Start(start)) = first.event else {
+    let Some(E::Start(start)) = first.event.into_option().and_then(|e| e.event) else {
         panic!("start first")
     };
-    let send = |data: &str| pb::SendInputRequest {
-        sandbox_id: id.clone(),
-        pid: start.pid,
-        data: data.as_bytes().to_vec(),
-        pty: true,
+    let send = |data: &str| ep::SendInputRequest {
+        process: selector(start.pid).into(),
+        input: ep::ProcessInput {
+            input: Some(ep::process_input::Input::Pty(data.as_bytes().to_vec())),
+            ..Default::default()
+        }
+        .into(),
         ..Default::default()
     };
-    c.send_input(send("stty size; echo marker-$((40+2))\n"))
+    envd.process
+        .send_input(send("stty size; echo marker-$((40+2))\n"))
         .await
         .unwrap();
     let mut screen = String::new();
     let mut resized = false;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while let Ok(Some(m)) = tokio::time::timeout_at(deadline.into(), pty.message::<pb::ExecEvent>())
-        .await
-        .unwrap_or(Ok(None))
+    while let Ok(Some(m)) =
+        tokio::time::timeout_at(deadline.into(), pty.message::<ep::StartResponse>())
+            .await
+            .unwrap_or(Ok(None))
     {
-        match m.to_owned_message().event {
-            Some(exec_event::Event::Pty(b)) => screen.push_str(&String::from_utf8_lossy(&b)),
-            Some(exec_event::Event::End(_)) => break,
+        match m
+            .to_owned_message()
+            .event
+            .into_option()
+            .and_then(|e| e.event)
+        {
+            Some(E::Data(d)) => {
+                if let Some(O::Pty(b)) = d.output {
+                    screen.push_str(&String::from_utf8_lossy(&b));
+                }
+            }
+            Some(E::End(_)) => break,
             _ => {}
         }
         if !resized && screen.contains("marker-42") {
             resized = true;
-            c.pty_resize(pb::PtyResizeRequest {
-                sandbox_id: id.clone(),
-                pid: start.pid,
+            let size = ep::pty::Size {
                 cols: 100,
                 rows: 30,
                 ..Default::default()
-            })
-            .await
-            .unwrap();
-            c.send_input(send("stty size; exit\n")).await.unwrap();
+            };
+            envd.process
+                .update(ep::UpdateRequest {
+                    process: selector(start.pid).into(),
+                    pty: ep::PTY {
+                        size: size.into(),
+                        ..Default::default()
+                    }
+                    .into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            envd.process
+                .send_input(send("stty size; exit\n"))
+                .await
+                .unwrap();
         }
     }
     assert!(
@@ -469,43 +535,55 @@ async fn streams_files_pty_and_processes() {
     );
 
     // Processes: list, connect, kill.
-    let mut bg = exec_req(&id, "while true; do echo tick; sleep 0.1; done");
-    bg.background = true;
-    let pid = c.exec(bg).await.unwrap().into_owned().pid;
-    let procs = c.list_processes(sref(&id)).await.unwrap().into_owned();
+    let pid = spawn(&c, &id, "while true; do echo tick; sleep 0.1; done", "").await;
+    let procs = envd
+        .process
+        .list(ep::ListRequest::default())
+        .await
+        .unwrap()
+        .into_owned();
     assert!(procs.processes.iter().any(|p| p.pid == pid));
-    let mut attached = c
-        .connect_process(pb::ProcessRef {
-            sandbox_id: id.clone(),
-            pid,
+    let mut attached = envd
+        .process
+        .connect(ep::ConnectRequest {
+            process: selector(pid).into(),
             ..Default::default()
         })
         .await
         .unwrap();
     let mut ticks = 0;
     while ticks < 2 {
-        if let Some(exec_event::Event::Stdout(b)) = attached
-            .message::<pb::ExecEvent>()
+        let m = attached
+            .message::<ep::ConnectResponse>()
             .await
             .unwrap()
-            .unwrap()
+            .unwrap();
+        if let Some(E::Data(d)) = m
             .to_owned_message()
             .event
+            .into_option()
+            .and_then(|e| e.event)
+            && let Some(O::Stdout(b)) = d.output
         {
             ticks += String::from_utf8_lossy(&b).matches("tick").count();
         }
     }
-    c.kill_process(pb::KillProcessRequest {
-        sandbox_id: id.clone(),
-        pid,
-        signal: 9,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    envd.process
+        .send_signal(ep::SendSignalRequest {
+            process: selector(pid).into(),
+            signal: ep::Signal::SIGNAL_SIGKILL.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let mut ended = false;
-    while let Ok(Some(m)) = attached.message::<pb::ExecEvent>().await {
-        if let Some(exec_event::Event::End(e)) = m.to_owned_message().event {
+    while let Ok(Some(m)) = attached.message::<ep::ConnectResponse>().await {
+        if let Some(E::End(e)) = m
+            .to_owned_message()
+            .event
+            .into_option()
+            .and_then(|e| e.event)
+        {
             assert_eq!(e.exit_code, -1);
             ended = true;
         }

@@ -7,7 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use connectrpc::client::{ClientConfig, HttpClient};
+use connectrpc::ConnectError;
+use connectrpc::client::{CallOptions, ClientConfig, HttpClient};
+use wrenn_protocol::envd::filesystem::FilesystemClient;
+use wrenn_protocol::envd::process::{self as ep, ProcessClient};
 use wrenn_protocol::hostagent::v1::{self as pb, HostAgentServiceClient};
 
 /// One agent per host at a time: tests take this lock.
@@ -21,7 +24,201 @@ pub fn template_dir() -> PathBuf {
     )
 }
 
-pub type Client = HostAgentServiceClient<HttpClient>;
+/// A client for one agent: its `hostagent.v1` service (what it derefs
+/// to), and through its `/proxy` hop the envd of each of its sandboxes —
+/// the road the control plane takes for commands and files.
+#[derive(Clone)]
+pub struct Client {
+    rpc: HostAgentServiceClient<HttpClient>,
+    addr: String,
+    token: String,
+}
+
+impl std::ops::Deref for Client {
+    type Target = HostAgentServiceClient<HttpClient>;
+    fn deref(&self) -> &Self::Target {
+        &self.rpc
+    }
+}
+
+/// envd's services in one sandbox, through the agent's hop.
+pub struct Envd {
+    pub process: ProcessClient<HttpClient>,
+    pub fs: FilesystemClient<HttpClient>,
+}
+
+impl Client {
+    /// `http://<agent>/proxy/<id>/<envd port>`.
+    pub fn envd_base(&self, id: &str) -> String {
+        format!(
+            "http://{}/proxy/{id}/{}",
+            self.addr,
+            wrenn_protocol::envd::PORT
+        )
+    }
+
+    /// The envd access token of sandbox `id` (the agent's runtime made it);
+    /// empty when the agent has no such sandbox.
+    pub async fn envd_token(&self, id: &str) -> String {
+        self.get_sandbox(pb::SandboxRef {
+            sandbox_id: id.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|s| s.into_owned().envd_access_token)
+        .unwrap_or_default()
+    }
+
+    /// The envd of sandbox `id`, with its access token.
+    pub async fn envd(&self, id: &str) -> Envd {
+        let config = ClientConfig::new(self.envd_base(id).parse().unwrap())
+            .with_default_header(
+                wrenn_protocol::hostagent::PROXY_TOKEN_HEADER,
+                self.token.clone(),
+            )
+            .with_default_header("x-access-token", self.envd_token(id).await);
+        Envd {
+            process: ProcessClient::new(HttpClient::plaintext(), config.clone()),
+            fs: FilesystemClient::new(HttpClient::plaintext(), config),
+        }
+    }
+
+    /// A plain HTTP call to envd's `path_and_query` in sandbox `id`:
+    /// status and body.
+    pub async fn envd_http(
+        &self,
+        id: &str,
+        method: http::Method,
+        path_and_query: &str,
+        body: Vec<u8>,
+    ) -> (http::StatusCode, Vec<u8>) {
+        use http_body_util::BodyExt;
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Full<bytes::Bytes>>();
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path_and_query}", self.envd_base(id)))
+            .header(wrenn_protocol::hostagent::PROXY_TOKEN_HEADER, &self.token)
+            .header("x-access-token", self.envd_token(id).await)
+            .header("content-type", "application/octet-stream")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, body.to_vec())
+    }
+}
+
+/// What a command did.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub pid: u32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i32,
+}
+
+/// `/bin/sh -c script`, its stdin closed.
+pub fn command(script: &str) -> ep::StartRequest {
+    ep::StartRequest {
+        process: ep::ProcessConfig {
+            cmd: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            ..Default::default()
+        }
+        .into(),
+        stdin: Some(false),
+        ..Default::default()
+    }
+}
+
+/// Starts `req` in sandbox `id` and, unless `background`, collects its
+/// output until it ends (envd kills it after `timeout_sec`, 0 for none).
+/// With `stdin`, writes it and closes stdin first.
+pub async fn run(
+    c: &Client,
+    id: &str,
+    mut req: ep::StartRequest,
+    timeout_sec: u32,
+    stdin: Option<&[u8]>,
+    background: bool,
+) -> Result<Output, ConnectError> {
+    use ep::process_event::{Event as E, data_event::Output as O};
+    let envd = c.envd(id).await;
+    if stdin.is_some() {
+        req.stdin = Some(true);
+    }
+    let mut options = CallOptions::default();
+    if timeout_sec > 0 {
+        options = options.with_timeout(Duration::from_secs(u64::from(timeout_sec)));
+    }
+    let mut stream = envd.process.start_with_options(req, options).await?;
+    let mut out = Output::default();
+    while let Some(m) = stream.message::<ep::StartResponse>().await? {
+        match m
+            .to_owned_message()
+            .event
+            .into_option()
+            .and_then(|e| e.event)
+        {
+            Some(E::Start(s)) => {
+                out.pid = s.pid;
+                if let Some(data) = stdin {
+                    envd.process
+                        .send_input(ep::SendInputRequest {
+                            process: selector(s.pid).into(),
+                            input: ep::ProcessInput {
+                                input: Some(ep::process_input::Input::Stdin(data.to_vec())),
+                                ..Default::default()
+                            }
+                            .into(),
+                            ..Default::default()
+                        })
+                        .await?;
+                    envd.process
+                        .close_stdin(ep::CloseStdinRequest {
+                            process: selector(s.pid).into(),
+                            ..Default::default()
+                        })
+                        .await?;
+                }
+                if background {
+                    break;
+                }
+            }
+            Some(E::Data(d)) => match d.output {
+                Some(O::Stdout(b) | O::Pty(b)) => out.stdout.extend(b),
+                Some(O::Stderr(b)) => out.stderr.extend(b),
+                None => {}
+            },
+            Some(E::End(e)) => out.exit_code = e.exit_code,
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Starts `script` in the background (tagged `tag` unless empty): its pid.
+pub async fn spawn(c: &Client, id: &str, script: &str, tag: &str) -> u32 {
+    let mut req = command(script);
+    if !tag.is_empty() {
+        req.tag = Some(tag.into());
+    }
+    run(c, id, req, 0, None, true)
+        .await
+        .unwrap_or_else(|e| panic!("start {script:?} in {id}: {e:?}"))
+        .pid
+}
+
+/// Selects process `pid`.
+pub fn selector(pid: u32) -> ep::ProcessSelector {
+    ep::ProcessSelector {
+        selector: Some(ep::process_selector::Selector::Pid(pid)),
+        ..Default::default()
+    }
+}
 
 /// A running agent, terminated (destroying its sandboxes) on drop.
 pub struct AgentProc {
@@ -141,7 +338,11 @@ pub fn agent_client(addr: &str, token: &str) -> Client {
     let config = ClientConfig::new(format!("http://{addr}").parse().unwrap())
         .with_default_header("authorization", format!("Bearer {token}"))
         .with_default_max_message_size(wrenn_protocol::hostagent::MAX_MESSAGE_BYTES);
-    HostAgentServiceClient::new(HttpClient::plaintext(), config)
+    Client {
+        rpc: HostAgentServiceClient::new(HttpClient::plaintext(), config),
+        addr: addr.to_string(),
+        token: token.to_string(),
+    }
 }
 
 /// Asks the agent at `addr` to destroy its sandboxes and exit (from any
@@ -179,36 +380,35 @@ pub fn create_req(id: &str) -> pb::CreateSandboxRequest {
     }
 }
 
-pub fn exec_req(id: &str, script: &str) -> pb::ExecRequest {
-    pb::ExecRequest {
-        sandbox_id: id.into(),
-        cmd: "/bin/sh".into(),
-        args: vec!["-c".into(), script.into()],
-        timeout_sec: 30,
-        ..Default::default()
-    }
-}
-
-/// Runs a shell script in a sandbox: (stdout, stderr, exit code).
-/// The content of `path` in sandbox `id`, read through the agent.
+/// The content of `path` in sandbox `id`, read through the agent's hop.
 pub async fn read_file(c: &Client, id: &str, path: &str) -> Vec<u8> {
-    c.read_file(pb::FileRef {
-        sandbox_id: id.into(),
-        path: path.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("read {path:?} in {id}: {e:?}"))
-    .into_owned()
-    .content
+    let q = wrenn_protocol::envd::files_path(path, "");
+    let (status, body) = c.envd_http(id, http::Method::GET, &q, Vec::new()).await;
+    assert!(
+        status.is_success(),
+        "read {path:?} in {id}: {status} {}",
+        String::from_utf8_lossy(&body)
+    );
+    body
 }
 
+/// Writes `data` to `path` in sandbox `id` through the agent's hop.
+pub async fn write_file(c: &Client, id: &str, path: &str, data: &[u8]) {
+    let q = wrenn_protocol::envd::files_path(path, "");
+    let (status, body) = c.envd_http(id, http::Method::POST, &q, data.to_vec()).await;
+    assert!(
+        status.is_success(),
+        "write {path:?} in {id}: {status} {}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+/// Runs a shell script in a sandbox (30 s at most): (stdout, stderr, exit
+/// code).
 pub async fn sh(c: &Client, id: &str, script: &str) -> (String, String, i32) {
-    let r = c
-        .exec(exec_req(id, script))
+    let r = run(c, id, command(script), 30, None, false)
         .await
-        .unwrap_or_else(|e| panic!("exec {script:?}: {e:?}"))
-        .into_owned();
+        .unwrap_or_else(|e| panic!("exec {script:?}: {e:?}"));
     (
         String::from_utf8_lossy(&r.stdout).into_owned(),
         String::from_utf8_lossy(&r.stderr).into_owned(),

@@ -2,6 +2,7 @@
 //! team's and the control plane's budgets), its processes, kill.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -10,13 +11,13 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use wrenn_protocol::hostagent::v1::{self as pb, exec_event};
 
 use super::super::ApiJson;
 use crate::App;
 use crate::auth::Caller;
+use crate::dataplane::{self, Envd, Event};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::sandboxes::{running, touch};
+use crate::sandboxes::{running_sandbox, touch};
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +40,23 @@ pub(crate) struct ExecReq {
     /// at most 64 MiB.
     #[serde(default)]
     max_output_bytes: Option<u64>,
+}
+
+/// Output a buffered exec keeps per stream when the request names no
+/// `max_output_bytes`.
+const OUTPUT_DEFAULT_BYTES: usize = 16 << 20;
+/// The most a buffered exec keeps per stream, whatever it asks for.
+const OUTPUT_MAX_BYTES: usize = 64 << 20;
+
+/// What a buffered exec keeps per stream for a request's
+/// `max_output_bytes`: the default for 0, at most the maximum.
+fn output_limit(max_output_bytes: u64) -> usize {
+    match max_output_bytes {
+        0 => OUTPUT_DEFAULT_BYTES,
+        n => usize::try_from(n)
+            .unwrap_or(usize::MAX)
+            .min(OUTPUT_MAX_BYTES),
+    }
 }
 
 fn text_or_base64(stdout: Vec<u8>, stderr: Vec<u8>) -> (String, String, &'static str) {
@@ -65,31 +83,29 @@ pub(crate) async fn exec(
     if r.cmd.is_empty() {
         return Err(ApiError::bad_request("cmd: must not be empty"));
     }
-    let (s, agent) = running(&app, &caller, &id).await?;
+    let s = running_sandbox(&app, &caller, &id).await?;
+    let envd = Envd::of(&app, &s).await?;
     let timeout_sec = r.timeout_sec.unwrap_or(if r.background { 0 } else { 60 });
-    let req = pb::ExecRequest {
-        sandbox_id: id.clone(),
-        cmd: r.cmd.clone(),
-        args: r.args.clone(),
-        envs: r.envs.into_iter().collect(),
-        cwd: r.cwd.unwrap_or_default(),
-        timeout_sec,
-        background: r.background,
-        tag: r.tag.clone().unwrap_or_default(),
-        close_stdin: true,
-        ..Default::default()
-    };
+    let req = dataplane::command(
+        r.cmd.clone(),
+        r.args.clone(),
+        r.envs,
+        r.cwd,
+        r.tag.clone(),
+        false,
+    );
+    let timeout = (timeout_sec > 0).then(|| Duration::from_secs(u64::from(timeout_sec)));
+    let mut events = envd.start(req, timeout).await?;
     if r.background {
-        let out = agent.exec(req).await?.into_owned();
+        let pid = events.pid().await.map_err(|e| envd.failed(e))?;
         touch(&app, &s);
-        return Ok(Json(
-            json!({ "sandbox_id": id, "pid": out.pid, "tag": r.tag.unwrap_or_default() }),
-        )
-        .into_response());
+        return Ok(
+            Json(json!({ "sandbox_id": id, "pid": pid, "tag": r.tag.unwrap_or_default() }))
+                .into_response(),
+        );
     }
-    let limit = wrenn_protocol::hostagent::exec_output_limit(r.max_output_bytes.unwrap_or(0));
+    let limit = output_limit(r.max_output_bytes.unwrap_or(0));
     let started = std::time::Instant::now();
-    let mut stream = agent.exec_stream(req).await?;
     // Output is kept chunk by chunk, each charged to the team's and the
     // global budget (crate::output), until the answer is sent.
     let mut held = crate::output::Held::default();
@@ -97,8 +113,14 @@ pub(crate) async fn exec(
     let mut truncated = [false, false];
     let mut exit_code = -1;
     loop {
-        let ev = match stream.message::<pb::ExecEvent>().await {
-            Ok(Some(m)) => m.to_owned_message().event,
+        let (i, bytes) = match events.next().await {
+            Ok(Some(Event::Stdout(b) | Event::Pty(b))) => (0, b),
+            Ok(Some(Event::Stderr(b))) => (1, b),
+            Ok(Some(Event::End(code))) => {
+                exit_code = code;
+                continue;
+            }
+            Ok(Some(Event::Start(_))) => continue,
             Ok(None) => break,
             Err(e) if e.code == connectrpc::ErrorCode::DeadlineExceeded => {
                 return Err(ApiError::new(
@@ -109,16 +131,7 @@ pub(crate) async fn exec(
                     ),
                 ));
             }
-            Err(e) => return Err(e.into()),
-        };
-        let (i, bytes) = match ev {
-            Some(exec_event::Event::Stdout(b)) | Some(exec_event::Event::Pty(b)) => (0, b),
-            Some(exec_event::Event::Stderr(b)) => (1, b),
-            Some(exec_event::Event::End(e)) => {
-                exit_code = e.exit_code;
-                continue;
-            }
-            _ => continue,
+            Err(e) => return Err(envd.failed(e)),
         };
         let take = bytes.len().min(limit - kept[i].len());
         if take > 0
@@ -162,18 +175,16 @@ pub(crate) async fn processes(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let (_, agent) = running(&app, &caller, &id).await?;
-    let list = agent
-        .list_processes(pb::SandboxRef {
-            sandbox_id: id,
-            ..Default::default()
-        })
+    let s = running_sandbox(&app, &caller, &id).await?;
+    let processes: Vec<Value> = Envd::of(&app, &s)
         .await?
-        .into_owned();
-    let processes: Vec<Value> = list
-        .processes
+        .processes()
+        .await?
         .into_iter()
-        .map(|p| json!({ "pid": p.pid, "tag": p.tag, "cmd": p.cmd, "args": p.args }))
+        .map(|p| {
+            let c = p.config.into_option().unwrap_or_default();
+            json!({ "pid": p.pid, "tag": p.tag.unwrap_or_default(), "cmd": c.cmd, "args": c.args })
+        })
         .collect();
     Ok(Json(json!({ "processes": processes })))
 }
@@ -184,14 +195,7 @@ pub(crate) async fn kill(
     caller: Caller,
     Path((id, pid)): Path<(String, u32)>,
 ) -> ApiResult<StatusCode> {
-    let (_, agent) = running(&app, &caller, &id).await?;
-    agent
-        .kill_process(pb::KillProcessRequest {
-            sandbox_id: id,
-            pid,
-            signal: 9,
-            ..Default::default()
-        })
-        .await?;
+    let s = running_sandbox(&app, &caller, &id).await?;
+    Envd::of(&app, &s).await?.signal(pid, true).await?;
     Ok(StatusCode::NO_CONTENT)
 }

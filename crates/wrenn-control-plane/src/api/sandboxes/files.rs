@@ -166,7 +166,8 @@ async fn listing(envd: &Envd, path: &str, depth: u32) -> ApiResult<Vec<efs::Entr
             depth,
             ..Default::default()
         })
-        .await?
+        .await
+        .map_err(|e| envd.failed(e))?
         .into_owned();
     Ok(l.entries)
 }
@@ -202,7 +203,8 @@ pub(crate) async fn file_mkdir(
             path: r.path.clone(),
             ..Default::default()
         })
-        .await?;
+        .await
+        .map_err(|e| envd.failed(e))?;
     // Describe the new directory from its parent's listing.
     let parent = std::path::Path::new(&r.path)
         .parent()
@@ -222,13 +224,13 @@ pub(crate) async fn file_remove(
 ) -> ApiResult<StatusCode> {
     check_path(&r.path)?;
     let sb = running_sandbox(&app, &caller, &id).await?;
-    Envd::of(&app, &sb)
-        .await?
-        .fs
+    let envd = Envd::of(&app, &sb).await?;
+    envd.fs
         .remove(efs::RemoveRequest {
             path: r.path,
             ..Default::default()
         })
-        .await?;
+        .await
+        .map_err(|e| envd.failed(e))?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,13 +5,12 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use wrenn_protocol::hostagent::v1::{self as pb, exec_event};
 
 use crate::App;
 use crate::auth::Caller;
-use crate::error::ApiResult;
-use crate::hosts::AgentClient;
-use crate::sandboxes::running;
+use crate::dataplane::{self, Envd, Event, Events};
+use crate::error::{ApiError, ApiResult};
+use crate::sandboxes::running_sandbox;
 
 fn text(v: Value) -> Message {
     Message::Text(v.to_string().into())
@@ -36,7 +35,8 @@ pub(crate) async fn exec_stream(
     Path(id): Path<String>,
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
-    let (_, agent) = running(&app, &caller, &id).await?;
+    let s = running_sandbox(&app, &caller, &id).await?;
+    let envd = Envd::of(&app, &s).await?;
     Ok(upgrade.on_upgrade(move |mut socket| async move {
         let Some(start) = first_json(&mut socket).await else {
             return;
@@ -50,63 +50,41 @@ pub(crate) async fn exec_stream(
                     .collect()
             })
             .unwrap_or_default();
-        let req = pb::ExecRequest {
-            sandbox_id: id,
-            cmd,
-            args,
-            ..Default::default()
-        };
-        relay(agent.exec_stream(req).await, socket).await
+        let req = dataplane::command(cmd, args, [], None, None, false);
+        relay(&envd, envd.start(req, None).await, socket).await
     }))
 }
 
-/// Sends an agent's error as an `error` message.
-async fn send_error(socket: &mut WebSocket, e: connectrpc::ConnectError) {
+/// Sends an error as an `error` message.
+async fn send_error(socket: &mut WebSocket, e: ApiError) {
     let _ = socket
-        .send(text(
-            json!({ "type": "error", "data": e.message.unwrap_or_default() }),
-        ))
+        .send(text(json!({ "type": "error", "data": e.message })))
         .await;
 }
 
-/// Forwards an agent's exec events (or its refusal to start them) to a
+/// Forwards a process's events (or envd's refusal to start them) to a
 /// socket as `start`, `stdout`, `stderr`, `exit` or `error` JSON
 /// messages, then closes it.
-async fn relay(
-    started: Result<
-        connectrpc::client::ServerStream<
-            hyper::body::Incoming,
-            pb::__buffa::view::ExecEventView<'static>,
-        >,
-        connectrpc::ConnectError,
-    >,
-    mut socket: WebSocket,
-) {
-    let mut stream = match started {
+async fn relay(envd: &Envd, started: ApiResult<Events>, mut socket: WebSocket) {
+    let mut events = match started {
         Ok(s) => s,
         Err(e) => return send_error(&mut socket, e).await,
     };
     loop {
-        let ev = match stream.message::<pb::ExecEvent>().await {
-            Ok(Some(m)) => m.to_owned_message().event,
-            Ok(None) => break,
-            Err(e) => {
-                send_error(&mut socket, e).await;
-                break;
-            }
-        };
-        let out = match ev {
-            Some(exec_event::Event::Start(s)) => json!({ "type": "start", "pid": s.pid }),
-            Some(exec_event::Event::Stdout(b)) | Some(exec_event::Event::Pty(b)) => {
+        let out = match events.next().await {
+            Ok(Some(Event::Start(pid))) => json!({ "type": "start", "pid": pid }),
+            Ok(Some(Event::Stdout(b) | Event::Pty(b))) => {
                 json!({ "type": "stdout", "data": String::from_utf8_lossy(&b) })
             }
-            Some(exec_event::Event::Stderr(b)) => {
+            Ok(Some(Event::Stderr(b))) => {
                 json!({ "type": "stderr", "data": String::from_utf8_lossy(&b) })
             }
-            Some(exec_event::Event::End(e)) => {
-                json!({ "type": "exit", "exit_code": e.exit_code })
+            Ok(Some(Event::End(code))) => json!({ "type": "exit", "exit_code": code }),
+            Ok(None) => break,
+            Err(e) => {
+                send_error(&mut socket, envd.failed(e)).await;
+                break;
             }
-            None => continue,
         };
         if socket.send(text(out)).await.is_err() {
             return; // the caller left; the process runs on
@@ -123,16 +101,10 @@ pub(crate) async fn process_stream(
     Path((id, pid)): Path<(String, u32)>,
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
-    let (_, agent) = running(&app, &caller, &id).await?;
+    let s = running_sandbox(&app, &caller, &id).await?;
+    let envd = Envd::of(&app, &s).await?;
     Ok(upgrade.on_upgrade(move |socket| async move {
-        let started = agent
-            .connect_process(pb::ProcessRef {
-                sandbox_id: id,
-                pid,
-                ..Default::default()
-            })
-            .await;
-        relay(started, socket).await
+        relay(&envd, envd.connect(pid).await, socket).await
     }))
 }
 
@@ -146,99 +118,70 @@ pub(crate) async fn pty(
     Path(id): Path<String>,
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
-    let (_, agent) = running(&app, &caller, &id).await?;
-    Ok(upgrade.on_upgrade(move |socket| pty_session(agent, id, socket)))
+    let s = running_sandbox(&app, &caller, &id).await?;
+    let envd = Envd::of(&app, &s).await?;
+    Ok(upgrade.on_upgrade(move |socket| pty_session(envd, socket)))
 }
 
-async fn pty_session(agent: AgentClient, id: String, mut socket: WebSocket) {
+/// The strings of a JSON array (others skipped); empty when it is none.
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A terminal's dimension from a client message: 1 to 1000, else `default`.
+fn dimension(v: &Value, default: u32) -> u32 {
+    v.as_u64()
+        .filter(|n| (1..=1000).contains(n))
+        .map_or(default, |n| n as u32)
+}
+
+async fn pty_session(envd: Envd, mut socket: WebSocket) {
     let Some(first) = first_json(&mut socket).await else {
         return;
     };
     let fail = |m: String| text(json!({ "type": "error", "data": m, "fatal": true }));
-    let (stream, pid, tag) = match first["type"].as_str() {
+    let started = match first["type"].as_str() {
         Some("start") => {
             let tag = format!("pty-{}", crate::ids::hex(6));
-            let mut req = pb::PtyStartRequest {
-                sandbox_id: id.clone(),
-                cmd: first["cmd"].as_str().unwrap_or_default().to_string(),
-                args: first["args"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|x| x.as_str().map(str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                cols: first["cols"].as_u64().unwrap_or(80) as u32,
-                rows: first["rows"].as_u64().unwrap_or(24) as u32,
-                cwd: first["cwd"].as_str().unwrap_or_default().to_string(),
-                tag: tag.clone(),
-                ..Default::default()
+            let (cmd, args) = match first["cmd"].as_str() {
+                Some(cmd) if !cmd.is_empty() => (cmd.to_string(), strings(&first["args"])),
+                _ => ("/bin/bash".to_string(), vec!["-i".into(), "-l".into()]),
             };
-            if let Some(envs) = first["envs"].as_object() {
-                req.envs.extend(
-                    envs.iter()
-                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))),
-                );
-            }
-            let mut stream = match agent.pty_start(req).await {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = socket.send(fail(e.message.unwrap_or_default())).await;
-                    return;
-                }
-            };
-            let pid = match stream.message::<pb::ExecEvent>().await {
-                Ok(Some(m)) => match m.to_owned_message().event {
-                    Some(exec_event::Event::Start(s)) => s.pid,
-                    _ => 0,
-                },
-                _ => 0,
-            };
-            (stream, pid, tag)
+            let mut envs: std::collections::HashMap<String, String> = first["envs"]
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            envs.entry("TERM".into())
+                .or_insert_with(|| "xterm-256color".into());
+            let cwd = first["cwd"].as_str().map(str::to_string);
+            let mut req = dataplane::command(cmd, args, envs, cwd, Some(tag.clone()), true);
+            req.pty =
+                dataplane::pty(dimension(&first["cols"], 80), dimension(&first["rows"], 24)).into();
+            start_pty(&envd, req, tag).await
         }
         Some("connect") => {
             let tag = first["tag"].as_str().unwrap_or_default().to_string();
-            let procs = agent
-                .list_processes(pb::SandboxRef {
-                    sandbox_id: id.clone(),
-                    ..Default::default()
-                })
-                .await;
-            let pid = procs.ok().and_then(|p| {
-                p.into_owned()
-                    .processes
-                    .into_iter()
-                    .find(|p| p.tag == tag)
-                    .map(|p| p.pid)
-            });
-            let Some(pid) = pid else {
-                let _ = socket
-                    .send(fail(format!(
-                        "no PTY session with tag '{tag}'; it may have exited"
-                    )))
-                    .await;
-                return;
-            };
-            let mut stream = match agent
-                .connect_process(pb::ProcessRef {
-                    sandbox_id: id.clone(),
-                    pid,
-                    ..Default::default()
-                })
-                .await
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = socket.send(fail(e.message.unwrap_or_default())).await;
-                    return;
-                }
-            };
-            let _ = stream.message::<pb::ExecEvent>().await; // its start event
-            (stream, pid, tag)
+            attach_pty(&envd, tag).await
         }
-        _ => {
-            let _ = socket.send(fail("the first message must be {\"type\":\"start\"} or {\"type\":\"connect\",\"tag\":…}".into())).await;
+        _ => Err(
+            "the first message must be {\"type\":\"start\"} or {\"type\":\"connect\",\"tag\":…}"
+                .into(),
+        ),
+    };
+    let (mut events, pid, tag) = match started {
+        Ok(s) => s,
+        Err(m) => {
+            let _ = socket.send(fail(m)).await;
             return;
         }
     };
@@ -250,30 +193,30 @@ async fn pty_session(agent: AgentClient, id: String, mut socket: WebSocket) {
         return;
     }
     let (mut tx, mut rx) = socket.split();
-    let mut stream = stream;
     let output = async {
         loop {
-            match stream.message::<pb::ExecEvent>().await {
-                Ok(Some(m)) => match m.to_owned_message().event {
-                    Some(exec_event::Event::Pty(b))
-                    | Some(exec_event::Event::Stdout(b))
-                    | Some(exec_event::Event::Stderr(b)) => {
-                        if tx.send(Message::Binary(b.into())).await.is_err() {
-                            return;
-                        }
-                    }
-                    Some(exec_event::Event::End(e)) => {
-                        let _ = tx
-                            .send(text(json!({ "type": "exit", "exit_code": e.exit_code })))
-                            .await;
-                        let _ = tx.close().await;
+            match events.next().await {
+                Ok(Some(Event::Pty(b) | Event::Stdout(b) | Event::Stderr(b))) => {
+                    if tx.send(Message::Binary(b.into())).await.is_err() {
                         return;
                     }
-                    _ => {}
-                },
+                }
+                Ok(Some(Event::End(code))) => {
+                    let _ = tx
+                        .send(text(json!({ "type": "exit", "exit_code": code })))
+                        .await;
+                    let _ = tx.close().await;
+                    return;
+                }
+                Ok(Some(Event::Start(_))) => {}
                 Ok(None) => return,
                 Err(e) => {
-                    let _ = tx.send(text(json!({ "type": "error", "data": e.message.unwrap_or_default(), "fatal": true }))).await;
+                    let e = envd.failed(e);
+                    let _ = tx
+                        .send(text(
+                            json!({ "type": "error", "data": e.message, "fatal": true }),
+                        ))
+                        .await;
                     return;
                 }
             }
@@ -282,48 +225,20 @@ async fn pty_session(agent: AgentClient, id: String, mut socket: WebSocket) {
     let input = async {
         while let Some(Ok(msg)) = rx.next().await {
             let r = match msg {
-                Message::Binary(b) => agent
-                    .send_input(pb::SendInputRequest {
-                        sandbox_id: id.clone(),
-                        pid,
-                        data: b.to_vec(),
-                        pty: true,
-                        ..Default::default()
-                    })
-                    .await
-                    .map(|_| ()),
+                Message::Binary(b) => envd.send_input(pid, b.to_vec(), true).await,
                 Message::Text(t) => {
                     let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
                     match v["type"].as_str() {
-                        Some("resize") => agent
-                            .pty_resize(pb::PtyResizeRequest {
-                                sandbox_id: id.clone(),
-                                pid,
-                                cols: v["cols"].as_u64().unwrap_or(80) as u32,
-                                rows: v["rows"].as_u64().unwrap_or(24) as u32,
-                                ..Default::default()
-                            })
-                            .await
-                            .map(|_| ()),
-                        Some("kill") => agent
-                            .kill_process(pb::KillProcessRequest {
-                                sandbox_id: id.clone(),
-                                pid,
-                                signal: 9,
-                                ..Default::default()
-                            })
-                            .await
-                            .map(|_| ()),
-                        Some("input") => agent
-                            .send_input(pb::SendInputRequest {
-                                sandbox_id: id.clone(),
-                                pid,
-                                data: v["data"].as_str().unwrap_or_default().as_bytes().to_vec(),
-                                pty: true,
-                                ..Default::default()
-                            })
-                            .await
-                            .map(|_| ()),
+                        Some("resize") => {
+                            let (cols, rows) =
+                                (dimension(&v["cols"], 80), dimension(&v["rows"], 24));
+                            envd.resize(pid, cols, rows).await
+                        }
+                        Some("kill") => envd.signal(pid, true).await,
+                        Some("input") => {
+                            let data = v["data"].as_str().unwrap_or_default().as_bytes().to_vec();
+                            envd.send_input(pid, data, true).await
+                        }
                         _ => Ok(()),
                     }
                 }
@@ -331,7 +246,7 @@ async fn pty_session(agent: AgentClient, id: String, mut socket: WebSocket) {
                 _ => Ok(()),
             };
             if let Err(e) = r {
-                tracing::debug!("pty input: {e:?}");
+                tracing::debug!("pty input: {}", e.message);
             }
         }
     };
@@ -346,4 +261,31 @@ async fn pty_session(agent: AgentClient, id: String, mut socket: WebSocket) {
         }
         _ = &mut input => {}
     }
+}
+
+/// Starts a PTY process: its events, pid and tag, or why not.
+async fn start_pty(
+    envd: &Envd,
+    req: wrenn_protocol::envd::process::StartRequest,
+    tag: String,
+) -> Result<(Events, u32, String), String> {
+    let mut events = envd.start(req, None).await.map_err(|e| e.message)?;
+    let pid = events.pid().await.map_err(|e| envd.failed(e).message)?;
+    Ok((events, pid, tag))
+}
+
+/// Re-attaches to the PTY process tagged `tag`: its events from now on.
+async fn attach_pty(envd: &Envd, tag: String) -> Result<(Events, u32, String), String> {
+    let gone = || format!("no PTY session with tag '{tag}'; it may have exited");
+    let procs = envd.processes().await.map_err(|_| gone())?;
+    let Some(pid) = procs
+        .iter()
+        .find(|p| p.tag.as_deref() == Some(tag.as_str()))
+        .map(|p| p.pid)
+    else {
+        return Err(gone());
+    };
+    let mut events = envd.connect(pid).await.map_err(|e| e.message)?;
+    events.pid().await.map_err(|e| envd.failed(e).message)?; // its start event
+    Ok((events, pid, tag))
 }
