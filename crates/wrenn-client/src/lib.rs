@@ -1,11 +1,16 @@
 //! A client for Wrenn's REST API (`/v1/...`), as the `wrenn` CLI uses it.
 //!
+//! Every body is a type of [`types`] (`wrenn-api-types`), the same the
+//! server serializes and its OpenAPI document describes.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), wrenn_client::Error> {
+//! use wrenn_client::types::sandboxes::CreateSandbox;
 //! let c = wrenn_client::Client::new("http://127.0.0.1:8080", "wrn_...")?;
-//! let sb = c.create_sandbox(&serde_json::json!({ "template": "base" })).await?;
-//! let out = c.exec(sb["id"].as_str().unwrap(), "echo", &["hi"]).await?;
-//! println!("{}", out["stdout"]);
+//! let req = CreateSandbox { template: Some("base".into()), ..Default::default() };
+//! let sb = c.create_sandbox(&req).await?;
+//! let out = c.exec(&sb.id, "echo", &["hi"]).await?;
+//! println!("{}", out.stdout);
 //! # Ok(()) }
 //! ```
 
@@ -14,7 +19,14 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as Hyper;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde_json::Value;
+pub use wrenn_api_types as types;
+use wrenn_api_types::ErrorBody;
+use wrenn_api_types::files::{Entries, Entry, PathRequest, Written};
+use wrenn_api_types::hosts::{CreateHost, Host, NewHost, RegistrationToken, Tags};
+use wrenn_api_types::identity::{CreateKey, Key, Keys, NewKey};
+use wrenn_api_types::processes::{Exec, ExecOutput, ExecResult, Process, Processes};
+use wrenn_api_types::sandboxes::{CreateSandbox, Metrics, Sandbox};
+use wrenn_api_types::templates::{Template, TemplateDeleted};
 
 /// What can go wrong.
 #[derive(Debug, thiserror::Error)]
@@ -100,81 +112,112 @@ impl Client {
             .map_err(|e| Error::Invalid(e.to_string()))?
             .to_bytes();
         if status >= 400 {
-            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            return Err(Error::Api {
-                status,
-                code: v["error"]["code"].as_str().unwrap_or("unknown").to_string(),
-                message: v["error"]["message"]
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()),
-            });
+            return Err(api_error(status, &bytes, None));
         }
         Ok(bytes)
     }
 
-    async fn json(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, Error> {
+    /// Sends `body` (as JSON, when given) and reads the answer as `T`.
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl serde::Serialize>,
+    ) -> Result<T, Error> {
         let (ct, b) = match body {
-            Some(v) => (Some("application/json"), Bytes::from(v.to_string())),
+            Some(v) => (
+                Some("application/json"),
+                Bytes::from(serde_json::to_vec(v).map_err(|e| Error::Invalid(e.to_string()))?),
+            ),
             None => (None, Bytes::new()),
         };
         let bytes = self.send(method, path, ct, b).await?;
-        if bytes.is_empty() {
-            return Ok(Value::Null);
-        }
         serde_json::from_slice(&bytes)
             .map_err(|e| Error::Invalid(format!("unreadable answer from {path}: {e}")))
     }
 
-    /// POST /v1/sandboxes.
-    pub async fn create_sandbox(&self, req: &Value) -> Result<Value, Error> {
-        self.json("POST", "/v1/sandboxes", Some(req)).await
-    }
-
-    /// GET /v1/sandboxes.
-    pub async fn list_sandboxes(&self) -> Result<Vec<Value>, Error> {
-        Ok(self
-            .json("GET", "/v1/sandboxes", None)
-            .await?
-            .as_array()
-            .cloned()
-            .unwrap_or_default())
-    }
-
-    /// GET /v1/sandboxes/{id}.
-    pub async fn get_sandbox(&self, id: &str) -> Result<Value, Error> {
-        self.json("GET", &format!("/v1/sandboxes/{id}"), None).await
-    }
-
-    /// DELETE /v1/sandboxes/{id}.
-    pub async fn destroy_sandbox(&self, id: &str) -> Result<(), Error> {
-        self.json("DELETE", &format!("/v1/sandboxes/{id}"), None)
+    /// Sends a request whose answer has no body (204).
+    async fn call_empty(&self, method: &str, path: &str) -> Result<(), Error> {
+        self.send(method, path, None, Bytes::new())
             .await
             .map(|_| ())
     }
 
-    /// POST /v1/sandboxes/{id}/pause or /resume.
-    pub async fn set_paused(&self, id: &str, pause: bool) -> Result<Value, Error> {
-        self.json(
-            "POST",
-            &format!(
-                "/v1/sandboxes/{id}/{}",
-                if pause { "pause" } else { "resume" }
-            ),
-            None,
-        )
-        .await
+    /// `POST /v1/sandboxes`: a running sandbox.
+    pub async fn create_sandbox(&self, req: &CreateSandbox) -> Result<Sandbox, Error> {
+        self.call("POST", "/v1/sandboxes", Some(req)).await
     }
 
-    /// POST /v1/sandboxes/{id}/exec, in the foreground.
-    pub async fn exec(&self, id: &str, cmd: &str, args: &[&str]) -> Result<Value, Error> {
-        let body = serde_json::json!({ "cmd": cmd, "args": args });
-        self.json("POST", &format!("/v1/sandboxes/{id}/exec"), Some(&body))
-            .await
+    /// `GET /v1/sandboxes`: the team's sandboxes (all but stopped ones).
+    pub async fn list_sandboxes(&self) -> Result<Vec<Sandbox>, Error> {
+        self.call("GET", "/v1/sandboxes", NO_BODY).await
     }
 
-    /// Writes `data` to `path` in the sandbox.
-    pub async fn write_file(&self, id: &str, path: &str, data: Bytes) -> Result<(), Error> {
+    /// `GET /v1/sandboxes/{id}`, with its disk use while it runs.
+    pub async fn get_sandbox(&self, id: &str) -> Result<Sandbox, Error> {
+        let path = format!("/v1/sandboxes/{}", path_segment(id));
+        self.call("GET", &path, NO_BODY).await
+    }
+
+    /// `DELETE /v1/sandboxes/{id}`.
+    pub async fn destroy_sandbox(&self, id: &str) -> Result<(), Error> {
+        let path = format!("/v1/sandboxes/{}", path_segment(id));
+        self.call_empty("DELETE", &path).await
+    }
+
+    /// `POST /v1/sandboxes/{id}/pause` (`pause`) or `/resume`.
+    pub async fn set_paused(&self, id: &str, pause: bool) -> Result<Sandbox, Error> {
+        let action = if pause { "pause" } else { "resume" };
+        let path = format!("/v1/sandboxes/{}/{action}", path_segment(id));
+        self.call("POST", &path, NO_BODY).await
+    }
+
+    /// `GET /v1/sandboxes/{id}/metrics`.
+    pub async fn metrics(&self, id: &str) -> Result<Metrics, Error> {
+        let path = format!("/v1/sandboxes/{}/metrics", path_segment(id));
+        self.call("GET", &path, NO_BODY).await
+    }
+
+    /// `POST /v1/sandboxes/{id}/exec` of `cmd` with `args`, in the
+    /// foreground, with the server's defaults.
+    pub async fn exec(&self, id: &str, cmd: &str, args: &[&str]) -> Result<ExecOutput, Error> {
+        let req = Exec {
+            cmd: cmd.to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        };
+        match self.run(id, &req).await? {
+            ExecResult::Finished(out) => Ok(out),
+            ExecResult::Started(_) => Err(Error::Invalid(
+                "the server started the command in the background; use `run`".into(),
+            )),
+        }
+    }
+
+    /// `POST /v1/sandboxes/{id}/exec` as `req` says: its output, or (with
+    /// `background`) its pid.
+    pub async fn run(&self, id: &str, req: &Exec) -> Result<ExecResult, Error> {
+        let path = format!("/v1/sandboxes/{}/exec", path_segment(id));
+        self.call("POST", &path, Some(req)).await
+    }
+
+    /// `GET /v1/sandboxes/{id}/processes`.
+    pub async fn processes(&self, id: &str) -> Result<Vec<Process>, Error> {
+        let path = format!("/v1/sandboxes/{}/processes", path_segment(id));
+        Ok(self
+            .call::<Processes>("GET", &path, NO_BODY)
+            .await?
+            .processes)
+    }
+
+    /// `DELETE /v1/sandboxes/{id}/processes/{pid}`: SIGKILL.
+    pub async fn kill_process(&self, id: &str, pid: u32) -> Result<(), Error> {
+        let path = format!("/v1/sandboxes/{}/processes/{pid}", path_segment(id));
+        self.call_empty("DELETE", &path).await
+    }
+
+    /// Writes `data` to `path` in the sandbox (made with its parents).
+    pub async fn write_file(&self, id: &str, path: &str, data: Bytes) -> Result<Written, Error> {
         let boundary = format!(
             "wrenn{:016x}",
             std::time::SystemTime::now()
@@ -188,124 +231,118 @@ impl Client {
         body.extend_from_slice(&data);
         body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
         let ct = format!("multipart/form-data; boundary={boundary}");
-        self.send(
-            "POST",
-            &format!("/v1/sandboxes/{id}/files/write"),
-            Some(&ct),
-            Bytes::from(body),
-        )
-        .await
-        .map(|_| ())
+        let answer = self
+            .send(
+                "POST",
+                &format!("/v1/sandboxes/{}/files/write", path_segment(id)),
+                Some(&ct),
+                Bytes::from(body),
+            )
+            .await?;
+        serde_json::from_slice(&answer)
+            .map_err(|e| Error::Invalid(format!("unreadable answer from files/write: {e}")))
     }
 
     /// Reads `path` from the sandbox.
     pub async fn read_file(&self, id: &str, path: &str) -> Result<Bytes, Error> {
-        let body = serde_json::json!({ "path": path });
+        let body = PathRequest {
+            path: path.to_string(),
+            depth: None,
+        };
+        let body = serde_json::to_vec(&body).map_err(|e| Error::Invalid(e.to_string()))?;
         self.send(
             "POST",
-            &format!("/v1/sandboxes/{id}/files/read"),
+            &format!("/v1/sandboxes/{}/files/read", path_segment(id)),
             Some("application/json"),
-            Bytes::from(body.to_string()),
+            Bytes::from(body),
         )
         .await
     }
 
-    /// POST /v1/api-keys.
-    /// `format` is `wrenn` (`wrn_…`) or `e2b` (`e2b_…`).
-    pub async fn create_key(&self, name: &str, format: &str) -> Result<Value, Error> {
-        self.json(
-            "POST",
-            "/v1/api-keys",
-            Some(&serde_json::json!({ "name": name, "format": format })),
-        )
-        .await
-    }
-
-    /// GET /v1/api-keys.
-    pub async fn list_keys(&self) -> Result<Vec<Value>, Error> {
-        Ok(self.json("GET", "/v1/api-keys", None).await?["api_keys"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default())
-    }
-
-    /// DELETE /v1/api-keys/{id}.
-    pub async fn delete_key(&self, id: &str) -> Result<(), Error> {
-        self.json("DELETE", &format!("/v1/api-keys/{id}"), None)
-            .await
-            .map(|_| ())
-    }
-
-    /// POST /v1/hosts: a host record with its one-time registration token.
-    pub async fn create_host(
-        &self,
-        name: &str,
-        tags: &[String],
-        team_owned: bool,
-    ) -> Result<Value, Error> {
-        self.json(
-            "POST",
-            "/v1/hosts",
-            Some(&serde_json::json!({ "name": name, "tags": tags, "team_owned": team_owned })),
-        )
-        .await
-    }
-
-    /// GET /v1/hosts.
-    pub async fn list_hosts(&self) -> Result<Vec<Value>, Error> {
+    /// Lists the directory `path` to `depth` (1: its own entries).
+    pub async fn list_files(&self, id: &str, path: &str, depth: u32) -> Result<Vec<Entry>, Error> {
+        let body = PathRequest {
+            path: path.to_string(),
+            depth: Some(depth),
+        };
+        let path = format!("/v1/sandboxes/{}/files/list", path_segment(id));
         Ok(self
-            .json("GET", "/v1/hosts", None)
+            .call::<Entries>("POST", &path, Some(&body))
             .await?
-            .as_array()
-            .cloned()
-            .unwrap_or_default())
+            .entries)
     }
 
-    /// DELETE /v1/hosts/{id} (`force`: destroy its sandboxes first).
+    /// `POST /v1/api-keys`: a key, its secret shown this once.
+    /// `format` is `wrenn` (`wrn_…`) or `e2b` (`e2b_…`).
+    pub async fn create_key(&self, name: &str, format: &str) -> Result<NewKey, Error> {
+        let req = CreateKey {
+            name: Some(name.to_string()),
+            format: Some(format.to_string()),
+        };
+        self.call("POST", "/v1/api-keys", Some(&req)).await
+    }
+
+    /// `GET /v1/api-keys`.
+    pub async fn list_keys(&self) -> Result<Vec<Key>, Error> {
+        Ok(self
+            .call::<Keys>("GET", "/v1/api-keys", NO_BODY)
+            .await?
+            .api_keys)
+    }
+
+    /// `DELETE /v1/api-keys/{id}`.
+    pub async fn delete_key(&self, id: &str) -> Result<(), Error> {
+        self.call_empty("DELETE", &format!("/v1/api-keys/{}", path_segment(id)))
+            .await
+    }
+
+    /// `POST /v1/hosts`: a host record with its one-time registration token.
+    pub async fn create_host(&self, req: &CreateHost) -> Result<NewHost, Error> {
+        self.call("POST", "/v1/hosts", Some(req)).await
+    }
+
+    /// `GET /v1/hosts`.
+    pub async fn list_hosts(&self) -> Result<Vec<Host>, Error> {
+        self.call("GET", "/v1/hosts", NO_BODY).await
+    }
+
+    /// `DELETE /v1/hosts/{id}` (`force`: destroy its sandboxes first).
     pub async fn delete_host(&self, id: &str, force: bool) -> Result<(), Error> {
         let q = if force { "?force=true" } else { "" };
-        self.json("DELETE", &format!("/v1/hosts/{id}{q}"), None)
-            .await
-            .map(|_| ())
-    }
-
-    /// POST /v1/hosts/{id}/token: a new registration token.
-    pub async fn host_token(&self, id: &str) -> Result<Value, Error> {
-        self.json("POST", &format!("/v1/hosts/{id}/token"), None)
+        self.call_empty("DELETE", &format!("/v1/hosts/{}{q}", path_segment(id)))
             .await
     }
 
-    /// PUT /v1/hosts/{id}/tags.
-    pub async fn set_host_tags(&self, id: &str, tags: &[String]) -> Result<Value, Error> {
-        self.json(
-            "PUT",
-            &format!("/v1/hosts/{id}/tags"),
-            Some(&serde_json::json!({ "tags": tags })),
-        )
-        .await
+    /// `POST /v1/hosts/{id}/token`: a new registration token.
+    pub async fn host_token(&self, id: &str) -> Result<RegistrationToken, Error> {
+        let path = format!("/v1/hosts/{}/token", path_segment(id));
+        self.call("POST", &path, NO_BODY).await
     }
 
-    /// GET /v1/templates.
-    pub async fn list_templates(&self) -> Result<Vec<Value>, Error> {
-        Ok(self
-            .json("GET", "/v1/templates", None)
-            .await?
-            .as_array()
-            .cloned()
-            .unwrap_or_default())
+    /// `PUT /v1/hosts/{id}/tags`.
+    pub async fn set_host_tags(&self, id: &str, tags: &[String]) -> Result<Host, Error> {
+        let req = Tags {
+            tags: tags.to_vec(),
+        };
+        let path = format!("/v1/hosts/{}/tags", path_segment(id));
+        self.call("PUT", &path, Some(&req)).await
     }
 
-    /// DELETE /v1/templates/{name} (platform admins): removes a template
+    /// `GET /v1/templates`.
+    pub async fn list_templates(&self) -> Result<Vec<Template>, Error> {
+        self.call("GET", "/v1/templates", NO_BODY).await
+    }
+
+    /// `DELETE /v1/templates/{name}` (platform admins): removes a template
     /// from every online host; the answer lists the hosts.
-    pub async fn delete_template(&self, name: &str) -> Result<Value, Error> {
-        self.json(
-            "DELETE",
-            &format!("/v1/templates/{}", path_segment(name)),
-            None,
-        )
-        .await
+    pub async fn delete_template(&self, name: &str) -> Result<TemplateDeleted, Error> {
+        let path = format!("/v1/templates/{}", path_segment(name));
+        self.call("DELETE", &path, NO_BODY).await
     }
 }
+
+/// No request body.
+const NO_BODY: Option<&()> = None;
 
 /// A WebSocket to the API.
 pub type WebSocket =
@@ -331,18 +368,29 @@ impl Client {
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 let status = resp.status().as_u16();
                 let body = resp.body().clone().unwrap_or_default();
-                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                Err(Error::Api {
-                    status,
-                    code: v["error"]["code"].as_str().unwrap_or("unknown").to_string(),
-                    message: v["error"]["message"]
-                        .as_str()
-                        .unwrap_or("WebSocket refused")
-                        .to_string(),
-                })
+                Err(api_error(status, &body, Some("WebSocket refused")))
             }
             Err(e) => Err(Error::Invalid(format!("WebSocket to {path}: {e}"))),
         }
+    }
+}
+
+/// An error answer as [`Error::Api`]: the API's code and message, or
+/// (an answer not in its shape) `fallback`, else the body's text.
+fn api_error(status: u16, body: &[u8], fallback: Option<&str>) -> Error {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => Error::Api {
+            status,
+            code: b.error.code,
+            message: b.error.message,
+        },
+        Err(_) => Error::Api {
+            status,
+            code: "unknown".into(),
+            message: fallback
+                .map(str::to_string)
+                .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned()),
+        },
     }
 }
 

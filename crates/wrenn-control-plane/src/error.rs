@@ -82,7 +82,13 @@ impl ApiError {
     /// The response, without logging (for errors that are the caller's or
     /// a sandbox's business, such as a port nothing listens on).
     pub fn quiet_response(self) -> Response {
-        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+                sandbox_ids: None,
+            },
+        };
         let mut resp = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             resp.headers_mut()
@@ -138,21 +144,7 @@ impl From<connectrpc::ConnectError> for ApiError {
     }
 }
 
-/// The shape of every error body (for the OpenAPI document).
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    /// The error.
-    pub error: ErrorDetail,
-}
-
-/// Code and message of an error.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
-    /// Stable machine-readable code, e.g. `not_found`, `invalid_state`.
-    pub code: String,
-    /// What went wrong and what to do.
-    pub message: String,
-}
+pub use wrenn_api_types::{ErrorBody, ErrorDetail};
 
 /// Result of a handler.
 pub type ApiResult<T> = Result<T, ApiError>;

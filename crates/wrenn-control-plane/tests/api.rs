@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use serde_json::{Value, json};
+use wrenn_client::types::sandboxes::CreateSandbox;
 use wrenn_control_plane::api::{create_user_with_team, issue_key};
 use wrenn_control_plane::auth::KeyFormat;
 use wrenn_control_plane::store::{Host, Store, now};
@@ -207,17 +208,16 @@ async fn a_sandbox_lives_and_dies_through_rest() {
         return;
     };
     let c = client(&s);
-    let sb = c
-        .create_sandbox(&json!({ "metadata": { "k": "v" } }))
-        .await
-        .unwrap();
-    let id = sb["id"].as_str().unwrap().to_string();
-    assert_eq!(sb["status"], "running");
-    assert_eq!(sb["template"], "base");
-    assert_eq!(
-        (sb["vcpus"].as_i64(), sb["memory_mb"].as_i64()),
-        (Some(1), Some(512))
-    );
+    let req = CreateSandbox {
+        metadata: Some([("k".to_string(), "v".to_string())].into()),
+        ..Default::default()
+    };
+    let sb = c.create_sandbox(&req).await.unwrap();
+    let id = sb.id.clone();
+    assert_eq!(sb.status, "running");
+    assert_eq!(sb.template, "base");
+    assert_eq!(sb.metadata.get("k").map(String::as_str), Some("v"));
+    assert_eq!((sb.vcpus, sb.memory_mb), (1, 512));
     assert_eq!(s.runtime.list().len(), 1);
 
     // Commands and files reach the sandbox's envd through the agent.
@@ -225,14 +225,16 @@ async fn a_sandbox_lives_and_dies_through_rest() {
         .exec(&id, "/bin/sh", &["-c", "echo hi; echo err >&2; exit 3"])
         .await
         .unwrap();
-    assert_eq!(out["stdout"], "hi\n");
-    assert_eq!(out["stderr"], "err\n");
-    assert_eq!(out["exit_code"], 3);
+    assert_eq!(out.stdout, "hi\n");
+    assert_eq!(out.stderr, "err\n");
+    assert_eq!(out.exit_code, 3);
     let path = s.dir.join("sandboxes").join(&id).join("f.txt");
     let path = path.to_str().unwrap();
-    c.write_file(&id, path, bytes::Bytes::from_static(b"data"))
+    let w = c
+        .write_file(&id, path, bytes::Bytes::from_static(b"data"))
         .await
         .unwrap();
+    assert_eq!((w.path.as_str(), w.size), (path, 4));
     assert_eq!(&c.read_file(&id, path).await.unwrap()[..], b"data");
     let big = bytes::Bytes::from(vec![7u8; 3 << 20]);
     c.write_file(&id, path, big.clone()).await.unwrap();
@@ -264,17 +266,22 @@ async fn a_sandbox_lives_and_dies_through_rest() {
         .collect();
     names.sort();
     assert_eq!(names, vec!["d", "f.txt"]);
+    let typed = c
+        .list_files(&id, parent.to_str().unwrap(), 1)
+        .await
+        .unwrap();
+    assert!(typed.iter().any(|e| e.name == "d" && e.kind == "directory"));
     let (code, _) = post_raw(&s, &format!("{files}/remove"), &json!({ "path": dir })).await;
     assert_eq!(code, 204);
     assert!(!std::path::Path::new(dir).exists());
 
     // Pause: no exec; resume: exec again.
-    assert_eq!(c.set_paused(&id, true).await.unwrap()["status"], "paused");
+    assert_eq!(c.set_paused(&id, true).await.unwrap().status, "paused");
     let e = c.exec(&id, "/bin/true", &[]).await.unwrap_err();
     assert_eq!(status(&e), 409);
     assert_eq!(status(&c.set_paused(&id, true).await.unwrap_err()), 409);
-    assert_eq!(c.set_paused(&id, false).await.unwrap()["status"], "running");
-    assert_eq!(c.exec(&id, "/bin/true", &[]).await.unwrap()["exit_code"], 0);
+    assert_eq!(c.set_paused(&id, false).await.unwrap().status, "running");
+    assert_eq!(c.exec(&id, "/bin/true", &[]).await.unwrap().exit_code, 0);
 
     let list = c.list_sandboxes().await.unwrap();
     assert_eq!(list.len(), 1);
@@ -293,7 +300,7 @@ async fn a_sandbox_lives_and_dies_through_rest() {
     c.destroy_sandbox(&id).await.unwrap();
     assert!(s.runtime.list().is_empty());
     assert_eq!(status(&c.destroy_sandbox(&id).await.unwrap_err()), 404);
-    assert_eq!(c.get_sandbox(&id).await.unwrap()["status"], "stopped");
+    assert_eq!(c.get_sandbox(&id).await.unwrap().status, "stopped");
     assert!(c.list_sandboxes().await.unwrap().is_empty());
 }
 
@@ -306,10 +313,11 @@ async fn commands_are_bounded_timed_and_listed_through_rest() {
         return;
     };
     let c = client(&s);
-    let id = c.create_sandbox(&json!({})).await.unwrap()["id"]
-        .as_str()
+    let id = c
+        .create_sandbox(&CreateSandbox::default())
+        .await
         .unwrap()
-        .to_string();
+        .id;
     let exec = format!("/v1/sandboxes/{id}/exec");
     let sh = |script: &str| json!({ "cmd": "/bin/sh", "args": ["-c", script] });
 
@@ -389,17 +397,25 @@ async fn bad_creates_are_refused_by_both_apis_and_leave_nothing() {
         return;
     };
     let c = client(&s);
-    let many: serde_json::Map<String, Value> =
-        (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let many: std::collections::HashMap<String, String> = (0..65)
+        .map(|i| (format!("k{i}"), "v".to_string()))
+        .collect();
+    let with = |f: fn(&mut CreateSandbox)| {
+        let mut r = CreateSandbox::default();
+        f(&mut r);
+        r
+    };
+    let mut too_many = CreateSandbox::default();
+    too_many.metadata = Some(many.clone());
     for (req, needle) in [
-        (json!({ "vcpus": 0 }), "vcpus"),
-        (json!({ "memory_mb": 1 }), "memory_mb"),
-        (json!({ "metadata": many.clone() }), "metadata"),
-        (json!({ "template": "nope" }), "nope"),
-        (json!({ "memory_mb": 16384 }), "no host is that large"),
+        (with(|r| r.vcpus = Some(0)), "vcpus"),
+        (with(|r| r.memory_mb = Some(1)), "memory_mb"),
+        (too_many, "metadata"),
+        (with(|r| r.template = Some("nope".into())), "nope"),
+        (with(|r| r.memory_mb = Some(16384)), "no host is that large"),
     ] {
         let e = c.create_sandbox(&req).await.unwrap_err();
-        assert_eq!(status(&e), 400, "{req}: {e}");
+        assert_eq!(status(&e), 400, "{req:?}: {e}");
         assert!(e.to_string().contains(needle), "{e} !~ {needle}");
     }
     // The E2B create checks metadata as the native one does.
@@ -422,22 +438,23 @@ async fn bad_creates_are_refused_by_both_apis_and_leave_nothing() {
     );
     // A host that fails the create: recorded error, nothing on the host.
     s.runtime.fail_next_creates(1);
-    let e = c.create_sandbox(&json!({})).await.unwrap_err();
+    let e = c
+        .create_sandbox(&CreateSandbox::default())
+        .await
+        .unwrap_err();
     assert_eq!(status(&e), 500, "{e}");
     assert!(s.runtime.list().is_empty());
     // Nothing but the errored one is listed, and it can be destroyed.
     let listed = c.list_sandboxes().await.unwrap();
     assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0]["status"], "error");
-    c.destroy_sandbox(listed[0]["id"].as_str().unwrap())
-        .await
-        .unwrap();
+    assert_eq!(listed[0].status, "error");
+    c.destroy_sandbox(&listed[0].id).await.unwrap();
     assert!(c.list_sandboxes().await.unwrap().is_empty());
     // An E2B create works and defaults its timeout to E2B's 15 s.
     let (code, body) = post_raw(&s, "/sandboxes", &json!({ "templateID": "base" })).await;
     assert_eq!(code, 201, "{body}");
     let id = body["sandboxID"].as_str().unwrap();
-    assert_eq!(c.get_sandbox(id).await.unwrap()["timeout_sec"], 15);
+    assert_eq!(c.get_sandbox(id).await.unwrap().timeout_sec, 15);
     assert_eq!(body["envdVersion"], wrenn_protocol::envd::VERSION);
 }
 
@@ -452,8 +469,12 @@ async fn concurrent_creates_never_overcommit(backend: Backend) {
     let calls = (0..50).map(|_| {
         let c = c.clone();
         async move {
-            c.create_sandbox(&json!({ "memory_mb": 512, "timeout_sec": 0 }))
-                .await
+            let req = CreateSandbox {
+                memory_mb: Some(512),
+                timeout_sec: Some(0),
+                ..Default::default()
+            };
+            c.create_sandbox(&req).await
         }
     });
     let results = futures::future::join_all(calls).await;
@@ -469,7 +490,7 @@ async fn concurrent_creates_never_overcommit(backend: Backend) {
     let held = s.store.allocated_on("host-test").await.unwrap();
     assert_eq!((held.sandboxes, held.memory_mb), (4, 2048));
     for sb in c.list_sandboxes().await.unwrap() {
-        c.destroy_sandbox(sb["id"].as_str().unwrap()).await.unwrap();
+        c.destroy_sandbox(&sb.id).await.unwrap();
     }
     assert!(s.runtime.list().is_empty());
 }
@@ -517,7 +538,10 @@ async fn hosts_get_only_templates_they_reported() {
     assert_eq!(kinds, vec![("base", "base", ""), ("tools", "base", "")]);
     // Not on the host: refused by the control plane, naming the template.
     let e = c
-        .create_sandbox(&json!({ "template": "nope" }))
+        .create_sandbox(&CreateSandbox {
+            template: Some("nope".into()),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(status(&e), 400);
@@ -531,7 +555,7 @@ async fn hosts_get_only_templates_they_reported() {
         .await
         .unwrap()
         .iter()
-        .map(|t| t["name"].as_str().unwrap().to_string())
+        .map(|t| t.name.clone())
         .collect();
     assert_eq!(names, report);
     // Removed where it was: no longer reported, no longer placed there.
@@ -539,7 +563,10 @@ async fn hosts_get_only_templates_they_reported() {
     assert_eq!(code, 200, "{body}");
     let h = s.store.host("host-test").await.unwrap().unwrap();
     assert_eq!(h.templates, Some(vec!["tools".to_string()]));
-    let e = c.create_sandbox(&json!({})).await.unwrap_err();
+    let e = c
+        .create_sandbox(&CreateSandbox::default())
+        .await
+        .unwrap_err();
     assert_eq!(status(&e), 400, "{e}");
     assert!(
         e.to_string().contains("template 'base' is on no host"),

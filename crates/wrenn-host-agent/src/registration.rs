@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde::{Deserialize, Serialize};
+use wrenn_api_types::hosts as api;
 
 use crate::agent::Agent;
 use crate::runtime::{RunState, Runtime};
@@ -147,20 +148,22 @@ impl ControlPlane {
         }
     }
 
-    async fn post(
+    /// Posts `body` to `path` and reads the answer as `T`.
+    async fn post<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         bearer: Option<&str>,
-        body: serde_json::Value,
-    ) -> Result<serde_json::Value, RegistrationError> {
+        body: &impl Serialize,
+    ) -> Result<T, RegistrationError> {
         let failed = |e: String| RegistrationError::Failed(self.base.clone(), e);
         let mut req = http::Request::post(format!("{}{path}", self.base))
             .header("content-type", "application/json");
         if let Some(t) = bearer {
             req = req.header("authorization", format!("Bearer {t}"));
         }
+        let body = serde_json::to_vec(body).map_err(|e| failed(e.to_string()))?;
         let req = req
-            .body(Full::new(Bytes::from(body.to_string())))
+            .body(Full::new(Bytes::from(body)))
             .map_err(|e| failed(e.to_string()))?;
         let resp = tokio::time::timeout(Duration::from_secs(15), self.http.request(req))
             .await
@@ -173,35 +176,29 @@ impl ControlPlane {
             .await
             .map_err(|e| failed(e.to_string()))?
             .to_bytes();
-        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        let message = v["error"]["message"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| failed(format!("unexpected answer from {path}: {e}")));
+        }
+        let message = serde_json::from_slice::<wrenn_api_types::ErrorBody>(&bytes)
+            .map(|b| b.error.message)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
         match status.as_u16() {
-            200..=299 => Ok(v),
             401 | 403 => Err(RegistrationError::Refused(message)),
             404 => Err(RegistrationError::Gone(message)),
             _ => Err(failed(format!("{status}: {message}"))),
         }
     }
 
-    fn credentials(&self, v: &serde_json::Value) -> Result<Credentials, RegistrationError> {
-        let s = |k: &str| v[k].as_str().map(str::to_string);
-        let n = |k: &str| v[k].as_i64().unwrap_or(0);
-        match (s("host_id"), s("host_jwt"), s("refresh_token")) {
-            (Some(host_id), Some(host_jwt), Some(refresh_token)) => Ok(Credentials {
-                control_plane: self.base.clone(),
-                host_id,
-                host_jwt,
-                host_jwt_expires_at: n("host_jwt_expires_at"),
-                refresh_token,
-                refresh_expires_at: n("refresh_expires_at"),
-            }),
-            _ => Err(RegistrationError::Failed(
-                self.base.clone(),
-                format!("unexpected answer: {v}"),
-            )),
+    /// What the control plane answered, as this host keeps it.
+    fn credentials(&self, c: api::Credentials) -> Credentials {
+        Credentials {
+            control_plane: self.base.clone(),
+            host_id: c.host_id,
+            host_jwt: c.host_jwt,
+            host_jwt_expires_at: c.host_jwt_expires_at,
+            refresh_token: c.refresh_token,
+            refresh_expires_at: c.refresh_expires_at,
         }
     }
 
@@ -214,36 +211,28 @@ impl ControlPlane {
         specs: &Specs,
         report: &Report,
     ) -> Result<Credentials, RegistrationError> {
-        let v = self
-            .post(
-                "/v1/hosts/register",
-                None,
-                serde_json::json!({
-                    "token": token,
-                    "address": address,
-                    "agent_token": agent_token,
-                    "arch": specs.arch,
-                    "cpu_count": specs.cpu_count,
-                    "memory_mb": specs.memory_mb,
-                    "disk_mb": specs.disk_mb,
-                    "runtime": report.runtime,
-                    "templates": report.templates,
-                }),
-            )
-            .await?;
-        self.credentials(&v)
+        let req = api::Register {
+            token: token.to_string(),
+            address: address.to_string(),
+            agent_token: agent_token.to_string(),
+            arch: specs.arch.clone(),
+            cpu_count: specs.cpu_count,
+            memory_mb: specs.memory_mb,
+            disk_mb: specs.disk_mb,
+            runtime: Some(report.runtime.clone()),
+            templates: Some(report.templates.clone()),
+        };
+        let c = self.post("/v1/hosts/register", None, &req).await?;
+        Ok(self.credentials(c))
     }
 
     /// Trades the refresh token for new credentials.
     pub async fn refresh(&self, c: &Credentials) -> Result<Credentials, RegistrationError> {
-        let v = self
-            .post(
-                "/v1/hosts/refresh",
-                None,
-                serde_json::json!({ "refresh_token": c.refresh_token }),
-            )
-            .await?;
-        self.credentials(&v)
+        let req = api::Refresh {
+            refresh_token: c.refresh_token.clone(),
+        };
+        let c = self.post("/v1/hosts/refresh", None, &req).await?;
+        Ok(self.credentials(c))
     }
 
     /// One heartbeat.
@@ -252,13 +241,13 @@ impl ControlPlane {
         c: &Credentials,
         report: &Report,
     ) -> Result<(), RegistrationError> {
-        self.post(
-            "/v1/hosts/heartbeat",
-            Some(&c.host_jwt),
-            serde_json::json!({ "runtime": report.runtime, "templates": report.templates }),
-        )
-        .await
-        .map(|_| ())
+        let req = api::Heartbeat {
+            runtime: Some(report.runtime.clone()),
+            templates: Some(report.templates.clone()),
+        };
+        self.post::<api::Seen>("/v1/hosts/heartbeat", Some(&c.host_jwt), &req)
+            .await
+            .map(|_| ())
     }
 }
 

@@ -208,28 +208,32 @@ pub fn host(conn: Conn, cmd: HostCommand) -> anyhow::Result<()> {
     let c = conn.client()?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let token_hint = |h: &Value| {
-            println!("{}", h["registration_token"].as_str().unwrap_or_default());
+        let token_hint = |token: &str| {
+            println!("{token}");
             eprintln!(
-                "On the host (within the hour):\n  wrenn agent --listen <its address>:7070 --control-plane {} --register {}",
+                "On the host (within the hour):\n  wrenn agent --listen <its address>:7070 --control-plane {} --register {token}",
                 conn.base_url(),
-                h["registration_token"].as_str().unwrap_or_default()
             );
         };
         match cmd {
             HostCommand::Create { name, tags, team } => {
-                let h = c.create_host(&name, &tags, team).await?;
+                let req = wrenn_client::types::hosts::CreateHost {
+                    name: Some(name),
+                    tags,
+                    team_owned: team,
+                };
+                let h = c.create_host(&req).await?;
                 if conn.json {
                     print_json(&h)
                 } else {
-                    eprintln!("host {}", h["id"].as_str().unwrap_or_default());
-                    token_hint(&h);
+                    eprintln!("host {}", h.host.id);
+                    token_hint(&h.registration_token);
                 }
             }
             HostCommand::Ls => {
                 let hosts = c.list_hosts().await?;
                 if conn.json {
-                    print_json(&Value::Array(hosts));
+                    print_json(&hosts);
                 } else {
                     let mut t = Table::new(&[
                         ("ID", Align::Left),
@@ -242,19 +246,15 @@ pub fn host(conn: Conn, cmd: HostCommand) -> anyhow::Result<()> {
                         ("TAGS", Align::Left),
                     ]);
                     for h in hosts {
-                        let tags: Vec<&str> = h["tags"]
-                            .as_array()
-                            .map(|t| t.iter().filter_map(Value::as_str).collect())
-                            .unwrap_or_default();
                         t.row([
-                            text(&h["id"]),
-                            text(&h["name"]),
-                            text(&h["status"]),
-                            text(&h["address"]),
-                            h["cpu_count"].as_i64().unwrap_or(0).to_string(),
-                            h["memory_mb"].as_i64().unwrap_or(0).to_string(),
-                            h["sandboxes"].as_i64().unwrap_or(0).to_string(),
-                            tags.join(","),
+                            h.id,
+                            h.name,
+                            h.status,
+                            h.address,
+                            h.cpu_count.to_string(),
+                            h.memory_mb.to_string(),
+                            h.sandboxes.to_string(),
+                            h.tags.join(","),
                         ]);
                     }
                     t.print();
@@ -265,7 +265,7 @@ pub fn host(conn: Conn, cmd: HostCommand) -> anyhow::Result<()> {
                 if conn.json {
                     print_json(&h)
                 } else {
-                    token_hint(&h);
+                    token_hint(&h.registration_token);
                 }
             }
             HostCommand::Tag { id, tags } => {
@@ -280,13 +280,12 @@ pub fn host(conn: Conn, cmd: HostCommand) -> anyhow::Result<()> {
     })
 }
 
-/// A JSON string field as text ("" when absent or not a string).
-fn text(v: &Value) -> String {
-    v.as_str().unwrap_or_default().to_string()
-}
-
-fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).expect("json prints"));
+/// Prints an answer as the API gave it (`--json`).
+fn print_json(v: &impl serde::Serialize) {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("wrenn: the answer does not print as JSON: {e}"),
+    }
 }
 
 fn split_remote(s: &str) -> Option<(&str, &str)> {
@@ -317,20 +316,34 @@ pub fn sandbox(conn: Conn, cmd: SandboxCommand) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         match cmd {
-            SandboxCommand::Create { template, vcpus, memory_mb, disk_size_mb, timeout_sec, no_internet } => {
-                let mut req = serde_json::json!({ "template": template, "allow_internet_access": !no_internet });
-                for (k, v) in [("vcpus", vcpus), ("memory_mb", memory_mb), ("disk_size_mb", disk_size_mb), ("timeout_sec", timeout_sec)] {
-                    if let Some(v) = v {
-                        req[k] = v.into();
-                    }
-                }
+            SandboxCommand::Create {
+                template,
+                vcpus,
+                memory_mb,
+                disk_size_mb,
+                timeout_sec,
+                no_internet,
+            } => {
+                let req = wrenn_client::types::sandboxes::CreateSandbox {
+                    template: Some(template),
+                    vcpus,
+                    memory_mb,
+                    disk_size_mb,
+                    timeout_sec,
+                    allow_internet_access: Some(!no_internet),
+                    ..Default::default()
+                };
                 let sb = c.create_sandbox(&req).await?;
-                if conn.json { print_json(&sb) } else { println!("{}", sb["id"].as_str().unwrap_or_default()) }
+                if conn.json {
+                    print_json(&sb)
+                } else {
+                    println!("{}", sb.id)
+                }
             }
             SandboxCommand::Ls => {
                 let list = c.list_sandboxes().await?;
                 if conn.json {
-                    print_json(&Value::Array(list));
+                    print_json(&list);
                 } else {
                     let mut t = Table::new(&[
                         ("ID", Align::Left),
@@ -342,12 +355,12 @@ pub fn sandbox(conn: Conn, cmd: SandboxCommand) -> anyhow::Result<()> {
                     ]);
                     for s in list {
                         t.row([
-                            text(&s["id"]),
-                            text(&s["status"]),
-                            text(&s["template"]),
-                            s["vcpus"].to_string(),
-                            s["memory_mb"].to_string(),
-                            text(&s["created_at"]),
+                            s.id,
+                            s.status,
+                            s.template,
+                            s.vcpus.to_string(),
+                            s.memory_mb.to_string(),
+                            s.created_at.unwrap_or_default(),
                         ]);
                     }
                     t.print();
@@ -371,21 +384,22 @@ pub fn sandbox(conn: Conn, cmd: SandboxCommand) -> anyhow::Result<()> {
                     print_json(&out);
                     return Ok(());
                 }
-                let decode = |v: &Value| -> Vec<u8> {
-                    let s = v.as_str().unwrap_or_default();
-                    if out["encoding"] == "base64" {
+                let decode = |s: &str| -> Vec<u8> {
+                    if out.encoding == "base64" {
                         use base64::Engine as _;
-                        base64::engine::general_purpose::STANDARD.decode(s).unwrap_or_default()
+                        base64::engine::general_purpose::STANDARD
+                            .decode(s)
+                            .unwrap_or_default()
                     } else {
                         s.as_bytes().to_vec()
                     }
                 };
                 use std::io::Write;
-                std::io::stdout().write_all(&decode(&out["stdout"]))?;
-                std::io::stderr().write_all(&decode(&out["stderr"]))?;
-                let code = out["exit_code"].as_i64().unwrap_or(1);
+                std::io::stdout().write_all(&decode(&out.stdout))?;
+                std::io::stderr().write_all(&decode(&out.stderr))?;
+                let code = out.exit_code;
                 if code != 0 {
-                    std::process::exit(if (0..=255).contains(&code) { code as i32 } else { 1 });
+                    std::process::exit(if (0..=255).contains(&code) { code } else { 1 });
                 }
             }
             SandboxCommand::Cp { src, dst } => match (split_remote(&src), split_remote(&dst)) {
@@ -397,7 +411,9 @@ pub fn sandbox(conn: Conn, cmd: SandboxCommand) -> anyhow::Result<()> {
                     let data = c.read_file(id, path).await?;
                     std::fs::write(&dst, &data).with_context(|| format!("writing {dst}"))?;
                 }
-                _ => anyhow::bail!("one side of cp must be ID:/path in a sandbox and the other a local file"),
+                _ => anyhow::bail!(
+                    "one side of cp must be ID:/path in a sandbox and the other a local file"
+                ),
             },
             SandboxCommand::Pause { id } => {
                 c.set_paused(&id, true).await?;
@@ -437,13 +453,13 @@ pub fn key(conn: Conn, cmd: KeyCommand) -> anyhow::Result<()> {
                 if conn.json {
                     print_json(&k)
                 } else {
-                    println!("{}", k["key"].as_str().unwrap_or_default())
+                    println!("{}", k.key)
                 }
             }
             KeyCommand::Ls => {
                 let keys = c.list_keys().await?;
                 if conn.json {
-                    print_json(&Value::Array(keys));
+                    print_json(&keys);
                 } else {
                     let mut t = Table::new(&[
                         ("ID", Align::Left),
@@ -453,10 +469,10 @@ pub fn key(conn: Conn, cmd: KeyCommand) -> anyhow::Result<()> {
                     ]);
                     for k in keys {
                         t.row([
-                            text(&k["id"]),
-                            text(&k["name"]),
-                            format!("{}…{}", text(&k["prefix"]), text(&k["last4"])),
-                            k["last_used_at"].as_str().unwrap_or("never").to_string(),
+                            k.id,
+                            k.name,
+                            format!("{}…{}", k.prefix, k.last4),
+                            k.last_used_at.unwrap_or_else(|| "never".into()),
                         ]);
                     }
                     t.print();
@@ -640,16 +656,12 @@ pub fn list_templates(conn: Conn) -> anyhow::Result<()> {
         .block_on(c.list_templates())
         .with_context(|| format!("listing the templates of {}", conn.base_url()))?;
     if conn.json {
-        print_json(&Value::Array(list));
+        print_json(&list);
         return Ok(());
     }
     let mut t = Table::new(&[("NAME", Align::Left), ("HOSTS", Align::Left)]);
     for tpl in list {
-        let hosts: Vec<&str> = tpl["hosts"]
-            .as_array()
-            .map(|h| h.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        t.row([text(&tpl["name"]), hosts.join(",")]);
+        t.row([tpl.name, tpl.hosts.join(",")]);
     }
     t.print();
     Ok(())
@@ -666,20 +678,16 @@ pub fn remove_template(conn: Conn, name: &str) -> anyhow::Result<()> {
         print_json(&r);
         return Ok(());
     }
-    let on: Vec<&str> = r["deleted_on"]
-        .as_array()
-        .map(|h| h.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    println!("removed template {name} from {}", on.join(", "));
-    if let Some(failed) = r["failed"].as_array().filter(|f| !f.is_empty()) {
-        for f in failed {
+    println!("removed template {name} from {}", r.deleted_on.join(", "));
+    if !r.failed.is_empty() {
+        for f in &r.failed {
             eprintln!(
                 "not removed from host {}: {}",
-                text(&f["host_id"]),
-                text(&f["message"])
+                f.host_id,
+                f.message.as_deref().unwrap_or("no reason given")
             );
         }
-        anyhow::bail!("template '{name}' is still on {} hosts", failed.len());
+        anyhow::bail!("template '{name}' is still on {} hosts", r.failed.len());
     }
     Ok(())
 }

@@ -315,9 +315,27 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
         );
     }
     let overcommit = args.overcommit.get(UP_OVERCOMMIT)?;
-    // The namespace runtime is the one there is; a second one (a VM) makes
-    // what follows a match on `args.runtime`, as `wrenn agent` has.
-    let crate::agent::RuntimeKind::Namespaces = args.runtime;
+    match args.runtime {
+        crate::agent::RuntimeKind::Namespaces => {
+            let (runtime_cfg, api_listener) = prepare_namespaces(data_dir, &args)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async move {
+                let runtime = NamespaceRuntime::new(runtime_cfg)
+                    .context("setting up the namespace runtime")?;
+                up(data_dir, args, overcommit, api_listener, runtime).await
+            })
+        }
+    }
+}
+
+/// What `wrenn up` does before the namespace runtime starts: the lock that
+/// keeps a second instance off this host's sandboxes (taken before anything
+/// is touched), the API's listener, the host packages, and the `base`
+/// template (built when missing).
+fn prepare_namespaces(
+    data_dir: &Path,
+    args: &UpArgs,
+) -> anyhow::Result<(Config, std::net::TcpListener)> {
     let mut runtime_cfg = Config::new(data_dir.to_path_buf());
     if let Some(e) = &args.envd {
         runtime_cfg.envd_binary = e.clone();
@@ -349,25 +367,44 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
         );
         crate::template::build_base(&templates, &args.mirror)?;
     }
+    Ok((runtime_cfg, api_listener))
+}
+
+/// `wrenn up` with `runtime`: the store, this host's agent on a loopback
+/// port, its host row, the admin and its key, the API until a signal; then
+/// every sandbox destroyed. Nothing here knows which runtime it is.
+async fn up<R: Runtime + wrenn_host_agent::service::TemplateList>(
+    data_dir: &Path,
+    args: UpArgs,
+    overcommit: wrenn_control_plane::hosts::Overcommit,
+    api_listener: std::net::TcpListener,
+    runtime: std::sync::Arc<R>,
+) -> anyhow::Result<()> {
     let url = database_url(data_dir, args.database_url);
     let secret = secret_file(&data_dir.join("jwt.secret"), 32)?;
     let agent_token = secret_file(&data_dir.join("agent.token"), 24)?;
     let config_file = config_path(args.config);
     let listen = args.listen;
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async move {
-        let store = Store::connect(&url).await.with_context(|| format!("opening the database {}", redact(&url)))?;
+    {
+        let store = Store::connect(&url)
+            .await
+            .with_context(|| format!("opening the database {}", redact(&url)))?;
         // The host agent, in this process, on a loopback port of its own.
-        let runtime = NamespaceRuntime::new(runtime_cfg).context("setting up the namespace runtime")?;
-        let agent = Agent::new(runtime.clone(), data_dir.join("agent")).context("creating the agent's state directory")?;
+        let agent = Agent::new(runtime.clone(), data_dir.join("agent"))
+            .context("creating the agent's state directory")?;
         let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
         let agent_addr = probe.local_addr()?;
         drop(probe);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut rx = stop_rx.clone();
-        let agent_task = tokio::spawn(wrenn_host_agent::server::serve(agent.clone(), agent_addr, agent_token.clone(), async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }));
+        let agent_task = tokio::spawn(wrenn_host_agent::server::serve(
+            agent.clone(),
+            agent_addr,
+            agent_token.clone(),
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        ));
         while tokio::net::TcpStream::connect(agent_addr).await.is_err() {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
@@ -404,16 +441,24 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
         let key_ref = if stdout_is_terminal() {
             key.clone()
         } else {
-            format!("\"$(cat '{}')\"", key_file.display().to_string().replace('\'', "'\\''"))
+            format!(
+                "\"$(cat '{}')\"",
+                key_file.display().to_string().replace('\'', "'\\''")
+            )
         };
         let base = format!("http://{listen}");
         // The API listener is bound (above): what follows works as printed.
         println!("\nWrenn is up at {base} (Ctrl-C stops it and destroys its sandboxes).\n");
-        println!("The CLI is logged in ({}). For curl, the SDKs and scripts, paste:\n", config_file.display());
+        println!(
+            "The CLI is logged in ({}). For curl, the SDKs and scripts, paste:\n",
+            config_file.display()
+        );
         println!("  export WRENN_BASE_URL={base} WRENN_API_KEY={key_ref}");
         println!("  export E2B_API_URL={base} E2B_SANDBOX_URL={base} E2B_API_KEY={key_ref}\n");
         println!("Then, for example:\n");
-        println!("  curl -s -X POST \"$WRENN_BASE_URL/v1/sandboxes\" -H \"X-API-Key: $WRENN_API_KEY\" -H 'Content-Type: application/json' -d '{{\"template\":\"base\"}}'");
+        println!(
+            "  curl -s -X POST \"$WRENN_BASE_URL/v1/sandboxes\" -H \"X-API-Key: $WRENN_API_KEY\" -H 'Content-Type: application/json' -d '{{\"template\":\"base\"}}'"
+        );
         println!("  wrenn sandbox create && wrenn sandbox ls\n");
         println!("A sandbox's port is at http://<port>-<sandbox id>.{domain}/ (with X-API-Key).");
         println!("(`wrenn key create --e2b` makes an e2b_… key, which E2B's JS SDK wants.)\n");
@@ -441,14 +486,18 @@ pub fn run_up(data_dir: &Path, args: UpArgs) -> anyhow::Result<()> {
             })
             .await;
         runtime.settle().await;
-        for mut s in store.sandboxes_on_host(wrenn_control_plane::hosts::LOCAL_HOST_ID).await.unwrap_or_default() {
+        for mut s in store
+            .sandboxes_on_host(wrenn_control_plane::hosts::LOCAL_HOST_ID)
+            .await
+            .unwrap_or_default()
+        {
             s.state = wrenn_control_plane::sandboxes::SandboxState::Stopped;
             let _ = store.update_sandbox(&s).await;
         }
         let _ = stop_tx.send(true);
         let _ = agent_task.await;
         served.with_context(|| format!("serving on {listen}"))
-    })
+    }
 }
 
 /// Installs, with apt-get, the Debian packages the namespace runtime calls

@@ -13,7 +13,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use wrenn_api_types::ErrorDetail;
+use wrenn_api_types::hosts::{
+    CreateHost, Credentials, Heartbeat, Host as HostView, NewHost, Refresh, Register,
+    RegistrationToken, Seen, Tags,
+};
 use wrenn_protocol::hostagent::v1 as pb;
 
 use super::{ApiJson, OptionalJson, rfc3339};
@@ -42,23 +46,24 @@ pub(super) fn routes() -> axum::Router<App> {
         .route("/{id}/token", post(regenerate))
 }
 
-fn host_json(h: &Host, sandboxes: i64) -> Value {
-    json!({
-        "id": h.id,
-        "name": h.name,
-        "address": h.address,
-        "status": h.status,
-        "kind": h.kind,
-        "team_id": (!h.team_id.is_empty()).then_some(&h.team_id),
-        "tags": h.tags,
-        "arch": h.arch,
-        "cpu_count": h.cpu_count,
-        "memory_mb": h.memory_mb,
-        "disk_mb": h.disk_mb,
-        "sandboxes": sandboxes,
-        "created_at": rfc3339(h.created_at),
-        "last_seen_at": rfc3339(h.last_seen_at),
-    })
+/// The view of a stored host with `sandboxes` live on it.
+fn host_view(h: &Host, sandboxes: i64) -> HostView {
+    HostView {
+        id: h.id.clone(),
+        name: h.name.clone(),
+        address: h.address.clone(),
+        status: h.status.to_string(),
+        kind: h.kind.clone(),
+        team_id: (!h.team_id.is_empty()).then(|| h.team_id.clone()),
+        tags: h.tags.clone(),
+        arch: h.arch.clone(),
+        cpu_count: h.cpu_count,
+        memory_mb: h.memory_mb,
+        disk_mb: h.disk_mb,
+        sandboxes,
+        created_at: rfc3339(h.created_at),
+        last_seen_at: rfc3339(h.last_seen_at),
+    }
 }
 
 /// Platform admins manage every host; team owners and admins their team's.
@@ -85,24 +90,13 @@ async fn new_registration_token(app: &App, host_id: &str) -> ApiResult<(String, 
     Ok((token, expires))
 }
 
-#[derive(utoipa::ToSchema, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CreateHostReq {
-    name: Option<String>,
-    #[serde(default)]
-    tags: Vec<String>,
-    /// The caller's team's own host (else a shared one: platform admins).
-    #[serde(default)]
-    team_owned: bool,
-}
-
-#[utoipa::path(post, path = "/v1/hosts", tag = "hosts", request_body(content = CreateHostReq, description = "All fields optional"), responses((status = 201, description = "The host, with `registration_token` (one use, 1 hour)"), (status = 403, description = "Shared hosts: platform admins only", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/hosts", tag = "hosts", request_body(content = CreateHost, description = "All fields optional"), responses((status = 201, description = "The host, with `registration_token` (one use, 1 hour)", body = NewHost), (status = 403, description = "Shared hosts: platform admins only", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 /// POST /v1/hosts: a host record and its one-time registration token.
 pub(super) async fn create(
     State(app): State<App>,
     caller: Caller,
-    OptionalJson(r): OptionalJson<CreateHostReq>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+    OptionalJson(r): OptionalJson<CreateHost>,
+) -> ApiResult<(StatusCode, Json<NewHost>)> {
     if r.team_owned {
         caller.require_team_admin()?;
     } else if !caller.is_admin {
@@ -130,78 +124,76 @@ pub(super) async fn create(
     app.store
         .audit(&caller.team_id, &caller.actor, "host.create", &h.id)
         .await?;
-    let mut v = host_json(&h, 0);
-    v["registration_token"] = json!(token);
-    v["registration_expires_at"] = json!(rfc3339(expires));
-    Ok((StatusCode::CREATED, Json(v)))
+    Ok((
+        StatusCode::CREATED,
+        Json(NewHost {
+            host: host_view(&h, 0),
+            registration_token: token,
+            registration_expires_at: rfc3339(expires),
+        }),
+    ))
 }
 
-#[utoipa::path(get, path = "/v1/hosts", tag = "hosts", responses((status = 200, description = "Every host (platform admins) or the team's own")), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/hosts", tag = "hosts", responses((status = 200, description = "Every host (platform admins) or the team's own", body = [HostView])), security(("api_key" = []), ("bearer" = [])))]
 /// GET /v1/hosts: every host for platform admins, else the team's own.
-pub(super) async fn list(State(app): State<App>, caller: Caller) -> ApiResult<Json<Value>> {
+pub(super) async fn list(State(app): State<App>, caller: Caller) -> ApiResult<Json<Vec<HostView>>> {
     let alloc = app.store.allocations().await?;
-    let hosts: Vec<Value> = app
+    let hosts = app
         .store
         .hosts()
         .await?
         .iter()
         .filter(|h| caller.is_admin || (!h.team_id.is_empty() && h.team_id == caller.team_id))
-        .map(|h| host_json(h, alloc.get(&h.id).map_or(0, |a| a.sandboxes)))
+        .map(|h| host_view(h, alloc.get(&h.id).map_or(0, |a| a.sandboxes)))
         .collect();
-    Ok(Json(Value::Array(hosts)))
+    Ok(Json(hosts))
 }
 
-#[utoipa::path(get, path = "/v1/hosts/{id}", tag = "hosts", params(("id" = String, Path, description = "Host id")), responses((status = 200, description = "The host"), (status = 404, description = "No such host you manage", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/hosts/{id}", tag = "hosts", params(("id" = String, Path, description = "Host id")), responses((status = 200, description = "The host", body = HostView), (status = 404, description = "No such host you manage", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 /// GET /v1/hosts/{id}.
 pub(super) async fn get_one(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<HostView>> {
     let h = managed(&app, &caller, &id).await?;
     let n = app.store.allocated_on(&h.id).await?.sandboxes;
-    Ok(Json(host_json(&h, n)))
+    Ok(Json(host_view(&h, n)))
 }
 
-#[derive(utoipa::ToSchema, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct TagsReq {
-    tags: Vec<String>,
-}
-
-#[utoipa::path(put, path = "/v1/hosts/{id}/tags", tag = "hosts", params(("id" = String, Path, description = "Host id")), request_body = TagsReq, responses((status = 200, description = "The host with its tags"), (status = 400, description = "Bad tag", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(put, path = "/v1/hosts/{id}/tags", tag = "hosts", params(("id" = String, Path, description = "Host id")), request_body = Tags, responses((status = 200, description = "The host with its tags", body = HostView), (status = 400, description = "Bad tag", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 /// PUT /v1/hosts/{id}/tags.
 pub(super) async fn set_tags(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
-    ApiJson(r): ApiJson<TagsReq>,
-) -> ApiResult<Json<Value>> {
+    ApiJson(r): ApiJson<Tags>,
+) -> ApiResult<Json<HostView>> {
     let mut h = managed(&app, &caller, &id).await?;
     check_tags("tags", &r.tags)?;
     h.tags = r.tags;
     app.store.update_host(&h).await?;
     let n = app.store.allocated_on(&h.id).await?.sandboxes;
-    Ok(Json(host_json(&h, n)))
+    Ok(Json(host_view(&h, n)))
 }
 
-#[utoipa::path(post, path = "/v1/hosts/{id}/token", tag = "hosts", params(("id" = String, Path, description = "Host id")), responses((status = 200, description = "A new `registration_token`; the old one is dead")), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/hosts/{id}/token", tag = "hosts", params(("id" = String, Path, description = "Host id")), responses((status = 200, description = "A new `registration_token`; the old one is dead", body = RegistrationToken)), security(("api_key" = []), ("bearer" = [])))]
 /// POST /v1/hosts/{id}/token: a new registration token (the old one dies).
 pub(super) async fn regenerate(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<RegistrationToken>> {
     let h = managed(&app, &caller, &id).await?;
     let (token, expires) = new_registration_token(&app, &h.id).await?;
     app.store
         .audit(&caller.team_id, &caller.actor, "host.token", &h.id)
         .await?;
-    Ok(Json(json!({
-        "id": h.id,
-        "registration_token": token,
-        "registration_expires_at": rfc3339(expires),
-    })))
+    Ok(Json(RegistrationToken {
+        id: h.id,
+        registration_token: token,
+        registration_expires_at: rfc3339(expires),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -231,12 +223,17 @@ pub(super) async fn delete(
     }
     let live = app.store.sandboxes_on_host(&h.id).await?;
     if !live.is_empty() && !q.force {
-        let ids: Vec<&str> = live.iter().map(|s| s.id.as_str()).collect();
-        let body = json!({ "error": {
-            "code": "host_has_sandboxes",
-            "message": format!("host {id} has {} live sandboxes; destroy them first or delete with ?force=true", ids.len()),
-            "sandbox_ids": ids,
-        }});
+        let ids: Vec<String> = live.iter().map(|s| s.id.clone()).collect();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: "host_has_sandboxes".into(),
+                message: format!(
+                    "host {id} has {} live sandboxes; destroy them first or delete with ?force=true",
+                    ids.len()
+                ),
+                sandbox_ids: Some(ids),
+            },
+        };
         return Ok((StatusCode::CONFLICT, Json(body)).into_response());
     }
     for s in live {
@@ -267,31 +264,6 @@ pub(super) async fn delete(
 
 // ---- the agent's side
 
-#[derive(utoipa::ToSchema, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RegisterReq {
-    /// The registration token.
-    token: String,
-    /// Where the control plane reaches the agent, host:port.
-    address: String,
-    /// The token the agent requires on its API.
-    agent_token: String,
-    #[serde(default)]
-    arch: String,
-    #[serde(default)]
-    cpu_count: i64,
-    #[serde(default)]
-    memory_mb: i64,
-    #[serde(default)]
-    disk_mb: i64,
-    /// The runtime the agent runs sandboxes with.
-    #[serde(default)]
-    runtime: Option<String>,
-    /// The templates it has.
-    #[serde(default)]
-    templates: Option<Vec<String>>,
-}
-
 /// What an agent may report of itself: a runtime name and its templates,
 /// within bounds (a host is not trusted with unbounded rows).
 fn check_report(runtime: &str, templates: &[String]) -> ApiResult<()> {
@@ -305,7 +277,7 @@ fn check_report(runtime: &str, templates: &[String]) -> ApiResult<()> {
 }
 
 /// A fresh host JWT and refresh token (stored hashed).
-async fn credentials(app: &App, host_id: &str) -> ApiResult<Value> {
+async fn credentials(app: &App, host_id: &str) -> ApiResult<Credentials> {
     let (jwt, jwt_expires) = app.jwt.issue_host(host_id);
     let refresh = format!("wrr_{}", ids::hex(32));
     let t = HostToken {
@@ -317,23 +289,23 @@ async fn credentials(app: &App, host_id: &str) -> ApiResult<Value> {
     app.store
         .insert_host_token(&t, &sha256_hex(&refresh))
         .await?;
-    Ok(json!({
-        "host_id": host_id,
-        "host_jwt": jwt,
-        "host_jwt_expires_at": jwt_expires,
-        "refresh_token": refresh,
-        "refresh_expires_at": t.expires_at,
-        "heartbeat_interval_sec": app.heartbeat_interval.as_secs(),
-    }))
+    Ok(Credentials {
+        host_id: host_id.to_string(),
+        host_jwt: jwt,
+        host_jwt_expires_at: jwt_expires,
+        refresh_token: refresh,
+        refresh_expires_at: t.expires_at,
+        heartbeat_interval_sec: app.heartbeat_interval.as_secs(),
+    })
 }
 
-#[utoipa::path(post, path = "/v1/hosts/register", tag = "hosts", request_body = RegisterReq, responses((status = 201, description = "`host_id`, `host_jwt` (7 days), `refresh_token` (60 days), `heartbeat_interval_sec`"), (status = 401, description = "Token unknown, used or expired", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/hosts/register", tag = "hosts", request_body = Register, responses((status = 201, description = "`host_id`, `host_jwt` (7 days), `refresh_token` (60 days), `heartbeat_interval_sec`", body = Credentials), (status = 401, description = "Token unknown, used or expired", body = ErrorBody)))]
 /// POST /v1/hosts/register: the agent trades a registration token (and its
 /// specs and address) for its credentials.
 pub(super) async fn register(
     State(app): State<App>,
-    ApiJson(r): ApiJson<RegisterReq>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+    ApiJson(r): ApiJson<Register>,
+) -> ApiResult<(StatusCode, Json<Credentials>)> {
     if let Err(e) = crate::hosts::parse_address(&r.address) {
         return Err(ApiError::bad_request(format!("address: {e}")));
     }
@@ -386,19 +358,13 @@ pub(super) async fn register(
     Ok((StatusCode::CREATED, Json(creds)))
 }
 
-#[derive(utoipa::ToSchema, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RefreshReq {
-    refresh_token: String,
-}
-
-#[utoipa::path(post, path = "/v1/hosts/refresh", tag = "hosts", request_body = RefreshReq, responses((status = 200, description = "New credentials; the old refresh token is revoked"), (status = 401, description = "Token unknown, used, revoked or expired", body = ErrorBody), (status = 404, description = "The host was deleted", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/hosts/refresh", tag = "hosts", request_body = Refresh, responses((status = 200, description = "New credentials; the old refresh token is revoked", body = Credentials), (status = 401, description = "Token unknown, used, revoked or expired", body = ErrorBody), (status = 404, description = "The host was deleted", body = ErrorBody)))]
 /// POST /v1/hosts/refresh: a new JWT and refresh token for a valid refresh
 /// token, which is revoked only after the new one is stored.
 pub(super) async fn refresh(
     State(app): State<App>,
-    ApiJson(r): ApiJson<RefreshReq>,
-) -> ApiResult<Json<Value>> {
+    ApiJson(r): ApiJson<Refresh>,
+) -> ApiResult<Json<Credentials>> {
     let old = app
         .store
         .host_token(&sha256_hex(r.refresh_token.trim()))
@@ -431,26 +397,15 @@ fn host_of(app: &App, headers: &HeaderMap) -> ApiResult<String> {
         .ok_or_else(|| ApiError::unauthorized("missing, invalid or expired host token; refresh it"))
 }
 
-/// A heartbeat's body: what the agent has now (all optional).
-#[derive(utoipa::ToSchema, Deserialize, Default)]
-pub(super) struct HeartbeatReq {
-    /// The runtime it runs sandboxes with.
-    #[serde(default)]
-    runtime: Option<String>,
-    /// The templates it has.
-    #[serde(default)]
-    templates: Option<Vec<String>>,
-}
-
-#[utoipa::path(post, path = "/v1/hosts/heartbeat", tag = "hosts", request_body(content = HeartbeatReq, description = "Optional: what the host has now"), responses((status = 200, description = "Seen"), (status = 401, description = "Host JWT missing, invalid or expired: refresh", body = ErrorBody), (status = 404, description = "The host was deleted: forget the credentials", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/hosts/heartbeat", tag = "hosts", request_body(content = Heartbeat, description = "Optional: what the host has now"), responses((status = 200, description = "Seen", body = Seen), (status = 401, description = "Host JWT missing, invalid or expired: refresh", body = ErrorBody), (status = 404, description = "The host was deleted: forget the credentials", body = ErrorBody)), security(("bearer" = [])))]
 /// POST /v1/hosts/heartbeat: the host is alive. 404 once it is deleted.
 pub(super) async fn heartbeat(
     State(app): State<App>,
     headers: HeaderMap,
     raw: axum::body::Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Seen>> {
     let id = host_of(&app, &headers)?;
-    let r: HeartbeatReq = super::optional_json(&raw)?;
+    let r: Heartbeat = super::optional_json(&raw)?;
     let report = match (&r.runtime, &r.templates) {
         (Some(runtime), Some(templates)) => {
             check_report(runtime, templates)?;
@@ -476,8 +431,8 @@ pub(super) async fn heartbeat(
             }
         });
     }
-    Ok(Json(json!({
-        "ok": true,
-        "heartbeat_interval_sec": app.heartbeat_interval.as_secs(),
-    })))
+    Ok(Json(Seen {
+        ok: true,
+        heartbeat_interval_sec: app.heartbeat_interval.as_secs(),
+    }))
 }

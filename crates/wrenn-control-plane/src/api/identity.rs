@@ -3,8 +3,11 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use wrenn_api_types::identity::{
+    AddMember, AuditEntry, AuditLog, CreateKey, CreateTeam, Invitation as InvitationView,
+    Invitations, Invited, Joined, Key, Keys, Login, Members, Membership, NewKey, Session, SignedUp,
+    Signup, Team as TeamView, Teams, User as UserView,
+};
 
 use super::{ApiJson, OptionalJson, rfc3339};
 use crate::App;
@@ -12,17 +15,6 @@ use crate::auth::{Caller, ClientIp, KeyFormat, new_api_key};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::ids;
 use crate::store::{ApiKey, Team, User, now};
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct SignupReq {
-    email: String,
-    password: String,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    team_name: Option<String>,
-}
 
 fn check_email(email: &str) -> ApiResult<()> {
     if email.len() < 3 || !email.contains('@') || email.len() > 254 {
@@ -32,11 +24,11 @@ fn check_email(email: &str) -> ApiResult<()> {
 }
 
 /// POST /v1/auth/signup: a user, their own team (as owner), and a token.
-#[utoipa::path(post, path = "/v1/auth/signup", tag = "auth", request_body = SignupReq, responses((status = 201, description = "User, team and token"), (status = 409, description = "Email taken", body = ErrorBody), (status = 400, description = "Bad input", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/auth/signup", tag = "auth", request_body = Signup, responses((status = 201, description = "User, team and token", body = SignedUp), (status = 409, description = "Email taken", body = ErrorBody), (status = 400, description = "Bad input", body = ErrorBody)))]
 pub(super) async fn signup(
     State(app): State<App>,
-    ApiJson(r): ApiJson<SignupReq>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+    ApiJson(r): ApiJson<Signup>,
+) -> ApiResult<(StatusCode, Json<SignedUp>)> {
     check_email(&r.email)?;
     if r.password.len() < 8 {
         return Err(ApiError::bad_request("password: use at least 8 characters"));
@@ -61,8 +53,36 @@ pub(super) async fn signup(
     let token = app.jwt.issue(&user.id);
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "user": user, "team": team, "token": token })),
+        Json(SignedUp {
+            user: user_view(&user),
+            team: TeamView {
+                id: team.id,
+                name: team.name,
+                created_at: team.created_at,
+            },
+            token,
+        }),
     ))
+}
+
+/// A user as the API shows it.
+fn user_view(u: &User) -> UserView {
+    UserView {
+        id: u.id.clone(),
+        email: u.email.clone(),
+        name: u.name.clone(),
+        is_admin: u.is_admin,
+        created_at: u.created_at,
+    }
+}
+
+/// A team and a role in it.
+fn membership(t: Team, role: String) -> Membership {
+    Membership {
+        id: t.id,
+        name: t.name,
+        role,
+    }
 }
 
 /// Creates a user and a team they own.
@@ -101,20 +121,13 @@ pub async fn create_user_with_team(
     Ok((user, team))
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct LoginReq {
-    email: String,
-    password: String,
-}
-
 /// POST /v1/auth/login.
-#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginReq, responses((status = 200, description = "Token, user and teams"), (status = 401, description = "Wrong email or password", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = Login, responses((status = 200, description = "Token, user and teams", body = Session), (status = 401, description = "Wrong email or password", body = ErrorBody)))]
 pub(super) async fn login(
     State(app): State<App>,
     ClientIp(ip): ClientIp,
-    ApiJson(r): ApiJson<LoginReq>,
-) -> ApiResult<Json<Value>> {
+    ApiJson(r): ApiJson<Login>,
+) -> ApiResult<Json<Session>> {
     if let Err(wait) = app.login_guard.check(&r.email, ip) {
         // Answered late (a sleeping task, no CPU): a client that guesses in
         // a loop slows to a few requests a second instead of spinning the
@@ -139,33 +152,32 @@ pub(super) async fn login(
         return Err(ApiError::unauthorized("wrong email or password"));
     };
     app.login_guard.succeeded(&r.email);
-    let teams: Vec<Value> = app
+    let teams = app
         .store
         .teams_of(&user.id)
         .await?
         .into_iter()
-        .map(|(t, role)| json!({ "id": t.id, "name": t.name, "role": role }))
+        .map(|(t, role)| membership(t, role))
         .collect();
-    Ok(Json(
-        json!({ "token": app.jwt.issue(&user.id), "user": user, "teams": teams }),
-    ))
+    Ok(Json(Session {
+        token: app.jwt.issue(&user.id),
+        user: user_view(&user),
+        teams,
+    }))
 }
 
-fn key_json(k: &ApiKey) -> Value {
-    json!({
-        "id": k.id, "name": k.name, "prefix": k.prefix, "last4": k.last4, "team_id": k.team_id,
-        "created_by": k.created_by, "created_at": rfc3339(k.created_at), "last_used_at": k.last_used_at.and_then(rfc3339),
-    })
-}
-
-#[derive(Deserialize, utoipa::ToSchema, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct KeyReq {
-    #[serde(default)]
-    name: Option<String>,
-    /// `wrenn` (default, `wrn_…`) or `e2b` (`e2b_…`, for E2B's SDKs).
-    #[serde(default)]
-    format: Option<String>,
+/// A key as the API shows it (never its secret).
+fn key_view(k: &ApiKey) -> Key {
+    Key {
+        id: k.id.clone(),
+        name: k.name.clone(),
+        prefix: k.prefix.clone(),
+        last4: k.last4.clone(),
+        team_id: k.team_id.clone(),
+        created_by: k.created_by.clone(),
+        created_at: rfc3339(k.created_at),
+        last_used_at: k.last_used_at.and_then(rfc3339),
+    }
 }
 
 /// Creates an API key for the caller's team; the secret is returned once.
@@ -197,12 +209,12 @@ pub async fn issue_key(
 }
 
 /// POST /v1/api-keys.
-#[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", request_body(content = KeyReq, description = "Optional"), responses((status = 201, description = "The key, shown once in `key`"), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", request_body(content = CreateKey, description = "Optional"), responses((status = 201, description = "The key, shown once in `key`", body = NewKey), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 pub(super) async fn create_key(
     State(app): State<App>,
     caller: Caller,
-    OptionalJson(body): OptionalJson<KeyReq>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+    OptionalJson(body): OptionalJson<CreateKey>,
+) -> ApiResult<(StatusCode, Json<NewKey>)> {
     caller.require_team_admin()?;
     let name = body.name.unwrap_or_else(|| "api key".into());
     let format = match body.format.as_deref() {
@@ -223,22 +235,26 @@ pub(super) async fn create_key(
         caller.is_admin,
     )
     .await?;
-    let mut v = key_json(&k);
-    v["key"] = json!(secret);
-    Ok((StatusCode::CREATED, Json(v)))
+    Ok((
+        StatusCode::CREATED,
+        Json(NewKey {
+            info: key_view(&k),
+            key: secret,
+        }),
+    ))
 }
 
 /// GET /v1/api-keys.
-#[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", responses((status = 200, description = "The team's keys (never their secrets)"), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
-pub(super) async fn list_keys(State(app): State<App>, caller: Caller) -> ApiResult<Json<Value>> {
-    let keys: Vec<Value> = app
+#[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", responses((status = 200, description = "The team's keys (never their secrets)", body = Keys), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn list_keys(State(app): State<App>, caller: Caller) -> ApiResult<Json<Keys>> {
+    let api_keys = app
         .store
         .api_keys(&caller.team_id)
         .await?
         .iter()
-        .map(key_json)
+        .map(key_view)
         .collect();
-    Ok(Json(json!({ "api_keys": keys })))
+    Ok(Json(Keys { api_keys }))
 }
 
 /// DELETE /v1/api-keys/{id}.
@@ -260,40 +276,34 @@ pub(super) async fn delete_key(
 }
 
 /// GET /v1/teams: the caller's teams (for a key: its team).
-#[utoipa::path(get, path = "/v1/teams", tag = "teams", responses((status = 200, description = "The caller's teams")), security(("api_key" = []), ("bearer" = [])))]
-pub(super) async fn list_teams(State(app): State<App>, caller: Caller) -> ApiResult<Json<Value>> {
-    let teams: Vec<Value> = match &caller.user_id {
+#[utoipa::path(get, path = "/v1/teams", tag = "teams", responses((status = 200, description = "The caller's teams", body = Teams)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn list_teams(State(app): State<App>, caller: Caller) -> ApiResult<Json<Teams>> {
+    let teams = match &caller.user_id {
         Some(u) => app
             .store
             .teams_of(u)
             .await?
             .into_iter()
-            .map(|(t, role)| json!({ "id": t.id, "name": t.name, "role": role }))
+            .map(|(t, role)| membership(t, role))
             .collect(),
         None => app
             .store
             .team(&caller.team_id)
             .await?
             .into_iter()
-            .map(|t| json!({ "id": t.id, "name": t.name, "role": caller.role }))
+            .map(|t| membership(t, caller.role.clone()))
             .collect(),
     };
-    Ok(Json(json!({ "teams": teams })))
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct TeamReq {
-    name: String,
+    Ok(Json(Teams { teams }))
 }
 
 /// POST /v1/teams: a new team owned by the calling user.
-#[utoipa::path(post, path = "/v1/teams", tag = "teams", request_body = TeamReq, responses((status = 201, description = "The team, owned by the caller"), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/teams", tag = "teams", request_body = CreateTeam, responses((status = 201, description = "The team, owned by the caller", body = Membership), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No or wrong credentials", body = ErrorBody)), security(("bearer" = [])))]
 pub(super) async fn create_team(
     State(app): State<App>,
     caller: Caller,
-    ApiJson(r): ApiJson<TeamReq>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+    ApiJson(r): ApiJson<CreateTeam>,
+) -> ApiResult<(StatusCode, Json<Membership>)> {
     let Some(user) = caller.user_id else {
         return Err(ApiError::forbidden(
             "API keys cannot create teams; log in as a user",
@@ -312,10 +322,7 @@ pub(super) async fn create_team(
     app.store
         .audit(&team.id, &user, "team.create", &team.id)
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "id": team.id, "name": team.name, "role": "owner" })),
-    ))
+    Ok((StatusCode::CREATED, Json(membership(team, "owner".into()))))
 }
 
 fn own_team(caller: &Caller, id: &str) -> ApiResult<()> {
@@ -326,22 +333,25 @@ fn own_team(caller: &Caller, id: &str) -> ApiResult<()> {
 }
 
 /// GET /v1/teams/{id}/members.
-#[utoipa::path(get, path = "/v1/teams/{id}/members", tag = "teams", params(("id" = String, Path)), responses((status = 200, description = "Members"), (status = 404, description = "Not the caller's team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/teams/{id}/members", tag = "teams", params(("id" = String, Path)), responses((status = 200, description = "Members", body = Members), (status = 404, description = "Not the caller's team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 pub(super) async fn list_members(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Members>> {
     own_team(&caller, &id)?;
-    Ok(Json(json!({ "members": app.store.members(&id).await? })))
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct MemberReq {
-    email: String,
-    #[serde(default)]
-    role: Option<String>,
+    let members = app
+        .store
+        .members(&id)
+        .await?
+        .into_iter()
+        .map(|m| wrenn_api_types::identity::Member {
+            user_id: m.user_id,
+            email: m.email,
+            role: m.role,
+        })
+        .collect();
+    Ok(Json(Members { members }))
 }
 
 /// How long an invitation waits for its answer.
@@ -349,12 +359,12 @@ pub const INVITATION_TTL_SECS: i64 = 7 * 86400;
 
 /// POST /v1/teams/{id}/members: invites an existing user by email (202; the
 /// user becomes a member only by accepting), or changes a member's role.
-#[utoipa::path(post, path = "/v1/teams/{id}/members", tag = "teams", params(("id" = String, Path)), request_body = MemberReq, responses((status = 202, description = "Invited: `invitation` {id, team_id, user_id, role, expires_at}; the user accepts with POST /v1/invitations/{id}/accept"), (status = 204, description = "Already a member: role changed"), (status = 404, description = "No such team or user", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/teams/{id}/members", tag = "teams", params(("id" = String, Path)), request_body = AddMember, responses((status = 202, description = "Invited; the user accepts with POST /v1/invitations/{id}/accept", body = Invited), (status = 204, description = "Already a member: role changed"), (status = 404, description = "No such team or user", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 pub(super) async fn add_member(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
-    ApiJson(r): ApiJson<MemberReq>,
+    ApiJson(r): ApiJson<AddMember>,
 ) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse;
     own_team(&caller, &id)?;
@@ -394,17 +404,25 @@ pub(super) async fn add_member(
         .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "invitation": invitation_json(&inv) })),
+        Json(Invited {
+            invitation: invitation_view(&inv),
+        }),
     )
         .into_response())
 }
 
-fn invitation_json(i: &crate::store::Invitation) -> Value {
-    json!({
-        "id": i.id, "team_id": i.team_id, "team_name": i.team_name, "user_id": i.user_id,
-        "role": i.role, "invited_by": i.invited_by, "created_at": rfc3339(i.created_at),
-        "expires_at": rfc3339(i.expires_at),
-    })
+/// An invitation as the API shows it.
+fn invitation_view(i: &crate::store::Invitation) -> InvitationView {
+    InvitationView {
+        id: i.id.clone(),
+        team_id: i.team_id.clone(),
+        team_name: i.team_name.clone(),
+        user_id: i.user_id.clone(),
+        role: i.role.clone(),
+        invited_by: i.invited_by.clone(),
+        created_at: rfc3339(i.created_at),
+        expires_at: rfc3339(i.expires_at),
+    }
 }
 
 /// The user behind a call; invitations are a person's, not an API key's.
@@ -417,30 +435,30 @@ fn user_of(caller: &Caller) -> ApiResult<&str> {
 }
 
 /// GET /v1/invitations: the caller's pending invitations.
-#[utoipa::path(get, path = "/v1/invitations", tag = "teams", responses((status = 200, description = "`invitations`: pending invitations of the logged-in user"), (status = 403, description = "Called with an API key", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/invitations", tag = "teams", responses((status = 200, description = "Pending invitations of the logged-in user", body = Invitations), (status = 403, description = "Called with an API key", body = ErrorBody)), security(("bearer" = [])))]
 pub(super) async fn list_invitations(
     State(app): State<App>,
     caller: Caller,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Invitations>> {
     let user = user_of(&caller)?;
-    let list: Vec<Value> = app
+    let invitations = app
         .store
         .invitations_of(user)
         .await?
         .iter()
-        .map(invitation_json)
+        .map(invitation_view)
         .collect();
-    Ok(Json(json!({ "invitations": list })))
+    Ok(Json(Invitations { invitations }))
 }
 
 /// POST /v1/invitations/{id}/accept: joins the team. Calls still act for
 /// the caller's first team unless they send `X-Team-Id`.
-#[utoipa::path(post, path = "/v1/invitations/{id}/accept", tag = "teams", params(("id" = String, Path)), responses((status = 200, description = "Joined: `team` {id, name, role}"), (status = 404, description = "No such pending invitation for this user", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/invitations/{id}/accept", tag = "teams", params(("id" = String, Path)), responses((status = 200, description = "Joined", body = Joined), (status = 404, description = "No such pending invitation for this user", body = ErrorBody)), security(("bearer" = [])))]
 pub(super) async fn accept_invitation(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Joined>> {
     let user = user_of(&caller)?.to_string();
     let inv = app
         .store
@@ -451,9 +469,13 @@ pub(super) async fn accept_invitation(
     app.store
         .audit(&inv.team_id, &user, "team.member.join", &user)
         .await?;
-    Ok(Json(
-        json!({ "team": { "id": inv.team_id, "name": inv.team_name, "role": inv.role } }),
-    ))
+    Ok(Json(Joined {
+        team: Membership {
+            id: inv.team_id,
+            name: inv.team_name,
+            role: inv.role,
+        },
+    }))
 }
 
 /// DELETE /v1/invitations/{id}: the invitee declines, or an admin of the
@@ -507,14 +529,23 @@ pub(super) async fn remove_member(
 }
 
 /// GET /v1/audit-logs.
-#[utoipa::path(get, path = "/v1/audit-logs", tag = "audit", responses((status = 200, description = "The team's latest audit entries")), security(("api_key" = []), ("bearer" = [])))]
-pub(super) async fn audit_logs(State(app): State<App>, caller: Caller) -> ApiResult<Json<Value>> {
-    let entries: Vec<Value> = app
+#[utoipa::path(get, path = "/v1/audit-logs", tag = "audit", responses((status = 200, description = "The team's latest audit entries", body = AuditLog)), security(("api_key" = []), ("bearer" = [])))]
+pub(super) async fn audit_logs(
+    State(app): State<App>,
+    caller: Caller,
+) -> ApiResult<Json<AuditLog>> {
+    let audit_logs = app
         .store
         .audit_log(&caller.team_id, 200)
         .await?
         .into_iter()
-        .map(|e| json!({ "id": e.id, "actor": e.actor, "action": e.action, "target": e.target, "created_at": rfc3339(e.created_at) }))
+        .map(|e| AuditEntry {
+            id: e.id,
+            actor: e.actor,
+            action: e.action,
+            target: e.target,
+            created_at: rfc3339(e.created_at),
+        })
         .collect();
-    Ok(Json(json!({ "audit_logs": entries })))
+    Ok(Json(AuditLog { audit_logs }))
 }

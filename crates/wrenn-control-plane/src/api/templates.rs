@@ -2,14 +2,14 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use serde_json::{Value, json};
+use wrenn_api_types::templates::{HostFailure, Template, TemplateDeleted};
 use wrenn_protocol::hostagent::v1 as pb;
 
 use crate::App;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 
-#[utoipa::path(delete, path = "/v1/templates/{name}", tag = "templates", params(("name" = String, Path, description = "Template name")), responses((status = 200, description = "Removed; `deleted_on` lists the hosts"), (status = 403, description = "Not a platform admin", body = ErrorBody), (status = 404, description = "No online host has it", body = ErrorBody), (status = 409, description = "A sandbox uses it", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(delete, path = "/v1/templates/{name}", tag = "templates", params(("name" = String, Path, description = "Template name")), responses((status = 200, description = "Removed; `deleted_on` lists the hosts", body = TemplateDeleted), (status = 403, description = "Not a platform admin", body = ErrorBody), (status = 404, description = "No online host has it", body = ErrorBody), (status = 409, description = "A sandbox uses it", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 /// DELETE /v1/templates/{name} (platform admins): removed from every
 /// online host at once. 404 when no host had it; 409 when a sandbox uses it
 /// somewhere (removed where it was free).
@@ -17,7 +17,7 @@ pub(super) async fn delete_template(
     State(app): State<App>,
     caller: Caller,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TemplateDeleted>> {
     if !caller.is_admin {
         return Err(ApiError::forbidden("only platform admins delete templates"));
     }
@@ -49,9 +49,15 @@ pub(super) async fn delete_template(
             Ok(_) => deleted.push(h.id.clone()),
             Err(e) if e.code == connectrpc::ErrorCode::NotFound => {}
             Err(e) if e.code == connectrpc::ErrorCode::FailedPrecondition => {
-                in_use.push(json!({ "host_id": h.id, "message": e.message }))
+                in_use.push(HostFailure {
+                    host_id: h.id.clone(),
+                    message: e.message,
+                })
             }
-            Err(e) => failed.push(json!({ "host_id": h.id, "message": e.message })),
+            Err(e) => failed.push(HostFailure {
+                host_id: h.id.clone(),
+                message: e.message,
+            }),
         }
     }
     app.store
@@ -78,19 +84,21 @@ pub(super) async fn delete_template(
             "template '{name}' on any online host"
         )));
     }
-    Ok(Json(
-        json!({ "name": name, "deleted_on": deleted, "failed": failed }),
-    ))
+    Ok(Json(TemplateDeleted {
+        name,
+        deleted_on: deleted,
+        failed,
+    }))
 }
 
-#[utoipa::path(get, path = "/v1/templates", tag = "templates", responses((status = 200, description = "Templates the caller's online hosts have: `[{name, type, hosts}]` (host ids for admins and the team's own hosts)")), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/templates", tag = "templates", responses((status = 200, description = "Templates the caller's online hosts have (host ids for admins and the team's own hosts)", body = [Template])), security(("api_key" = []), ("bearer" = [])))]
 /// GET /v1/templates: what the online hosts the caller can use (shared and
 /// its team's) can start, each with the ids of the hosts that have it that
 /// the caller may see (all for admins, else its team's own).
 pub(super) async fn list_templates(
     State(app): State<App>,
     caller: Caller,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Vec<Template>>> {
     let mut names: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     // The hosts the caller's sandboxes can go to: shared ones and its team's.
     for h in app
@@ -125,10 +133,14 @@ pub(super) async fn list_templates(
             }
         }
     }
-    Ok(Json(json!(
+    Ok(Json(
         names
             .into_iter()
-            .map(|(n, hosts)| json!({ "name": n, "type": "base", "hosts": hosts }))
-            .collect::<Vec<_>>()
-    )))
+            .map(|(name, hosts)| Template {
+                name,
+                kind: "base".into(),
+                hosts,
+            })
+            .collect(),
+    ))
 }

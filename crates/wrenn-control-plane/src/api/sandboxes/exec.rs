@@ -1,7 +1,6 @@
 //! Commands in a sandbox: a buffered exec (output held within the
 //! team's and the control plane's budgets), its processes, kill.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::Json;
@@ -9,8 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use wrenn_api_types::processes::{Exec, ExecOutput, ExecResult, Process, Processes, Started};
 
 use super::super::ApiJson;
 use crate::App;
@@ -18,29 +16,6 @@ use crate::auth::Caller;
 use crate::dataplane::{self, Envd, Event};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::sandboxes::{running_sandbox, touch};
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ExecReq {
-    cmd: String,
-    #[serde(default)]
-    args: Vec<String>,
-    #[serde(default)]
-    envs: HashMap<String, String>,
-    #[serde(default)]
-    cwd: Option<String>,
-    #[serde(default)]
-    timeout_sec: Option<u32>,
-    #[serde(default)]
-    background: bool,
-    #[serde(default)]
-    tag: Option<String>,
-    /// Most bytes of stdout (and of stderr) to return; the rest is dropped
-    /// and `stdout_truncated`/`stderr_truncated` say so. Default 16 MiB,
-    /// at most 64 MiB.
-    #[serde(default)]
-    max_output_bytes: Option<u64>,
-}
 
 /// Output a buffered exec keeps per stream when the request names no
 /// `max_output_bytes`.
@@ -73,12 +48,12 @@ fn text_or_base64(stdout: Vec<u8>, stderr: Vec<u8>) -> (String, String, &'static
     }
 }
 
-#[utoipa::path(post, path = "/v1/sandboxes/{id}/exec", tag = "processes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = ExecReq, responses((status = 200, description = "stdout, stderr (utf-8 or base64 per `encoding`; each at most `max_output_bytes`, 16 MiB by default, with `stdout_truncated`/`stderr_truncated` set when more was dropped), exit_code, duration_ms; or pid and tag when background"), (status = 404, description = "No such sandbox in the team", body = ErrorBody), (status = 409, description = "Wrong state (e.g. paused)", body = ErrorBody), (status = 504, description = "timeout_sec passed; the command was killed", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/exec", tag = "processes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = Exec, responses((status = 200, body = ExecResult, description = "stdout, stderr (utf-8 or base64 per `encoding`; each at most `max_output_bytes`, 16 MiB by default, with `stdout_truncated`/`stderr_truncated` set when more was dropped), exit_code, duration_ms; or pid and tag when background"), (status = 404, description = "No such sandbox in the team", body = ErrorBody), (status = 409, description = "Wrong state (e.g. paused)", body = ErrorBody), (status = 504, description = "timeout_sec passed; the command was killed", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 pub(crate) async fn exec(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
-    ApiJson(r): ApiJson<ExecReq>,
+    ApiJson(r): ApiJson<Exec>,
 ) -> ApiResult<Response> {
     if r.cmd.is_empty() {
         return Err(ApiError::bad_request("cmd: must not be empty"));
@@ -99,10 +74,12 @@ pub(crate) async fn exec(
     if r.background {
         let pid = events.pid().await.map_err(|e| envd.failed(e))?;
         touch(&app, &s);
-        return Ok(
-            Json(json!({ "sandbox_id": id, "pid": pid, "tag": r.tag.unwrap_or_default() }))
-                .into_response(),
-        );
+        return Ok(Json(ExecResult::Started(Started {
+            sandbox_id: id,
+            pid,
+            tag: r.tag.unwrap_or_default(),
+        }))
+        .into_response());
     }
     let limit = output_limit(r.max_output_bytes.unwrap_or(0));
     let started = std::time::Instant::now();
@@ -152,10 +129,16 @@ pub(crate) async fn exec(
         .chain(r.args)
         .collect::<Vec<_>>()
         .join(" ");
-    let body = json!({
-        "sandbox_id": id, "cmd": cmd, "stdout": stdout, "stderr": stderr,
-        "exit_code": exit_code, "duration_ms": started.elapsed().as_millis() as u64, "encoding": encoding,
-        "stdout_truncated": truncated[0], "stderr_truncated": truncated[1],
+    let body = ExecResult::Finished(ExecOutput {
+        sandbox_id: id,
+        cmd,
+        stdout,
+        stderr,
+        exit_code,
+        duration_ms: started.elapsed().as_millis() as u64,
+        encoding: encoding.to_string(),
+        stdout_truncated: truncated[0],
+        stderr_truncated: truncated[1],
     });
     // Serialized while the budget is held: the body is the largest copy.
     let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -169,24 +152,29 @@ pub(crate) async fn exec(
     Ok(resp)
 }
 
-#[utoipa::path(get, path = "/v1/sandboxes/{id}/processes", tag = "processes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), responses((status = 200, description = "Running processes"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/processes", tag = "processes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), responses((status = 200, description = "Running processes", body = Processes), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 pub(crate) async fn processes(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Processes>> {
     let s = running_sandbox(&app, &caller, &id).await?;
-    let processes: Vec<Value> = Envd::of(&app, &s)
+    let processes = Envd::of(&app, &s)
         .await?
         .processes()
         .await?
         .into_iter()
         .map(|p| {
             let c = p.config.into_option().unwrap_or_default();
-            json!({ "pid": p.pid, "tag": p.tag.unwrap_or_default(), "cmd": c.cmd, "args": c.args })
+            Process {
+                pid: p.pid,
+                tag: p.tag.unwrap_or_default(),
+                cmd: c.cmd,
+                args: c.args,
+            }
         })
         .collect();
-    Ok(Json(json!({ "processes": processes })))
+    Ok(Json(Processes { processes }))
 }
 
 #[utoipa::path(delete, path = "/v1/sandboxes/{id}/processes/{pid}", tag = "processes", params(("id" = String, Path), ("pid" = u32, Path)), responses((status = 204, description = "Killed"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]

@@ -5,8 +5,7 @@ use axum::body::Body;
 use axum::extract::{Multipart, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use wrenn_api_types::files::{DirMade, Entries, Entry, PathRequest, Written};
 use wrenn_protocol::envd::filesystem as efs;
 
 use super::super::ApiJson;
@@ -16,14 +15,6 @@ use crate::dataplane::Envd;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::sandboxes::running_sandbox;
 
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct PathReq {
-    path: String,
-    #[serde(default)]
-    depth: Option<u32>,
-}
-
 fn check_path(p: &str) -> ApiResult<()> {
     if p.is_empty() || p.contains('\0') {
         return Err(ApiError::bad_request("path: must be a non-empty path"));
@@ -32,12 +23,12 @@ fn check_path(p: &str) -> ApiResult<()> {
 }
 
 /// POST files/read and files/stream/read: the file's bytes, streamed.
-#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/read", tag = "files", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = PathReq, responses((status = 200, description = "The file's bytes (streamed)", content_type = "application/octet-stream"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/read", tag = "files", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = PathRequest, responses((status = 200, description = "The file's bytes (streamed)", content_type = "application/octet-stream"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 pub(crate) async fn file_read(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
-    ApiJson(r): ApiJson<PathReq>,
+    ApiJson(r): ApiJson<PathRequest>,
 ) -> ApiResult<Response> {
     check_path(&r.path)?;
     let sb = running_sandbox(&app, &caller, &id).await?;
@@ -53,13 +44,13 @@ pub(crate) async fn file_read(
 
 /// POST files/write and files/stream/write: multipart `path` then `file`,
 /// streamed to the sandbox in chunks (a large upload never sits in memory).
-#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/write", tag = "files", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body(content_type = "multipart/form-data", description = "Parts `path` then `file`; streamed, no size limit"), responses((status = 200, description = "Path and size written"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/write", tag = "files", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body(content_type = "multipart/form-data", description = "Parts `path` then `file`; streamed, no size limit"), responses((status = 200, description = "Path and size written", body = Written), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 pub(crate) async fn file_write(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
     mut form: Multipart,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Written>> {
     let sb = running_sandbox(&app, &caller, &id).await?;
     // Through the agent's proxy hop to envd's `/files`, streamed: a large
     // upload never sits in memory, and its bytes are not re-framed.
@@ -140,21 +131,26 @@ pub(crate) async fn file_write(
             "multipart body needs a 'path' part and a 'file' part",
         ));
     };
-    Ok(Json(json!({ "path": path, "size": size })))
+    Ok(Json(Written { path, size }))
 }
 
 /// One of envd's entries as the native API shows it.
-fn entry_json(e: &efs::EntryInfo) -> Value {
+fn entry(e: &efs::EntryInfo) -> Entry {
     let kind = match e.r#type.as_known() {
         Some(efs::FileType::FILE_TYPE_DIRECTORY) => "directory",
         Some(efs::FileType::FILE_TYPE_SYMLINK) => "symlink",
         _ => "file",
     };
-    let modified = e.modified_time.as_option().map_or(0, |t| t.seconds);
-    json!({
-        "name": e.name, "path": e.path, "type": kind, "size": e.size, "mode": e.mode,
-        "owner": e.owner, "group": e.group, "modified_at": modified,
-    })
+    Entry {
+        name: e.name.clone(),
+        path: e.path.clone(),
+        kind: kind.into(),
+        size: e.size,
+        mode: e.mode,
+        owner: e.owner.clone(),
+        group: e.group.clone(),
+        modified_at: e.modified_time.as_option().map_or(0, |t| t.seconds),
+    }
 }
 
 /// envd's listing of `path` to `depth`, through the agent's hop.
@@ -172,29 +168,29 @@ async fn listing(envd: &Envd, path: &str, depth: u32) -> ApiResult<Vec<efs::Entr
     Ok(l.entries)
 }
 
-#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/list", tag = "files", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = PathReq, responses((status = 200, description = "Entries"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/list", tag = "files", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = PathRequest, responses((status = 200, description = "Entries", body = Entries), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 pub(crate) async fn file_list(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
-    ApiJson(r): ApiJson<PathReq>,
-) -> ApiResult<Json<Value>> {
+    ApiJson(r): ApiJson<PathRequest>,
+) -> ApiResult<Json<Entries>> {
     check_path(&r.path)?;
     let sb = running_sandbox(&app, &caller, &id).await?;
     let envd = Envd::of(&app, &sb).await?;
     let entries = listing(&envd, &r.path, r.depth.unwrap_or(1).max(1)).await?;
-    Ok(Json(
-        json!({ "entries": entries.iter().map(entry_json).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(Entries {
+        entries: entries.iter().map(entry).collect(),
+    }))
 }
 
-#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/mkdir", tag = "files", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = PathReq, responses((status = 200, description = "The new directory"), (status = 404, description = "No such sandbox in the team", body = ErrorBody), (status = 409, description = "Already exists", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/mkdir", tag = "files", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = PathRequest, responses((status = 200, description = "The new directory", body = DirMade), (status = 404, description = "No such sandbox in the team", body = ErrorBody), (status = 409, description = "Already exists", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 pub(crate) async fn file_mkdir(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
-    ApiJson(r): ApiJson<PathReq>,
-) -> ApiResult<Json<Value>> {
+    ApiJson(r): ApiJson<PathRequest>,
+) -> ApiResult<Json<DirMade>> {
     check_path(&r.path)?;
     let sb = running_sandbox(&app, &caller, &id).await?;
     let envd = Envd::of(&app, &sb).await?;
@@ -211,16 +207,16 @@ pub(crate) async fn file_mkdir(
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "/".into());
     let entries = listing(&envd, &parent, 1).await?;
-    let entry = entries.iter().find(|e| e.path == r.path).map(entry_json);
-    Ok(Json(json!({ "entry": entry })))
+    let entry = entries.iter().find(|e| e.path == r.path).map(entry);
+    Ok(Json(DirMade { entry }))
 }
 
-#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/remove", tag = "files", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = PathReq, responses((status = 204, description = "Removed"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/remove", tag = "files", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = PathRequest, responses((status = 204, description = "Removed"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 pub(crate) async fn file_remove(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
-    ApiJson(r): ApiJson<PathReq>,
+    ApiJson(r): ApiJson<PathRequest>,
 ) -> ApiResult<StatusCode> {
     check_path(&r.path)?;
     let sb = running_sandbox(&app, &caller, &id).await?;

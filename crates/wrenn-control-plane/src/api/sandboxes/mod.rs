@@ -15,8 +15,9 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use wrenn_api_types::sandboxes::{
+    CreateSandbox, Metrics, MetricsPoint, PublicPorts, Sandbox as SandboxView,
+};
 use wrenn_protocol::hostagent::v1 as pb;
 
 use super::{ApiJson, OptionalJson, rfc3339};
@@ -62,48 +63,6 @@ pub(super) fn routes() -> axum::Router<App> {
         .route("/{id}/files/remove", post(file_remove))
 }
 
-/// A sandbox as the API shows it (the `Capsule` of the Wrenn SDK).
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct SandboxView {
-    /// `sb-…`.
-    pub id: String,
-    /// pending, running, paused, stopped, missing or error.
-    pub status: String,
-    /// Template.
-    pub template: String,
-    /// CPUs.
-    pub vcpus: i64,
-    /// Memory in MiB.
-    pub memory_mb: i64,
-    /// Disk in MiB.
-    pub disk_size_mb: i64,
-    /// Idle timeout in seconds; 0 = none.
-    pub timeout_sec: i64,
-    /// Whether egress is allowed.
-    pub allow_internet_access: bool,
-    /// Labels given at creation.
-    pub metadata: HashMap<String, String>,
-    /// Host it runs on.
-    pub host_id: String,
-    /// Why it is in `error`.
-    pub error: Option<String>,
-    /// RFC 3339.
-    pub created_at: Option<String>,
-    /// RFC 3339.
-    pub started_at: Option<String>,
-    /// RFC 3339.
-    pub last_active_at: Option<String>,
-    /// RFC 3339.
-    pub last_updated: Option<String>,
-    /// Ports anyone may reach through the proxy, without credentials.
-    pub public_ports: Vec<u16>,
-    /// Opens every port through the proxy (`e2b-traffic-access-token`).
-    pub traffic_token: String,
-    /// Disk in use, MiB (on GET of one running sandbox).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub disk_used_mb: Option<u64>,
-}
-
 /// The view of a stored sandbox.
 pub fn sandbox_view(s: &Sandbox) -> SandboxView {
     SandboxView {
@@ -128,44 +87,12 @@ pub fn sandbox_view(s: &Sandbox) -> SandboxView {
     }
 }
 
-/// The sandbox as JSON.
-pub fn sandbox_json(s: &Sandbox) -> Value {
-    serde_json::to_value(sandbox_view(s)).expect("view serializes")
-}
-
-#[derive(Deserialize, utoipa::ToSchema, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CreateSandboxReq {
-    #[serde(default)]
-    template: Option<String>,
-    #[serde(default)]
-    vcpus: Option<u32>,
-    #[serde(default)]
-    memory_mb: Option<u32>,
-    #[serde(default)]
-    disk_size_mb: Option<u32>,
-    #[serde(default)]
-    timeout_sec: Option<u32>,
-    #[serde(default)]
-    metadata: Option<HashMap<String, String>>,
-    #[serde(default)]
-    envs: Option<HashMap<String, String>>,
-    #[serde(default)]
-    allow_internet_access: Option<bool>,
-    /// Ports reachable through the proxy without credentials.
-    #[serde(default)]
-    public_ports: Option<Vec<u16>>,
-    /// Only hosts with all these tags.
-    #[serde(default)]
-    host_tags: Option<Vec<String>>,
-}
-
-#[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes", request_body(content = CreateSandboxReq, description = "All fields optional"), responses((status = 201, description = "Running", body = SandboxView), (status = 400, description = "Bad input", body = ErrorBody), (status = 503, description = "No host available", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes", request_body(content = CreateSandbox, description = "All fields optional"), responses((status = 201, description = "Running", body = SandboxView), (status = 400, description = "Bad input", body = ErrorBody), (status = 503, description = "No host available", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 pub(super) async fn create(
     State(app): State<App>,
     caller: Caller,
-    OptionalJson(r): OptionalJson<CreateSandboxReq>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+    OptionalJson(r): OptionalJson<CreateSandbox>,
+) -> ApiResult<(StatusCode, Json<SandboxView>)> {
     let spec = NewSandbox {
         template: r.template,
         vcpus: r.vcpus,
@@ -181,22 +108,15 @@ pub(super) async fn create(
     }
     .check(Dialect::Native)?;
     let s = lifecycle::create(&app, &caller, spec).await?;
-    Ok((StatusCode::CREATED, Json(sandbox_json(&s))))
+    Ok((StatusCode::CREATED, Json(sandbox_view(&s))))
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct PublicPortsReq {
-    /// The ports anyone may reach; the others need credentials.
-    ports: Vec<u16>,
-}
-
-#[utoipa::path(put, path = "/v1/sandboxes/{id}/public-ports", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = PublicPortsReq, responses((status = 200, description = "The sandbox with its new public ports", body = SandboxView), (status = 400, description = "Bad port", body = ErrorBody), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(put, path = "/v1/sandboxes/{id}/public-ports", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = PublicPorts, responses((status = 200, description = "The sandbox with its new public ports", body = SandboxView), (status = 400, description = "Bad port", body = ErrorBody), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 pub(super) async fn set_public_ports(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
-    ApiJson(r): ApiJson<PublicPortsReq>,
+    ApiJson(r): ApiJson<PublicPorts>,
 ) -> ApiResult<Json<SandboxView>> {
     let mut s = find(&app, &caller, &id).await?;
     s.public_ports = lifecycle::check_ports(r.ports)?;
@@ -213,10 +133,10 @@ pub(super) async fn list(
     State(app): State<App>,
     caller: Caller,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Vec<SandboxView>>> {
     let state = match q.get("state").map(String::as_str) {
         // A state older versions listed but never set: nothing is in it.
-        Some("starting") => return Ok(Json(Value::Array(Vec::new()))),
+        Some("starting") => return Ok(Json(Vec::new())),
         Some(st) => Some(
             st.parse::<SandboxState>()
                 .map_err(|_| ApiError::bad_request(format!("state: unknown state '{st}'")))?,
@@ -227,7 +147,7 @@ pub(super) async fn list(
         .iter()
         .filter_map(|(k, v)| Some((k.strip_prefix("metadata.")?, v.as_str())))
         .collect();
-    let items: Vec<Value> = app
+    let items: Vec<SandboxView> = app
         .store
         .sandboxes(&caller.team_id, state)
         .await?
@@ -237,9 +157,9 @@ pub(super) async fn list(
                 .iter()
                 .all(|(k, v)| s.metadata.get(*k).map(String::as_str) == Some(*v))
         })
-        .map(sandbox_json)
+        .map(sandbox_view)
         .collect();
-    Ok(Json(Value::Array(items)))
+    Ok(Json(items))
 }
 
 #[utoipa::path(get, path = "/v1/sandboxes/{id}", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), responses((status = 200, description = "The sandbox, with disk_used_mb while it runs", body = SandboxView), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
@@ -274,10 +194,10 @@ pub(super) async fn pause(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SandboxView>> {
     let s = find(&app, &caller, &id).await?;
     let s = lifecycle::pause(&app, s, &caller.actor).await?;
-    Ok(Json(sandbox_json(&s)))
+    Ok(Json(sandbox_view(&s)))
 }
 
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/resume", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), responses((status = 200, body = SandboxView, description = "Running again"), (status = 404, description = "No such sandbox in the team", body = ErrorBody), (status = 409, description = "Wrong state (e.g. paused)", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
@@ -285,10 +205,10 @@ pub(super) async fn resume(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SandboxView>> {
     let s = find(&app, &caller, &id).await?;
     let s = lifecycle::resume(&app, s, &caller.actor).await?;
-    Ok(Json(sandbox_json(&s)))
+    Ok(Json(sandbox_view(&s)))
 }
 
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/ping", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), responses((status = 204, description = "Idle timer restarted"), (status = 404, description = "No such sandbox in the team", body = ErrorBody), (status = 409, description = "Wrong state (e.g. paused)", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
@@ -302,12 +222,12 @@ pub(super) async fn ping(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/v1/sandboxes/{id}/metrics", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), responses((status = 200, description = "CPU, memory, disk and pids"), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/metrics", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), responses((status = 200, description = "CPU, memory, disk and pids", body = Metrics), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
 pub(super) async fn metrics(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Metrics>> {
     let s = find(&app, &caller, &id).await?;
     let agent = agent_for(&app, &s).await?;
     let m = agent
@@ -317,16 +237,16 @@ pub(super) async fn metrics(
         })
         .await?
         .into_owned();
-    Ok(Json(json!({
-        "sandbox_id": id,
-        "points": [{
-            "timestamp_unix": m.timestamp,
-            "cpu_pct": m.cpu_used_pct,
-            "mem_bytes": m.memory_bytes,
-            "mem_limit_bytes": m.memory_limit_bytes,
-            "disk_bytes": m.disk_used_bytes,
-            "disk_limit_bytes": m.disk_limit_bytes,
-            "pids": m.pids,
+    Ok(Json(Metrics {
+        sandbox_id: id,
+        points: vec![MetricsPoint {
+            timestamp_unix: m.timestamp,
+            cpu_pct: m.cpu_used_pct,
+            mem_bytes: m.memory_bytes,
+            mem_limit_bytes: m.memory_limit_bytes,
+            disk_bytes: m.disk_used_bytes,
+            disk_limit_bytes: m.disk_limit_bytes,
+            pids: m.pids,
         }],
-    })))
+    }))
 }

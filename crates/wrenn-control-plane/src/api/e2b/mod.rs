@@ -11,8 +11,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
-use serde_json::{Value, json};
+pub(super) mod bodies;
+
+use bodies::{ListedSandbox, NewSandbox, Refresh, SandboxDetail, SandboxMetric, Timeout};
 use wrenn_protocol::hostagent::v1 as pb;
 
 use super::rfc3339;
@@ -63,7 +64,10 @@ impl IntoResponse for E2bError {
         }
         (
             e.status,
-            Json(json!({ "code": e.status.as_u16(), "message": e.message })),
+            Json(bodies::Error {
+                code: e.status.as_u16(),
+                message: e.message,
+            }),
         )
             .into_response()
     }
@@ -77,31 +81,18 @@ fn body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> E2bResult<T> 
     super::optional_json(bytes).map_err(E2bError)
 }
 
-#[derive(utoipa::ToSchema, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct NewSandbox {
-    #[serde(rename = "templateID")]
-    template_id: Option<String>,
-    timeout: Option<u32>,
-    auto_pause: Option<bool>,
-    #[serde(rename = "allow_internet_access", alias = "allowInternetAccess")]
-    allow_internet_access: Option<bool>,
-    metadata: Option<HashMap<String, String>>,
-    env_vars: Option<HashMap<String, String>>,
-}
-
 /// What create and connect answer: E2B's `Sandbox`.
-fn created(app: &App, s: &Sandbox) -> Value {
-    json!({
-        "templateID": s.template,
-        "sandboxID": s.id,
-        "clientID": s.host_id,
-        "alias": s.template,
-        "envdVersion": ENVD_VERSION,
-        "envdAccessToken": s.envd_token,
-        "trafficAccessToken": s.traffic_token,
-        "domain": app.proxy.domain,
-    })
+fn created(app: &App, s: &Sandbox) -> bodies::Sandbox {
+    bodies::Sandbox {
+        template_id: s.template.clone(),
+        sandbox_id: s.id.clone(),
+        client_id: s.host_id.clone(),
+        alias: s.template.clone(),
+        envd_version: ENVD_VERSION.into(),
+        envd_access_token: s.envd_token.clone(),
+        traffic_access_token: s.traffic_token.clone(),
+        domain: app.proxy.domain.clone(),
+    }
 }
 
 /// E2B's state for a Wrenn state: only `running` and `paused` exist there.
@@ -114,22 +105,22 @@ fn e2b_state(s: &Sandbox) -> Option<&'static str> {
 }
 
 /// E2B's `ListedSandbox` (and, with more fields, `SandboxDetail`).
-fn listed(s: &Sandbox, end_at: i64) -> Value {
+fn listed(s: &Sandbox, end_at: i64) -> ListedSandbox {
     let started = s.started_at.max(s.created_at);
-    json!({
-        "templateID": s.template,
-        "alias": s.template,
-        "sandboxID": s.id,
-        "clientID": s.host_id,
-        "startedAt": rfc3339(started),
-        "endAt": rfc3339(end_at.max(started)),
-        "cpuCount": s.vcpus,
-        "memoryMB": s.memory_mb,
-        "diskSizeMB": s.disk_size_mb,
-        "metadata": s.metadata,
-        "state": e2b_state(s).unwrap_or("running"),
-        "envdVersion": ENVD_VERSION,
-    })
+    ListedSandbox {
+        template_id: s.template.clone(),
+        alias: s.template.clone(),
+        sandbox_id: s.id.clone(),
+        client_id: s.host_id.clone(),
+        started_at: rfc3339(started),
+        end_at: rfc3339(end_at.max(started)),
+        cpu_count: s.vcpus,
+        memory_mb: s.memory_mb,
+        disk_size_mb: s.disk_size_mb,
+        metadata: s.metadata.clone(),
+        state: e2b_state(s).unwrap_or("running").into(),
+        envd_version: ENVD_VERSION.into(),
+    }
 }
 
 fn end_estimate(s: &Sandbox) -> i64 {
@@ -145,13 +136,13 @@ async fn e2b_find(app: &App, caller: &Caller, id: &str) -> E2bResult<Sandbox> {
     Ok(s)
 }
 
-#[utoipa::path(post, path = "/v2/sandboxes", tag = "e2b", request_body(content = NewSandbox, description = "E2B's NewSandbox (also at POST /sandboxes)"), responses((status = 201, description = "E2B's Sandbox: templateID, sandboxID, clientID, envdVersion, envdAccessToken, trafficAccessToken, domain")), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(post, path = "/v2/sandboxes", tag = "e2b", request_body(content = NewSandbox, description = "E2B's NewSandbox (also at POST /sandboxes)"), responses((status = 201, description = "E2B's Sandbox", body = bodies::Sandbox), (status = 400, description = "Bad input", body = bodies::Error)), security(("api_key" = []), ("bearer" = [])))]
 /// POST /sandboxes and /v2/sandboxes.
 pub(super) async fn create(
     State(app): State<App>,
     caller: Result<Caller, ApiError>,
     raw: axum::body::Bytes,
-) -> E2bResult<(StatusCode, Json<Value>)> {
+) -> E2bResult<(StatusCode, Json<bodies::Sandbox>)> {
     let caller = caller?;
     let r: NewSandbox = body(&raw)?;
     let spec = lifecycle::NewSandbox {
@@ -168,13 +159,13 @@ pub(super) async fn create(
     Ok((StatusCode::CREATED, Json(created(&app, &s))))
 }
 
-#[utoipa::path(get, path = "/sandboxes/{id}", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), responses((status = 200, description = "E2B's SandboxDetail"), (status = 404, description = "Not found: `{code, message}`")), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(get, path = "/sandboxes/{id}", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), responses((status = 200, description = "E2B's SandboxDetail", body = SandboxDetail), (status = 404, description = "Not found", body = bodies::Error)), security(("api_key" = []), ("bearer" = [])))]
 /// GET /sandboxes/{id}: E2B's `SandboxDetail`.
 pub(super) async fn get_one(
     State(app): State<App>,
     caller: Result<Caller, ApiError>,
     Path(id): Path<String>,
-) -> E2bResult<Json<Value>> {
+) -> E2bResult<Json<SandboxDetail>> {
     let caller = caller?;
     let s = e2b_find(&app, &caller, &id).await?;
     // The agent knows when the idle timer runs out; fall back to an estimate.
@@ -193,11 +184,12 @@ pub(super) async fn get_one(
             }
         }
     }
-    let mut v = listed(&s, end_at);
-    v["envdAccessToken"] = json!(s.envd_token);
-    v["domain"] = json!(app.proxy.domain);
-    v["allowInternetAccess"] = json!(s.allow_internet_access);
-    Ok(Json(v))
+    Ok(Json(SandboxDetail {
+        listed: listed(&s, end_at),
+        envd_access_token: s.envd_token.clone(),
+        domain: app.proxy.domain.clone(),
+        allow_internet_access: s.allow_internet_access,
+    }))
 }
 
 /// The caller's sandboxes in E2B's states, newest first, with optional
@@ -272,22 +264,22 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-#[utoipa::path(get, path = "/sandboxes", tag = "e2b", responses((status = 200, description = "Running sandboxes, E2B's ListedSandbox")), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(get, path = "/sandboxes", tag = "e2b", responses((status = 200, description = "Running sandboxes", body = [ListedSandbox])), security(("api_key" = []), ("bearer" = [])))]
 /// GET /sandboxes (v1): the running sandboxes, all at once.
 pub(super) async fn list_v1(
     State(app): State<App>,
     caller: Result<Caller, ApiError>,
     Query(mut q): Query<HashMap<String, String>>,
-) -> E2bResult<Json<Value>> {
+) -> E2bResult<Json<Vec<ListedSandbox>>> {
     let caller = caller?;
     q.entry("state".into()).or_insert_with(|| "running".into());
     let all = filtered(&app, &caller, &q).await?;
-    Ok(Json(Value::Array(
+    Ok(Json(
         all.iter().map(|s| listed(s, end_estimate(s))).collect(),
-    )))
+    ))
 }
 
-#[utoipa::path(get, path = "/v2/sandboxes", tag = "e2b", params(("state" = Option<String>, Query, description = "running,paused"), ("metadata" = Option<String>, Query, description = "k=v&k2=v2, encoded"), ("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("nextToken" = Option<String>, Query, description = "From X-Next-Token")), responses((status = 200, description = "A page; the next page's token in X-Next-Token")), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(get, path = "/v2/sandboxes", tag = "e2b", params(("state" = Option<String>, Query, description = "running,paused"), ("metadata" = Option<String>, Query, description = "k=v&k2=v2, encoded"), ("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("nextToken" = Option<String>, Query, description = "From X-Next-Token")), responses((status = 200, description = "A page; the next page's token in X-Next-Token", body = [ListedSandbox])), security(("api_key" = []), ("bearer" = [])))]
 /// GET /v2/sandboxes: pages of `limit` (default 100, at most 1000); the
 /// next page's token is in `X-Next-Token`.
 pub(super) async fn list_v2(
@@ -317,7 +309,7 @@ pub(super) async fn list_v2(
             })?,
         None => 0,
     };
-    let page: Vec<Value> = all
+    let page: Vec<ListedSandbox> = all
         .iter()
         .skip(start)
         .take(limit)
@@ -330,7 +322,7 @@ pub(super) async fn list_v2(
             headers.insert("x-next-token", v);
         }
     }
-    Ok((headers, Json(Value::Array(page))).into_response())
+    Ok((headers, Json(page)).into_response())
 }
 
 #[utoipa::path(delete, path = "/sandboxes/{id}", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), responses((status = 204, description = "Killed"), (status = 404, description = "Not found")), security(("api_key" = []), ("bearer" = [])))]
@@ -346,11 +338,6 @@ pub(super) async fn kill(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(utoipa::ToSchema, Deserialize, Default)]
-pub(super) struct TimeoutReq {
-    timeout: Option<u32>,
-}
-
 /// Restarts the idle timer, with `timeout` (checked as E2B's create
 /// checks it) as the new timeout if given.
 async fn retime(app: &App, s: Sandbox, timeout: Option<u32>) -> E2bResult<Sandbox> {
@@ -360,7 +347,7 @@ async fn retime(app: &App, s: Sandbox, timeout: Option<u32>) -> E2bResult<Sandbo
     Ok(lifecycle::keep_alive(app, s, timeout).await?)
 }
 
-#[utoipa::path(post, path = "/sandboxes/{id}/timeout", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), request_body = TimeoutReq, responses((status = 204, description = "Timer restarted with the new timeout")), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(post, path = "/sandboxes/{id}/timeout", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), request_body = Timeout, responses((status = 204, description = "Timer restarted with the new timeout")), security(("api_key" = []), ("bearer" = [])))]
 /// POST /sandboxes/{id}/timeout `{timeout}`: 204.
 pub(super) async fn set_timeout(
     State(app): State<App>,
@@ -369,7 +356,7 @@ pub(super) async fn set_timeout(
     raw: axum::body::Bytes,
 ) -> E2bResult<StatusCode> {
     let caller = caller?;
-    let r: TimeoutReq = body(&raw)?;
+    let r: Timeout = body(&raw)?;
     let Some(t) = r.timeout else {
         return Err(ApiError::bad_request("timeout: required, in seconds").into());
     };
@@ -378,12 +365,7 @@ pub(super) async fn set_timeout(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize, Default)]
-struct RefreshReq {
-    duration: Option<u32>,
-}
-
-#[utoipa::path(post, path = "/sandboxes/{id}/refreshes", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), responses((status = 204, description = "Kept alive")), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(post, path = "/sandboxes/{id}/refreshes", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), request_body(content = Refresh, description = "Optional"), responses((status = 204, description = "Kept alive")), security(("api_key" = []), ("bearer" = [])))]
 /// POST /sandboxes/{id}/refreshes `{duration}`: keeps it alive; 204.
 pub(super) async fn refresh(
     State(app): State<App>,
@@ -392,7 +374,7 @@ pub(super) async fn refresh(
     raw: axum::body::Bytes,
 ) -> E2bResult<StatusCode> {
     let caller = caller?;
-    let r: RefreshReq = body(&raw)?;
+    let r: Refresh = body(&raw)?;
     let s = e2b_find(&app, &caller, &id).await?;
     retime(&app, s, r.duration).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -411,23 +393,23 @@ pub(super) async fn pause(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/sandboxes/{id}/resume", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), responses((status = 201, description = "Resumed"), (status = 409, description = "Running")), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(post, path = "/sandboxes/{id}/resume", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), responses((status = 201, description = "Resumed", body = bodies::Sandbox), (status = 409, description = "Running")), security(("api_key" = []), ("bearer" = [])))]
 /// POST /sandboxes/{id}/resume (E2B's older call): 201; 409 when running.
 pub(super) async fn resume(
     State(app): State<App>,
     caller: Result<Caller, ApiError>,
     Path(id): Path<String>,
     raw: axum::body::Bytes,
-) -> E2bResult<(StatusCode, Json<Value>)> {
+) -> E2bResult<(StatusCode, Json<bodies::Sandbox>)> {
     let caller = caller?;
-    let r: TimeoutReq = body(&raw)?;
+    let r: Timeout = body(&raw)?;
     let s = e2b_find(&app, &caller, &id).await?;
     let s = lifecycle::resume(&app, s, &caller.actor).await?;
     let s = retime(&app, s, r.timeout).await?;
     Ok((StatusCode::CREATED, Json(created(&app, &s))))
 }
 
-#[utoipa::path(post, path = "/v2/sandboxes/{id}/connect", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), request_body = TimeoutReq, responses((status = 200, description = "Was running"), (status = 201, description = "Was paused; resumed")), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(post, path = "/v2/sandboxes/{id}/connect", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), request_body = Timeout, responses((status = 200, description = "Was running", body = bodies::Sandbox), (status = 201, description = "Was paused; resumed", body = bodies::Sandbox)), security(("api_key" = []), ("bearer" = [])))]
 /// POST /v2/sandboxes/{id}/connect `{timeout}`: 200 if it was running,
 /// 201 if it was paused and is now resumed.
 pub(super) async fn connect(
@@ -435,9 +417,9 @@ pub(super) async fn connect(
     caller: Result<Caller, ApiError>,
     Path(id): Path<String>,
     raw: axum::body::Bytes,
-) -> E2bResult<(StatusCode, Json<Value>)> {
+) -> E2bResult<(StatusCode, Json<bodies::Sandbox>)> {
     let caller = caller?;
-    let r: TimeoutReq = body(&raw)?;
+    let r: Timeout = body(&raw)?;
     let s = e2b_find(&app, &caller, &id).await?;
     let (status, s) = if s.state == SandboxState::Paused {
         let s = lifecycle::resume(&app, s, &caller.actor).await?;
@@ -449,13 +431,13 @@ pub(super) async fn connect(
     Ok((status, Json(created(&app, &s))))
 }
 
-#[utoipa::path(get, path = "/sandboxes/{id}/metrics", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), responses((status = 200, description = "E2B's [SandboxMetric]")), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(get, path = "/sandboxes/{id}/metrics", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), responses((status = 200, description = "The current metric", body = [SandboxMetric])), security(("api_key" = []), ("bearer" = [])))]
 /// GET /sandboxes/{id}/metrics: E2B's `[SandboxMetric]` (the current one).
 pub(super) async fn metrics(
     State(app): State<App>,
     caller: Result<Caller, ApiError>,
     Path(id): Path<String>,
-) -> E2bResult<Json<Value>> {
+) -> E2bResult<Json<Vec<SandboxMetric>>> {
     let caller = caller?;
     let s = e2b_find(&app, &caller, &id).await?;
     let m = agent_for(&app, &s)
@@ -468,17 +450,17 @@ pub(super) async fn metrics(
         .map_err(ApiError::from)?
         .into_owned();
     let ts = if m.timestamp > 0 { m.timestamp } else { now() };
-    Ok(Json(json!([{
-        "timestamp": rfc3339(ts),
-        "timestampUnix": ts,
-        "cpuCount": s.vcpus,
-        "cpuUsedPct": m.cpu_used_pct,
-        "memUsed": m.memory_bytes,
-        "memTotal": m.memory_limit_bytes,
-        "memCache": 0,
-        "diskUsed": m.disk_used_bytes,
-        "diskTotal": m.disk_limit_bytes,
-    }])))
+    Ok(Json(vec![SandboxMetric {
+        timestamp: rfc3339(ts),
+        timestamp_unix: ts,
+        cpu_count: s.vcpus,
+        cpu_used_pct: m.cpu_used_pct,
+        mem_used: m.memory_bytes,
+        mem_total: m.memory_limit_bytes,
+        mem_cache: 0,
+        disk_used: m.disk_used_bytes,
+        disk_total: m.disk_limit_bytes,
+    }]))
 }
 
 #[cfg(test)]

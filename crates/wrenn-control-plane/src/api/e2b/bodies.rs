@@ -1,0 +1,159 @@
+//! The bodies of E2B's REST API, as E2B's OpenAPI spec names and shapes
+//! them (camelCase, `…ID`): what its SDKs send and read. In the OpenAPI
+//! document each is named `E2b…`, apart from the native bodies.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+/// E2B's `NewSandbox` (every field optional).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = E2bNewSandbox)]
+pub struct NewSandbox {
+    /// Template id or alias (default `base`).
+    #[serde(rename = "templateID")]
+    pub template_id: Option<String>,
+    /// Seconds until the sandbox is killed (or paused with `autoPause`).
+    pub timeout: Option<u32>,
+    /// Pause instead of kill when the timeout passes.
+    pub auto_pause: Option<bool>,
+    /// Whether it may reach the internet (default true).
+    #[serde(rename = "allow_internet_access", alias = "allowInternetAccess")]
+    pub allow_internet_access: Option<bool>,
+    /// Labels.
+    pub metadata: Option<HashMap<String, String>>,
+    /// Environment variables of every process in it.
+    pub env_vars: Option<HashMap<String, String>>,
+}
+
+/// E2B's `Sandbox`: what create, resume and connect answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = E2bSandbox)]
+pub struct Sandbox {
+    /// The template it was made from.
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    /// Its id.
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: String,
+    /// The host it runs on.
+    #[serde(rename = "clientID")]
+    pub client_id: String,
+    /// The template's alias.
+    pub alias: String,
+    /// The envd protocol version its envd speaks.
+    #[serde(rename = "envdVersion")]
+    pub envd_version: String,
+    /// For envd's `X-Access-Token`.
+    #[serde(rename = "envdAccessToken")]
+    pub envd_access_token: String,
+    /// For `e2b-traffic-access-token` on its ports.
+    #[serde(rename = "trafficAccessToken")]
+    pub traffic_access_token: String,
+    /// The domain of `{port}-{sandboxID}.{domain}`.
+    pub domain: String,
+}
+
+/// E2B's `ListedSandbox`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = E2bListedSandbox)]
+pub struct ListedSandbox {
+    /// The template it was made from.
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    /// The template's alias.
+    pub alias: String,
+    /// Its id.
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: String,
+    /// The host it runs on.
+    #[serde(rename = "clientID")]
+    pub client_id: String,
+    /// When it started (RFC 3339).
+    pub started_at: Option<String>,
+    /// When its timeout runs out (RFC 3339).
+    pub end_at: Option<String>,
+    /// CPUs.
+    pub cpu_count: i64,
+    /// Memory, MiB.
+    #[serde(rename = "memoryMB")]
+    pub memory_mb: i64,
+    /// Disk, MiB.
+    #[serde(rename = "diskSizeMB")]
+    pub disk_size_mb: i64,
+    /// Labels.
+    pub metadata: HashMap<String, String>,
+    /// `running` or `paused`.
+    pub state: String,
+    /// The envd protocol version its envd speaks.
+    pub envd_version: String,
+}
+
+/// E2B's `SandboxDetail`: a listed sandbox with its access details.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = E2bSandboxDetail)]
+pub struct SandboxDetail {
+    /// What a listing shows.
+    #[serde(flatten)]
+    pub listed: ListedSandbox,
+    /// For envd's `X-Access-Token`.
+    pub envd_access_token: String,
+    /// The domain of `{port}-{sandboxID}.{domain}`.
+    pub domain: String,
+    /// Whether it may reach the internet.
+    pub allow_internet_access: bool,
+}
+
+/// E2B's `SandboxMetric`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = E2bSandboxMetric)]
+pub struct SandboxMetric {
+    /// When (RFC 3339).
+    pub timestamp: Option<String>,
+    /// When, unix seconds.
+    pub timestamp_unix: i64,
+    /// CPUs.
+    pub cpu_count: i64,
+    /// CPU in use, percent.
+    pub cpu_used_pct: f32,
+    /// Memory in use, bytes.
+    pub mem_used: u64,
+    /// Memory limit, bytes.
+    pub mem_total: u64,
+    /// Page cache, bytes (not reported: 0).
+    pub mem_cache: u64,
+    /// Disk in use, bytes.
+    pub disk_used: u64,
+    /// Disk size, bytes.
+    pub disk_total: u64,
+}
+
+/// E2B's `Error`: `{code, message}`, the code being the HTTP status.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = E2bError)]
+pub struct Error {
+    /// The HTTP status.
+    pub code: u16,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// The body of `POST /sandboxes/{id}/timeout` and `…/connect`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[schema(as = E2bTimeout)]
+pub struct Timeout {
+    /// Seconds from now.
+    pub timeout: Option<u32>,
+}
+
+/// The body of `POST /sandboxes/{id}/refreshes`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[schema(as = E2bRefresh)]
+pub struct Refresh {
+    /// Seconds to keep it alive from now.
+    pub duration: Option<u32>,
+}
