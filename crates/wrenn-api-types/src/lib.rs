@@ -18,6 +18,7 @@ pub mod hosts;
 pub mod identity;
 pub mod processes;
 pub mod sandboxes;
+pub mod streams;
 pub mod templates;
 
 use serde::{Deserialize, Serialize};

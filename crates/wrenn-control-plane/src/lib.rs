@@ -39,7 +39,7 @@ pub struct App {
     /// Where new sandboxes go.
     pub scheduler: Arc<dyn hosts::Scheduler>,
     /// Lifecycle events, by team.
-    pub events: tokio::sync::broadcast::Sender<(String, serde_json::Value)>,
+    pub events: tokio::sync::broadcast::Sender<(String, wrenn_api_types::streams::LifecycleEvent)>,
     /// Disk use per sandbox, as last asked of its agent (GET shows it; one
     /// agent call a second per sandbox is plenty).
     pub disk_used:

@@ -304,6 +304,58 @@ async fn a_sandbox_lives_and_dies_through_rest() {
     assert!(c.list_sandboxes().await.unwrap().is_empty());
 }
 
+/// A command streamed over the WebSocket: its events in order, typed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_command_arrives_in_order() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use wrenn_client::types::streams::{ExecStart, ProcessMessage};
+    let Some(s) = stack(Backend::Sqlite, 8192).await else {
+        return;
+    };
+    let c = client(&s);
+    let id = c
+        .create_sandbox(&CreateSandbox::default())
+        .await
+        .unwrap()
+        .id;
+    let mut ws = c
+        .websocket(&format!("/v1/sandboxes/{id}/exec/stream"))
+        .await
+        .unwrap();
+    let start = ExecStart {
+        cmd: Some("/bin/sh".into()),
+        args: vec!["-c".into(), "echo out; echo err >&2; exit 2".into()],
+    };
+    ws.send(Message::Text(serde_json::to_string(&start).unwrap().into()))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while let Some(Ok(m)) = ws.next().await {
+        if let Message::Text(t) = m {
+            seen.push(serde_json::from_str::<ProcessMessage>(&t).unwrap());
+        }
+    }
+    assert!(
+        matches!(seen.first(), Some(ProcessMessage::Start { pid }) if *pid > 0),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&ProcessMessage::Stdout {
+            data: "out\n".into()
+        }),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&ProcessMessage::Stderr {
+            data: "err\n".into()
+        }),
+        "{seen:?}"
+    );
+    assert_eq!(seen.last(), Some(&ProcessMessage::Exit { exit_code: 2 }));
+    c.destroy_sandbox(&id).await.unwrap();
+}
+
 /// Commands through REST: output kept up to its bound (the control plane
 /// holds it, not the agent), a deadline that kills, background processes
 /// listed and killed.

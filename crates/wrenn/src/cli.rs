@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use serde_json::Value;
 use wrenn_client::Client;
+use wrenn_client::types::streams::{ProcessMessage, PtyControl, PtyMessage, PtyOpen};
 
 use crate::server::{CliConfig, config_path};
 use crate::table::{Align, Table};
@@ -538,16 +538,18 @@ async fn shell(
     let (mut tx, mut rx) = ws.split();
     let (cols, rows) = term_size();
     let first = match &attach {
-        Some(tag) => serde_json::json!({ "type": "connect", "tag": tag }),
-        None => {
-            let mut v = serde_json::json!({ "type": "start", "cols": cols, "rows": rows });
-            if let Some(cmd) = cmd {
-                v["cmd"] = cmd.into();
-            }
-            v
-        }
+        Some(tag) => PtyOpen::Connect { tag: tag.clone() },
+        None => PtyOpen::Start {
+            cmd,
+            args: Vec::new(),
+            cols: Some(cols.into()),
+            rows: Some(rows.into()),
+            envs: Default::default(),
+            cwd: None,
+        },
     };
-    tx.send(Message::Text(first.to_string().into())).await?;
+    tx.send(Message::Text(serde_json::to_string(&first)?.into()))
+        .await?;
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
     if !interactive {
         eprintln!(
@@ -567,17 +569,14 @@ async fn shell(
                     stdout.write_all(&b).await?;
                     stdout.flush().await?;
                 }
-                Some(Ok(Message::Text(t))) => {
-                    let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
-                    match v["type"].as_str() {
-                        Some("started") if attach.is_none() => {
-                            eprint!("[wrenn: session {} — reattach with --attach {}]\r\n", v["tag"].as_str().unwrap_or(""), v["tag"].as_str().unwrap_or(""));
-                        }
-                        Some("exit") => return Ok(v["exit_code"].as_i64().unwrap_or(0).clamp(0, 255) as i32),
-                        Some("error") => anyhow::bail!("{}", v["data"].as_str().unwrap_or("PTY error")),
-                        _ => {}
+                Some(Ok(Message::Text(t))) => match serde_json::from_str::<PtyMessage>(&t) {
+                    Ok(PtyMessage::Started { tag, .. }) if attach.is_none() => {
+                        eprint!("[wrenn: session {tag} — reattach with --attach {tag}]\r\n");
                     }
-                }
+                    Ok(PtyMessage::Exit { exit_code }) => return Ok(exit_code.clamp(0, 255)),
+                    Ok(PtyMessage::Error { data, .. }) => anyhow::bail!("{data}"),
+                    _ => {}
+                },
                 Some(Ok(Message::Close(_))) | None => return Ok(0),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => anyhow::bail!("the connection broke: {e}; the session lives on, reattach with --attach"),
@@ -593,7 +592,8 @@ async fn shell(
             },
             _ = winch.recv() => {
                 let (cols, rows) = term_size();
-                tx.send(Message::Text(serde_json::json!({ "type": "resize", "cols": cols, "rows": rows }).to_string().into())).await?;
+                let resize = PtyControl::Resize { cols: Some(cols.into()), rows: Some(rows.into()) };
+                tx.send(Message::Text(serde_json::to_string(&resize)?.into())).await?;
             }
         }
     }
@@ -607,17 +607,12 @@ async fn logs(c: &Client, id: &str, pid: u32) -> anyhow::Result<i32> {
         .await?;
     while let Some(msg) = ws.next().await {
         let Message::Text(t) = msg? else { continue };
-        let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
-        match v["type"].as_str() {
-            Some("stdout") => {
-                std::io::stdout().write_all(v["data"].as_str().unwrap_or("").as_bytes())?
-            }
-            Some("stderr") => {
-                std::io::stderr().write_all(v["data"].as_str().unwrap_or("").as_bytes())?
-            }
-            Some("exit") => return Ok(v["exit_code"].as_i64().unwrap_or(0).clamp(0, 255) as i32),
-            Some("error") => anyhow::bail!("{}", v["data"].as_str().unwrap_or("stream error")),
-            _ => {}
+        match serde_json::from_str::<ProcessMessage>(&t) {
+            Ok(ProcessMessage::Stdout { data }) => std::io::stdout().write_all(data.as_bytes())?,
+            Ok(ProcessMessage::Stderr { data }) => std::io::stderr().write_all(data.as_bytes())?,
+            Ok(ProcessMessage::Exit { exit_code }) => return Ok(exit_code.clamp(0, 255)),
+            Ok(ProcessMessage::Error { data }) => anyhow::bail!("{data}"),
+            Ok(ProcessMessage::Start { .. }) | Err(_) => {}
         }
     }
     Ok(0)

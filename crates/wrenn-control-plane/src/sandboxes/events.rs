@@ -5,7 +5,7 @@
 //! contract (its `Event` enum: `capsule.create`, `capsule.pause`, …); the
 //! audit log, Wrenn's own, says `sandbox.*`. Both names live here.
 
-use serde_json::json;
+use wrenn_api_types::streams::LifecycleEvent;
 
 use crate::App;
 use crate::store::{Sandbox, now, rfc3339};
@@ -52,11 +52,11 @@ impl Event {
 
 /// Sends `event` about `s` to the subscribers of its team.
 pub fn emit(app: &App, s: &Sandbox, event: Event) {
-    let body = json!({
-        "event": event.name(),
-        "capsule_id": s.id,
-        "status": s.state,
-        "timestamp": rfc3339(now()),
-    });
+    let body = LifecycleEvent {
+        event: event.name().into(),
+        capsule_id: Some(s.id.clone()),
+        status: Some(s.state.to_string()),
+        timestamp: rfc3339(now()),
+    };
     let _ = app.events.send((s.team_id.clone(), body));
 }

@@ -1,10 +1,12 @@
-//! Streamed exec and interactive PTYs over WebSocket.
+//! Streamed exec and interactive PTYs over WebSocket; the messages are
+//! `wrenn_api_types::streams`' types.
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde::Serialize;
+use wrenn_api_types::streams::{ExecStart, ProcessMessage, PtyControl, PtyMessage, PtyOpen};
 
 use crate::App;
 use crate::auth::Caller;
@@ -12,14 +14,17 @@ use crate::dataplane::{self, Envd, Event, Events};
 use crate::error::{ApiError, ApiResult};
 use crate::sandboxes::running_sandbox;
 
-fn text(v: Value) -> Message {
-    Message::Text(v.to_string().into())
+/// A message as a JSON text frame.
+fn text(m: &impl Serialize) -> Message {
+    Message::Text(serde_json::to_string(m).unwrap_or_default().into())
 }
 
-async fn first_json(socket: &mut WebSocket) -> Option<Value> {
+/// The first text frame (`None`: the socket closed first); binary frames
+/// before it are skipped.
+async fn first_text(socket: &mut WebSocket) -> Option<String> {
     while let Some(Ok(msg)) = socket.recv().await {
         match msg {
-            Message::Text(t) => return serde_json::from_str(&t).ok(),
+            Message::Text(t) => return Some(t.to_string()),
             Message::Close(_) => return None,
             _ => continue,
         }
@@ -38,19 +43,22 @@ pub(crate) async fn exec_stream(
     let s = running_sandbox(&app, &caller, &id).await?;
     let envd = Envd::of(&app, &s).await?;
     Ok(upgrade.on_upgrade(move |mut socket| async move {
-        let Some(start) = first_json(&mut socket).await else {
+        let Some(first) = first_text(&mut socket).await else {
             return;
         };
-        let cmd = start["cmd"].as_str().unwrap_or("/bin/sh").to_string();
-        let args: Vec<String> = start["args"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let req = dataplane::command(cmd, args, [], None, None, false);
+        let start = match serde_json::from_str::<ExecStart>(&first) {
+            Ok(s) => s,
+            Err(e) => {
+                let e = ApiError::bad_request(format!(
+                    "the first message must be {{\"type\":\"start\",\"cmd\",\"args\"}}: {e}"
+                ));
+                return send_error(&mut socket, e).await;
+            }
+        };
+        let cmd = start.cmd.unwrap_or_else(|| "/bin/sh".into());
+        // Its stdin stays open, as it always has (nothing writes to it:
+        // a command that reads stdin waits, as in a terminal).
+        let req = dataplane::command(cmd, start.args, [], None, None, true);
         relay(&envd, envd.start(req, None).await, socket).await
     }))
 }
@@ -58,7 +66,7 @@ pub(crate) async fn exec_stream(
 /// Sends an error as an `error` message.
 async fn send_error(socket: &mut WebSocket, e: ApiError) {
     let _ = socket
-        .send(text(json!({ "type": "error", "data": e.message })))
+        .send(text(&ProcessMessage::Error { data: e.message }))
         .await;
 }
 
@@ -72,21 +80,21 @@ async fn relay(envd: &Envd, started: ApiResult<Events>, mut socket: WebSocket) {
     };
     loop {
         let out = match events.next().await {
-            Ok(Some(Event::Start(pid))) => json!({ "type": "start", "pid": pid }),
-            Ok(Some(Event::Stdout(b) | Event::Pty(b))) => {
-                json!({ "type": "stdout", "data": String::from_utf8_lossy(&b) })
-            }
-            Ok(Some(Event::Stderr(b))) => {
-                json!({ "type": "stderr", "data": String::from_utf8_lossy(&b) })
-            }
-            Ok(Some(Event::End(code))) => json!({ "type": "exit", "exit_code": code }),
+            Ok(Some(Event::Start(pid))) => ProcessMessage::Start { pid },
+            Ok(Some(Event::Stdout(b) | Event::Pty(b))) => ProcessMessage::Stdout {
+                data: String::from_utf8_lossy(&b).into_owned(),
+            },
+            Ok(Some(Event::Stderr(b))) => ProcessMessage::Stderr {
+                data: String::from_utf8_lossy(&b).into_owned(),
+            },
+            Ok(Some(Event::End(exit_code))) => ProcessMessage::Exit { exit_code },
             Ok(None) => break,
             Err(e) => {
                 send_error(&mut socket, envd.failed(e)).await;
                 break;
             }
         };
-        if socket.send(text(out)).await.is_err() {
+        if socket.send(text(&out)).await.is_err() {
             return; // the caller left; the process runs on
         }
     }
@@ -123,60 +131,44 @@ pub(crate) async fn pty(
     Ok(upgrade.on_upgrade(move |socket| pty_session(envd, socket)))
 }
 
-/// The strings of a JSON array (others skipped); empty when it is none.
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+/// The most rows or columns a PTY has (envd's bound).
+const PTY_MAX: u32 = 65_535;
 
-/// A terminal's dimension from a client message: 1 to 1000, else `default`.
-fn dimension(v: &Value, default: u32) -> u32 {
-    v.as_u64()
-        .filter(|n| (1..=1000).contains(n))
-        .map_or(default, |n| n as u32)
+/// A new terminal's dimension: `default` when not given, within 1 to
+/// [`PTY_MAX`].
+fn dimension(v: Option<u32>, default: u32) -> u32 {
+    v.unwrap_or(default).clamp(1, PTY_MAX)
 }
 
 async fn pty_session(envd: Envd, mut socket: WebSocket) {
-    let Some(first) = first_json(&mut socket).await else {
+    let Some(first) = first_text(&mut socket).await else {
         return;
     };
-    let fail = |m: String| text(json!({ "type": "error", "data": m, "fatal": true }));
-    let started = match first["type"].as_str() {
-        Some("start") => {
+    let fail = |data: String| text(&PtyMessage::Error { data, fatal: true });
+    let started = match serde_json::from_str::<PtyOpen>(&first) {
+        Ok(PtyOpen::Start {
+            cmd,
+            args,
+            cols,
+            rows,
+            mut envs,
+            cwd,
+        }) => {
             let tag = format!("pty-{}", crate::ids::hex(6));
-            let (cmd, args) = match first["cmd"].as_str() {
-                Some(cmd) if !cmd.is_empty() => (cmd.to_string(), strings(&first["args"])),
+            let (cmd, args) = match cmd {
+                Some(cmd) if !cmd.is_empty() => (cmd, args),
                 _ => ("/bin/bash".to_string(), vec!["-i".into(), "-l".into()]),
             };
-            let mut envs: std::collections::HashMap<String, String> = first["envs"]
-                .as_object()
-                .map(|o| {
-                    o.iter()
-                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                        .collect()
-                })
-                .unwrap_or_default();
             envs.entry("TERM".into())
                 .or_insert_with(|| "xterm-256color".into());
-            let cwd = first["cwd"].as_str().map(str::to_string);
             let mut req = dataplane::command(cmd, args, envs, cwd, Some(tag.clone()), true);
-            req.pty =
-                dataplane::pty(dimension(&first["cols"], 80), dimension(&first["rows"], 24)).into();
+            req.pty = dataplane::pty(dimension(cols, 80), dimension(rows, 24)).into();
             start_pty(&envd, req, tag).await
         }
-        Some("connect") => {
-            let tag = first["tag"].as_str().unwrap_or_default().to_string();
-            attach_pty(&envd, tag).await
-        }
-        _ => Err(
-            "the first message must be {\"type\":\"start\"} or {\"type\":\"connect\",\"tag\":…}"
-                .into(),
-        ),
+        Ok(PtyOpen::Connect { tag }) => attach_pty(&envd, tag).await,
+        Err(e) => Err(format!(
+            "the first message must be {{\"type\":\"start\"}} or {{\"type\":\"connect\",\"tag\":…}}: {e}"
+        )),
     };
     let (mut events, pid, tag) = match started {
         Ok(s) => s,
@@ -186,7 +178,7 @@ async fn pty_session(envd: Envd, mut socket: WebSocket) {
         }
     };
     if socket
-        .send(text(json!({ "type": "started", "pid": pid, "tag": tag })))
+        .send(text(&PtyMessage::Started { pid, tag }))
         .await
         .is_err()
     {
@@ -201,21 +193,17 @@ async fn pty_session(envd: Envd, mut socket: WebSocket) {
                         return;
                     }
                 }
-                Ok(Some(Event::End(code))) => {
-                    let _ = tx
-                        .send(text(json!({ "type": "exit", "exit_code": code })))
-                        .await;
+                Ok(Some(Event::End(exit_code))) => {
+                    let _ = tx.send(text(&PtyMessage::Exit { exit_code })).await;
                     let _ = tx.close().await;
                     return;
                 }
                 Ok(Some(Event::Start(_))) => {}
                 Ok(None) => return,
                 Err(e) => {
-                    let e = envd.failed(e);
+                    let data = envd.failed(e).message;
                     let _ = tx
-                        .send(text(
-                            json!({ "type": "error", "data": e.message, "fatal": true }),
-                        ))
+                        .send(text(&PtyMessage::Error { data, fatal: true }))
                         .await;
                     return;
                 }
@@ -226,22 +214,23 @@ async fn pty_session(envd: Envd, mut socket: WebSocket) {
         while let Some(Ok(msg)) = rx.next().await {
             let r = match msg {
                 Message::Binary(b) => envd.send_input(pid, b.to_vec(), true).await,
-                Message::Text(t) => {
-                    let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
-                    match v["type"].as_str() {
-                        Some("resize") => {
-                            let (cols, rows) =
-                                (dimension(&v["cols"], 80), dimension(&v["rows"], 24));
+                // Anything else a client sends is ignored.
+                Message::Text(t) => match serde_json::from_str::<PtyControl>(&t) {
+                    // A size out of bounds is ignored: the terminal keeps its own.
+                    Ok(PtyControl::Resize { cols, rows }) => {
+                        let (cols, rows) = (cols.unwrap_or(80), rows.unwrap_or(24));
+                        if (1..=PTY_MAX).contains(&cols) && (1..=PTY_MAX).contains(&rows) {
                             envd.resize(pid, cols, rows).await
+                        } else {
+                            Ok(())
                         }
-                        Some("kill") => envd.signal(pid, true).await,
-                        Some("input") => {
-                            let data = v["data"].as_str().unwrap_or_default().as_bytes().to_vec();
-                            envd.send_input(pid, data, true).await
-                        }
-                        _ => Ok(()),
                     }
-                }
+                    Ok(PtyControl::Kill) => envd.signal(pid, true).await,
+                    Ok(PtyControl::Input { data }) => {
+                        envd.send_input(pid, data.into_bytes(), true).await
+                    }
+                    Err(_) => Ok(()),
+                },
                 Message::Close(_) => break,
                 _ => Ok(()),
             };
