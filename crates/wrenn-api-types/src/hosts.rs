@@ -129,13 +129,16 @@ pub struct Credentials {
     pub host_id: String,
     /// For `Authorization: Bearer` on heartbeats (7 days).
     pub host_jwt: String,
-    /// When the JWT lapses, unix seconds.
+    /// When the JWT lapses, unix seconds (0: not said).
+    #[serde(default)]
     pub host_jwt_expires_at: i64,
     /// Trades for new credentials (60 days; one use).
     pub refresh_token: String,
-    /// When the refresh token lapses, unix seconds.
+    /// When the refresh token lapses, unix seconds (0: not said).
+    #[serde(default)]
     pub refresh_expires_at: i64,
-    /// How often to send heartbeats.
+    /// How often to send heartbeats (0: not said; the agent's own).
+    #[serde(default)]
     pub heartbeat_interval_sec: u64,
 }
 

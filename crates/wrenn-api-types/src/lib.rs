@@ -4,7 +4,9 @@
 //! reads them. A change to a body is a change here, seen by all three.
 //!
 //! Requests refuse unknown fields (a typo is a 400 naming the field, not
-//! an option silently ignored); optional fields are `Option`s the server
+//! an option silently ignored), except an agent's heartbeat, which an
+//! agent of another version may fill differently; optional fields are
+//! `Option`s the server
 //! fills with its defaults (`wrenn_protocol::sandbox::DEFAULT_*`).
 //! Timestamps are RFC 3339 strings unless a field says unix seconds.
 //!

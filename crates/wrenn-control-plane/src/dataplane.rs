@@ -145,7 +145,10 @@ impl Envd {
         use wrenn_protocol::hostagent::proxy_error as pe;
         match code.to_str().unwrap_or_default() {
             pe::NOT_FOUND => ApiError::not_found(format!("sandbox '{}'", self.id)),
-            pe::INVALID_STATE => ApiError::conflict("invalid_state", message),
+            pe::INVALID_STATE => ApiError::conflict(
+                "invalid_state",
+                format!("sandbox {} is paused; resume it first", self.id),
+            ),
             _ => ApiError::unavailable(
                 "host_unavailable",
                 format!(

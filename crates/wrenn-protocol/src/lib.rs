@@ -145,9 +145,10 @@ pub mod hostagent {
     }
 
     /// The largest message an agent answers with, which its clients must
-    /// accept: a `ListSandboxes` of some ten thousand sandboxes with their
-    /// metadata.
-    pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
+    /// accept: a `ListSandboxes` of some 1,700 sandboxes that all carry the
+    /// most metadata a create allows (64 × 1 KiB values), or tens of
+    /// thousands with little. (A host holding more needs a paged listing.)
+    pub const MAX_MESSAGE_BYTES: usize = 128 << 20;
 }
 
 pub use connectrpc;
