@@ -328,10 +328,13 @@ def test_proxy_reaches_http_and_websocket_servers_in_a_sandbox(wrenn_up):
                 assert body["error"]["code"] == code and body["error"]["message"], body
         r = get(8999, h)
         assert "8999" in r.json()["error"]["message"], r.text
-        for headers, shape in [(h, "native"), ({"E2b-Sandbox-Id": "sb-nosuch", **e2b}, "e2b")]:
+        # An unknown sandbox: 404 natively, E2B's 502 to E2B's clients
+        # (which read it as "not running").
+        for headers, status in [(h, 404), ({"E2b-Sandbox-Id": "sb-nosuch", **e2b}, 502)]:
             r = httpx.get(f"{base}/", headers={"Host": f"8000-sb-nosuch.localhost:{port}", **headers})
-            assert r.status_code == 404, r.text
-            assert (r.json()["error"]["code"] == "not_found") if shape == "native" else (r.json()["code"] == 404)
+            assert r.status_code == status, r.text
+            body = r.json()
+            assert (body["error"]["code"] == "not_found") if status == 404 else (body["code"] == 502 and body["sandboxId"] == "sb-nosuch")
         # A browser's first visit keeps its cookie even when nothing listens yet.
         r = get(8999, {}, path=f"/?wrenn_traffic_token={e2b['e2b-traffic-access-token']}")
         assert r.status_code == 502 and r.json()["error"]["code"] == "port_not_open", r.text
@@ -415,3 +418,76 @@ def test_e2b_auto_pause_at_the_timeout(e2b_env):
         assert back.files.read("/tmp/survives.txt") == "yes"
     finally:
         sbx.kill()
+
+
+def test_e2b_paused_and_killed_sandboxes_are_not_running(e2b_env):
+    """As on E2B: traffic does not resume a paused sandbox unless it was
+    made with `auto_resume`, so `is_running()` says False for a paused
+    sandbox (and leaves it paused) and for a killed one, from the proxy's
+    502 `{sandboxId, message, code}`; connect resumes it."""
+    base, key = e2b_env
+    # A route of E2B's that Wrenn lacks answers in E2B's shape too.
+    r = httpx.get(f"{base}/snapshots", headers={"X-API-Key": key})
+    assert r.status_code == 404 and r.json()["code"] == 404 and r.json()["message"], r.text
+    sbx = Sandbox.create("base", timeout=120)
+    try:
+        assert sbx.is_running() is True
+        assert sbx.get_info().lifecycle == {"on_timeout": "kill", "auto_resume": False}
+        assert sbx.pause() is True
+        assert sbx.is_running() is False
+        assert sbx.get_info().state.value == "paused", "the probe resumed it"
+        r = httpx.get(f"{base}/health", headers={"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "49983", "X-Access-Token": sbx._envd_access_token or ""})
+        assert r.status_code == 502, r.text
+        body = r.json()
+        assert body["code"] == 502 and body["sandboxId"] == sbx.sandbox_id and "paused" in body["message"], body
+        back = Sandbox.connect(sbx.sandbox_id)
+        assert back.is_running() is True
+        assert back.commands.run("echo back").stdout == "back\n"
+        # A connect only extends: a shorter timeout leaves the longer one.
+        Sandbox.connect(sbx.sandbox_id, timeout=10)
+        assert sbx.get_info().end_at.timestamp() > time.time() + 60
+    finally:
+        sbx.kill()
+    assert sbx.is_running() is False
+
+    # No timeout given: E2B's documented 5 minutes.
+    plain = Sandbox.create("base")
+    try:
+        left = plain.get_info().end_at.timestamp() - time.time()
+        assert 240 < left <= 301, left
+    finally:
+        plain.kill()
+
+    # Made with auto_resume: traffic resumes it.
+    auto = Sandbox.create("base", timeout=120, lifecycle={"on_timeout": "pause", "auto_resume": True})
+    try:
+        assert auto.get_info().lifecycle == {"on_timeout": "pause", "auto_resume": True}
+        assert auto.pause() is True
+        assert auto.commands.run("echo woke").stdout == "woke\n"
+        assert auto.get_info().state.value == "running"
+    finally:
+        auto.kill()
+
+
+def test_e2b_listing_orders_and_filters(e2b_env):
+    """`Sandbox.list`: newest first by default, `order="asc"` oldest
+    first, and the `started_after` and `template` filters."""
+    case = uuid.uuid4().hex[:8]
+    a = Sandbox.create("base", timeout=120, metadata={"case": case})
+    time.sleep(1.2)  # startedAt has whole seconds
+    b = Sandbox.create("base", timeout=120, metadata={"case": case})
+    try:
+        def ids(query=None, **kw):
+            q = query or SandboxQuery(metadata={"case": case})
+            return [s.sandbox_id for s in Sandbox.list(query=q, **kw).next_items()]
+
+        assert ids() == [b.sandbox_id, a.sandbox_id]
+        assert ids(order="asc") == [a.sandbox_id, b.sandbox_id]
+        assert ids(order="desc") == [b.sandbox_id, a.sandbox_id]
+        since = b.get_info().started_at
+        assert ids(SandboxQuery(metadata={"case": case}, started_after=since)) == [b.sandbox_id]
+        assert ids(SandboxQuery(metadata={"case": case}, template="base")) == [b.sandbox_id, a.sandbox_id]
+        assert ids(SandboxQuery(metadata={"case": case}, template="nope")) == []
+    finally:
+        a.kill()
+        b.kill()

@@ -176,6 +176,8 @@ def test_exists_make_dir_rename_remove_get_info(sbx, workdir):
     assert sbx.files.read(f"{workdir}/moved/g.txt") == "12345"
     sbx.files.remove(f"{workdir}/made")
     assert sbx.files.exists(f"{workdir}/made") is False
+    # As E2B's: removing what is not there is no error.
+    sbx.files.remove(f"{workdir}/made")
     with pytest.raises(NotFoundException):
         sbx.files.get_info(f"{workdir}/made")
     with pytest.raises(NotFoundException):

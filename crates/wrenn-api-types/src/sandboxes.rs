@@ -36,6 +36,10 @@ pub struct CreateSandbox {
     /// Ports reachable through the proxy without credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_ports: Option<Vec<u16>>,
+    /// Whether traffic through the proxy resumes it when paused (default
+    /// true; false: such traffic is refused until it is resumed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_resume: Option<bool>,
     /// Only hosts with all these tags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_tags: Option<Vec<String>>,
@@ -79,6 +83,8 @@ pub struct Sandbox {
     pub public_ports: Vec<u16>,
     /// Opens every port through the proxy (`e2b-traffic-access-token`).
     pub traffic_token: String,
+    /// Whether traffic through the proxy resumes it when paused.
+    pub auto_resume: bool,
     /// Disk in use, MiB (on GET of one running or paused sandbox).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_used_mb: Option<u64>,

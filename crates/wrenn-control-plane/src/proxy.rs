@@ -9,11 +9,17 @@
 //! owning team (`X-API-Key`). None of these credentials is
 //! passed on to the sandbox (but `X-Access-Token` to envd, which checks it).
 //!
-//! A paused sandbox is resumed by traffic (unless `auto_resume` is off: 409).
+//! A paused sandbox is resumed by traffic when it was made so (its
+//! `auto_resume`: the native API's default, not E2B's) and the proxy
+//! allows it; else the traffic is refused (409; E2B's 502, which its SDKs
+//! read as "not running").
 //! The proxy's own errors (and the agent's, which it marks) are answered in
 //! the caller's API family: see [`Family`].
 //! Routes of running sandboxes and API-key lookups are cached for a second,
 //! so a request costs no database round trip.
+//!
+//! Why this file is long (~640 lines): a third of it is the table and
+//! property tests of target parsing, tokens and credentials.
 
 use std::sync::Arc;
 
@@ -36,7 +42,8 @@ use wrenn_protocol::hostagent::{PROXY_ERROR_HEADER, proxy_error};
 pub struct ProxyConfig {
     /// The domain in `{port}-{sandbox}.{domain}`, reported to E2B SDKs.
     pub domain: String,
-    /// Resume a paused sandbox when traffic arrives (else answer 409).
+    /// Let traffic resume paused sandboxes that allow it (each sandbox's
+    /// `auto_resume`); off, none is.
     pub auto_resume: bool,
 }
 
@@ -161,6 +168,14 @@ impl Family {
         match self {
             Family::Native => e.quiet_response(),
             Family::E2b => {
+                // E2B's proxy says 502 for a sandbox it cannot reach (none,
+                // killed, not running) and 403 for a missing credential.
+                let mut e = e;
+                if e.status == StatusCode::NOT_FOUND {
+                    e.status = StatusCode::BAD_GATEWAY;
+                } else if e.status == StatusCode::UNAUTHORIZED {
+                    e.status = StatusCode::FORBIDDEN;
+                }
                 let retry_after = e.retry_after;
                 let mut resp = wrenn_http_proxy::text(
                     e.status,
@@ -268,16 +283,18 @@ async fn route(app: &App, id: &str, port: u16, headers: &HeaderMap) -> Result<Ro
     authorize(app, headers, &s, port).await?;
     match s.state {
         SandboxState::Running => {}
-        SandboxState::Paused if app.proxy.auto_resume => {
+        SandboxState::Paused if app.proxy.auto_resume && s.auto_resume => {
             s = crate::sandboxes::resume_for_traffic(app, s).await?;
         }
         SandboxState::Paused => {
-            return Err(ApiError::conflict(
-                "invalid_state",
-                format!(
-                    "sandbox {id} is paused; resume it (POST /v1/sandboxes/{id}/resume or Sandbox.connect) to reach port {port}"
-                ),
-            ));
+            let message = format!(
+                "sandbox {id} is paused; resume it (POST /v1/sandboxes/{id}/resume or Sandbox.connect) to reach port {port}"
+            );
+            // To E2B's SDKs a paused sandbox is one that is not running.
+            return Err(match Family::of(headers) {
+                Family::E2b => ApiError::new(StatusCode::BAD_GATEWAY, "not_running", message),
+                Family::Native => ApiError::conflict("invalid_state", message),
+            });
         }
         SandboxState::Missing => {
             return Err(host_unreachable(format!(

@@ -3,6 +3,9 @@
 //! (`MemoryRuntime`, a test double whose sandboxes are real envds on
 //! loopback), driven over real HTTP by the Rust client. The tests with the
 //! namespace runtime (`crates/wrenn/tests`) stay; these run in seconds.
+//!
+//! Why this file is long (~600 lines): one harness (a stack per backend,
+//! raw and typed clients) shared by every REST test without root.
 
 use std::sync::Arc;
 
@@ -502,11 +505,12 @@ async fn bad_creates_are_refused_by_both_apis_and_leave_nothing() {
     assert_eq!(listed[0].status, "error");
     c.destroy_sandbox(&listed[0].id).await.unwrap();
     assert!(c.list_sandboxes().await.unwrap().is_empty());
-    // An E2B create works and defaults its timeout to E2B's 15 s.
+    // An E2B create works and defaults its timeout to the 300 s E2B's
+    // documentation promises.
     let (code, body) = post_raw(&s, "/sandboxes", &json!({ "templateID": "base" })).await;
     assert_eq!(code, 201, "{body}");
     let id = body["sandboxID"].as_str().unwrap();
-    assert_eq!(c.get_sandbox(id).await.unwrap().timeout_sec, 15);
+    assert_eq!(c.get_sandbox(id).await.unwrap().timeout_sec, 300);
     assert_eq!(body["envdVersion"], wrenn_protocol::envd::VERSION);
 }
 

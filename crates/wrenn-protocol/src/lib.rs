@@ -95,8 +95,10 @@ pub mod sandbox {
     pub const DEFAULT_DISK_SIZE_MB: u32 = 1024;
     /// Idle timeout of the native API, seconds.
     pub const DEFAULT_TIMEOUT_SEC: u32 = 300;
-    /// Idle timeout of the E2B API, seconds (E2B's own default).
-    pub const E2B_DEFAULT_TIMEOUT_SEC: u32 = 15;
+    /// Timeout of the E2B API when a create or connect names none,
+    /// seconds: the 5 minutes E2B's documentation promises (its open
+    /// source server's constant says 15 s; SDKs since 2.6x send none).
+    pub const E2B_DEFAULT_TIMEOUT_SEC: u32 = 300;
 }
 
 /// The host agent's API, `hostagent.v1.HostAgentService`, and its HTTP

@@ -1,4 +1,8 @@
 //! `wrenn server` and `wrenn up`.
+//!
+//! Why this file is long (~660 lines): `wrenn server` and `wrenn up` share
+//! their flags, secrets files, the admin's first key and the CLI's saved
+//! login, which live here beside them.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;

@@ -234,14 +234,26 @@ impl pb::Filesystem for FilesystemService {
         req: ServiceRequest<'_, pb::RemoveRequest>,
     ) -> ServiceResult<pb::RemoveResponse> {
         let (_, path) = self.user_and_path(&ctx, req.path)?;
-        let meta =
-            std::fs::symlink_metadata(&path).map_err(|e| io_error(e, "cannot remove", &path))?;
+        // As E2B's envd: removing what is not there succeeds (a removal
+        // is idempotent); other errors are errors.
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Response::ok(pb::RemoveResponse::default());
+            }
+            Err(e) => return Err(io_error(e, "cannot remove", &path)),
+        };
         let r = if meta.is_dir() {
             std::fs::remove_dir_all(&path)
         } else {
             std::fs::remove_file(&path)
         };
-        r.map_err(|e| io_error(e, "cannot remove", &path))?;
+        match r {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_error(e, "cannot remove", &path));
+            }
+            _ => {}
+        }
         Response::ok(pb::RemoveResponse::default())
     }
 

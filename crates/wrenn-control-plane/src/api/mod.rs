@@ -215,9 +215,14 @@ pub fn router(app: App) -> Router {
 /// Whether `path` is under E2B's REST API (which answers E2B's error
 /// shape) rather than the native one.
 fn is_e2b_path(path: &str) -> bool {
-    ["/sandboxes", "/v2/", "/v3/", "/templates"]
+    // Wrenn's own routes are under /v1 (and a few at the root); every
+    // other path is E2B's API, whose SDKs read only `{code, message}`
+    // (`/snapshots`, `/volumes`, … that Wrenn lacks among them).
+    let native = path == "/v1" || path.starts_with("/v1/");
+    let root = ["/health", "/openapi.json", "/openapi.yaml", "/docs"]
         .iter()
-        .any(|p| path.starts_with(p))
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")));
+    !native && !root
 }
 
 /// `e` in the shape of the API family `uri` belongs to.
@@ -421,5 +426,27 @@ mod document_tests {
         );
         let native = &doc["components"]["schemas"]["Sandbox"]["properties"];
         assert!(native["traffic_token"].is_object(), "{native}");
+    }
+}
+
+#[cfg(test)]
+mod family_tests {
+    #[test]
+    fn paths_outside_v1_are_e2b_s() {
+        for (path, e2b) in [
+            ("/v1/sandboxes", false),
+            ("/v1", false),
+            ("/health", false),
+            ("/openapi.json", false),
+            ("/docs/index.html", false),
+            ("/sandboxes/sb-1", true),
+            ("/v2/sandboxes", true),
+            ("/snapshots", true),
+            ("/volumes/x", true),
+            ("/v1x", true),
+            ("/healthz", true),
+        ] {
+            assert_eq!(super::is_e2b_path(path), e2b, "{path}");
+        }
     }
 }

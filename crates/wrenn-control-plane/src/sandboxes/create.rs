@@ -22,7 +22,7 @@ use crate::store::{Reserved, Sandbox, now};
 pub enum Dialect {
     /// Wrenn's `/v1/sandboxes`.
     Native,
-    /// E2B's `/sandboxes`: `templateID` required, `timeout` 15 s by
+    /// E2B's `/sandboxes`: `templateID` required, `timeout` 300 s by
     /// default and at least 1.
     E2b,
 }
@@ -63,6 +63,9 @@ pub struct NewSandbox {
     pub allow_internet_access: Option<bool>,
     /// Pause rather than destroy at the timeout.
     pub auto_pause: bool,
+    /// Traffic resumes it when paused (default: yes in the native API,
+    /// no in E2B's, as E2B's own).
+    pub auto_resume: Option<bool>,
     /// Ports open to anyone through the proxy.
     pub public_ports: Vec<u16>,
     /// Only hosts with all these tags.
@@ -90,6 +93,8 @@ pub struct CreateSpec {
     pub allow_internet_access: bool,
     /// Pause rather than destroy at the timeout.
     pub auto_pause: bool,
+    /// Traffic resumes it when paused.
+    pub auto_resume: bool,
     /// Ports open to anyone through the proxy, sorted, no duplicates.
     pub public_ports: Vec<u16>,
     /// Only hosts with all these tags.
@@ -211,6 +216,7 @@ impl NewSandbox {
             envs: self.envs,
             allow_internet_access: self.allow_internet_access.unwrap_or(true),
             auto_pause: self.auto_pause,
+            auto_resume: self.auto_resume.unwrap_or(d == Dialect::Native),
             public_ports: check_ports(self.public_ports)?,
             host_tags: self.host_tags,
         })
@@ -250,6 +256,7 @@ pub async fn create(app: &App, caller: &Caller, spec: CreateSpec) -> ApiResult<S
         created_at: now(),
         traffic_token: ids::hex(16),
         auto_pause: spec.auto_pause,
+        auto_resume: spec.auto_resume,
         public_ports: spec.public_ports.clone(),
         ..Default::default()
     };
@@ -368,8 +375,10 @@ mod tests {
         }
         .check(Dialect::E2b)
         .unwrap();
-        assert_eq!(e2b.timeout_sec, 15);
+        assert_eq!(e2b.timeout_sec, 300);
         assert_eq!((e2b.vcpus, e2b.memory_mb), (1, 512));
+        // Traffic resumes a paused sandbox by default natively, not in E2B's.
+        assert!(native.auto_resume && !e2b.auto_resume);
     }
 
     #[test]

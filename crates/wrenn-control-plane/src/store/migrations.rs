@@ -81,4 +81,13 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
             "CREATE UNIQUE INDEX templates_name ON templates (team_id, name)",
         ],
     ),
+    (
+        7,
+        &[
+            // Whether traffic through the proxy resumes the sandbox when it
+            // is paused (E2B's `autoResume`). Sandboxes made before: yes,
+            // as the proxy did for every sandbox.
+            "ALTER TABLE sandboxes ADD COLUMN auto_resume BIGINT NOT NULL DEFAULT 1",
+        ],
+    ),
 ];

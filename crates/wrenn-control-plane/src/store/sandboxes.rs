@@ -68,6 +68,9 @@ pub struct Sandbox {
     pub public_ports: Vec<u16>,
     /// Pause instead of destroy when the timeout passes (E2B `autoPause`).
     pub auto_pause: bool,
+    /// Traffic through the proxy resumes it when paused (E2B
+    /// `autoResume`).
+    pub auto_resume: bool,
 }
 
 fn sandbox(r: &AnyRow) -> Sandbox {
@@ -98,6 +101,7 @@ fn sandbox(r: &AnyRow) -> Sandbox {
             .filter_map(|p| p.trim().parse().ok())
             .collect(),
         auto_pause: r.get::<i64, _>("auto_pause") != 0,
+        auto_resume: r.get::<i64, _>("auto_resume") != 0,
     }
 }
 
@@ -119,7 +123,7 @@ fn ports_text(ports: &[u16]) -> String {
         .join(",")
 }
 
-const SANDBOX_COLS: &str = "id, team_id, host_id, template, state, vcpus, memory_mb, disk_size_mb, timeout_sec, allow_internet_access, metadata, envd_address, envd_token, error, created_at, started_at, last_active_at, updated_at, traffic_token, public_ports, auto_pause";
+const SANDBOX_COLS: &str = "id, team_id, host_id, template, state, vcpus, memory_mb, disk_size_mb, timeout_sec, allow_internet_access, metadata, envd_address, envd_token, error, created_at, started_at, last_active_at, updated_at, traffic_token, public_ports, auto_pause, auto_resume";
 
 impl Store {
     /// Records a new sandbox (normally `pending`) without looking at its
@@ -305,7 +309,7 @@ async fn insert<'e>(
     db: impl sqlx::Executor<'e, Database = sqlx::Any>,
     s: &Sandbox,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!("INSERT INTO sandboxes ({SANDBOX_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"))
+    sqlx::query(&format!("INSERT INTO sandboxes ({SANDBOX_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"))
         .bind(&s.id)
         .bind(&s.team_id)
         .bind(&s.host_id)
@@ -327,6 +331,7 @@ async fn insert<'e>(
         .bind(&s.traffic_token)
         .bind(ports_text(&s.public_ports))
         .bind(i64::from(s.auto_pause))
+        .bind(i64::from(s.auto_resume))
         .execute(db)
         .await?;
     Ok(())

@@ -1,5 +1,9 @@
 //! Starts a real `wrenn agent` for integration tests, with its own data
 //! directory whose `base` template is the shared test template.
+//!
+//! Why this file is long (~600 lines): the one harness of every agent
+//! test: the agent process, its clients (the RPC service and envd through
+//! the hop), commands and files through envd, and the host-trace checks.
 #![allow(dead_code)]
 
 use std::path::PathBuf;

@@ -18,6 +18,8 @@ pub struct NewSandbox {
     pub timeout: Option<u32>,
     /// Pause instead of kill when the timeout passes.
     pub auto_pause: Option<bool>,
+    /// Whether traffic resumes it when paused (default: no).
+    pub auto_resume: Option<AutoResume>,
     /// Whether it may reach the internet (default true).
     #[serde(rename = "allow_internet_access", alias = "allowInternetAccess")]
     pub allow_internet_access: Option<bool>,
@@ -25,6 +27,26 @@ pub struct NewSandbox {
     pub metadata: Option<HashMap<String, String>>,
     /// Environment variables of every process in it.
     pub env_vars: Option<HashMap<String, String>>,
+}
+
+/// E2B's `SandboxAutoResumeConfig`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[schema(as = E2bAutoResume)]
+pub struct AutoResume {
+    /// Traffic resumes the paused sandbox.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+/// E2B's `SandboxLifecycle`, as `GET /sandboxes/{id}` reports it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = E2bLifecycle)]
+pub struct Lifecycle {
+    /// Traffic resumes it when paused.
+    pub auto_resume: bool,
+    /// `kill` or `pause` when its timeout passes.
+    pub on_timeout: String,
 }
 
 /// E2B's `Sandbox`: what create, resume and connect answer.
@@ -105,6 +127,8 @@ pub struct SandboxDetail {
     pub domain: String,
     /// Whether it may reach the internet.
     pub allow_internet_access: bool,
+    /// What its timeout does, and whether traffic resumes it.
+    pub lifecycle: Lifecycle,
 }
 
 /// E2B's `SandboxMetric`.

@@ -106,7 +106,7 @@ fn e2b_state(s: &Sandbox) -> Option<&'static str> {
 
 /// E2B's `ListedSandbox` (and, with more fields, `SandboxDetail`).
 fn listed(s: &Sandbox, end_at: i64) -> ListedSandbox {
-    let started = s.started_at.max(s.created_at);
+    let started = started(s);
     ListedSandbox {
         template_id: s.template.clone(),
         alias: s.template.clone(),
@@ -152,6 +152,7 @@ pub(super) async fn create(
         envs: r.env_vars.unwrap_or_default(),
         allow_internet_access: r.allow_internet_access,
         auto_pause: r.auto_pause.unwrap_or(false),
+        auto_resume: r.auto_resume.map(|a| a.enabled),
         ..Default::default()
     }
     .check(Dialect::E2b)?;
@@ -189,6 +190,10 @@ pub(super) async fn get_one(
         envd_access_token: s.envd_token.clone(),
         domain: app.proxy.domain.clone(),
         allow_internet_access: s.allow_internet_access,
+        lifecycle: bodies::Lifecycle {
+            auto_resume: s.auto_resume,
+            on_timeout: if s.auto_pause { "pause" } else { "kill" }.into(),
+        },
     }))
 }
 
@@ -218,7 +223,27 @@ async fn filtered(
         Some(m) => metadata_filter(m)?,
         None => Vec::new(),
     };
-    Ok(app
+    let after = match q.get("startedAfter").filter(|t| !t.is_empty()) {
+        Some(t) => Some(
+            t.parse::<jiff::Timestamp>()
+                .map_err(|e| {
+                    ApiError::bad_request(format!(
+                        "startedAfter: '{t}' is not an RFC 3339 time ({e})"
+                    ))
+                })?
+                .as_second(),
+        ),
+        None => None,
+    };
+    let ascending = match q.get("order").map(String::as_str) {
+        None | Some("") | Some("desc") => false,
+        Some("asc") => true,
+        Some(o) => {
+            return Err(ApiError::bad_request(format!("order: '{o}' is not asc or desc")).into());
+        }
+    };
+    let template = q.get("template").filter(|t| !t.is_empty());
+    let mut list: Vec<Sandbox> = app
         .store
         .sandboxes(&caller.team_id, None)
         .await?
@@ -229,7 +254,26 @@ async fn filtered(
                 .iter()
                 .all(|(k, v)| s.metadata.get(k).is_some_and(|x| x == v))
         })
-        .collect())
+        .filter(|s| after.is_none_or(|a| started(s) >= a))
+        .filter(|s| template.is_none_or(|t| &s.template == t))
+        .collect();
+    // By start, newest first unless `order=asc`, then by id: a stable order
+    // for `nextToken`.
+    list.sort_by(|a, b| {
+        let by_start = started(a).cmp(&started(b));
+        let by_start = if ascending {
+            by_start
+        } else {
+            by_start.reverse()
+        };
+        by_start.then_with(|| a.id.cmp(&b.id))
+    });
+    Ok(list)
+}
+
+/// When a sandbox started, as E2B's `startedAt` reports it.
+fn started(s: &Sandbox) -> i64 {
+    s.started_at.max(s.created_at)
 }
 
 /// Parses E2B's metadata filter: `k=v&k2=v2` whose keys and values the
@@ -279,7 +323,7 @@ pub(super) async fn list_v1(
     ))
 }
 
-#[utoipa::path(get, path = "/v2/sandboxes", tag = "e2b", params(("state" = Option<String>, Query, description = "running,paused"), ("metadata" = Option<String>, Query, description = "k=v&k2=v2, encoded"), ("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("nextToken" = Option<String>, Query, description = "From X-Next-Token")), responses((status = 200, description = "A page; the next page's token in X-Next-Token", body = [ListedSandbox])), security(("api_key" = []), ("bearer" = [])))]
+#[utoipa::path(get, path = "/v2/sandboxes", tag = "e2b", params(("state" = Option<String>, Query, description = "running,paused"), ("metadata" = Option<String>, Query, description = "k=v&k2=v2, encoded"), ("order" = Option<String>, Query, description = "asc or desc (default) by startedAt"), ("startedAfter" = Option<String>, Query, description = "RFC 3339: only sandboxes started then or later"), ("template" = Option<String>, Query, description = "Only sandboxes of this template"), ("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("nextToken" = Option<String>, Query, description = "From X-Next-Token")), responses((status = 200, description = "A page; the next page's token in X-Next-Token", body = [ListedSandbox])), security(("api_key" = []), ("bearer" = [])))]
 /// GET /v2/sandboxes: pages of `limit` (default 100, at most 1000); the
 /// next page's token is in `X-Next-Token`.
 pub(super) async fn list_v2(
@@ -421,13 +465,26 @@ pub(super) async fn connect(
     let caller = caller?;
     let r: Timeout = body(&raw)?;
     let s = e2b_find(&app, &caller, &id).await?;
+    // As E2B's: a connect only extends the sandbox's time, to the timeout
+    // asked for (or the default) from now, never shortens it.
+    let asked = r
+        .timeout
+        .unwrap_or(wrenn_protocol::sandbox::E2B_DEFAULT_TIMEOUT_SEC);
+    lifecycle::check_timeout(Dialect::E2b, asked)?;
+    // (A sandbox without a timeout, made through the native API, keeps
+    // none.)
+    let timeout = match u32::try_from(s.timeout_sec) {
+        Ok(0) => None,
+        Ok(t) => Some(t.max(asked)),
+        Err(_) => Some(asked),
+    };
     let (status, s) = if s.state == SandboxState::Paused {
         let s = lifecycle::resume(&app, s, &caller.actor).await?;
         (StatusCode::CREATED, s)
     } else {
         (StatusCode::OK, s)
     };
-    let s = retime(&app, s, r.timeout).await?;
+    let s = retime(&app, s, timeout).await?;
     Ok((status, Json(created(&app, &s))))
 }
 

@@ -83,6 +83,7 @@ pub fn sandbox_view(s: &Sandbox) -> SandboxView {
         last_updated: rfc3339(s.updated_at.max(s.created_at)),
         public_ports: s.public_ports.clone(),
         traffic_token: s.traffic_token.clone(),
+        auto_resume: s.auto_resume,
         disk_used_mb: None,
     }
 }
@@ -103,6 +104,7 @@ pub(super) async fn create(
         envs: r.envs.unwrap_or_default(),
         allow_internet_access: r.allow_internet_access,
         auto_pause: false,
+        auto_resume: r.auto_resume,
         public_ports: r.public_ports.unwrap_or_default(),
         host_tags: r.host_tags.unwrap_or_default(),
     }
