@@ -15,6 +15,7 @@ import uuid
 import httpx
 import pytest
 from e2b import CommandExitException, NotFoundException, Sandbox, SandboxQuery, SandboxState
+from e2b.exceptions import SandboxNotRunningException
 from e2b.sandbox.commands.command_handle import PtySize
 from e2b.sandbox.filesystem.watch_handle import FilesystemEventType
 
@@ -174,6 +175,17 @@ def test_e2b_rest_errors_and_paging(e2b_env, wrenn_up):
             if not token:
                 break
         assert sorted(seen) == sorted(ids)
+        # The last sandbox of a page killed before the next page is asked
+        # for: the next page goes on after it all the same.
+        q = {"metadata": f"page={tag}", "limit": 2}
+        r = httpx.get(f"{base}/v2/sandboxes", headers=h, params=q)
+        first = [s["sandboxID"] for s in r.json()]
+        token = r.headers["x-next-token"]
+        assert httpx.delete(f"{base}/sandboxes/{first[-1]}", headers=h).status_code == 204
+        ids.remove(first[-1])
+        r = httpx.get(f"{base}/v2/sandboxes", headers=h, params={**q, "nextToken": token})
+        assert r.status_code == 200, r.text
+        assert [s["sandboxID"] for s in r.json()] == [i for i in ids if i not in first]
         # Pause twice: 409 the second time; connect resumes (201), then 200.
         assert httpx.post(f"{base}/sandboxes/{ids[0]}/pause", headers=h).status_code == 204
         assert httpx.post(f"{base}/sandboxes/{ids[0]}/pause", headers=h).status_code == 409
@@ -436,6 +448,8 @@ def test_e2b_paused_and_killed_sandboxes_are_not_running(e2b_env):
         assert sbx.pause() is True
         assert sbx.is_running() is False
         assert sbx.get_info().state.value == "paused", "the probe resumed it"
+        with pytest.raises(SandboxNotRunningException):
+            sbx.commands.run("true")
         r = httpx.get(f"{base}/health", headers={"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "49983", "X-Access-Token": sbx._envd_access_token or ""})
         assert r.status_code == 502, r.text
         body = r.json()
@@ -449,6 +463,9 @@ def test_e2b_paused_and_killed_sandboxes_are_not_running(e2b_env):
     finally:
         sbx.kill()
     assert sbx.is_running() is False
+    # What a killed sandbox's SDK object says when it is used: not running.
+    with pytest.raises(SandboxNotRunningException):
+        sbx.commands.run("true")
 
     # No timeout given: E2B's documented 5 minutes.
     plain = Sandbox.create("base")

@@ -83,7 +83,9 @@ pub struct Sandbox {
     pub public_ports: Vec<u16>,
     /// Opens every port through the proxy (`e2b-traffic-access-token`).
     pub traffic_token: String,
-    /// Whether traffic through the proxy resumes it when paused.
+    /// Whether traffic through the proxy resumes it when paused (servers
+    /// older than this field always did).
+    #[serde(default = "yes")]
     pub auto_resume: bool,
     /// Disk in use, MiB (on GET of one running or paused sandbox).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -127,4 +129,9 @@ pub struct MetricsPoint {
     pub disk_limit_bytes: u64,
     /// Processes and threads.
     pub pids: u32,
+}
+
+/// `true`, for fields whose absence means yes.
+fn yes() -> bool {
+    true
 }

@@ -168,10 +168,12 @@ impl Family {
         match self {
             Family::Native => e.quiet_response(),
             Family::E2b => {
-                // E2B's proxy says 502 for a sandbox it cannot reach (none,
-                // killed, not running) and 403 for a missing credential.
+                // E2B's proxy says 502 "… was not found" for a sandbox that
+                // is not running (none, killed, paused: its SDKs look for
+                // those words), and 403 for a missing credential.
                 let mut e = e;
-                if e.status == StatusCode::NOT_FOUND {
+                if e.status == StatusCode::NOT_FOUND || e.code == NOT_RUNNING {
+                    e.message = format!("The sandbox {id} was not found ({})", e.message);
                     e.status = StatusCode::BAD_GATEWAY;
                 } else if e.status == StatusCode::UNAUTHORIZED {
                     e.status = StatusCode::FORBIDDEN;
@@ -190,12 +192,19 @@ impl Family {
         }
     }
 
-    /// [`Family::answer`] for the proxy's own errors, logged as the API's are.
+    /// [`Family::answer`] for the proxy's own errors, logged as the API's
+    /// are (a sandbox that is not running is the caller's news, not ours).
     fn refuse(self, id: &str, port: u16, e: ApiError) -> Response {
-        e.log();
+        if e.code != NOT_RUNNING {
+            e.log();
+        }
         self.answer(id, port, e)
     }
 }
+
+/// The code of the refusal of traffic to a paused sandbox that traffic
+/// does not resume.
+const NOT_RUNNING: &str = "not_running";
 
 /// 502 (the host of a sandbox did not answer, or cannot be reached).
 fn host_unreachable(message: String) -> ApiError {
@@ -290,9 +299,10 @@ async fn route(app: &App, id: &str, port: u16, headers: &HeaderMap) -> Result<Ro
             let message = format!(
                 "sandbox {id} is paused; resume it (POST /v1/sandboxes/{id}/resume or Sandbox.connect) to reach port {port}"
             );
-            // To E2B's SDKs a paused sandbox is one that is not running.
+            // To E2B's SDKs a paused sandbox is one that is not running
+            // (`Family::answer` says so in their words).
             return Err(match Family::of(headers) {
-                Family::E2b => ApiError::new(StatusCode::BAD_GATEWAY, "not_running", message),
+                Family::E2b => ApiError::conflict(NOT_RUNNING, message),
                 Family::Native => ApiError::conflict("invalid_state", message),
             });
         }
@@ -410,6 +420,21 @@ async fn handle(app: App, mut req: Request, id: String, port: u16) -> Response {
                     .and_then(|v| v["message"].as_str().map(str::to_string))
                     .unwrap_or_else(|| format!("the host of sandbox {id} answered {status}"));
                 let cookie = resp_cookie;
+                // The agent paused or lost it before the store knew (a
+                // timeout's pause, a destroy elsewhere): look again next time.
+                // To E2B's clients a sandbox paused on its host is one that
+                // is not running, as when the store knows it.
+                let code = match code {
+                    proxy_error::INVALID_STATE | proxy_error::NOT_FOUND => {
+                        app.proxy_cache.forget(&id);
+                        if family == Family::E2b && code == proxy_error::INVALID_STATE {
+                            NOT_RUNNING
+                        } else {
+                            code
+                        }
+                    }
+                    other => other,
+                };
                 let mut out = family.answer(&id, port, ApiError::new(status, code, message));
                 if let Some(c) = cookie {
                     out.headers_mut().append(http::header::SET_COOKIE, c);

@@ -95,7 +95,7 @@ pub mod sandbox {
     pub const DEFAULT_DISK_SIZE_MB: u32 = 1024;
     /// Idle timeout of the native API, seconds.
     pub const DEFAULT_TIMEOUT_SEC: u32 = 300;
-    /// Timeout of the E2B API when a create or connect names none,
+    /// Timeout of the E2B API when a create names none,
     /// seconds: the 5 minutes E2B's documentation promises (its open
     /// source server's constant says 15 s; SDKs since 2.6x send none).
     pub const E2B_DEFAULT_TIMEOUT_SEC: u32 = 300;

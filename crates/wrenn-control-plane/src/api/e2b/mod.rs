@@ -235,13 +235,7 @@ async fn filtered(
         ),
         None => None,
     };
-    let ascending = match q.get("order").map(String::as_str) {
-        None | Some("") | Some("desc") => false,
-        Some("asc") => true,
-        Some(o) => {
-            return Err(ApiError::bad_request(format!("order: '{o}' is not asc or desc")).into());
-        }
-    };
+    let ascending = ascending(q)?;
     let template = q.get("template").filter(|t| !t.is_empty());
     let mut list: Vec<Sandbox> = app
         .store
@@ -259,16 +253,33 @@ async fn filtered(
         .collect();
     // By start, newest first unless `order=asc`, then by id: a stable order
     // for `nextToken`.
-    list.sort_by(|a, b| {
-        let by_start = started(a).cmp(&started(b));
-        let by_start = if ascending {
-            by_start
-        } else {
-            by_start.reverse()
-        };
-        by_start.then_with(|| a.id.cmp(&b.id))
-    });
+    list.sort_by(|a, b| order(ascending, a, b));
     Ok(list)
+}
+
+/// Whether `order=asc` was asked for (the default is newest first).
+fn ascending(q: &HashMap<String, String>) -> E2bResult<bool> {
+    match q.get("order").map(String::as_str) {
+        None | Some("") | Some("desc") => Ok(false),
+        Some("asc") => Ok(true),
+        Some(o) => Err(ApiError::bad_request(format!("order: '{o}' is not asc or desc")).into()),
+    }
+}
+
+/// A listing's order: by start (oldest or newest first), then by id.
+fn order(ascending: bool, a: &Sandbox, b: &Sandbox) -> std::cmp::Ordering {
+    order_of(ascending, (started(a), &a.id), (started(b), &b.id))
+}
+
+/// [`order`] on keys (start, id).
+fn order_of(ascending: bool, a: (i64, &str), b: (i64, &str)) -> std::cmp::Ordering {
+    let by_start = a.0.cmp(&b.0);
+    let by_start = if ascending {
+        by_start
+    } else {
+        by_start.reverse()
+    };
+    by_start.then_with(|| a.1.cmp(b.1))
 }
 
 /// When a sandbox started, as E2B's `startedAt` reports it.
@@ -341,16 +352,26 @@ pub(super) async fn list_v2(
         None => 100,
     };
     let all = filtered(&app, &caller, &q).await?;
-    // The token is the id of the last sandbox of the previous page (the
-    // order is newest first, then id): stable while sandboxes come and go.
+    // The token is the key (start, id) of the last sandbox of the previous
+    // page: the next page starts after that key in the listing's order,
+    // whether or not that sandbox is still there.
     let start = match q.get("nextToken").filter(|t| !t.is_empty()) {
-        Some(t) => all
-            .iter()
-            .position(|s| &s.id == t)
-            .map(|i| i + 1)
-            .ok_or_else(|| {
-                ApiError::bad_request("nextToken: unknown or expired; list again from the start")
-            })?,
+        Some(t) => {
+            let (at, last) = t
+                .split_once('.')
+                .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id)))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "nextToken: not a token of this listing; list again from the start",
+                    )
+                })?;
+            let asc = ascending(&q)?;
+            all.iter()
+                .position(|s| {
+                    order_of(asc, (started(s), &s.id), (at, last)) == std::cmp::Ordering::Greater
+                })
+                .unwrap_or(all.len())
+        }
         None => 0,
     };
     let page: Vec<ListedSandbox> = all
@@ -361,8 +382,8 @@ pub(super) async fn list_v2(
         .collect();
     let mut headers = HeaderMap::new();
     if start + limit < all.len() {
-        let last = &all[start + limit - 1].id;
-        if let Ok(v) = HeaderValue::from_str(last) {
+        let last = &all[start + limit - 1];
+        if let Ok(v) = HeaderValue::from_str(&format!("{}.{}", started(last), last.id)) {
             headers.insert("x-next-token", v);
         }
     }
@@ -465,18 +486,14 @@ pub(super) async fn connect(
     let caller = caller?;
     let r: Timeout = body(&raw)?;
     let s = e2b_find(&app, &caller, &id).await?;
-    // As E2B's: a connect only extends the sandbox's time, to the timeout
-    // asked for (or the default) from now, never shortens it.
-    let asked = r
-        .timeout
-        .unwrap_or(wrenn_protocol::sandbox::E2B_DEFAULT_TIMEOUT_SEC);
-    lifecycle::check_timeout(Dialect::E2b, asked)?;
-    // (A sandbox without a timeout, made through the native API, keeps
-    // none.)
-    let timeout = match u32::try_from(s.timeout_sec) {
-        Ok(0) => None,
-        Ok(t) => Some(t.max(asked)),
-        Err(_) => Some(asked),
+    // As E2B's, a connect never shortens a sandbox's time: without a
+    // timeout it restarts the sandbox's timer; with one, the longer of it
+    // and the sandbox's own becomes its timeout (a sandbox without one,
+    // made through the native API, keeps none).
+    let timeout = match (r.timeout, u32::try_from(s.timeout_sec)) {
+        (None, _) | (Some(_), Ok(0)) => None,
+        (Some(t), Ok(own)) => Some(t.max(own)),
+        (Some(t), Err(_)) => Some(t),
     };
     let (status, s) = if s.state == SandboxState::Paused {
         let s = lifecycle::resume(&app, s, &caller.actor).await?;
