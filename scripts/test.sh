@@ -6,7 +6,8 @@
 #
 # Environment:
 #   CARGO_TARGET_DIR   build directory (default /var/tmp/wrenn-target, kept
-#                      between runs so rebuilds are incremental)
+#                      between runs so rebuilds are incremental; emptied
+#                      when it grows past WRENN_TARGET_MAX_GB, default 40)
 #   WRENN_TEST_VENV    Python venv for the SDK tests (default /var/tmp/wrenn-test-venv)
 #   WRENN_TEST_DATA    data directory holding the test `base` template, built
 #                      with debootstrap on first use (default /var/tmp/wrenn-test-data)
@@ -48,6 +49,18 @@ fi
 echo "ok"
 
 step "Build"
+# A kept build directory grows with every change built into it (stale
+# artifacts, incremental sessions: 70 GB after a day's work was seen, on a
+# disk left 92 % full). Past WRENN_TARGET_MAX_GB (default 40) it is emptied
+# first, at the cost of one build from nothing (about 15 minutes).
+max_gb="${WRENN_TARGET_MAX_GB:-40}"
+if [[ -d "$CARGO_TARGET_DIR" ]]; then
+  used_kb=$(du -sk "$CARGO_TARGET_DIR" | cut -f1)
+  if (( used_kb > max_gb * 1024 * 1024 )); then
+    echo "$CARGO_TARGET_DIR holds $((used_kb / 1024 / 1024)) GB (over $max_gb): emptying it"
+    cargo clean
+  fi
+fi
 cargo build --workspace --bins --tests
 
 step "The base template for sandbox tests ($DATA)"
