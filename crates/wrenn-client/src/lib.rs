@@ -394,18 +394,17 @@ fn api_error(status: u16, body: &[u8], fallback: Option<&str>) -> Error {
     }
 }
 
-/// `s` as one URL path segment: bytes other than letters, digits and
-/// `-._~` percent-encoded, so a name cannot reach another route.
+/// What a path segment keeps as it is: letters, digits and `-._~`.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `s` as one URL path segment: every other byte percent-encoded, so a
+/// name cannot reach another route.
 fn path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, PATH_SEGMENT).to_string()
 }
 
 #[cfg(test)]

@@ -33,23 +33,22 @@ pub mod envd {
     pub fn files_path(path: &str, user: &str) -> String {
         let mut q = format!("/files?path={}", query_escape(path));
         if !user.is_empty() {
-            q.push_str("&username=");
-            q.push_str(&query_escape(user));
+            q.push_str(&format!("&username={}", query_escape(user)));
         }
         q
     }
 
-    /// Percent-encodes a query value (unreserved characters and `/` stay).
-    fn query_escape(s: &str) -> String {
-        let mut out = String::with_capacity(s.len());
-        for b in s.bytes() {
-            if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
-                out.push(b as char);
-            } else {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        }
-        out
+    /// What a query value keeps as it is: unreserved characters and `/`.
+    const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~')
+        .remove(b'/');
+
+    /// Percent-encodes a query value.
+    fn query_escape(s: &str) -> percent_encoding::PercentEncode<'_> {
+        percent_encoding::utf8_percent_encode(s, QUERY_VALUE)
     }
 
     /// The variable in which a sandbox's init names the descriptors

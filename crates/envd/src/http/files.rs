@@ -202,6 +202,21 @@ pub async fn download(
     }
 }
 
+/// What RFC 5987's `attr-char` keeps as it is in `filename*`.
+const ATTR_CHAR: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
+
 /// `Content-Disposition` for a download of `name`: any file name a sandbox
 /// can hold (quotes, newlines, non-ASCII) gives a valid header, an ASCII
 /// fallback in `filename` and the exact name in RFC 5987's `filename*`.
@@ -216,15 +231,7 @@ pub fn content_disposition(name: &str) -> header::HeaderValue {
             }
         })
         .collect();
-    let mut encoded = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
-            encoded.push(b as char);
-        } else {
-            use std::fmt::Write;
-            let _ = write!(encoded, "%{b:02X}");
-        }
-    }
+    let encoded = percent_encoding::utf8_percent_encode(name, ATTR_CHAR);
     let v = format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}");
     header::HeaderValue::from_str(&v).unwrap_or(header::HeaderValue::from_static("attachment"))
 }
