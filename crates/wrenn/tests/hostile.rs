@@ -42,7 +42,7 @@ async fn time_to_answer(c: &Client, id: &str, within: Duration) -> Duration {
     loop {
         let r = tokio::time::timeout(
             Duration::from_secs(3),
-            run(c, id, command("echo alive"), 2, None, false),
+            run(c, id, command("echo alive"), deadline(2), None, false),
         )
         .await;
         if let Ok(Ok(r)) = r {
@@ -61,7 +61,7 @@ async fn time_to_answer(c: &Client, id: &str, within: Duration) -> Duration {
 /// Runs `script` (which takes envd down; its own answer does not matter),
 /// then asserts the sandbox answers again within a second.
 async fn answers_again_after(c: &Client, id: &str, script: &str, timeout_sec: u32) {
-    let _ = run(c, id, command(script), timeout_sec, None, false).await; // the stream dies with envd
+    let _ = run(c, id, command(script), deadline(timeout_sec), None, false).await; // the stream dies with envd
     let took = time_to_answer(c, id, Duration::from_secs(5)).await;
     assert!(
         took < Duration::from_secs(1),
@@ -189,7 +189,11 @@ async fn a_fork_bomb_that_ended_leaves_a_sandbox_that_answers() {
         let (c, id) = (c.clone(), id.clone());
         async move {
             let req = command("bash -c ':(){ :|:& };:; sleep 60'");
-            tokio::time::timeout(Duration::from_secs(40), run(&c, &id, req, 5, None, false)).await
+            tokio::time::timeout(
+                Duration::from_secs(40),
+                run(&c, &id, req, deadline(5), None, false),
+            )
+            .await
         }
     });
     // While it rages, envd (its own cgroup leaf: reserved memory and pids,

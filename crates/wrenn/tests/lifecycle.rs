@@ -94,7 +94,7 @@ async fn bad_input_is_refused_and_leaves_nothing() {
     );
     let err = c.destroy_sandbox(sref("sb-nosuch")).await.unwrap_err();
     assert_eq!(err.code, connectrpc::ErrorCode::NotFound);
-    let err = run(&c, "sb-nosuch", command("true"), 5, None, false)
+    let err = run(&c, "sb-nosuch", command("true"), deadline(5), None, false)
         .await
         .unwrap_err();
     assert_eq!(err.code, connectrpc::ErrorCode::NotFound, "{err:?}");
@@ -135,7 +135,7 @@ async fn pause_freezes_and_resume_continues() {
         Some(pb::SandboxState::SANDBOX_STATE_PAUSED)
     );
     // The agent's hop refuses calls into a paused sandbox, in its own name.
-    let err = run(&c, &id, command("true"), 5, None, false)
+    let err = run(&c, &id, command("true"), deadline(5), None, false)
         .await
         .unwrap_err();
     assert_eq!(
@@ -308,58 +308,17 @@ async fn streams_files_pty_and_processes() {
 
     // A command with stdin, cwd, user, envs.
     let mut req = command("cat; pwd; id -un; echo $X");
-    req.stdin = Some(true);
     let mut config = req.process.clone().into_option().unwrap();
     config.cwd = Some("/tmp".into());
     config.envs.insert("X".into(), "y".into());
     req.process = config.into();
-    let user = envd.process.start_with_options(
-        req,
-        CallOptions::default().with_header("authorization", "Basic dXNlcjo="),
-    );
-    let mut stream = user.await.unwrap();
-    let mut pid = 0;
-    let mut stdout = Vec::new();
-    while let Some(m) = stream.message::<ep::StartResponse>().await.unwrap() {
-        match m
-            .to_owned_message()
-            .event
-            .into_option()
-            .and_then(|e| e.event)
-        {
-            Some(E::Start(s)) => {
-                pid = s.pid;
-                let input = ep::ProcessInput {
-                    input: Some(ep::process_input::Input::Stdin(b"from stdin\n".to_vec())),
-                    ..Default::default()
-                };
-                envd.process
-                    .send_input(ep::SendInputRequest {
-                        process: selector(pid).into(),
-                        input: input.into(),
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap();
-                envd.process
-                    .close_stdin(ep::CloseStdinRequest {
-                        process: selector(pid).into(),
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap();
-            }
-            Some(E::Data(d)) => {
-                if let Some(O::Stdout(b)) = d.output {
-                    stdout.extend(b);
-                }
-            }
-            _ => {}
-        }
-    }
-    assert!(pid > 0);
+    let as_user = CallOptions::default().with_header("authorization", "Basic dXNlcjo=");
+    let out = run(&c, &id, req, as_user, Some(b"from stdin\n"), false)
+        .await
+        .unwrap();
+    assert!(out.pid > 0);
     assert_eq!(
-        String::from_utf8_lossy(&stdout),
+        String::from_utf8_lossy(&out.stdout),
         "from stdin\n/tmp\nuser\ny\n"
     );
 

@@ -138,14 +138,24 @@ pub fn command(script: &str) -> ep::StartRequest {
     }
 }
 
-/// Starts `req` in sandbox `id` and, unless `background`, collects its
-/// output until it ends (envd kills it after `timeout_sec`, 0 for none).
-/// With `stdin`, writes it and closes stdin first.
+/// A call that envd ends (killing its process) after `secs`; 0: never.
+pub fn deadline(secs: u32) -> CallOptions {
+    let options = CallOptions::default();
+    if secs == 0 {
+        return options;
+    }
+    options.with_timeout(Duration::from_secs(u64::from(secs)))
+}
+
+/// Starts `req` in sandbox `id` with `options` (a deadline: [`deadline`];
+/// the user: an `authorization` header) and, unless `background`, collects
+/// its output until it ends. With `stdin`, writes it and closes stdin
+/// first.
 pub async fn run(
     c: &Client,
     id: &str,
     mut req: ep::StartRequest,
-    timeout_sec: u32,
+    options: CallOptions,
     stdin: Option<&[u8]>,
     background: bool,
 ) -> Result<Output, ConnectError> {
@@ -153,10 +163,6 @@ pub async fn run(
     let envd = c.envd(id).await;
     if stdin.is_some() {
         req.stdin = Some(true);
-    }
-    let mut options = CallOptions::default();
-    if timeout_sec > 0 {
-        options = options.with_timeout(Duration::from_secs(u64::from(timeout_sec)));
     }
     let mut stream = envd.process.start_with_options(req, options).await?;
     let mut out = Output::default();
@@ -210,7 +216,7 @@ pub async fn spawn(c: &Client, id: &str, script: &str, tag: &str) -> u32 {
     if !tag.is_empty() {
         req.tag = Some(tag.into());
     }
-    run(c, id, req, 0, None, true)
+    run(c, id, req, deadline(0), None, true)
         .await
         .unwrap_or_else(|e| panic!("start {script:?} in {id}: {e:?}"))
         .pid
@@ -410,7 +416,7 @@ pub async fn write_file(c: &Client, id: &str, path: &str, data: &[u8]) {
 /// Runs a shell script in a sandbox (30 s at most): (stdout, stderr, exit
 /// code).
 pub async fn sh(c: &Client, id: &str, script: &str) -> (String, String, i32) {
-    let r = run(c, id, command(script), 30, None, false)
+    let r = run(c, id, command(script), deadline(30), None, false)
         .await
         .unwrap_or_else(|e| panic!("exec {script:?}: {e:?}"));
     (
