@@ -508,3 +508,92 @@ def test_e2b_listing_orders_and_filters(e2b_env):
     finally:
         a.kill()
         b.kill()
+
+
+def test_e2b_sandboxes_run_as_user_with_sudo(e2b_env, wrenn_up):
+    """As on E2B: commands and file calls that name no user run as `user`
+    in /home/user, whose `sudo` needs no password; `python` is Python 3;
+    relative paths start at the home and written files belong to `user`.
+    The native API keeps root (the `wrenn` SDK's default)."""
+    sbx = Sandbox.create("base", timeout=120)
+    try:
+        r = sbx.commands.run("whoami; pwd; echo $HOME")
+        assert r.stdout == "user\n/home/user\n/home/user\n"
+        r = sbx.commands.run("sudo -n id -u")
+        assert (r.stdout, r.stderr) == ("0\n", ""), r
+        assert sbx.commands.run("python --version").stdout.startswith("Python 3.")
+        info = sbx.files.write("notes.txt", "hi")
+        assert info.path == "/home/user/notes.txt"
+        entry = sbx.files.get_info("notes.txt")
+        assert (entry.owner, entry.group) == ("user", "user")
+        assert [e.name for e in sbx.files.list(".") if e.name == "notes.txt"] == ["notes.txt"]
+        assert sbx.commands.run("cat ~/notes.txt").stdout == "hi"
+        with pytest.raises(CommandExitException):
+            sbx.commands.run("touch /etc/owned-by-root")
+        sbx.commands.run("sudo touch /etc/owned-by-root")
+        assert sbx.commands.run("whoami", user="root").stdout == "root\n"
+        assert sbx.files.get_info("/etc/owned-by-root", user="root").owner == "root"
+    finally:
+        sbx.kill()
+
+    base, key, _ = wrenn_up
+    h = {"X-API-Key": key}
+    r = httpx.post(f"{base}/v1/sandboxes", headers=h, json={"template": "base"}, timeout=60)
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    try:
+        r = httpx.post(f"{base}/v1/sandboxes/{sid}/exec", headers=h, json={"cmd": "sh", "args": ["-c", "whoami; pwd"]}, timeout=60)
+        assert r.status_code == 200 and r.json()["stdout"] == "root\n/root\n", r.text
+    finally:
+        httpx.delete(f"{base}/v1/sandboxes/{sid}", headers=h, timeout=60)
+
+
+def test_e2b_timeout_zero_ends_the_sandbox_now(e2b_env):
+    """`set_timeout(0)` is accepted, as E2B's: the sandbox's time is up at
+    once, so it is killed, or paused when made with `on_timeout: pause`."""
+    sbx = Sandbox.create("base", timeout=120)
+    sbx.set_timeout(0)
+    assert sbx.is_running() is False
+    with pytest.raises(NotFoundException):
+        Sandbox.connect(sbx.sandbox_id)
+    kept = Sandbox.create("base", timeout=120, lifecycle={"on_timeout": "pause"})
+    try:
+        kept.set_timeout(0)
+        assert kept.get_info().state.value == "paused"
+    finally:
+        kept.kill()
+
+
+def test_e2b_file_metadata(e2b_env):
+    """Upload metadata (`X-Metadata-*`) is kept as `user.e2b.*` extended
+    attributes: the write's answer, `get_info`, `list` and `rename` show
+    it, keys lower-cased; attributes set inside the sandbox show too; a
+    file without any has none; an upload with metadata replaces the
+    file's; a value that is not printable ASCII is refused."""
+    base, _ = e2b_env
+    sbx = Sandbox.create("base", timeout=120)
+    try:
+        want = {"owner": "ann", "kind": "note"}
+        w = sbx.files.write("/tmp/m.txt", "x", metadata={"Owner": "ann", "kind": "note"})
+        assert w.metadata == want
+        assert sbx.files.get_info("/tmp/m.txt").metadata == want
+        assert {e.name: e.metadata for e in sbx.files.list("/tmp")}["m.txt"] == want
+        streamed = sbx.files.write("/tmp/s.bin", iter([b"ab", b"cd"]), metadata={"k": "v"})
+        assert streamed.metadata == {"k": "v"} and sbx.files.read("/tmp/s.bin") == "abcd"
+        sbx.commands.run("python -c \"import os; os.setxattr('/tmp/m.txt', 'user.e2b.extra', b'1')\"")
+        assert sbx.files.get_info("/tmp/m.txt").metadata == {**want, "extra": "1"}
+        assert sbx.files.rename("/tmp/m.txt", "/tmp/n.txt").metadata == {**want, "extra": "1"}
+        assert sbx.files.write("/tmp/n.txt", "y", metadata={"only": "this"}).metadata == {"only": "this"}
+        sbx.files.write("/tmp/plain.txt", "y")
+        assert sbx.files.get_info("/tmp/plain.txt").metadata is None
+        r = httpx.post(
+            f"{base}/files",
+            params={"path": "/tmp/bad.txt"},
+            headers={"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "49983",
+                     "X-Access-Token": sbx._envd_access_token or "", "Content-Type": "application/octet-stream",
+                     "X-Metadata-k": b"caf\xc3\xa9"},
+            content=b"z",
+        )
+        assert r.status_code == 400 and "printable" in r.text, r.text
+    finally:
+        sbx.kill()

@@ -132,13 +132,14 @@ impl<R: Runtime> Agent<R> {
     ) -> Result<(Instance, Meta), RuntimeError> {
         let id = spec.id.clone();
         let envs = spec.envs.clone();
+        let run_as = spec.run_as.clone();
         // Hidden from listings until it is whole: a reconciler must not
         // record as running a sandbox whose envd may yet fail to start.
         self.starting.lock().insert(id.clone());
         let _shown = Shown(&self.starting, &id);
         let inst = self.runtime.create(spec).await?;
         let envd = crate::envd::Envd::new(&self.pools, &inst);
-        let started = match envd.start(&envs, self.envd_timeout).await {
+        let started = match envd.start(&envs, &run_as, self.envd_timeout).await {
             Ok(()) => self.runtime.confirm(&id).await,
             Err(e) => Err(RuntimeError::caused(
                 format!("sandbox {id}: envd did not start"),

@@ -93,8 +93,8 @@ pub enum StartError {
 
 impl Envd {
     /// Brings up a new sandbox's envd: waits until `/health` answers 204
-    /// (within `timeout`), then, when there are `envs`, hands them over
-    /// with `/init`. The sandbox's init made envd's socket listen before
+    /// (within `timeout`), then, when there are `envs` or a default user or
+    /// workdir (`run_as`), hands them over with `/init`. The sandbox's init made envd's socket listen before
     /// envd ran, so the first request waits in its backlog until envd
     /// serves it; a request is made again (after 1, 2, 4 … 20 ms) only if
     /// a connection fails or envd answers anything but 204. Every
@@ -102,6 +102,7 @@ impl Envd {
     pub async fn start(
         &self,
         envs: &std::collections::HashMap<String, String>,
+        run_as: &crate::templates::Defaults,
         timeout: std::time::Duration,
     ) -> Result<(), StartError> {
         let addr = self.addr;
@@ -126,10 +127,15 @@ impl Envd {
         tokio::time::timeout(timeout, health)
             .await
             .unwrap_or(Err(StartError::NoAnswer { addr, timeout }))?;
-        if envs.is_empty() {
+        if envs.is_empty() && run_as.user.is_none() && run_as.workdir.is_none() {
             return Ok(());
         }
-        let body = serde_json::json!({ "envVars": envs }).to_string();
+        let body = serde_json::json!({
+            "envVars": envs,
+            "defaultUser": run_as.user,
+            "defaultWorkdir": run_as.workdir,
+        })
+        .to_string();
         let req = http::Request::post(format!("{}/init", self.base))
             .header("content-type", "application/json")
             .header("x-access-token", &self.token)

@@ -105,6 +105,10 @@ pub trait TemplateList {
     fn template_names(&self) -> Vec<String>;
     /// Removes a template; `Ok(false)` when there is none by that name.
     fn remove_template(&self, name: &str) -> Result<bool, String>;
+    /// Who sandboxes of template `name` run as when a call names no user
+    /// or directory: what the template says; else `requested` (the API's
+    /// default) when the template has that account; else nothing (root).
+    fn run_as(&self, name: &str, requested: Option<&str>) -> crate::templates::Defaults;
 }
 
 impl TemplateList for crate::runtime::namespaces::NamespaceRuntime {
@@ -117,6 +121,21 @@ impl TemplateList for crate::runtime::namespaces::NamespaceRuntime {
             Ok(()) => Ok(true),
             Err(crate::templates::TemplateError::NotFound { .. }) => Ok(false),
             Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn run_as(&self, name: &str, requested: Option<&str>) -> crate::templates::Defaults {
+        match self.templates().get(name) {
+            Ok(t) => crate::templates::Defaults {
+                user: t
+                    .defaults
+                    .user
+                    .clone()
+                    .or_else(|| requested.filter(|u| t.has_user(u)).map(str::to_string)),
+                workdir: t.defaults.workdir.clone(),
+            },
+            // The create fails on the missing template, saying so.
+            Err(_) => crate::templates::Defaults::default(),
         }
     }
 }
@@ -139,18 +158,22 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
         let r = r.to_owned_message();
         use wrenn_protocol::sandbox as d;
         let or = |v: u32, default: u32| if v == 0 { default } else { v };
+        let template = if r.template.is_empty() {
+            d::DEFAULT_TEMPLATE.into()
+        } else {
+            r.template
+        };
+        let requested = Some(r.default_user.as_str()).filter(|u| !u.is_empty());
+        let run_as = self.agent.runtime.run_as(&template, requested);
         let spec = SandboxSpec {
             id: r.sandbox_id,
-            template: if r.template.is_empty() {
-                d::DEFAULT_TEMPLATE.into()
-            } else {
-                r.template
-            },
+            template,
             vcpus: or(r.vcpus, d::DEFAULT_VCPUS),
             memory_mb: or(r.memory_mb, d::DEFAULT_MEMORY_MB),
             disk_size_mb: or(r.disk_size_mb, d::DEFAULT_DISK_SIZE_MB),
             allow_internet_access: r.allow_internet_access,
             envs: r.envs.into_iter().collect(),
+            run_as,
         };
         let agent = self.agent.clone();
         let (inst, meta) = to_the_end(async move {

@@ -10,7 +10,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// Packages the base template has beyond debootstrap's minbase.
-pub const BASE_PACKAGES: &str = "python3,python3-pip,python3-venv,curl,git,ca-certificates,procps";
+pub const BASE_PACKAGES: &str =
+    "python3,python-is-python3,python3-pip,python3-venv,curl,git,ca-certificates,procps,sudo";
+
+/// The version of the base template's recipe (its packages and accounts),
+/// kept in `<template>/recipe`: a `base` built by an older recipe is stale,
+/// and `wrenn template build base` builds it again. Raise it whenever the
+/// recipe changes. 2: `sudo`, `python`, and `user` in the sudoers.
+pub const BASE_RECIPE: u32 = 2;
+
+/// The account every template built by Wrenn has besides root, as E2B's
+/// templates do: uid 1000, home `/home/user`, passwordless `sudo`.
+pub const TEMPLATE_USER: &str = wrenn_protocol::sandbox::E2B_USER;
+
+/// The file in a template's directory with its [`Defaults`].
+const DEFAULTS_FILE: &str = "template.json";
 
 /// Template errors.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +78,34 @@ pub struct Template {
     pub name: String,
     /// The read-only root filesystem.
     pub rootfs: PathBuf,
+    /// Who commands run as, and where, when a call names neither.
+    pub defaults: Defaults,
+}
+
+/// What a template says its sandboxes' commands and file calls run as
+/// when a call names no user or directory (`<template>/template.json`).
+/// What a template leaves out, the API that made the sandbox decides:
+/// `user` in `/home/user` for E2B's, root for Wrenn's own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    /// The user, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The working directory, absolute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+}
+
+impl Template {
+    /// Whether the template has an account named `user` (a line of its
+    /// `/etc/passwd` starting with `user:`).
+    pub fn has_user(&self, user: &str) -> bool {
+        std::fs::read_to_string(self.rootfs.join("etc/passwd")).is_ok_and(|p| {
+            p.lines()
+                .any(|l| l.split(':').next() == Some(user) && !user.is_empty())
+        })
+    }
 }
 
 /// Templates under one directory.
@@ -101,9 +143,19 @@ impl TemplateStore {
         }
         let rootfs = self.dir.join(name).join("rootfs");
         if rootfs.join("bin").exists() || rootfs.join("usr").exists() {
+            let file = self.dir.join(name).join(DEFAULTS_FILE);
+            let defaults = match std::fs::read(&file) {
+                Ok(b) => serde_json::from_slice(&b).map_err(|e| TemplateError::Io {
+                    path: file,
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                })?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Defaults::default(),
+                Err(e) => return Err(io_err(&file)(e)),
+            };
             Ok(Template {
                 name: name.into(),
                 rootfs,
+                defaults,
             })
         } else {
             Err(TemplateError::NotFound {
@@ -155,13 +207,41 @@ impl TemplateStore {
     }
 
     /// Copies the tree at `source` in as template `name`, shifting its
-    /// ownership into the sandbox uid range.
-    pub fn import(&self, name: &str, source: &Path) -> Result<Template, TemplateError> {
+    /// ownership into the sandbox uid range; `defaults` are what its
+    /// sandboxes run as when a call names no user or directory.
+    pub fn import(
+        &self,
+        name: &str,
+        source: &Path,
+        defaults: &Defaults,
+    ) -> Result<Template, TemplateError> {
         if !valid_name(name) {
             return Err(TemplateError::InvalidName(name.into()));
         }
         if self.get(name).is_ok() {
             return Err(TemplateError::Exists(name.into()));
+        }
+        let bad = |message: String| TemplateError::Build {
+            name: name.into(),
+            message,
+        };
+        if let Some(w) = defaults.workdir.as_ref().filter(|w| !w.starts_with('/')) {
+            return Err(bad(format!(
+                "the default workdir '{w}' is not an absolute path"
+            )));
+        }
+        if let Some(u) = &defaults.user {
+            let probe = Template {
+                name: name.into(),
+                rootfs: source.to_path_buf(),
+                defaults: Defaults::default(),
+            };
+            if !probe.has_user(u) {
+                return Err(bad(format!(
+                    "the default user '{u}' is not in {}/etc/passwd; add the account first",
+                    source.display()
+                )));
+            }
         }
         let tmp = self
             .dir
@@ -182,22 +262,40 @@ impl TemplateStore {
             });
         }
         shift_ownership(&tmp.join("rootfs"), self.uid_base).map_err(io_err(&tmp))?;
+        if *defaults != Defaults::default() {
+            let file = tmp.join(DEFAULTS_FILE);
+            let json = serde_json::to_vec_pretty(defaults).expect("defaults serialize");
+            if let Err(e) = std::fs::write(&file, json) {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(io_err(&file)(e));
+            }
+        }
         let dest = self.dir.join(name);
         std::fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
         self.get(name)
     }
 
+    /// Whether `base` is there and was built by the current recipe
+    /// ([`BASE_RECIPE`]).
+    pub fn base_is_current(&self) -> bool {
+        self.get("base").is_ok()
+            && std::fs::read_to_string(self.dir.join("base").join("recipe"))
+                .ok()
+                .and_then(|r| r.trim().parse::<u32>().ok())
+                == Some(BASE_RECIPE)
+    }
+
     /// Builds the `base` template with debootstrap from `mirror`, reporting
-    /// each line debootstrap prints to `progress`.
+    /// each line debootstrap prints to `progress`. A `base` already there
+    /// is replaced once the new one is whole; the old one is moved aside
+    /// (`.base.replaced-<unix time>`), not removed, since sandboxes made
+    /// from it may still run on it: the last progress line names it.
     pub fn build_base(
         &self,
         mirror: &str,
         mut progress: impl FnMut(&str),
     ) -> Result<Template, TemplateError> {
         let name = "base";
-        if self.get(name).is_ok() {
-            return Err(TemplateError::Exists(name.into()));
-        }
         let fail = |message: String| TemplateError::Build {
             name: name.into(),
             message,
@@ -250,7 +348,7 @@ impl TemplateStore {
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 )));
             }
-            progress("I: Adding the user 'user' (uid 1000)");
+            progress("I: Adding the user 'user' (uid 1000, passwordless sudo)");
             let out = Command::new("chroot")
                 .arg(&rootfs)
                 .args([
@@ -260,7 +358,7 @@ impl TemplateStore {
                     "1000",
                     "--shell",
                     "/bin/bash",
-                    "user",
+                    TEMPLATE_USER,
                 ])
                 .output()
                 .map_err(|e| fail(format!("useradd: {e}")))?;
@@ -270,6 +368,15 @@ impl TemplateStore {
                     String::from_utf8_lossy(&out.stderr)
                 )));
             }
+            let sudoers = rootfs.join("etc/sudoers.d/user");
+            std::fs::write(
+                &sudoers,
+                format!("{TEMPLATE_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n"),
+            )
+            .and_then(|()| {
+                std::fs::set_permissions(&sudoers, std::fs::Permissions::from_mode(0o440))
+            })
+            .map_err(|e| fail(format!("writing {}: {e}", sudoers.display())))?;
             progress("I: Cleaning package caches");
             for dir in ["var/cache/apt/archives", "var/lib/apt/lists"] {
                 if let Ok(rd) = std::fs::read_dir(rootfs.join(dir)) {
@@ -283,7 +390,19 @@ impl TemplateStore {
             progress("I: Shifting ownership into the sandbox uid range");
             shift_ownership(&rootfs, self.uid_base)
                 .map_err(|e| fail(format!("shifting ownership: {e}")))?;
+            let recipe = tmp.join("recipe");
+            std::fs::write(&recipe, format!("{BASE_RECIPE}\n")).map_err(io_err(&recipe))?;
             let dest = self.dir.join(name);
+            if dest.exists() {
+                let aside = self
+                    .dir
+                    .join(format!(".{name}.replaced-{}", crate::agent::now()));
+                std::fs::rename(&dest, &aside).map_err(io_err(&aside))?;
+                progress(&format!(
+                    "I: The previous build is kept at {}; remove it once no sandbox made from it runs",
+                    aside.display()
+                ));
+            }
             std::fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
             Ok(())
         })();

@@ -98,6 +98,11 @@ pub mod sandbox {
     /// seconds: the 5 minutes E2B's documentation promises (its open
     /// source server's constant says 15 s; SDKs since 2.6x send none).
     pub const E2B_DEFAULT_TIMEOUT_SEC: u32 = 300;
+    /// The user E2B's sandboxes run commands and file calls as when a call
+    /// names none (home `/home/user`, passwordless sudo): the default of
+    /// sandboxes made through the E2B API, and the account every template
+    /// Wrenn builds has besides root. The native API's default is root.
+    pub const E2B_USER: &str = "user";
 }
 
 /// The host agent's API, `hostagent.v1.HostAgentService`, and its HTTP

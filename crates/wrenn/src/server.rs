@@ -370,6 +370,12 @@ fn prepare_namespaces(
             "The base template is missing; building it (Debian bookworm via debootstrap, about a minute)."
         );
         crate::template::build_base(&templates, &args.mirror)?;
+    } else if !templates.base_is_current() {
+        eprintln!(
+            "The base template is from an older recipe (without sudo and `python` for E2B's `user`); \
+             `wrenn --data-dir {} template build base` builds the current one.",
+            data_dir.display()
+        );
     }
     Ok((runtime_cfg, api_listener))
 }

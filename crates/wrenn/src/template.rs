@@ -22,7 +22,10 @@ pub enum TemplateCommand {
         local: bool,
     },
     /// Build a template; `base` is Debian bookworm with bash, coreutils,
-    /// python3, pip, curl, git and ca-certificates, built with debootstrap.
+    /// python3 (also as `python`), pip, curl, git, ca-certificates and
+    /// sudo, and the accounts root and `user` (uid 1000, passwordless
+    /// sudo), built with debootstrap. A `base` from an older recipe is
+    /// built again.
     Build {
         /// Template to build (only `base` can be built from scratch).
         name: String,
@@ -33,7 +36,7 @@ pub enum TemplateCommand {
             default_value = "http://deb.debian.org/debian"
         )]
         mirror: String,
-        /// Rebuild even if it exists.
+        /// Rebuild even if it exists and is current.
         #[arg(long)]
         force: bool,
     },
@@ -43,6 +46,16 @@ pub enum TemplateCommand {
         name: String,
         /// Directory holding the root filesystem.
         dir: PathBuf,
+        /// The user commands and file calls run as when they name none
+        /// (an account in the tree's /etc/passwd). Without it, sandboxes
+        /// made through E2B's API run as `user` when the tree has that
+        /// account, and as root otherwise; Wrenn's own API, as root.
+        #[arg(long)]
+        user: Option<String>,
+        /// The working directory of commands and relative paths when a
+        /// call names none (absolute). Without it, the user's home.
+        #[arg(long)]
+        workdir: Option<String>,
     },
     /// Remove a template (through the control plane: from every host;
     /// platform admins only).
@@ -145,16 +158,24 @@ pub fn run(data_dir: &Path, conn: crate::cli::Conn, cmd: TemplateCommand) -> any
                 );
             }
             if store.get(&name).is_ok() {
-                if !force {
+                if store.base_is_current() && !force {
                     println!("template base already exists (use --force to rebuild)");
                     return Ok(());
                 }
-                store.remove(&name)?;
+                if !store.base_is_current() {
+                    println!("template base is from an older recipe; building it again");
+                }
             }
             build_base(&store, &mirror)?;
         }
-        TemplateCommand::Import { name, dir } => {
-            let t = store.import(&name, &dir)?;
+        TemplateCommand::Import {
+            name,
+            dir,
+            user,
+            workdir,
+        } => {
+            let defaults = wrenn_host_agent::templates::Defaults { user, workdir };
+            let t = store.import(&name, &dir, &defaults)?;
             println!("imported {} into {}", dir.display(), t.rootfs.display());
         }
         TemplateCommand::Rm { name, .. } => {

@@ -156,6 +156,17 @@ async fn escapes_from_inside_fail() {
             Box::new(|o: &str, _| !o.contains("rc=0")),
         ),
         (
+            // sudo works (E2B's `user` needs it) but reaches only what
+            // sandbox root has: the same capabilities, and no mount.
+            "gain more than sandbox root through sudo",
+            "runuser -u user -- sh -c 'sudo -n id -u; grep CapEff /proc/self/status; sudo -n grep CapEff /proc/self/status; sudo -n mount -t tmpfs none /mnt 2>&1; echo rc=$?'".into(),
+            Box::new(|o: &str, _| {
+                o.starts_with("0\n")
+                    && o.contains("CapEff:\t0000000000000000\nCapEff:\t00000000a80405fb\n")
+                    && !o.contains("rc=0")
+            }),
+        ),
+        (
             "reboot the host",
             py(
                 "import ctypes,os; l=ctypes.CDLL(None,use_errno=True); r=l.reboot(0x4321fedc); print(r, os.strerror(ctypes.get_errno()))",

@@ -82,6 +82,7 @@ pub fn entry_from_metadata(path: &Path, meta: &Metadata, names: &Names) -> Entry
         modified_time: mtime.into(),
         symlink_target,
         is_symlink,
+        metadata: super::metadata::read(path).into_iter().collect(),
         ..Default::default()
     }
 }

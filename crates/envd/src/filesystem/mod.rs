@@ -2,5 +2,6 @@
 //! inotify-based watching.
 
 pub mod entry;
+pub mod metadata;
 pub mod service;
 pub mod watch;

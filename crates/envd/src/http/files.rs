@@ -3,6 +3,7 @@
 //! Bodies stream through a bounded queue in both directions, so memory
 //! stays flat whatever the file size.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,7 @@ use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::http_error;
+use crate::filesystem::metadata;
 use crate::filesystem::service::{chown_to, create_dirs};
 use crate::state::{AppState, resolve_path};
 use crate::users::User;
@@ -44,6 +46,9 @@ pub struct WrittenFile {
     /// Always "file".
     #[serde(rename = "type")]
     pub kind: &'static str,
+    /// Its metadata (`user.e2b.*` attributes), when it has any.
+    #[serde(skip_serializing_if = "HashMap::is_empty")]
+    pub metadata: HashMap<String, String>,
 }
 
 fn io_status(e: &std::io::Error) -> StatusCode {
@@ -350,25 +355,44 @@ where
     })
 }
 
-fn written(path: &Path) -> WrittenFile {
-    WrittenFile {
+/// Gives the written file at `path` the upload's metadata (when it
+/// carried any), and describes it.
+fn written(path: &Path, meta: &[(String, String)]) -> Result<WrittenFile, (StatusCode, String)> {
+    if !meta.is_empty() {
+        metadata::replace(path, meta).map_err(|e| {
+            (
+                io_status(&e),
+                format!(
+                    "'{}' was written, but its metadata could not be set: {e}",
+                    path.display()
+                ),
+            )
+        })?;
+    }
+    Ok(WrittenFile {
         path: path.display().to_string(),
         name: path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
         kind: "file",
-    }
+        metadata: metadata::read(path),
+    })
 }
 
 /// `POST /files`: writes one file from an octet-stream body, or one or
 /// more from a multipart form (parts named `file`; the part's filename is
-/// its destination unless `path` is given).
+/// its destination unless `path` is given). `X-Metadata-<key>` headers
+/// become each written file's whole metadata.
 pub async fn upload(
     State(state): State<AppState>,
     Query(q): Query<FilesQuery>,
     req: Request,
 ) -> Response {
+    let meta = match metadata::from_headers(req.headers()) {
+        Ok(m) => m,
+        Err(e) => return http_error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -376,7 +400,7 @@ pub async fn upload(
         .unwrap_or("")
         .to_ascii_lowercase();
     if content_type.starts_with("multipart/form-data") {
-        return upload_multipart(state, q, req).await;
+        return upload_multipart(state, q, req, &meta).await;
     }
     let gzip = req
         .headers()
@@ -389,12 +413,20 @@ pub async fn upload(
     };
     let body = req.into_body().into_data_stream();
     match write_stream(&path, &user, gzip, body).await {
-        Ok(()) => axum::Json(vec![written(&path)]).into_response(),
+        Ok(()) => match written(&path, &meta) {
+            Ok(w) => axum::Json(vec![w]).into_response(),
+            Err((status, msg)) => http_error(status, msg),
+        },
         Err((status, msg)) => http_error(status, msg),
     }
 }
 
-async fn upload_multipart(state: AppState, q: FilesQuery, req: Request) -> Response {
+async fn upload_multipart(
+    state: AppState,
+    q: FilesQuery,
+    req: Request,
+    meta: &[(String, String)],
+) -> Response {
     let mut form = match Multipart::from_request(req, &()).await {
         Ok(m) => m,
         Err(e) => {
@@ -443,7 +475,10 @@ async fn upload_multipart(state: AppState, q: FilesQuery, req: Request) -> Respo
         if let Err((status, msg)) = write_stream(&path, &user, false, Box::pin(stream)).await {
             return http_error(status, msg);
         }
-        out.push(written(&path));
+        match written(&path, meta) {
+            Ok(w) => out.push(w),
+            Err((status, msg)) => return http_error(status, msg),
+        }
     }
     if out.is_empty() {
         return http_error(

@@ -23,7 +23,7 @@ pub enum Dialect {
     /// Wrenn's `/v1/sandboxes`.
     Native,
     /// E2B's `/sandboxes`: `templateID` required, `timeout` 300 s by
-    /// default and at least 1.
+    /// default and at least 1, commands and files as `user`.
     E2b,
 }
 
@@ -99,6 +99,9 @@ pub struct CreateSpec {
     pub public_ports: Vec<u16>,
     /// Only hosts with all these tags.
     pub host_tags: Vec<String>,
+    /// Who calls that name no user run as, unless the template says:
+    /// E2B's `user` for E2B's API, root (none) for the native one.
+    pub default_user: Option<&'static str>,
 }
 
 fn range(d: Dialect, name: &'static str, v: u32, lo: u32, hi: u32) -> ApiResult<u32> {
@@ -219,6 +222,7 @@ impl NewSandbox {
             auto_resume: self.auto_resume.unwrap_or(d == Dialect::Native),
             public_ports: check_ports(self.public_ports)?,
             host_tags: self.host_tags,
+            default_user: (d == Dialect::E2b).then_some(defaults::E2B_USER),
         })
     }
 }
@@ -313,6 +317,7 @@ pub async fn create(app: &App, caller: &Caller, spec: CreateSpec) -> ApiResult<S
         envs: spec.envs.into_iter().collect(),
         metadata: spec.metadata.into_iter().collect(),
         auto_pause: spec.auto_pause,
+        default_user: spec.default_user.unwrap_or_default().into(),
         ..Default::default()
     };
     let created = match app.hosts.client(&host).await {

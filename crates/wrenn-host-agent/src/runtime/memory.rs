@@ -232,6 +232,12 @@ impl crate::service::TemplateList for MemoryRuntime {
         t.retain(|n| n != name);
         Ok(t.len() < before)
     }
+
+    /// Nothing: its envds run as the test's own process, whose host has
+    /// no template accounts.
+    fn run_as(&self, _name: &str, _requested: Option<&str>) -> crate::templates::Defaults {
+        crate::templates::Defaults::default()
+    }
 }
 
 impl Drop for MemoryRuntime {

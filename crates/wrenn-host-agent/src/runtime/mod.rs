@@ -33,6 +33,10 @@ pub struct SandboxSpec {
     pub allow_internet_access: bool,
     /// Environment for every process in it.
     pub envs: HashMap<String, String>,
+    /// Who its commands and file calls run as, and where, when a call
+    /// names neither (envd's `/init`); root in `/root` when unset.
+    #[serde(default)]
+    pub run_as: crate::templates::Defaults,
 }
 
 /// Whether a sandbox's processes run.

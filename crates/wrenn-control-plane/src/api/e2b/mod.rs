@@ -412,8 +412,10 @@ async fn retime(app: &App, s: Sandbox, timeout: Option<u32>) -> E2bResult<Sandbo
     Ok(lifecycle::keep_alive(app, s, timeout).await?)
 }
 
-#[utoipa::path(post, path = "/sandboxes/{id}/timeout", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), request_body = Timeout, responses((status = 204, description = "Timer restarted with the new timeout")), security(("api_key" = []), ("bearer" = [])))]
-/// POST /sandboxes/{id}/timeout `{timeout}`: 204.
+#[utoipa::path(post, path = "/sandboxes/{id}/timeout", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), request_body = Timeout, responses((status = 204, description = "Timer restarted with the new timeout; with 0, the sandbox's time is up now")), security(("api_key" = []), ("bearer" = [])))]
+/// POST /sandboxes/{id}/timeout `{timeout}`: 204. As E2B's, the sandbox's
+/// end becomes now plus `timeout`, so `0` ends it now: what its timeout
+/// does (paused with `autoPause`, else killed) is done before the answer.
 pub(super) async fn set_timeout(
     State(app): State<App>,
     caller: Result<Caller, ApiError>,
@@ -426,6 +428,16 @@ pub(super) async fn set_timeout(
         return Err(ApiError::bad_request("timeout: required, in seconds").into());
     };
     let s = e2b_find(&app, &caller, &id).await?;
+    if t == 0 {
+        match s.state {
+            SandboxState::Paused => {}
+            _ if s.auto_pause => {
+                lifecycle::pause(&app, s, &caller.actor).await?;
+            }
+            _ => lifecycle::destroy(&app, s, &caller.actor).await?,
+        }
+        return Ok(StatusCode::NO_CONTENT);
+    }
     retime(&app, s, Some(t)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -17,8 +17,9 @@
 //! 3. pivots into the root, unshares a user namespace, prints `userns` and
 //!    waits for `mapped` while the agent writes the uid/gid maps;
 //! 4. becomes root of that user namespace (an unprivileged uid range on the
-//!    host), drops capabilities from the bounding set, sets no_new_privs,
-//!    installs the seccomp filter, prints `exec` and execs envd.
+//!    host), drops capabilities from the bounding set, installs the
+//!    seccomp filter (without no_new_privs: the sandbox's `sudo` works, see
+//!    [`seccomp::apply`]), prints `exec` and execs envd.
 //!
 //! It starts with exactly stdin, stdout and stderr: every other inherited
 //! descriptor is closed first. envd gets those three, the workload
@@ -610,7 +611,6 @@ fn sandbox_init(spec: &InitSpec, work_fds: &str) -> Result<(), Fail> {
         "setresuid",
     )?;
     drop_capabilities()?;
-    ctx(rustix::thread::set_no_new_privs(true), "no_new_privs")?;
     let filter = ctx(seccomp::filter(), "building the seccomp filter")?;
 
     let envd = CString::new(ENVD_PATH).expect("static path");

@@ -2,8 +2,9 @@
 //! in its own user, PID, mount, UTS, IPC, network and cgroup namespaces,
 //! on an overlay root over a read-only template with an ext4 upper layer
 //! (the disk limit), inside a cgroup (memory, CPU, pids; freezer for pause),
-//! behind a veth pair and the host firewall, under no_new_privs, a reduced
-//! capability bounding set and a seccomp filter. envd is its first process.
+//! behind a veth pair and the host firewall, under a reduced capability
+//! bounding set and a seccomp filter (setuid programs inside gain no more
+//! than the sandbox's root has). envd is its first process.
 //!
 //! Everything a sandbox has on the host is named after its id: the
 //! directory `<data>/sandboxes/<id>`, the cgroup `wrenn/<id>`, and the veth

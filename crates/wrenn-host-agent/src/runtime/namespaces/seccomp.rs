@@ -94,10 +94,42 @@ pub fn filter() -> Result<Vec<BpfProgram>, seccompiler::Error> {
     ])
 }
 
-/// Installs the filters on the calling thread (inherited across exec).
-pub fn apply(filters: &[BpfProgram]) -> Result<(), seccompiler::Error> {
+/// Installs the filters on the calling thread (inherited across exec),
+/// without setting no_new_privs: the sandbox's own setuid programs (`sudo`
+/// for the template's `user`) must work, as they do in E2B's sandboxes. A
+/// setuid program gains at most the sandbox root's capabilities (what the
+/// bounding set kept, in the sandbox's user namespace), and files owned by
+/// host ids outside the sandbox's range are never setuid there. Installing
+/// a filter without no_new_privs needs `CAP_SYS_ADMIN` in the caller's
+/// user namespace, which the init still has before it execs envd.
+/// (seccompiler's `apply_filter` always sets no_new_privs first.)
+pub fn apply(filters: &[BpfProgram]) -> std::io::Result<()> {
     for f in filters {
-        seccompiler::apply_filter(f)?;
+        let len = u16::try_from(f.len()).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a seccomp filter longer than 65535 instructions",
+            )
+        })?;
+        let prog = libc::sock_fprog {
+            len,
+            // seccompiler's `sock_filter` is `#[repr(C)]` with libc's
+            // layout (u16, u8, u8, u32).
+            filter: f.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: `prog` points at `f`'s instructions, alive for the call;
+        // the kernel copies the program before returning.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
     }
     Ok(())
 }
