@@ -584,6 +584,12 @@ def test_e2b_file_metadata(e2b_env):
         assert sbx.files.get_info("/tmp/m.txt").metadata == {**want, "extra": "1"}
         assert sbx.files.rename("/tmp/m.txt", "/tmp/n.txt").metadata == {**want, "extra": "1"}
         assert sbx.files.write("/tmp/n.txt", "y", metadata={"only": "this"}).metadata == {"only": "this"}
+        # As E2B's: an upload is the file's whole metadata, so none clears it.
+        assert sbx.files.write("/tmp/n.txt", "z").metadata is None
+        assert sbx.files.get_info("/tmp/n.txt").metadata is None
+        from e2b.sandbox.filesystem.filesystem import WriteEntry
+        many = sbx.files.write_files([WriteEntry(path="/tmp/m1", data="1"), WriteEntry(path="/tmp/m2", data="2")], metadata={"batch": "7"})
+        assert [(w.path, w.metadata) for w in many] == [("/tmp/m1", {"batch": "7"}), ("/tmp/m2", {"batch": "7"})]
         sbx.files.write("/tmp/plain.txt", "y")
         assert sbx.files.get_info("/tmp/plain.txt").metadata is None
         r = httpx.post(
@@ -597,3 +603,47 @@ def test_e2b_file_metadata(e2b_env):
         assert r.status_code == 400 and "printable" in r.text, r.text
     finally:
         sbx.kill()
+
+
+def test_e2b_metrics_over_a_range_and_of_many(e2b_env):
+    """`get_metrics(start=, end=)` answers the agent's samples (every 5 s)
+    in the range, oldest first, plus one taken now when the range reaches
+    now; a range in the past before the sandbox has none; the batch route
+    `GET /sandboxes/metrics?sandbox_ids=` answers the newest of each of the
+    caller's running sandboxes and leaves others out."""
+    import datetime
+
+    base, key = e2b_env
+    a = Sandbox.create("base", timeout=120)
+    b = Sandbox.create("base", timeout=120)
+    try:
+        began = datetime.datetime.now(datetime.timezone.utc)
+        a.commands.run("head -c 30000000 /dev/zero > /tmp/fill")
+        time.sleep(11)  # two sampling periods at least
+        all_ = a.get_metrics()
+        assert len(all_) >= 3, all_
+        stamps = [m.timestamp for m in all_]
+        assert stamps == sorted(stamps)
+        assert all(m.cpu_count == 1 and m.mem_total > 0 and m.disk_total > 0 for m in all_)
+        assert all_[-1].disk_used >= 30_000_000, all_[-1]
+        assert abs(all_[-1].timestamp.timestamp() - time.time()) < 3
+        # From the second sample on: the first is left out.
+        recent = a.get_metrics(start=all_[1].timestamp, end=datetime.datetime.now(datetime.timezone.utc))
+        assert recent[0].timestamp == all_[1].timestamp, (recent, all_)
+        assert all(m.timestamp >= all_[1].timestamp for m in recent)
+        old = a.get_metrics(start=began - datetime.timedelta(hours=2), end=began - datetime.timedelta(hours=1))
+        assert old == []
+        r = httpx.get(f"{base}/sandboxes/{a.sandbox_id}/metrics", params={"start": 10, "end": 5}, headers={"X-API-Key": key})
+        assert r.status_code == 400 and r.json()["code"] == 400, r.text
+
+        b.pause()
+        r = httpx.get(f"{base}/sandboxes/metrics", params={"sandbox_ids": f"{a.sandbox_id},{b.sandbox_id},sb-nothere"}, headers={"X-API-Key": key})
+        assert r.status_code == 200, r.text
+        got = r.json()["sandboxes"]
+        assert list(got) == [a.sandbox_id], got
+        assert got[a.sandbox_id]["memTotal"] > 0 and got[a.sandbox_id]["timestampUnix"] > 0
+        r = httpx.get(f"{base}/sandboxes/metrics", headers={"X-API-Key": key})
+        assert r.status_code == 400 and r.json()["code"] == 400, r.text
+    finally:
+        a.kill()
+        b.kill()

@@ -1,5 +1,6 @@
 //! The agent's own bookkeeping over a runtime: timeouts and metadata,
-//! the reaper that enforces them, and CPU-use sampling for metrics.
+//! the reaper that enforces them, and the sampler that keeps every
+//! sandbox's recent usage ([`crate::metrics`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -44,7 +45,8 @@ pub struct Agent<R: Runtime> {
     pub pools: Pools,
     meta_dir: PathBuf,
     meta: Mutex<HashMap<String, Meta>>,
-    cpu_samples: Mutex<HashMap<String, (std::time::Instant, u64)>>,
+    /// Every sandbox's recent usage, sampled by [`Agent::sample_forever`].
+    pub metrics: crate::metrics::History,
     /// Fires when the agent should stop.
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// How long a new sandbox's envd may take to answer once its runtime
@@ -75,7 +77,7 @@ impl<R: Runtime> Agent<R> {
             pools: Pools::default(),
             meta_dir,
             meta: Mutex::new(HashMap::new()),
-            cpu_samples: Mutex::new(HashMap::new()),
+            metrics: crate::metrics::History::default(),
             shutdown: tokio::sync::watch::channel(false).0,
             envd_timeout: ENVD_TIMEOUT,
             starting: Mutex::default(),
@@ -173,7 +175,7 @@ impl<R: Runtime> Agent<R> {
     pub async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
         let r = self.runtime.destroy(id).await;
         self.meta.lock().remove(id);
-        self.cpu_samples.lock().remove(id);
+        self.metrics.forget(id);
         let _ = std::fs::remove_file(self.meta_dir.join(format!("{id}.json")));
         r
     }
@@ -210,20 +212,46 @@ impl<R: Runtime> Agent<R> {
         m
     }
 
-    /// CPU use since the previous call, as a percentage of the sandbox's
-    /// vcpus.
+    /// CPU use of `id` since its last sample, as a percentage of its
+    /// vcpus (0 before its first sample).
     pub fn cpu_pct(&self, id: &str, cpu_usec: u64, vcpus: u32) -> f32 {
-        let mut s = self.cpu_samples.lock();
-        let now = std::time::Instant::now();
-        let pct = match s.get(id) {
-            Some((t, prev)) if now > *t => {
-                let wall = now.duration_since(*t).as_micros() as f64 * f64::from(vcpus.max(1));
-                (100.0 * cpu_usec.saturating_sub(*prev) as f64 / wall) as f32
+        self.metrics
+            .rate_since_last(id, std::time::Instant::now(), cpu_usec, vcpus)
+    }
+
+    /// Samples every running sandbox's usage into [`Agent::metrics`] every
+    /// `period`: one timer for the whole host. Reading a sandbox's usage
+    /// is a few file reads and a `statvfs`, done on the blocking pool.
+    pub async fn sample_forever(self: Arc<Self>, period: Duration) {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let agent = self.clone();
+            if tokio::task::spawn_blocking(move || agent.sample_once())
+                .await
+                .is_err()
+            {
+                tracing::error!("the metrics sampler panicked; it goes on at the next tick");
             }
-            _ => 0.0,
-        };
-        s.insert(id.to_string(), (now, cpu_usec));
-        pct
+        }
+    }
+
+    /// One round of the sampler.
+    fn sample_once(&self) {
+        let listed = self.listed();
+        let at = now();
+        for i in &listed {
+            if i.state != crate::runtime::RunState::Running {
+                continue;
+            }
+            if let Ok(u) = self.runtime.usage(&i.spec.id) {
+                self.metrics
+                    .record(&i.spec.id, std::time::Instant::now(), at, &u, i.spec.vcpus);
+            }
+        }
+        let live = listed.into_iter().map(|i| i.spec.id).collect();
+        self.metrics.retain(&live);
     }
 
     /// Destroys (or, with `auto_pause`, pauses) running sandboxes whose

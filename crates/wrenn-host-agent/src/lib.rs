@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod envd;
+pub mod metrics;
 pub mod proxy;
 pub mod registration;
 pub mod runtime;

@@ -76,7 +76,8 @@ fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Respo
     (http::StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
 }
 
-/// Re-adopts sandboxes, starts the reaper, and serves on `addr` until
+/// Re-adopts sandboxes, starts the reaper and the metrics sampler, and
+/// serves on `addr` until
 /// `shutdown` resolves or a Terminate call arrives.
 pub async fn serve<R: Runtime + TemplateList>(
     agent: Arc<Agent<R>>,
@@ -90,6 +91,7 @@ pub async fn serve<R: Runtime + TemplateList>(
         tracing::info!(count = adopted.len(), "re-adopted running sandboxes");
     }
     let reaper = tokio::spawn(agent.clone().reap_forever(Duration::from_secs(1)));
+    let sampler = tokio::spawn(agent.clone().sample_forever(crate::metrics::PERIOD));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, runtime = agent.runtime.name(), "host agent listening");
     let listener = listener.tap_io(|tcp| {
@@ -106,5 +108,6 @@ pub async fn serve<R: Runtime + TemplateList>(
         .with_graceful_shutdown(stop)
         .await;
     reaper.abort();
+    sampler.abort();
     r
 }

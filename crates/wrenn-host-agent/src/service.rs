@@ -107,7 +107,9 @@ pub trait TemplateList {
     fn remove_template(&self, name: &str) -> Result<bool, String>;
     /// Who sandboxes of template `name` run as when a call names no user
     /// or directory: what the template says; else `requested` (the API's
-    /// default) when the template has that account; else nothing (root).
+    /// default) when the template has that account and `sudo` to become
+    /// root with (a `base` from before recipe 2 has `user` but no `sudo`:
+    /// its sandboxes stay root, as they were); else nothing (root).
     fn run_as(&self, name: &str, requested: Option<&str>) -> crate::templates::Defaults;
 }
 
@@ -127,11 +129,11 @@ impl TemplateList for crate::runtime::namespaces::NamespaceRuntime {
     fn run_as(&self, name: &str, requested: Option<&str>) -> crate::templates::Defaults {
         match self.templates().get(name) {
             Ok(t) => crate::templates::Defaults {
-                user: t
-                    .defaults
-                    .user
-                    .clone()
-                    .or_else(|| requested.filter(|u| t.has_user(u)).map(str::to_string)),
+                user: t.defaults.user.clone().or_else(|| {
+                    requested
+                        .filter(|u| t.has_user(u) && t.has_sudo())
+                        .map(str::to_string)
+                }),
                 workdir: t.defaults.workdir.clone(),
             },
             // The create fails on the missing template, saying so.
@@ -292,9 +294,38 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
         })
     }
 
-    /// Runs a command to its end and answers with its output, at most
-    /// `max_output_bytes` of each stream (the rest is read and dropped, so
-    /// the command never blocks on a full pipe and memory stays bounded).
+    async fn get_sandbox_metric_history(
+        &self,
+        _ctx: RequestContext,
+        r: ServiceRequest<'_, pb::MetricHistoryRequest>,
+    ) -> ServiceResult<pb::MetricHistory> {
+        let inst = self.instance(r.sandbox_id)?;
+        let open = |t: i64| (t > 0).then_some(t);
+        let samples = self
+            .agent
+            .metrics
+            .range(&inst.spec.id, open(r.start), open(r.end))
+            .into_iter()
+            .map(|s| pb::SandboxMetrics {
+                sandbox_id: inst.spec.id.clone(),
+                cpu_usage_usec: s.cpu_usec,
+                cpu_used_pct: s.cpu_pct,
+                vcpus: inst.spec.vcpus,
+                memory_bytes: s.memory_bytes,
+                memory_limit_bytes: u64::from(inst.spec.memory_mb) << 20,
+                disk_used_bytes: s.disk_used_bytes,
+                disk_limit_bytes: s.disk_limit_bytes,
+                timestamp: s.at,
+                ..Default::default()
+            })
+            .collect();
+        Response::ok(pb::MetricHistory {
+            samples,
+            ..Default::default()
+        })
+    }
+
+    /// Removes a template from this host, unless a sandbox uses it.
     async fn delete_template(
         &self,
         _ctx: RequestContext,

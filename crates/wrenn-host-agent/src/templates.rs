@@ -87,7 +87,6 @@ pub struct Template {
 /// What a template leaves out, the API that made the sandbox decides:
 /// `user` in `/home/user` for E2B's, root for Wrenn's own.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Defaults {
     /// The user, by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,10 +97,27 @@ pub struct Defaults {
 }
 
 impl Template {
+    /// A file of the template's root, not followed out of it when it is a
+    /// symlink (templates are the operator's, but a link in one must not
+    /// make the agent read a host file).
+    fn read(&self, rel: &str) -> Option<String> {
+        let p = self.rootfs.join(rel);
+        let m = std::fs::symlink_metadata(&p).ok()?;
+        if !m.is_file() {
+            return None;
+        }
+        std::fs::read_to_string(p).ok()
+    }
+
+    /// Whether the template has `sudo` (`/usr/bin/sudo`).
+    pub fn has_sudo(&self) -> bool {
+        std::fs::symlink_metadata(self.rootfs.join("usr/bin/sudo")).is_ok_and(|m| m.is_file())
+    }
+
     /// Whether the template has an account named `user` (a line of its
     /// `/etc/passwd` starting with `user:`).
     pub fn has_user(&self, user: &str) -> bool {
-        std::fs::read_to_string(self.rootfs.join("etc/passwd")).is_ok_and(|p| {
+        self.read("etc/passwd").is_some_and(|p| {
             p.lines()
                 .any(|l| l.split(':').next() == Some(user) && !user.is_empty())
         })
@@ -143,14 +159,25 @@ impl TemplateStore {
         }
         let rootfs = self.dir.join(name).join("rootfs");
         if rootfs.join("bin").exists() || rootfs.join("usr").exists() {
+            // A file that cannot be read is logged and taken as none: the
+            // template stays listed and removable.
             let file = self.dir.join(name).join(DEFAULTS_FILE);
             let defaults = match std::fs::read(&file) {
-                Ok(b) => serde_json::from_slice(&b).map_err(|e| TemplateError::Io {
-                    path: file,
-                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-                })?,
+                Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                    tracing::warn!(
+                        "{}: {e}; the template runs as the API's default",
+                        file.display()
+                    );
+                    Defaults::default()
+                }),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Defaults::default(),
-                Err(e) => return Err(io_err(&file)(e)),
+                Err(e) => {
+                    tracing::warn!(
+                        "{}: {e}; the template runs as the API's default",
+                        file.display()
+                    );
+                    Defaults::default()
+                }
             };
             Ok(Template {
                 name: name.into(),
@@ -394,14 +421,33 @@ impl TemplateStore {
             std::fs::write(&recipe, format!("{BASE_RECIPE}\n")).map_err(io_err(&recipe))?;
             let dest = self.dir.join(name);
             if dest.exists() {
-                let aside = self
-                    .dir
-                    .join(format!(".{name}.replaced-{}", crate::agent::now()));
-                std::fs::rename(&dest, &aside).map_err(io_err(&aside))?;
-                progress(&format!(
-                    "I: The previous build is kept at {}; remove it once no sandbox made from it runs",
-                    aside.display()
+                // Swapped in one step: creates never find no `base`.
+                rustix::fs::renameat_with(
+                    rustix::fs::CWD,
+                    &tmp,
+                    rustix::fs::CWD,
+                    &dest,
+                    rustix::fs::RenameFlags::EXCHANGE,
+                )
+                .map_err(|e| io_err(&dest)(e.into()))?;
+                let aside = self.dir.join(format!(
+                    ".{name}.replaced-{}-{}",
+                    crate::agent::now(),
+                    std::process::id()
                 ));
+                if let Err(e) = std::fs::rename(&tmp, &aside) {
+                    // The new one is in place; the old one stays at `tmp`.
+                    progress(&format!(
+                        "W: The previous build is at {} ({e}); remove it once no sandbox made from it runs",
+                        tmp.display()
+                    ));
+                } else {
+                    progress(&format!(
+                        "I: The previous build is kept at {}; remove it (rm -r) once no sandbox made from it runs",
+                        aside.display()
+                    ));
+                }
+                return Ok(());
             }
             std::fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
             Ok(())

@@ -159,10 +159,13 @@ async fn escapes_from_inside_fail() {
             // sudo works (E2B's `user` needs it) but reaches only what
             // sandbox root has: the same capabilities, and no mount.
             "gain more than sandbox root through sudo",
-            "runuser -u user -- sh -c 'sudo -n id -u; grep CapEff /proc/self/status; sudo -n grep CapEff /proc/self/status; sudo -n mount -t tmpfs none /mnt 2>&1; echo rc=$?'".into(),
+            // (Its filter stays: a setuid program cannot shed it.)
+            "runuser -u user -- sh -c 'sudo -n id -u; grep CapEff /proc/self/status; sudo -n grep -E \"^(CapEff|CapBnd|Seccomp):\" /proc/self/status; sudo -n mount -t tmpfs none /mnt 2>&1; echo rc=$?'".into(),
             Box::new(|o: &str, _| {
                 o.starts_with("0\n")
-                    && o.contains("CapEff:\t0000000000000000\nCapEff:\t00000000a80405fb\n")
+                    && o.contains(
+                        "CapEff:\t0000000000000000\nCapEff:\t00000000a80405fb\nCapBnd:\t00000000a80405fb\nSeccomp:\t2\n",
+                    )
                     && !o.contains("rc=0")
             }),
         ),

@@ -17,6 +17,12 @@ pub const MAX_KEYS: usize = 64;
 /// Most bytes of one value (ext4 keeps all of a file's attributes in one
 /// 4 KiB block; the file system refuses what does not fit).
 pub const MAX_VALUE: usize = 4096;
+/// Most bytes of one key: an attribute's name is at most 255 bytes,
+/// prefix included.
+pub const MAX_KEY: usize = 255 - XATTR_PREFIX.len();
+/// Most bytes of all keys and values of one upload together: what fits
+/// beside ext4's own attributes in its one block.
+pub const MAX_TOTAL: usize = 3072;
 
 /// Why an upload's metadata headers were refused.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -30,6 +36,12 @@ pub enum BadMetadata {
     /// A value over [`MAX_VALUE`] bytes.
     #[error("metadata '{0}': the value is over {MAX_VALUE} bytes")]
     TooLong(String),
+    /// A key over [`MAX_KEY`] bytes.
+    #[error("a metadata key is over {MAX_KEY} bytes")]
+    KeyTooLong,
+    /// Keys and values over [`MAX_TOTAL`] bytes together.
+    #[error("the metadata of one upload is over {MAX_TOTAL} bytes, keys and values together")]
+    TooBig,
     /// More than [`MAX_KEYS`] keys.
     #[error("more than {MAX_KEYS} metadata keys in one upload")]
     TooMany,
@@ -47,6 +59,9 @@ pub fn from_headers(headers: &HeaderMap) -> Result<Vec<(String, String)>, BadMet
         if key.is_empty() {
             return Err(BadMetadata::EmptyKey);
         }
+        if key.len() > MAX_KEY {
+            return Err(BadMetadata::KeyTooLong);
+        }
         let bytes = value.as_bytes();
         if !bytes.iter().all(|b| (0x20..=0x7e).contains(b)) {
             return Err(BadMetadata::Value(key.into()));
@@ -61,43 +76,50 @@ pub fn from_headers(headers: &HeaderMap) -> Result<Vec<(String, String)>, BadMet
     }
     out.sort();
     out.dedup_by(|a, b| a.0 == b.0);
+    if out.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > MAX_TOTAL {
+        return Err(BadMetadata::TooBig);
+    }
     Ok(out)
 }
 
-/// Makes `pairs` the file's whole metadata: `user.e2b.*` attributes not
-/// among them are removed, the others set.
+/// Makes `pairs` the file's whole metadata (none clears it, as E2B's envd
+/// does on every upload): the new ones set first, then the `user.e2b.*`
+/// attributes not among them removed. Follows symlinks, as the upload
+/// that wrote the file did.
 pub fn replace(path: &Path, pairs: &[(String, String)]) -> std::io::Result<()> {
-    for old in keys(path) {
-        if !pairs.iter().any(|(k, _)| *k == old) {
-            match rustix::fs::lremovexattr(path, format!("{XATTR_PREFIX}{old}")) {
-                Ok(()) | Err(rustix::io::Errno::NODATA) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
+    let old = keys(path);
     for (k, v) in pairs {
-        rustix::fs::lsetxattr(
+        rustix::fs::setxattr(
             path,
             format!("{XATTR_PREFIX}{k}"),
             v.as_bytes(),
             rustix::fs::XattrFlags::empty(),
         )?;
     }
+    for old in old {
+        if !pairs.iter().any(|(k, _)| *k == old) {
+            match rustix::fs::removexattr(path, format!("{XATTR_PREFIX}{old}")) {
+                Ok(()) | Err(rustix::io::Errno::NODATA) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
     Ok(())
 }
 
-/// The keys of the file's `user.e2b.*` attributes, prefix stripped (not
-/// following a final symlink); none when they cannot be listed.
+/// The keys of the file's `user.e2b.*` attributes, prefix stripped
+/// (following symlinks: a link has none of its own); none when they
+/// cannot be listed.
 fn keys(path: &Path) -> Vec<String> {
     // Most files have no attributes at all: one call with a small buffer
     // answers for them; ERANGE means a longer list.
     let mut names = vec![0u8; 256];
-    let len = match rustix::fs::llistxattr(path, &mut names[..]) {
+    let len = match rustix::fs::listxattr(path, &mut names[..]) {
         Ok(n) => n,
         Err(rustix::io::Errno::RANGE) => {
             // The kernel's own limit on a list is 64 KiB.
             names = vec![0u8; 64 << 10];
-            match rustix::fs::llistxattr(path, &mut names[..]) {
+            match rustix::fs::listxattr(path, &mut names[..]) {
                 Ok(n) => n,
                 Err(_) => return Vec::new(),
             }
@@ -113,8 +135,8 @@ fn keys(path: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The file's metadata: its `user.e2b.*` attributes, prefix stripped (not
-/// following a final symlink). Empty when it has none, or when they
+/// The file's metadata: its `user.e2b.*` attributes, prefix stripped
+/// (a symlink shows its target's). Empty when it has none, or when they
 /// cannot be read; values that are not UTF-8 are shown lossily, values
 /// over [`MAX_VALUE`] bytes (set by other means) are left out.
 pub fn read(path: &Path) -> HashMap<String, String> {
@@ -125,7 +147,7 @@ pub fn read(path: &Path) -> HashMap<String, String> {
     }
     let mut value = vec![0u8; MAX_VALUE];
     for key in keys {
-        if let Ok(n) = rustix::fs::lgetxattr(path, format!("{XATTR_PREFIX}{key}"), &mut value[..]) {
+        if let Ok(n) = rustix::fs::getxattr(path, format!("{XATTR_PREFIX}{key}"), &mut value[..]) {
             let v = String::from_utf8_lossy(&value[..n.min(value.len())]).into_owned();
             out.insert(key, v);
         }
@@ -189,6 +211,16 @@ mod tests {
             from_headers(&headers(&[("x-metadata-k", &long)])),
             Err(BadMetadata::TooLong("k".into()))
         );
+        let key = format!("x-metadata-{}", "k".repeat(MAX_KEY + 1));
+        assert_eq!(
+            from_headers(&headers(&[(key.as_str(), b"v")])),
+            Err(BadMetadata::KeyTooLong)
+        );
+        let big = vec![b'v'; MAX_TOTAL / 2];
+        assert_eq!(
+            from_headers(&headers(&[("x-metadata-a", &big), ("x-metadata-b", &big)])),
+            Err(BadMetadata::TooBig)
+        );
         let many: Vec<(String, &[u8])> = (0..=MAX_KEYS)
             .map(|i| (format!("x-metadata-k{i}"), &b"v"[..]))
             .collect();
@@ -227,6 +259,12 @@ mod tests {
             read(&f),
             HashMap::from([("b".to_string(), "two".to_string())])
         );
+        // Through a symlink: the target's.
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        assert_eq!(read(&link), read(&f));
+        replace(&link, &[]).unwrap();
+        assert!(read(&f).is_empty(), "none clears");
         assert!(read(&dir.join("missing")).is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }

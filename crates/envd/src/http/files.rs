@@ -355,19 +355,25 @@ where
     })
 }
 
-/// Gives the written file at `path` the upload's metadata (when it
-/// carried any), and describes it.
+/// Gives the written file at `path` the upload's metadata (its whole
+/// metadata: an upload without any clears it, as E2B's envd does), and
+/// describes it. A file system without user attributes keeps none, and
+/// the upload still succeeds (logged), as with E2B's.
 fn written(path: &Path, meta: &[(String, String)]) -> Result<WrittenFile, (StatusCode, String)> {
-    if !meta.is_empty() {
-        metadata::replace(path, meta).map_err(|e| {
-            (
+    match metadata::replace(path, meta) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTSUP.raw_os_error()) => {
+            tracing::warn!("{}: no metadata kept ({e})", path.display());
+        }
+        Err(e) => {
+            return Err((
                 io_status(&e),
                 format!(
                     "'{}' was written, but its metadata could not be set: {e}",
                     path.display()
                 ),
-            )
-        })?;
+            ));
+        }
     }
     Ok(WrittenFile {
         path: path.display().to_string(),

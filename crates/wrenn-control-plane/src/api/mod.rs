@@ -147,7 +147,7 @@ impl utoipa::Modify for Security {
         hosts::create, hosts::list, hosts::get_one, hosts::set_tags, hosts::regenerate, hosts::delete,
         hosts::register, hosts::refresh, hosts::heartbeat,
         e2b::create, e2b::get_one, e2b::list_v1, e2b::list_v2, e2b::kill, e2b::set_timeout,
-        e2b::refresh, e2b::pause, e2b::resume, e2b::connect, e2b::metrics,
+        e2b::refresh, e2b::pause, e2b::resume, e2b::connect, e2b::metrics, e2b::metrics_of_many,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
     modifiers(&Security),

@@ -156,6 +156,15 @@ pub struct SandboxMetric {
     pub disk_total: u64,
 }
 
+/// E2B's `SandboxesWithMetrics`: the newest metric of each sandbox asked
+/// for, by id.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = E2bSandboxesWithMetrics)]
+pub struct SandboxesWithMetrics {
+    /// Sandbox id → its metric (only the caller's running sandboxes).
+    pub sandboxes: std::collections::BTreeMap<String, SandboxMetric>,
+}
+
 /// E2B's `Error`: `{code, message}`, the code being the HTTP status.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[schema(as = E2bError)]

@@ -13,7 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 pub(super) mod bodies;
 
-use bodies::{ListedSandbox, NewSandbox, Refresh, SandboxDetail, SandboxMetric, Timeout};
+use bodies::{
+    ListedSandbox, NewSandbox, Refresh, SandboxDetail, SandboxMetric, SandboxesWithMetrics, Timeout,
+};
 use wrenn_protocol::hostagent::v1 as pb;
 
 use super::rfc3339;
@@ -39,6 +41,7 @@ pub(super) fn routes() -> axum::Router<App> {
         .route("/sandboxes/{id}/connect", post(connect))
         .route("/v2/sandboxes/{id}/connect", post(connect))
         .route("/sandboxes/{id}/metrics", get(metrics))
+        .route("/sandboxes/metrics", get(metrics_of_many))
 }
 
 /// An error in E2B's shape: `{"code": <status>, "message": …}`.
@@ -517,26 +520,10 @@ pub(super) async fn connect(
     Ok((status, Json(created(&app, &s))))
 }
 
-#[utoipa::path(get, path = "/sandboxes/{id}/metrics", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), responses((status = 200, description = "The current metric", body = [SandboxMetric])), security(("api_key" = []), ("bearer" = [])))]
-/// GET /sandboxes/{id}/metrics: E2B's `[SandboxMetric]` (the current one).
-pub(super) async fn metrics(
-    State(app): State<App>,
-    caller: Result<Caller, ApiError>,
-    Path(id): Path<String>,
-) -> E2bResult<Json<Vec<SandboxMetric>>> {
-    let caller = caller?;
-    let s = e2b_find(&app, &caller, &id).await?;
-    let m = agent_for(&app, &s)
-        .await?
-        .get_sandbox_metrics(pb::SandboxRef {
-            sandbox_id: id.clone(),
-            ..Default::default()
-        })
-        .await
-        .map_err(ApiError::from)?
-        .into_owned();
+/// E2B's `SandboxMetric` of one agent sample of `s`.
+fn e2b_metric(s: &Sandbox, m: &pb::SandboxMetrics) -> SandboxMetric {
     let ts = if m.timestamp > 0 { m.timestamp } else { now() };
-    Ok(Json(vec![SandboxMetric {
+    SandboxMetric {
         timestamp: rfc3339(ts),
         timestamp_unix: ts,
         cpu_count: s.vcpus,
@@ -546,7 +533,129 @@ pub(super) async fn metrics(
         mem_cache: 0,
         disk_used: m.disk_used_bytes,
         disk_total: m.disk_limit_bytes,
-    }]))
+    }
+}
+
+/// A unix-seconds query parameter (`start`, `end`), if given.
+fn unix_param(q: &HashMap<String, String>, name: &str) -> E2bResult<Option<i64>> {
+    match q.get(name).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|t| *t >= 0)
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("{name}: '{v}' is not a time in unix seconds")).into()
+            }),
+    }
+}
+
+#[utoipa::path(get, path = "/sandboxes/{id}/metrics", tag = "e2b", params(("id" = String, Path, description = "Sandbox id"), ("start" = Option<i64>, Query, description = "Unix seconds: samples from then (default: all kept)"), ("end" = Option<i64>, Query, description = "Unix seconds: samples until then (default: now)")), responses((status = 200, description = "Samples oldest first: the agent's (every 5 s, the last hour), and one taken now when the range reaches now", body = [SandboxMetric]), (status = 400, description = "Bad start or end", body = bodies::Error)), security(("api_key" = []), ("bearer" = [])))]
+/// GET /sandboxes/{id}/metrics?start=&end=: E2B's `[SandboxMetric]`, the
+/// samples the sandbox's agent kept in the range (every 5 s over the last
+/// hour), oldest first, and, when the range reaches now and the sandbox
+/// runs, one taken now.
+pub(super) async fn metrics(
+    State(app): State<App>,
+    caller: Result<Caller, ApiError>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> E2bResult<Json<Vec<SandboxMetric>>> {
+    let caller = caller?;
+    let (start, end) = (unix_param(&q, "start")?, unix_param(&q, "end")?);
+    if let (Some(a), Some(b)) = (start, end)
+        && a > b
+    {
+        return Err(ApiError::bad_request("start: after end").into());
+    }
+    let s = e2b_find(&app, &caller, &id).await?;
+    let agent = agent_for(&app, &s).await?;
+    let history = agent
+        .get_sandbox_metric_history(pb::MetricHistoryRequest {
+            sandbox_id: id.clone(),
+            start: start.unwrap_or(0),
+            end: end.unwrap_or(0),
+            ..Default::default()
+        })
+        .await
+        .map_err(ApiError::from)?
+        .into_owned();
+    let mut out: Vec<SandboxMetric> = history.samples.iter().map(|m| e2b_metric(&s, m)).collect();
+    let t = now();
+    let reaches_now = end.is_none_or(|e| e >= t) && start.is_none_or(|a| a <= t);
+    if s.state == SandboxState::Running
+        && reaches_now
+        && out.last().is_none_or(|l| l.timestamp_unix < t)
+    {
+        let m = agent
+            .get_sandbox_metrics(pb::SandboxRef {
+                sandbox_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(ApiError::from)?
+            .into_owned();
+        out.push(e2b_metric(&s, &m));
+    }
+    Ok(Json(out))
+}
+
+/// The most sandboxes one `GET /sandboxes/metrics` may name.
+const MAX_METRICS_IDS: usize = 100;
+
+#[utoipa::path(get, path = "/sandboxes/metrics", tag = "e2b", params(("sandbox_ids" = String, Query, description = "Comma-separated sandbox ids, at most 100")), responses((status = 200, description = "The newest metric of each of the caller's running sandboxes named", body = SandboxesWithMetrics), (status = 400, description = "No ids, or too many", body = bodies::Error)), security(("api_key" = []), ("bearer" = [])))]
+/// GET /sandboxes/metrics?sandbox_ids=a,b: the metric of each named
+/// sandbox of the caller's that runs, taken now; others are left out.
+pub(super) async fn metrics_of_many(
+    State(app): State<App>,
+    caller: Result<Caller, ApiError>,
+    Query(q): Query<HashMap<String, String>>,
+) -> E2bResult<Json<SandboxesWithMetrics>> {
+    let caller = caller?;
+    let mut ids: Vec<&str> = q
+        .get("sandbox_ids")
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|i| !i.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() || ids.len() > MAX_METRICS_IDS {
+        return Err(ApiError::bad_request(format!(
+            "sandbox_ids: from 1 to {MAX_METRICS_IDS} comma-separated sandbox ids"
+        ))
+        .into());
+    }
+    let one = |id: &str| {
+        let (app, caller, id) = (&app, &caller, id.to_string());
+        async move {
+            let s = find(app, caller, &id).await.ok()?;
+            if s.state != SandboxState::Running {
+                return None;
+            }
+            let m = agent_for(app, &s)
+                .await
+                .ok()?
+                .get_sandbox_metrics(pb::SandboxRef {
+                    sandbox_id: id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .ok()?
+                .into_owned();
+            Some((id, e2b_metric(&s, &m)))
+        }
+    };
+    let sandboxes = futures::future::join_all(ids.into_iter().map(one))
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    Ok(Json(SandboxesWithMetrics { sandboxes }))
 }
 
 #[cfg(test)]
