@@ -647,3 +647,138 @@ def test_e2b_metrics_over_a_range_and_of_many(e2b_env):
     finally:
         a.kill()
         b.kill()
+
+
+@pytest.fixture()
+def public_servers():
+    """Two web servers at public-looking addresses (TEST-NET-3:
+    203.0.113.2 and .3, port 8000) in a network namespace of their own,
+    routed from the host: what a sandbox reaches through its NAT as it
+    would the internet. Removed, with their processes, whatever happens."""
+    import subprocess
+    import sys
+
+    tag = uuid.uuid4().hex[:8]
+    ns, host_if, peer = f"wt{tag}", f"wth{tag}", f"wtp{tag}"
+    addrs = ["203.0.113.2", "203.0.113.3"]
+
+    def ip(*args):
+        subprocess.run(["ip", *args], check=True, capture_output=True)
+
+    procs = []
+    try:
+        ip("netns", "add", ns)
+        ip("link", "add", host_if, "type", "veth", "peer", "name", peer)
+        ip("link", "set", peer, "netns", ns)
+        ip("addr", "add", "203.0.113.1/29", "dev", host_if)
+        ip("link", "set", host_if, "up")
+        for a in addrs:
+            ip("-n", ns, "addr", "add", f"{a}/29", "dev", peer)
+        ip("-n", ns, "link", "set", peer, "up")
+        ip("-n", ns, "link", "set", "lo", "up")
+        ip("-n", ns, "route", "add", "default", "via", "203.0.113.1")
+        for a in addrs:
+            # http.server's own main looks its address up in DNS first,
+            # which from this namespace waits for a resolver's timeout.
+            serve = (
+                "import http.server as h, socketserver as s, sys\n"
+                "class S(h.HTTPServer):\n"
+                "    def server_bind(self):\n"
+                "        s.TCPServer.server_bind(self); self.server_name, self.server_port = self.server_address[:2]\n"
+                "S((sys.argv[1], 8000), h.SimpleHTTPRequestHandler).serve_forever()\n"
+            )
+            procs.append(subprocess.Popen(
+                ["ip", "netns", "exec", ns, sys.executable, "-c", serve, a],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/var/empty" if os.path.isdir("/var/empty") else "/",
+            ))
+        for a in addrs:
+            assert _until(lambda: subprocess.run(
+                ["ip", "netns", "exec", ns, "curl", "-s", "-o", "/dev/null", f"http://{a}:8000/"]).returncode == 0, timeout=10), a
+        yield addrs
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_e2b_network_rules(e2b_env, public_servers):
+    """`network={"allow_out", "deny_out"}` at create and `update_network`
+    (the whole set replaced; what it leaves out cleared): an allowed
+    server is reachable and a denied one is not, allowed wins over denied,
+    changes hold when the call returns, and the rules survive pause and
+    resume; rules E2B refuses (a domain in deny_out, a domain allowed
+    without everything denied) are refused with 400."""
+    base, key = e2b_env
+    a, b = public_servers
+
+    def code(sbx, addr):
+        return sbx.commands.run(f"curl -s -m 2 -o /dev/null -w '%{{http_code}}' http://{addr}:8000/ || true").stdout
+
+    open_ = Sandbox.create("base", timeout=120)
+    try:
+        assert (code(open_, a), code(open_, b)) == ("200", "200"), "no rules: both reachable"
+    finally:
+        open_.kill()
+
+    sbx = Sandbox.create("base", timeout=120, network={"allow_out": [a], "deny_out": ["0.0.0.0/0"]})
+    try:
+        assert (code(sbx, a), code(sbx, b)) == ("200", "000")
+        r = httpx.get(f"{base}/sandboxes/{sbx.sandbox_id}", headers={"X-API-Key": key})
+        assert r.json()["network"]["allowOut"] == [f"{a}/32"] and r.json()["network"]["denyOut"] == ["0.0.0.0/0"], r.text
+        sbx.update_network({"allow_out": [b], "deny_out": ["0.0.0.0/0"]})
+        assert (code(sbx, a), code(sbx, b)) == ("000", "200"), "the change holds at once"
+        assert sbx.pause() is True
+        sbx = Sandbox.connect(sbx.sandbox_id)
+        assert (code(sbx, a), code(sbx, b)) == ("000", "200"), "rules survive pause and resume"
+        sbx.update_network({"deny_out": [f"{a}/32"]})
+        assert (code(sbx, a), code(sbx, b)) == ("000", "200")
+        sbx.update_network({})
+        assert (code(sbx, a), code(sbx, b)) == ("200", "200"), "an empty update clears the rules"
+        for bad in [{"denyOut": ["example.com"]}, {"allowOut": ["example.com"]}, {"allowOut": ["1.2.3.4; drop"]}]:
+            r = httpx.put(f"{base}/sandboxes/{sbx.sandbox_id}/network", headers={"X-API-Key": key}, json=bad)
+            assert r.status_code == 400 and r.json()["code"] == 400, (bad, r.text)
+    finally:
+        sbx.kill()
+
+
+def test_e2b_public_traffic_and_masked_host(e2b_env):
+    """E2B's default: a sandbox's ports are public (envd's keeps its
+    token) and the create answer has no traffic token; with
+    `allow_public_traffic: False` a port needs `e2b-traffic-access-token`
+    (403 when wrong) and the answer carries it; `mask_request_host`
+    is the Host the app sees, `${PORT}` replaced."""
+    base, _ = e2b_env
+    port = httpx.URL(base).port
+
+    def start_echo(sbx):
+        sbx.files.write("/tmp/ws.py", WS_ECHO)
+        sbx.commands.run("python3 /tmp/ws.py", background=True)
+
+    def get(sbx, headers, path="/index.html"):
+        return httpx.get(f"{base}{path}", headers={"Host": f"8765-{sbx.sandbox_id}.localhost:{port}", **headers}, timeout=10)
+
+    pub = Sandbox.create("base", timeout=120, network={"mask_request_host": "${PORT}-app.example.com"})
+    try:
+        assert pub.traffic_access_token is None
+        start_echo(pub)
+        r = _until(lambda: _try(lambda: (lambda r: r if r.status_code == 200 else None)(get(pub, {}, "/headers"))), timeout=15)
+        assert r is not None, "a public port without credentials"
+        assert "host: 8765-app.example.com" in r.text.lower(), r.text
+        r = httpx.get(f"{base}/health", headers={"E2b-Sandbox-Id": pub.sandbox_id, "E2b-Sandbox-Port": "49983"})
+        assert r.status_code in (401, 403), "envd's port keeps its token"
+    finally:
+        pub.kill()
+
+    private = Sandbox.create("base", timeout=120, network={"allow_public_traffic": False})
+    try:
+        token = private.traffic_access_token
+        assert token
+        start_echo(private)
+        r = _until(lambda: _try(lambda: (lambda r: r if r.status_code == 200 else None)(get(private, {"e2b-traffic-access-token": token}, "/headers"))), timeout=15)
+        assert r is not None
+        assert "e2b-traffic-access-token" not in r.text.lower(), "the token does not reach the app"
+        assert get(private, {}).status_code in (401, 403)
+        assert get(private, {"e2b-traffic-access-token": "wrong"}).status_code == 403
+    finally:
+        private.kill()

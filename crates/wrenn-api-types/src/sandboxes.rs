@@ -43,6 +43,27 @@ pub struct CreateSandbox {
     /// Only hosts with all these tags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_tags: Option<Vec<String>>,
+    /// Where it may and may not connect (default: anywhere public).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Egress>,
+}
+
+/// A sandbox's egress rules (`PUT /v1/sandboxes/{id}/egress` replaces
+/// them): IPv4 addresses or networks (`1.2.3.4`, `10.0.0.0/8`), at most
+/// 256 each. An allowed one wins over a denied one; what neither names is
+/// allowed; the host, other sandboxes and private ranges are never
+/// reachable. `deny_out: ["0.0.0.0/0"]` with a few allowed is an allow
+/// list (DNS included: allow the resolver too).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Egress {
+    /// What it may reach.
+    #[serde(default)]
+    pub allow_out: Vec<String>,
+    /// What it may not reach.
+    #[serde(default)]
+    pub deny_out: Vec<String>,
 }
 
 /// A sandbox as the API shows it (the `Capsule` of the `wrenn` SDK).
@@ -87,6 +108,9 @@ pub struct Sandbox {
     /// older than this field always did).
     #[serde(default = "yes")]
     pub auto_resume: bool,
+    /// Its egress rules (servers older than this field had none).
+    #[serde(default)]
+    pub egress: Egress,
     /// Disk in use, MiB (on GET of one running or paused sandbox).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_used_mb: Option<u64>,

@@ -25,7 +25,7 @@ use wrenn_api_types::files::{Entries, Entry, PathRequest, Written};
 use wrenn_api_types::hosts::{CreateHost, Host, NewHost, RegistrationToken, Tags};
 use wrenn_api_types::identity::{CreateKey, Key, Keys, NewKey};
 use wrenn_api_types::processes::{Exec, ExecOutput, ExecResult, Process, Processes};
-use wrenn_api_types::sandboxes::{CreateSandbox, Metrics, Sandbox};
+use wrenn_api_types::sandboxes::{CreateSandbox, Egress, Metrics, Sandbox};
 use wrenn_api_types::templates::{Template, TemplateDeleted};
 
 /// What can go wrong.
@@ -146,6 +146,13 @@ impl Client {
     /// `POST /v1/sandboxes`: a running sandbox.
     pub async fn create_sandbox(&self, req: &CreateSandbox) -> Result<Sandbox, Error> {
         self.call("POST", "/v1/sandboxes", Some(req)).await
+    }
+
+    /// `PUT /v1/sandboxes/{id}/egress`: replaces its egress rules; they
+    /// hold when this returns.
+    pub async fn set_egress(&self, id: &str, rules: &Egress) -> Result<Sandbox, Error> {
+        let path = format!("/v1/sandboxes/{}/egress", path_segment(id));
+        self.call("PUT", &path, Some(rules)).await
     }
 
     /// `GET /v1/sandboxes`: the team's sandboxes (all but stopped ones).

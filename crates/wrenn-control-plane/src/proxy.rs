@@ -237,7 +237,11 @@ async fn key_team(app: &App, key: &str) -> Result<Option<String>, sqlx::Error> {
 
 /// Whether the request may reach `port` of `s`; `Err` is the refusal.
 async fn authorize(app: &App, headers: &HeaderMap, s: &Sandbox, port: u16) -> Result<(), ApiError> {
-    if s.public_ports.contains(&port)
+    // Public traffic (E2B's default) opens every port but envd's, which
+    // keeps its own token.
+    let public = s.network.public_traffic && port != wrenn_protocol::envd::PORT;
+    if public
+        || s.public_ports.contains(&port)
         || header_eq(headers, "x-access-token", &s.envd_token)
         || header_eq(headers, "e2b-traffic-access-token", &s.traffic_token)
     {
@@ -469,6 +473,13 @@ async fn forward(app: &App, req: &mut Request, id: &str, port: u16) -> Result<Re
     }
     if let Ok(v) = HeaderValue::from_str(&r.host.token) {
         h.insert(wrenn_protocol::hostagent::PROXY_TOKEN_HEADER, v);
+    }
+    // The Host its apps see, when the sandbox masks it (checked at create
+    // to be a valid host[:port]).
+    if let Some(masked) = r.sandbox.network.masked_host(port)
+        && let Ok(v) = HeaderValue::from_str(&masked)
+    {
+        h.insert(http::header::HOST, v);
     }
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let (_, addr) = app.hosts.endpoint(&r.host).await?;

@@ -9,7 +9,7 @@ use connectrpc::{ConnectError, RequestContext, Response, ServiceRequest, Service
 use wrenn_protocol::hostagent::v1 as pb;
 
 use crate::agent::{Agent, Meta};
-use crate::runtime::{Instance, RunState, Runtime, RuntimeError, SandboxSpec};
+use crate::runtime::{Egress, Instance, RunState, Runtime, RuntimeError, SandboxSpec};
 
 /// The Connect service.
 pub struct HostAgentService<R: Runtime> {
@@ -167,6 +167,10 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
         };
         let requested = Some(r.default_user.as_str()).filter(|u| !u.is_empty());
         let run_as = self.agent.runtime.run_as(&template, requested);
+        let egress = match r.egress.as_option() {
+            Some(e) => Egress::parse(&e.allow_out, &e.deny_out).map_err(runtime_error)?,
+            None => Egress::default(),
+        };
         let spec = SandboxSpec {
             id: r.sandbox_id,
             template,
@@ -176,6 +180,7 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
             allow_internet_access: r.allow_internet_access,
             envs: r.envs.into_iter().collect(),
             run_as,
+            egress,
         };
         let agent = self.agent.clone();
         let (inst, meta) = to_the_end(async move {
@@ -292,6 +297,24 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
             timestamp: crate::agent::now(),
             ..Default::default()
         })
+    }
+
+    async fn set_sandbox_egress(
+        &self,
+        _ctx: RequestContext,
+        r: ServiceRequest<'_, pb::SetEgressRequest>,
+    ) -> ServiceResult<pb::Sandbox> {
+        let r = r.to_owned_message();
+        let egress = match r.egress.as_option() {
+            Some(e) => Egress::parse(&e.allow_out, &e.deny_out).map_err(runtime_error)?,
+            None => Egress::default(),
+        };
+        let agent = self.agent.clone();
+        let id = r.sandbox_id;
+        let inst = to_the_end(async move { agent.runtime.set_egress(&id, egress).await })
+            .await
+            .map_err(runtime_error)?;
+        Response::ok(sandbox_pb(&inst, &self.agent.meta(&inst.spec.id)))
     }
 
     async fn get_sandbox_metric_history(

@@ -103,6 +103,88 @@ pub mod sandbox {
     /// sandboxes made through the E2B API, and the account every template
     /// Wrenn builds has besides root. The native API's default is root.
     pub const E2B_USER: &str = "user";
+
+    /// A sandbox's egress rules: IPv4 addresses and networks it may reach
+    /// (`allow_out`) and may not (`deny_out`); an allowed one wins over a
+    /// denied one, what neither names is allowed, and the host, other
+    /// sandboxes and private ranges stay out of reach whatever they say.
+    /// Checked by the control plane for callers and again by the agent,
+    /// which renders firewall rules from the parsed networks only.
+    pub mod egress {
+        pub use ipnet::Ipv4Net;
+
+        /// Most rules in each list.
+        pub const MAX_RULES: usize = 256;
+
+        /// "Everything": `0.0.0.0/0`.
+        pub const ALL: &str = "0.0.0.0/0";
+
+        /// Parses one rule: an IPv4 address (`1.2.3.4`, a /32) or network
+        /// (`10.1.0.0/16`; host bits are cleared). `None` for anything
+        /// else (a domain, IPv6, garbage).
+        pub fn parse(rule: &str) -> Option<Ipv4Net> {
+            let rule = rule.trim();
+            if let Ok(ip) = rule.parse::<std::net::Ipv4Addr>() {
+                return Some(Ipv4Net::from(ip));
+            }
+            rule.parse::<Ipv4Net>().ok().map(|n| n.trunc())
+        }
+
+        /// Whether `rule` looks like a domain name (`example.com`,
+        /// `*.example.com`): labels of letters, digits and `-`, at least
+        /// two, not all digits, an optional leading `*.`.
+        pub fn is_domain(rule: &str) -> bool {
+            let name = rule.strip_prefix("*.").unwrap_or(rule);
+            let labels: Vec<&str> = name.split('.').collect();
+            name.len() <= 253
+                && labels.len() >= 2
+                && labels.iter().all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                })
+                && !labels.iter().all(|l| l.chars().all(|c| c.is_ascii_digit()))
+        }
+
+        #[cfg(test)]
+        mod tests {
+            use super::*;
+
+            #[test]
+            fn rules_parse_to_networks() {
+                for (rule, want) in [
+                    ("1.2.3.4", Some("1.2.3.4/32")),
+                    (" 8.8.8.0/24 ", Some("8.8.8.0/24")),
+                    ("10.1.2.3/16", Some("10.1.0.0/16")),
+                    ("0.0.0.0/0", Some("0.0.0.0/0")),
+                    ("1.2.3.4/33", None),
+                    ("example.com", None),
+                    ("::1", None),
+                    ("1.2.3.4; drop", None),
+                    ("", None),
+                ] {
+                    assert_eq!(
+                        parse(rule).map(|n| n.to_string()).as_deref(),
+                        want,
+                        "{rule:?}"
+                    );
+                }
+                for (rule, domain) in [
+                    ("example.com", true),
+                    ("*.api.example.com", true),
+                    ("localhost", false),
+                    ("1.2.3.4", false),
+                    ("a..b", false),
+                    ("-a.com", false),
+                    ("a b.com", false),
+                ] {
+                    assert_eq!(is_domain(rule), domain, "{rule:?}");
+                }
+            }
+        }
+    }
 }
 
 /// The host agent's API, `hostagent.v1.HostAgentService`, and its HTTP

@@ -87,6 +87,26 @@ pub enum SandboxCommand {
         /// Block egress.
         #[arg(long)]
         no_internet: bool,
+        /// IPv4 addresses or networks it may reach, winning over
+        /// `--deny-out` (repeat, or separate with commas).
+        #[arg(long, value_delimiter = ',')]
+        allow_out: Vec<String>,
+        /// IPv4 addresses or networks it may not reach (`0.0.0.0/0`: all
+        /// but what is allowed).
+        #[arg(long, value_delimiter = ',')]
+        deny_out: Vec<String>,
+    },
+    /// Replace a sandbox's egress rules (none given: clear them); they
+    /// hold when this returns.
+    Egress {
+        /// Sandbox id.
+        id: String,
+        /// IPv4 addresses or networks it may reach.
+        #[arg(long, value_delimiter = ',')]
+        allow_out: Vec<String>,
+        /// IPv4 addresses or networks it may not reach.
+        #[arg(long, value_delimiter = ',')]
+        deny_out: Vec<String>,
     },
     /// List sandboxes.
     Ls,
@@ -323,7 +343,15 @@ pub fn sandbox(conn: Conn, cmd: SandboxCommand) -> anyhow::Result<()> {
                 disk_size_mb,
                 timeout_sec,
                 no_internet,
+                allow_out,
+                deny_out,
             } => {
+                let egress = (!allow_out.is_empty() || !deny_out.is_empty()).then_some(
+                    wrenn_client::types::sandboxes::Egress {
+                        allow_out,
+                        deny_out,
+                    },
+                );
                 let req = wrenn_client::types::sandboxes::CreateSandbox {
                     template: Some(template),
                     vcpus,
@@ -331,6 +359,7 @@ pub fn sandbox(conn: Conn, cmd: SandboxCommand) -> anyhow::Result<()> {
                     disk_size_mb,
                     timeout_sec,
                     allow_internet_access: Some(!no_internet),
+                    egress,
                     ..Default::default()
                 };
                 let sb = c.create_sandbox(&req).await?;
@@ -338,6 +367,25 @@ pub fn sandbox(conn: Conn, cmd: SandboxCommand) -> anyhow::Result<()> {
                     print_json(&sb)
                 } else {
                     println!("{}", sb.id)
+                }
+            }
+            SandboxCommand::Egress {
+                id,
+                allow_out,
+                deny_out,
+            } => {
+                let rules = wrenn_client::types::sandboxes::Egress {
+                    allow_out,
+                    deny_out,
+                };
+                let sb = c.set_egress(&id, &rules).await?;
+                if conn.json {
+                    print_json(&sb)
+                } else {
+                    println!(
+                        "{}: allow {:?}, deny {:?}",
+                        sb.id, sb.egress.allow_out, sb.egress.deny_out
+                    )
                 }
             }
             SandboxCommand::Ls => {

@@ -7,6 +7,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 
 use common::*;
+use wrenn_protocol::hostagent::v1 as pb;
 
 /// A web server in its own network namespace, joined to the host by a veth.
 struct FakeInternet {
@@ -113,5 +114,66 @@ async fn internet_access_can_be_switched_off() {
         "",
         "no name servers without internet"
     );
+    drop(inet);
+}
+
+/// Egress rules hold from the create, change at once, and survive an
+/// agent that is killed and started again (whose start makes the firewall
+/// anew): the rules are the sandbox's, not the firewall's memory.
+#[tokio::test]
+async fn egress_rules_hold_and_survive_an_agent_restart() {
+    let mut agent = AgentProc::start();
+    let inet = FakeInternet::start();
+    let c = agent.client();
+    let id = new_id("egress");
+    let mut r = create_req(&id);
+    r.egress = pb::Egress {
+        deny_out: vec!["0.0.0.0/0".into()],
+        ..Default::default()
+    }
+    .into();
+    c.create_sandbox(r).await.unwrap();
+    let fetch =
+        "curl -s -m 2 -o /dev/null -w '%{http_code}' http://198.51.100.1:8080/; echo ' rc='$?";
+    let code = |c: Client, id: String| async move { sh(&c, &id, fetch).await.0[..3].to_string() };
+    assert_eq!(
+        code(c.clone(), id.clone()).await,
+        "000",
+        "denied from the create"
+    );
+    let set = |allow: &[&str], deny: &[&str]| pb::SetEgressRequest {
+        sandbox_id: id.clone(),
+        egress: pb::Egress {
+            allow_out: allow.iter().map(|s| s.to_string()).collect(),
+            deny_out: deny.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+        .into(),
+        ..Default::default()
+    };
+    c.set_sandbox_egress(set(&["198.51.100.1"], &["0.0.0.0/0"]))
+        .await
+        .unwrap();
+    assert_eq!(code(c.clone(), id.clone()).await, "200", "allowed wins");
+    c.set_sandbox_egress(set(&[], &["198.51.100.0/24"]))
+        .await
+        .unwrap();
+    assert_eq!(code(c.clone(), id.clone()).await, "000", "denied again");
+
+    agent.kill();
+    agent.spawn();
+    let c = agent.client();
+    assert_eq!(
+        code(c.clone(), id.clone()).await,
+        "000",
+        "the rule holds after the agent's restart"
+    );
+    let e = c
+        .set_sandbox_egress(set(&["example.com"], &[]))
+        .await
+        .expect_err("a domain is not an address");
+    assert!(format!("{e:?}").contains("not an IPv4"), "{e:?}");
+    c.set_sandbox_egress(set(&[], &[])).await.unwrap();
+    assert_eq!(code(c.clone(), id.clone()).await, "200", "cleared");
     drop(inet);
 }

@@ -70,6 +70,15 @@ pub struct NewSandbox {
     pub public_ports: Vec<u16>,
     /// Only hosts with all these tags.
     pub host_tags: Vec<String>,
+    /// IPv4 addresses and networks it may reach (win over `deny_out`).
+    pub allow_out: Vec<String>,
+    /// IPv4 addresses and networks it may not reach.
+    pub deny_out: Vec<String>,
+    /// Anyone may reach its ports through the proxy (default: yes in E2B's
+    /// API, as E2B's, no in the native one).
+    pub public_traffic: Option<bool>,
+    /// The Host header its apps see (`${PORT}` replaced by the port).
+    pub mask_request_host: Option<String>,
 }
 
 /// A create request checked, every default applied.
@@ -102,6 +111,8 @@ pub struct CreateSpec {
     /// Who calls that name no user run as, unless the template says:
     /// E2B's `user` for E2B's API, root (none) for the native one.
     pub default_user: Option<&'static str>,
+    /// Egress rules, public traffic, the Host its apps see.
+    pub network: super::network::Network,
 }
 
 fn range(d: Dialect, name: &'static str, v: u32, lo: u32, hi: u32) -> ApiResult<u32> {
@@ -223,6 +234,19 @@ impl NewSandbox {
             public_ports: check_ports(self.public_ports)?,
             host_tags: self.host_tags,
             default_user: (d == Dialect::E2b).then_some(defaults::E2B_USER),
+            network: {
+                let (allow_out, deny_out) =
+                    super::network::check_egress(d, self.allow_out, self.deny_out)?;
+                super::network::Network {
+                    allow_out,
+                    deny_out,
+                    public_traffic: self.public_traffic.unwrap_or(d == Dialect::E2b),
+                    mask_request_host: self
+                        .mask_request_host
+                        .map(|m| super::network::check_mask(d, &m))
+                        .transpose()?,
+                }
+            },
         })
     }
 }
@@ -262,6 +286,7 @@ pub async fn create(app: &App, caller: &Caller, spec: CreateSpec) -> ApiResult<S
         auto_pause: spec.auto_pause,
         auto_resume: spec.auto_resume,
         public_ports: spec.public_ports.clone(),
+        network: spec.network.clone(),
         ..Default::default()
     };
     let mut placed = None;
@@ -318,6 +343,7 @@ pub async fn create(app: &App, caller: &Caller, spec: CreateSpec) -> ApiResult<S
         metadata: spec.metadata.into_iter().collect(),
         auto_pause: spec.auto_pause,
         default_user: spec.default_user.unwrap_or_default().into(),
+        egress: spec.network.egress().into(),
         ..Default::default()
     };
     let created = match app.hosts.client(&host).await {

@@ -9,6 +9,7 @@
 mod create;
 mod events;
 mod lifecycle;
+pub mod network;
 
 pub use crate::sandbox_state::{SandboxState, UnknownState};
 pub use create::{

@@ -90,4 +90,13 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
             "ALTER TABLE sandboxes ADD COLUMN auto_resume BIGINT NOT NULL DEFAULT 1",
         ],
     ),
+    (
+        8,
+        &[
+            // Its network settings (`sandboxes::network::Network` as JSON:
+            // egress rules, public traffic, the Host its apps see); '' is
+            // none of them, what sandboxes made before had.
+            "ALTER TABLE sandboxes ADD COLUMN network TEXT NOT NULL DEFAULT ''",
+        ],
+    ),
 ];

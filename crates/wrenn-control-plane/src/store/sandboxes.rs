@@ -71,6 +71,8 @@ pub struct Sandbox {
     /// Traffic through the proxy resumes it when paused (E2B
     /// `autoResume`).
     pub auto_resume: bool,
+    /// Egress rules, public traffic, the Host its apps see.
+    pub network: crate::sandboxes::network::Network,
 }
 
 fn sandbox(r: &AnyRow) -> Sandbox {
@@ -102,6 +104,7 @@ fn sandbox(r: &AnyRow) -> Sandbox {
             .collect(),
         auto_pause: r.get::<i64, _>("auto_pause") != 0,
         auto_resume: r.get::<i64, _>("auto_resume") != 0,
+        network: crate::sandboxes::network::Network::from_column(&r.get::<String, _>("network")),
     }
 }
 
@@ -123,7 +126,7 @@ fn ports_text(ports: &[u16]) -> String {
         .join(",")
 }
 
-const SANDBOX_COLS: &str = "id, team_id, host_id, template, state, vcpus, memory_mb, disk_size_mb, timeout_sec, allow_internet_access, metadata, envd_address, envd_token, error, created_at, started_at, last_active_at, updated_at, traffic_token, public_ports, auto_pause, auto_resume";
+const SANDBOX_COLS: &str = "id, team_id, host_id, template, state, vcpus, memory_mb, disk_size_mb, timeout_sec, allow_internet_access, metadata, envd_address, envd_token, error, created_at, started_at, last_active_at, updated_at, traffic_token, public_ports, auto_pause, auto_resume, network";
 
 impl Store {
     /// Records a new sandbox (normally `pending`) without looking at its
@@ -184,10 +187,10 @@ impl Store {
     ) -> Result<bool, sqlx::Error> {
         let sql = match guard {
             None => {
-                "UPDATE sandboxes SET state = $1, host_id = $2, envd_address = $3, envd_token = $4, error = $5, started_at = $6, last_active_at = $7, updated_at = $8, timeout_sec = $9, public_ports = $10 WHERE id = $11"
+                "UPDATE sandboxes SET state = $1, host_id = $2, envd_address = $3, envd_token = $4, error = $5, started_at = $6, last_active_at = $7, updated_at = $8, timeout_sec = $9, public_ports = $10, network = $11 WHERE id = $12"
             }
             Some(_) => {
-                "UPDATE sandboxes SET state = $1, host_id = $2, envd_address = $3, envd_token = $4, error = $5, started_at = $6, last_active_at = $7, updated_at = $8, timeout_sec = $9, public_ports = $10 WHERE id = $11 AND state = $12 AND updated_at = $13"
+                "UPDATE sandboxes SET state = $1, host_id = $2, envd_address = $3, envd_token = $4, error = $5, started_at = $6, last_active_at = $7, updated_at = $8, timeout_sec = $9, public_ports = $10, network = $11 WHERE id = $12 AND state = $13 AND updated_at = $14"
             }
         };
         let mut q = sqlx::query(sql)
@@ -201,6 +204,7 @@ impl Store {
             .bind(now())
             .bind(s.timeout_sec)
             .bind(ports_text(&s.public_ports))
+            .bind(s.network.to_column())
             .bind(&s.id);
         if let Some((state, updated_at)) = guard {
             q = q.bind(state.as_str()).bind(updated_at);
@@ -309,7 +313,7 @@ async fn insert<'e>(
     db: impl sqlx::Executor<'e, Database = sqlx::Any>,
     s: &Sandbox,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!("INSERT INTO sandboxes ({SANDBOX_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"))
+    sqlx::query(&format!("INSERT INTO sandboxes ({SANDBOX_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"))
         .bind(&s.id)
         .bind(&s.team_id)
         .bind(&s.host_id)
@@ -332,6 +336,7 @@ async fn insert<'e>(
         .bind(ports_text(&s.public_ports))
         .bind(i64::from(s.auto_pause))
         .bind(i64::from(s.auto_resume))
+        .bind(s.network.to_column())
         .execute(db)
         .await?;
     Ok(())

@@ -153,6 +153,14 @@ impl Runtime for MemoryRuntime {
         })
     }
 
+    /// Records them: a memory sandbox has no network to filter.
+    async fn set_egress(&self, id: &str, egress: super::Egress) -> Result<Instance, RuntimeError> {
+        self.entry(id, |e| {
+            e.instance.spec.egress = egress;
+            Ok(e.instance.clone())
+        })
+    }
+
     async fn resume(&self, id: &str) -> Result<Instance, RuntimeError> {
         self.entry(id, |e| {
             if e.instance.state == RunState::Running {

@@ -37,6 +37,56 @@ pub struct SandboxSpec {
     /// names neither (envd's `/init`); root in `/root` when unset.
     #[serde(default)]
     pub run_as: crate::templates::Defaults,
+    /// Where it may and may not connect.
+    #[serde(default)]
+    pub egress: Egress,
+}
+
+/// A sandbox's egress rules (see [`wrenn_protocol::sandbox::egress`]):
+/// `allow` wins over `deny`; what neither names is allowed; the host,
+/// other sandboxes and private ranges are never reachable.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Egress {
+    /// Networks it may reach.
+    #[serde(default)]
+    pub allow: Vec<wrenn_protocol::sandbox::egress::Ipv4Net>,
+    /// Networks it may not reach.
+    #[serde(default)]
+    pub deny: Vec<wrenn_protocol::sandbox::egress::Ipv4Net>,
+}
+
+impl Egress {
+    /// Rules from the wire, each an IPv4 address or network, at most
+    /// [`wrenn_protocol::sandbox::egress::MAX_RULES`] a list.
+    pub fn parse(allow: &[String], deny: &[String]) -> Result<Egress, RuntimeError> {
+        use wrenn_protocol::sandbox::egress::{MAX_RULES, parse};
+        let list = |what: &str, rules: &[String]| {
+            if rules.len() > MAX_RULES {
+                return Err(RuntimeError::InvalidSpec(format!(
+                    "{what}: at most {MAX_RULES} rules"
+                )));
+            }
+            rules
+                .iter()
+                .map(|r| {
+                    parse(r).ok_or_else(|| {
+                        RuntimeError::InvalidSpec(format!(
+                            "{what}: '{r}' is not an IPv4 address or network"
+                        ))
+                    })
+                })
+                .collect()
+        };
+        Ok(Egress {
+            allow: list("allow_out", allow)?,
+            deny: list("deny_out", deny)?,
+        })
+    }
+
+    /// Whether there are no rules.
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
 }
 
 /// Whether a sandbox's processes run.
@@ -169,6 +219,14 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Thaws a paused sandbox.
     fn resume(&self, id: &str) -> impl Future<Output = Result<Instance, RuntimeError>> + Send;
+
+    /// Replaces a sandbox's egress rules (running or paused); they hold
+    /// within a second, and across pause, resume and an agent restart.
+    fn set_egress(
+        &self,
+        id: &str,
+        egress: Egress,
+    ) -> impl Future<Output = Result<Instance, RuntimeError>> + Send;
 
     /// One sandbox.
     fn get(&self, id: &str) -> Option<Instance>;

@@ -27,6 +27,56 @@ pub struct NewSandbox {
     pub metadata: Option<HashMap<String, String>>,
     /// Environment variables of every process in it.
     pub env_vars: Option<HashMap<String, String>>,
+    /// Egress rules, public traffic, the Host its apps see.
+    pub network: Option<NetworkConfig>,
+}
+
+/// E2B's `SandboxNetworkConfig` (create) and `SandboxNetworkUpdateConfig`
+/// (`PUT /sandboxes/{id}/network`, which replaces the rules: what it
+/// leaves out is cleared).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = E2bNetworkConfig)]
+pub struct NetworkConfig {
+    /// IPv4 addresses or networks it may reach (domains: not yet).
+    pub allow_out: Option<Vec<String>>,
+    /// IPv4 addresses or networks it may not reach.
+    pub deny_out: Option<Vec<String>>,
+    /// Anyone may reach its ports (default true); false: the
+    /// `trafficAccessToken` of the create answer is needed. Create only.
+    pub allow_public_traffic: Option<bool>,
+    /// The Host its apps see, `${PORT}` for the port. Create only.
+    pub mask_request_host: Option<String>,
+    /// DNS servers for domain rules: accepted; without domain rules they
+    /// change nothing, as on E2B.
+    pub dns_servers: Option<Vec<String>>,
+    /// A SOCKS5 proxy for egress: not supported (400).
+    #[schema(value_type = Option<Object>)]
+    pub egress_proxy: Option<serde_json::Value>,
+    /// Ports whose URLs re-encrypt to the sandbox: not supported (400).
+    pub https_ports: Option<Vec<u16>>,
+    /// Header rules by domain: not supported (400).
+    #[schema(value_type = Option<Object>)]
+    pub rules: Option<serde_json::Value>,
+    /// `false`: the same as `denyOut: ["0.0.0.0/0"]` (update only).
+    #[serde(rename = "allow_internet_access")]
+    pub allow_internet_access: Option<bool>,
+}
+
+/// E2B's network settings, as `GET /sandboxes/{id}` reports them.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = E2bNetworkView)]
+pub struct NetworkView {
+    /// What it may reach.
+    pub allow_out: Vec<String>,
+    /// What it may not reach.
+    pub deny_out: Vec<String>,
+    /// Anyone may reach its ports.
+    pub allow_public_traffic: bool,
+    /// The Host its apps see.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask_request_host: Option<String>,
 }
 
 /// E2B's `SandboxAutoResumeConfig`.
@@ -70,9 +120,10 @@ pub struct Sandbox {
     /// For envd's `X-Access-Token`.
     #[serde(rename = "envdAccessToken")]
     pub envd_access_token: String,
-    /// For `e2b-traffic-access-token` on its ports.
+    /// For `e2b-traffic-access-token` on its ports, when they are not
+    /// public (`allowPublicTraffic: false`).
     #[serde(rename = "trafficAccessToken")]
-    pub traffic_access_token: String,
+    pub traffic_access_token: Option<String>,
     /// The domain of `{port}-{sandboxID}.{domain}`.
     pub domain: String,
 }
@@ -129,6 +180,8 @@ pub struct SandboxDetail {
     pub allow_internet_access: bool,
     /// What its timeout does, and whether traffic resumes it.
     pub lifecycle: Lifecycle,
+    /// Its network settings.
+    pub network: NetworkView,
 }
 
 /// E2B's `SandboxMetric`.

@@ -22,7 +22,7 @@ use super::rfc3339;
 use crate::App;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::sandboxes::{self as lifecycle, Dialect, SandboxState, agent_for, find};
+use crate::sandboxes::{self as lifecycle, Dialect, SandboxState, agent_for, find, network};
 use crate::store::{Sandbox, now};
 
 /// envd as E2B's SDKs know it: the feature level they gate on.
@@ -42,6 +42,7 @@ pub(super) fn routes() -> axum::Router<App> {
         .route("/v2/sandboxes/{id}/connect", post(connect))
         .route("/sandboxes/{id}/metrics", get(metrics))
         .route("/sandboxes/metrics", get(metrics_of_many))
+        .route("/sandboxes/{id}/network", axum::routing::put(set_network))
 }
 
 /// An error in E2B's shape: `{"code": <status>, "message": …}`.
@@ -93,7 +94,7 @@ fn created(app: &App, s: &Sandbox) -> bodies::Sandbox {
         alias: s.template.clone(),
         envd_version: ENVD_VERSION.into(),
         envd_access_token: s.envd_token.clone(),
-        traffic_access_token: s.traffic_token.clone(),
+        traffic_access_token: (!s.network.public_traffic).then(|| s.traffic_token.clone()),
         domain: app.proxy.domain.clone(),
     }
 }
@@ -148,6 +149,8 @@ pub(super) async fn create(
 ) -> E2bResult<(StatusCode, Json<bodies::Sandbox>)> {
     let caller = caller?;
     let r: NewSandbox = body(&raw)?;
+    let net = r.network.unwrap_or_default();
+    unsupported_network(&net)?;
     let spec = lifecycle::NewSandbox {
         template: r.template_id,
         timeout_sec: r.timeout,
@@ -156,6 +159,10 @@ pub(super) async fn create(
         allow_internet_access: r.allow_internet_access,
         auto_pause: r.auto_pause.unwrap_or(false),
         auto_resume: r.auto_resume.map(|a| a.enabled),
+        allow_out: net.allow_out.unwrap_or_default(),
+        deny_out: net.deny_out.unwrap_or_default(),
+        public_traffic: net.allow_public_traffic,
+        mask_request_host: net.mask_request_host,
         ..Default::default()
     }
     .check(Dialect::E2b)?;
@@ -196,6 +203,12 @@ pub(super) async fn get_one(
         lifecycle: bodies::Lifecycle {
             auto_resume: s.auto_resume,
             on_timeout: if s.auto_pause { "pause" } else { "kill" }.into(),
+        },
+        network: bodies::NetworkView {
+            allow_out: s.network.allow_out.clone(),
+            deny_out: s.network.deny_out.clone(),
+            allow_public_traffic: s.network.public_traffic,
+            mask_request_host: s.network.mask_request_host.clone(),
         },
     }))
 }
@@ -518,6 +531,63 @@ pub(super) async fn connect(
     };
     let s = retime(&app, s, timeout).await?;
     Ok((status, Json(created(&app, &s))))
+}
+
+/// A 400 for the parts of E2B's network settings Wrenn does not have.
+fn unsupported_network(n: &bodies::NetworkConfig) -> E2bResult<()> {
+    let no = |what: &str| -> E2bResult<()> {
+        Err(ApiError::bad_request(format!("network.{what} is not supported by Wrenn yet")).into())
+    };
+    if let Some(d) = &n.dns_servers
+        && (d.len() > 10 || d.iter().any(|a| a.parse::<std::net::Ipv4Addr>().is_err()))
+    {
+        return Err(ApiError::bad_request("network.dnsServers: up to 10 IPv4 addresses").into());
+    }
+    if n.egress_proxy.as_ref().is_some_and(|v| !v.is_null()) {
+        return no("egressProxy");
+    }
+    if n.https_ports.as_ref().is_some_and(|p| !p.is_empty()) {
+        return no("httpsPorts");
+    }
+    if n.rules
+        .as_ref()
+        .is_some_and(|r| !r.is_null() && r.as_object().is_none_or(|o| !o.is_empty()))
+    {
+        return no("rules");
+    }
+    Ok(())
+}
+
+#[utoipa::path(put, path = "/sandboxes/{id}/network", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), request_body = bodies::NetworkConfig, responses((status = 204, description = "The new rules hold"), (status = 400, description = "Bad rule", body = bodies::Error), (status = 404, description = "Not found", body = bodies::Error), (status = 409, description = "Neither running nor paused", body = bodies::Error)), security(("api_key" = []), ("bearer" = [])))]
+/// PUT /sandboxes/{id}/network: replaces the egress rules (what the body
+/// leaves out is cleared; `allow_internet_access: false` denies
+/// everything not allowed); they hold when this answers 204.
+pub(super) async fn set_network(
+    State(app): State<App>,
+    caller: Result<Caller, ApiError>,
+    Path(id): Path<String>,
+    raw: axum::body::Bytes,
+) -> E2bResult<StatusCode> {
+    let caller = caller?;
+    let n: bodies::NetworkConfig = body(&raw)?;
+    unsupported_network(&n)?;
+    if n.allow_public_traffic.is_some() || n.mask_request_host.is_some() {
+        return Err(ApiError::bad_request(
+            "allowPublicTraffic and maskRequestHost are set at create only",
+        )
+        .into());
+    }
+    let mut deny = n.deny_out.unwrap_or_default();
+    if n.allow_internet_access == Some(false) {
+        deny.push(wrenn_protocol::sandbox::egress::ALL.into());
+    }
+    let (allow, deny) = network::check_egress(Dialect::E2b, n.allow_out.unwrap_or_default(), deny)?;
+    let s = e2b_find(&app, &caller, &id).await?;
+    network::set_egress(&app, s, allow, deny).await?;
+    app.store
+        .audit(&caller.team_id, &caller.actor, "sandbox.egress", &id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// E2B's `SandboxMetric` of one agent sample of `s`.

@@ -16,7 +16,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use wrenn_api_types::sandboxes::{
-    CreateSandbox, Metrics, MetricsPoint, PublicPorts, Sandbox as SandboxView,
+    CreateSandbox, Egress, Metrics, MetricsPoint, PublicPorts, Sandbox as SandboxView,
 };
 use wrenn_protocol::hostagent::v1 as pb;
 
@@ -25,7 +25,7 @@ use crate::App;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::sandboxes::{
-    self as lifecycle, Dialect, NewSandbox, SandboxState, agent_for, find, running_sandbox,
+    self as lifecycle, Dialect, NewSandbox, SandboxState, agent_for, find, network, running_sandbox,
 };
 use crate::store::Sandbox;
 
@@ -47,6 +47,7 @@ pub(super) fn routes() -> axum::Router<App> {
         .route("/{id}/resume", post(resume))
         .route("/{id}/metrics", get(metrics))
         .route("/{id}/public-ports", axum::routing::put(set_public_ports))
+        .route("/{id}/egress", axum::routing::put(set_egress))
         .route("/{id}/files/read", post(file_read))
         .route("/{id}/files/stream/read", post(file_read))
         // Uploads stream to the sandbox; no body limit applies to them.
@@ -84,6 +85,10 @@ pub fn sandbox_view(s: &Sandbox) -> SandboxView {
         public_ports: s.public_ports.clone(),
         traffic_token: s.traffic_token.clone(),
         auto_resume: s.auto_resume,
+        egress: Egress {
+            allow_out: s.network.allow_out.clone(),
+            deny_out: s.network.deny_out.clone(),
+        },
         disk_used_mb: None,
     }
 }
@@ -107,10 +112,31 @@ pub(super) async fn create(
         auto_resume: r.auto_resume,
         public_ports: r.public_ports.unwrap_or_default(),
         host_tags: r.host_tags.unwrap_or_default(),
+        allow_out: r.egress.clone().unwrap_or_default().allow_out,
+        deny_out: r.egress.unwrap_or_default().deny_out,
+        public_traffic: None,
+        mask_request_host: None,
     }
     .check(Dialect::Native)?;
     let s = lifecycle::create(&app, &caller, spec).await?;
     Ok((StatusCode::CREATED, Json(sandbox_view(&s))))
+}
+
+#[utoipa::path(put, path = "/v1/sandboxes/{id}/egress", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = Egress, responses((status = 200, description = "The sandbox with its new egress rules, in force", body = SandboxView), (status = 400, description = "Bad rule", body = ErrorBody), (status = 404, description = "No such sandbox in the team", body = ErrorBody), (status = 409, description = "Neither running nor paused", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]
+/// Replaces a sandbox's egress rules; they hold when this answers.
+pub(super) async fn set_egress(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<Egress>,
+) -> ApiResult<Json<SandboxView>> {
+    let (allow, deny) = network::check_egress(Dialect::Native, r.allow_out, r.deny_out)?;
+    let s = find(&app, &caller, &id).await?;
+    let s = network::set_egress(&app, s, allow, deny).await?;
+    app.store
+        .audit(&caller.team_id, &caller.actor, "sandbox.egress", &id)
+        .await?;
+    Ok(Json(sandbox_view(&s)))
 }
 
 #[utoipa::path(put, path = "/v1/sandboxes/{id}/public-ports", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id (sb-…)")), request_body = PublicPorts, responses((status = 200, description = "The sandbox with its new public ports", body = SandboxView), (status = 400, description = "Bad port", body = ErrorBody), (status = 404, description = "No such sandbox in the team", body = ErrorBody)), security(("api_key" = []), ("bearer" = [])))]

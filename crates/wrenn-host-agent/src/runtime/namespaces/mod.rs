@@ -39,7 +39,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use self::cgroup::{Cgroups, Limits};
 use self::init::InitSpec;
 use self::network::{Network, Slot, Slots};
-use super::{Instance, RunState, Runtime, RuntimeError, SandboxSpec, Usage};
+use super::{Egress, Instance, RunState, Runtime, RuntimeError, SandboxSpec, Usage};
 use crate::templates::TemplateStore;
 
 /// How the namespace runtime is set up.
@@ -500,6 +500,11 @@ impl NamespaceRuntime {
             _ => {}
         }
         if let Some(r) = record {
+            // Its egress chain emptied before the slot is free again (an
+            // agent start empties them all: the firewall is made anew).
+            if !r.instance.spec.egress.is_empty() {
+                self.apply_egress(id, r.slot, &Egress::default()).await?;
+            }
             self.net
                 .detach(r.slot)
                 .await
@@ -725,6 +730,10 @@ impl NamespaceRuntime {
                         .attach(pid, slot)
                         .await
                         .map_err(|e| RuntimeError::caused(format!("sandbox {id}"), e))?;
+                    // Its rules before its first process runs.
+                    if !spec.egress.is_empty() {
+                        self.apply_egress(id, slot, &spec.egress).await?;
+                    }
                     step("network");
                 }
                 ("net", _) => {
@@ -818,6 +827,22 @@ impl NamespaceRuntime {
                 }
             }
         }))
+    }
+
+    /// Makes `egress` the firewall's rules for the sandbox in `slot`.
+    async fn apply_egress(
+        &self,
+        id: &str,
+        slot: Slot,
+        egress: &Egress,
+    ) -> Result<(), RuntimeError> {
+        let (ip, egress) = (slot.sandbox_ip(), egress.clone());
+        tokio::task::spawn_blocking(move || network::apply_egress(ip, &egress))
+            .await
+            .map_err(|e| RuntimeError::caused("applying egress rules", e))?
+            .map_err(|e| {
+                RuntimeError::caused(format!("sandbox {id}: applying its egress rules"), e)
+            })
     }
 
     fn set_state(&self, id: &str, state: RunState) -> Result<Instance, RuntimeError> {
@@ -1152,6 +1177,25 @@ impl Runtime for NamespaceRuntime {
         self.set_state(id, RunState::Running)
     }
 
+    async fn set_egress(&self, id: &str, egress: Egress) -> Result<Instance, RuntimeError> {
+        let slot = self
+            .live
+            .lock()
+            .get(id)
+            .map(|l| l.record.slot)
+            .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
+        self.apply_egress(id, slot, &egress).await?;
+        let mut live = self.live.lock();
+        let l = live
+            .get_mut(id)
+            .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
+        l.record.instance.spec.egress = egress;
+        let r = l.record.clone();
+        drop(live);
+        self.save(id, &r)?;
+        Ok(r.instance)
+    }
+
     fn get(&self, id: &str) -> Option<Instance> {
         self.live.lock().get(id).map(|l| l.record.instance.clone())
     }
@@ -1274,6 +1318,11 @@ impl Runtime for NamespaceRuntime {
             });
             if let (true, Some(mut r)) = (alive, record.clone()) {
                 self.slots.mark(r.slot);
+                // The firewall was made anew at this start: rules again.
+                if !r.instance.spec.egress.is_empty() {
+                    self.apply_egress(&id, r.slot, &r.instance.spec.egress)
+                        .await?;
+                }
                 r.instance.state = if self.cgroups.is_frozen(&id) {
                     RunState::Paused
                 } else {

@@ -267,7 +267,11 @@ fn in_netns(pid: u32) -> Result<Handle, NetError> {
 
 /// The nftables table `inet wrenn`: sandboxes reach the internet through
 /// NAT (unless in the no-internet range), DNS on `resolvers`, and nothing
-/// else: not the host, not each other, not private ranges.
+/// else: not the host, not each other, not private ranges. A sandbox with
+/// egress rules has a chain of its own, reached through the `egress` map
+/// by its address (one lookup, whatever the number of sandboxes): its
+/// allowed networks return to the common rules, its denied ones drop
+/// ([`egress_script`]).
 pub fn firewall_rules(resolvers: &[Ipv4Addr]) -> String {
     let dns: String = resolvers
         .iter()
@@ -281,6 +285,9 @@ pub fn firewall_rules(resolvers: &[Ipv4Addr]) -> String {
         "table inet wrenn\n\
 delete table inet wrenn\n\
 table inet wrenn {{\n\
+  map egress {{\n\
+    type ipv4_addr : verdict;\n\
+  }}\n\
   chain input {{\n\
     type filter hook input priority -10; policy accept;\n\
     iifname \"{IF_PREFIX}*\" ct state established,related accept\n\
@@ -292,6 +299,7 @@ table inet wrenn {{\n\
     oifname \"{IF_PREFIX}*\" ct state established,related accept\n\
     oifname \"{IF_PREFIX}*\" drop\n\
     iifname \"{IF_PREFIX}*\" ip saddr != {NET_INTERNET}/16 drop\n\
+    iifname \"{IF_PREFIX}*\" ip saddr vmap @egress\n\
 {dns}\
     iifname \"{IF_PREFIX}*\" ip daddr {{ 0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 127.0.0.0/8, 169.254.0.0/16, 172.16.0.0/12, 192.168.0.0/16, 224.0.0.0/3 }} drop\n\
     iifname \"{IF_PREFIX}*\" meta nfproto ipv6 drop\n\
@@ -305,8 +313,8 @@ table inet wrenn {{\n\
     )
 }
 
-/// Installs [`firewall_rules`] with `nft` and turns on IPv4 forwarding.
-pub fn install_firewall(resolvers: &[Ipv4Addr]) -> Result<(), NetError> {
+/// Runs an nftables script (one transaction) with `nft -f -`.
+fn nft(script: &str) -> Result<(), NetError> {
     use std::io::Write;
     let mut child = std::process::Command::new("nft")
         .args(["-f", "-"])
@@ -318,7 +326,7 @@ pub fn install_firewall(resolvers: &[Ipv4Addr]) -> Result<(), NetError> {
         .stdin
         .take()
         .expect("piped")
-        .write_all(firewall_rules(resolvers).as_bytes())
+        .write_all(script.as_bytes())
         .map_err(|e| NetError::Firewall(e.to_string()))?;
     let out = child
         .wait_with_output()
@@ -328,6 +336,52 @@ pub fn install_firewall(resolvers: &[Ipv4Addr]) -> Result<(), NetError> {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         ));
     }
+    Ok(())
+}
+
+/// The chain of the sandbox at `ip` in the `egress` map.
+fn egress_chain(ip: Ipv4Addr) -> String {
+    format!("egress_{}", ip.to_string().replace('.', "_"))
+}
+
+/// The script that makes `egress` the rules of the sandbox at `ip`: its
+/// chain made (if new) and emptied, then filled, and its address mapped
+/// to it. Every step is idempotent, so it also clears (empty rules) and
+/// re-applies after a restart; an emptied chain returns at once, so a
+/// slot's map entry may stay behind its sandbox.
+pub fn egress_script(ip: Ipv4Addr, egress: &crate::runtime::Egress) -> String {
+    let chain = egress_chain(ip);
+    let list = |nets: &[wrenn_protocol::sandbox::egress::Ipv4Net]| {
+        nets.iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut s = format!("add chain inet wrenn {chain}\nflush chain inet wrenn {chain}\n");
+    if !egress.allow.is_empty() {
+        s += &format!(
+            "add rule inet wrenn {chain} ip daddr {{ {} }} return\n",
+            list(&egress.allow)
+        );
+    }
+    if !egress.deny.is_empty() {
+        s += &format!(
+            "add rule inet wrenn {chain} ip daddr {{ {} }} drop\n",
+            list(&egress.deny)
+        );
+    }
+    s += &format!("add element inet wrenn egress {{ {ip} : jump {chain} }}\n");
+    s
+}
+
+/// Makes `egress` the rules of the sandbox at `ip` (blocking: runs `nft`).
+pub fn apply_egress(ip: Ipv4Addr, egress: &crate::runtime::Egress) -> Result<(), NetError> {
+    nft(&egress_script(ip, egress))
+}
+
+/// Installs [`firewall_rules`] with `nft` and turns on IPv4 forwarding.
+pub fn install_firewall(resolvers: &[Ipv4Addr]) -> Result<(), NetError> {
+    nft(&firewall_rules(resolvers))?;
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .map_err(|e| NetError::Firewall(format!("enabling ip_forward: {e}")))?;
     Ok(())
@@ -388,6 +442,27 @@ mod tests {
         assert_ne!(s0.index, s1.index);
         slots.release(s0);
         assert_eq!(slots.take(true).unwrap().index, s0.index);
+    }
+
+    #[test]
+    fn egress_scripts_come_from_parsed_networks_only() {
+        use wrenn_protocol::sandbox::egress::parse;
+        let e = crate::runtime::Egress {
+            allow: vec![parse("1.2.3.4").unwrap()],
+            deny: vec![parse("0.0.0.0/0").unwrap(), parse("8.8.8.0/24").unwrap()],
+        };
+        let s = egress_script(Ipv4Addr::new(10, 200, 0, 6), &e);
+        assert_eq!(
+            s,
+            "add chain inet wrenn egress_10_200_0_6\n\
+             flush chain inet wrenn egress_10_200_0_6\n\
+             add rule inet wrenn egress_10_200_0_6 ip daddr { 1.2.3.4/32 } return\n\
+             add rule inet wrenn egress_10_200_0_6 ip daddr { 0.0.0.0/0, 8.8.8.0/24 } drop\n\
+             add element inet wrenn egress { 10.200.0.6 : jump egress_10_200_0_6 }\n"
+        );
+        // No rules: the chain is emptied and stays mapped.
+        let s = egress_script(Ipv4Addr::new(10, 200, 0, 6), &Default::default());
+        assert!(!s.contains("add rule"), "{s}");
     }
 
     #[test]
