@@ -738,8 +738,23 @@ def test_e2b_network_rules(e2b_env, public_servers):
         for bad in [{"denyOut": ["example.com"]}, {"allowOut": ["example.com"]}, {"allowOut": ["1.2.3.4; drop"]}]:
             r = httpx.put(f"{base}/sandboxes/{sbx.sandbox_id}/network", headers={"X-API-Key": key}, json=bad)
             assert r.status_code == 400 and r.json()["code"] == 400, (bad, r.text)
+        # The update's allow_internet_access=False denies all not allowed.
+        r = httpx.put(f"{base}/sandboxes/{sbx.sandbox_id}/network", headers={"X-API-Key": key}, json={"allowOut": [b], "allow_internet_access": False})
+        assert r.status_code == 204, r.text
+        assert (code(sbx, a), code(sbx, b)) == ("000", "200")
     finally:
         sbx.kill()
+    r = httpx.put(f"{base}/sandboxes/{sbx.sandbox_id}/network", headers={"X-API-Key": key}, json={})
+    assert r.status_code == 404 and r.json()["code"] == 404, r.text
+
+    # As E2B's: no internet access is everything denied but what is allowed.
+    closed = Sandbox.create("base", timeout=120, allow_internet_access=False, network={"allow_out": [a]})
+    try:
+        assert (code(closed, a), code(closed, b)) == ("200", "000")
+        info = httpx.get(f"{base}/sandboxes/{closed.sandbox_id}", headers={"X-API-Key": key}).json()
+        assert info["allowInternetAccess"] is False and info["network"]["denyOut"] == ["0.0.0.0/0"], info
+    finally:
+        closed.kill()
 
 
 def test_e2b_public_traffic_and_masked_host(e2b_env):

@@ -175,5 +175,62 @@ async fn egress_rules_hold_and_survive_an_agent_restart() {
     assert!(format!("{e:?}").contains("not an IPv4"), "{e:?}");
     c.set_sandbox_egress(set(&[], &[])).await.unwrap();
     assert_eq!(code(c.clone(), id.clone()).await, "200", "cleared");
+
+    // Allowing private ranges opens neither the host nor the agent.
+    c.set_sandbox_egress(set(&["10.0.0.0/8", "127.0.0.0/8"], &["0.0.0.0/0"]))
+        .await
+        .unwrap();
+    let addr = c
+        .get_sandbox(pb::SandboxRef {
+            sandbox_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_owned()
+        .envd_address;
+    let ip: std::net::Ipv4Addr = addr.split(':').next().unwrap().parse().unwrap();
+    let gateway = std::net::Ipv4Addr::from(u32::from(ip) - 1);
+    let (out, _, _) = sh(
+        &c,
+        &id,
+        &format!(
+            "curl -s -m 2 -o /dev/null -w '%{{http_code}}' http://{gateway}:{}/; echo ' rc='$?",
+            agent.port
+        ),
+    )
+    .await;
+    assert!(
+        out.starts_with("000"),
+        "allowed private range reached the agent: {out}"
+    );
+
+    // A sandbox with rules destroyed: the next one in its slot has none.
+    c.set_sandbox_egress(set(&[], &["0.0.0.0/0"]))
+        .await
+        .unwrap();
+    c.destroy_sandbox(pb::SandboxRef {
+        sandbox_id: id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // Its teardown runs behind the answer; slots go lowest first.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let next = new_id("egress2");
+    let made = c
+        .create_sandbox(create_req(&next))
+        .await
+        .unwrap()
+        .into_owned();
+    assert_eq!(
+        made.envd_address, addr,
+        "the new sandbox took the freed slot"
+    );
+    assert_eq!(
+        code(c.clone(), next.clone()).await,
+        "200",
+        "a new sandbox in a freed slot inherits no rules"
+    );
     drop(inet);
 }

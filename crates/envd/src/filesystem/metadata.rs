@@ -20,9 +20,10 @@ pub const MAX_VALUE: usize = 4096;
 /// Most bytes of one key: an attribute's name is at most 255 bytes,
 /// prefix included.
 pub const MAX_KEY: usize = 255 - XATTR_PREFIX.len();
-/// Most bytes of all keys and values of one upload together: what fits
-/// beside ext4's own attributes in its one block.
-pub const MAX_TOTAL: usize = 3072;
+/// Most bytes of all keys and values of one upload together: what fits,
+/// with ext4's ~20 bytes per entry, beside its own attributes in its one
+/// 4 KiB block.
+pub const MAX_TOTAL: usize = 2048;
 
 /// Why an upload's metadata headers were refused.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -83,11 +84,18 @@ pub fn from_headers(headers: &HeaderMap) -> Result<Vec<(String, String)>, BadMet
 }
 
 /// Makes `pairs` the file's whole metadata (none clears it, as E2B's envd
-/// does on every upload): the new ones set first, then the `user.e2b.*`
-/// attributes not among them removed. Follows symlinks, as the upload
-/// that wrote the file did.
+/// does on every upload): the `user.e2b.*` attributes not among them
+/// removed first (so the new set always has the room it needs), then the
+/// new ones set. Follows symlinks, as the upload that wrote the file did.
 pub fn replace(path: &Path, pairs: &[(String, String)]) -> std::io::Result<()> {
-    let old = keys(path);
+    for old in keys(path) {
+        if !pairs.iter().any(|(k, _)| *k == old) {
+            match rustix::fs::removexattr(path, format!("{XATTR_PREFIX}{old}")) {
+                Ok(()) | Err(rustix::io::Errno::NODATA) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
     for (k, v) in pairs {
         rustix::fs::setxattr(
             path,
@@ -95,14 +103,6 @@ pub fn replace(path: &Path, pairs: &[(String, String)]) -> std::io::Result<()> {
             v.as_bytes(),
             rustix::fs::XattrFlags::empty(),
         )?;
-    }
-    for old in old {
-        if !pairs.iter().any(|(k, _)| *k == old) {
-            match rustix::fs::removexattr(path, format!("{XATTR_PREFIX}{old}")) {
-                Ok(()) | Err(rustix::io::Errno::NODATA) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
     }
     Ok(())
 }

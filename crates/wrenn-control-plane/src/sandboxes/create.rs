@@ -235,6 +235,13 @@ impl NewSandbox {
             host_tags: self.host_tags,
             default_user: (d == Dialect::E2b).then_some(defaults::E2B_USER),
             network: {
+                if self.allow_internet_access == Some(false)
+                    && (!self.allow_out.is_empty() || !self.deny_out.is_empty())
+                {
+                    return Err(ApiError::bad_request(
+                        "allow_out/deny_out: a sandbox without internet access reaches nothing they could allow; drop allow_internet_access=false and deny 0.0.0.0/0 instead",
+                    ));
+                }
                 let (allow_out, deny_out) =
                     super::network::check_egress(d, self.allow_out, self.deny_out)?;
                 super::network::Network {

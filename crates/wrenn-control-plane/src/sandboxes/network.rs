@@ -66,6 +66,12 @@ impl Network {
         }
     }
 
+    /// Whether nothing is reachable but what is allowed (`0.0.0.0/0`
+    /// denied): E2B's `allow_internet_access: false`.
+    pub fn denies_all(&self) -> bool {
+        self.deny_out.iter().any(|r| r == egress::ALL)
+    }
+
     /// The Host header the app at `port` sees, when it is masked.
     pub fn masked_host(&self, port: u16) -> Option<String> {
         self.mask_request_host
@@ -176,6 +182,15 @@ pub async fn set_egress(
     deny: Vec<String>,
 ) -> ApiResult<Sandbox> {
     use super::SandboxState::{Paused, Running};
+    if !s.allow_internet_access {
+        return Err(ApiError::conflict(
+            "invalid_state",
+            format!(
+                "sandbox {} was made without internet access: egress rules cannot open it (make it with access and deny_out [\"0.0.0.0/0\"] instead)",
+                s.id
+            ),
+        ));
+    }
     if !matches!(s.state, Running | Paused) {
         return Err(ApiError::conflict(
             "invalid_state",
@@ -198,7 +213,7 @@ pub async fn set_egress(
             })
             .await?;
     }
-    app.store.update_sandbox(&s).await?;
+    app.store.set_sandbox_network(&s.id, &s.network).await?;
     Ok(s)
 }
 

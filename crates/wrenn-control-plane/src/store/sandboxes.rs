@@ -212,6 +212,22 @@ impl Store {
         Ok(q.execute(&self.pool).await?.rows_affected() == 1)
     }
 
+    /// Writes a sandbox's network settings, and nothing else (a change of
+    /// them must not write back a state that changed meanwhile).
+    pub async fn set_sandbox_network(
+        &self,
+        id: &str,
+        network: &crate::sandboxes::network::Network,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE sandboxes SET network = $1, updated_at = $2 WHERE id = $3")
+            .bind(network.to_column())
+            .bind(now())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Records that a sandbox was used at `at` (its `last_active_at`), and
     /// nothing else: a caller that read the row before a long call (an
     /// exec) must not write back a state that changed meanwhile.

@@ -151,16 +151,21 @@ pub(super) async fn create(
     let r: NewSandbox = body(&raw)?;
     let net = r.network.unwrap_or_default();
     unsupported_network(&net)?;
+    // As E2B's: no internet access is denying everything not allowed
+    // (so `allowOut` still opens what it names).
+    let mut deny_out = net.deny_out.unwrap_or_default();
+    if r.allow_internet_access == Some(false) || net.allow_internet_access == Some(false) {
+        deny_out.push(wrenn_protocol::sandbox::egress::ALL.into());
+    }
     let spec = lifecycle::NewSandbox {
         template: r.template_id,
         timeout_sec: r.timeout,
         metadata: r.metadata.unwrap_or_default(),
         envs: r.env_vars.unwrap_or_default(),
-        allow_internet_access: r.allow_internet_access,
         auto_pause: r.auto_pause.unwrap_or(false),
         auto_resume: r.auto_resume.map(|a| a.enabled),
         allow_out: net.allow_out.unwrap_or_default(),
-        deny_out: net.deny_out.unwrap_or_default(),
+        deny_out,
         public_traffic: net.allow_public_traffic,
         mask_request_host: net.mask_request_host,
         ..Default::default()
@@ -199,7 +204,7 @@ pub(super) async fn get_one(
         listed: listed(&s, end_at),
         envd_access_token: s.envd_token.clone(),
         domain: app.proxy.domain.clone(),
-        allow_internet_access: s.allow_internet_access,
+        allow_internet_access: s.allow_internet_access && !s.network.denies_all(),
         lifecycle: bodies::Lifecycle {
             auto_resume: s.auto_resume,
             on_timeout: if s.auto_pause { "pause" } else { "kill" }.into(),

@@ -126,6 +126,10 @@ pub struct NamespaceRuntime {
     templates: TemplateStore,
     resolvers: Vec<std::net::Ipv4Addr>,
     live: Mutex<HashMap<String, Live>>,
+    /// Serializes changes of egress rules (create, change, teardown).
+    egress_lock: tokio::sync::Mutex<()>,
+    /// Sandbox addresses whose egress chain has rules.
+    egress_ips: Mutex<std::collections::HashSet<std::net::Ipv4Addr>>,
     this: std::sync::Weak<NamespaceRuntime>,
     /// envd's dynamic loader (`None`: envd is static and runs anywhere).
     envd_interp: Option<String>,
@@ -352,7 +356,12 @@ impl NamespaceRuntime {
             })
             .ok();
         let resolvers = network::host_resolvers();
-        network::install_firewall(&resolvers).map_err(|e| RuntimeError::failed(e.to_string()))?;
+        // The sandboxes that may be adopted keep their egress rules in the
+        // same transaction that makes the firewall anew: no moment without
+        // them.
+        let kept = saved_egress(&cfg.data_dir.join("sandboxes"));
+        network::install_firewall(&resolvers, &kept)
+            .map_err(|e| RuntimeError::failed(e.to_string()))?;
         let net = Network::new().map_err(failed("opening netlink"))?;
         let templates = TemplateStore::new(cfg.data_dir.join("templates"), cfg.uid_base);
         let envd_interp = elf_interpreter(&cfg.envd_binary);
@@ -384,6 +393,8 @@ impl NamespaceRuntime {
                 templates,
                 resolvers,
                 live: Mutex::new(HashMap::new()),
+                egress_lock: tokio::sync::Mutex::new(()),
+                egress_ips: Mutex::new(kept.into_iter().map(|(ip, _)| ip).collect()),
                 teardowns: Teardowns::default(),
                 _dynmods: dynmods,
                 this: this.clone(),
@@ -500,11 +511,16 @@ impl NamespaceRuntime {
             _ => {}
         }
         if let Some(r) = record {
-            // Its egress chain emptied before the slot is free again (an
-            // agent start empties them all: the firewall is made anew).
-            if !r.instance.spec.egress.is_empty() {
-                self.apply_egress(id, r.slot, &Egress::default()).await?;
+            // Its egress chain emptied before the slot is free again. A
+            // failure is logged and the slot stays marked: the next create
+            // in it empties the chain first (stale rules only ever drop).
+            let _turn = self.egress_lock.lock().await;
+            let ip = r.slot.sandbox_ip();
+            let has_rules = self.egress_ips.lock().contains(&ip);
+            if has_rules && let Err(e) = self.apply_egress(id, ip, &Egress::default()).await {
+                tracing::warn!(sandbox = %id, "emptying its egress rules: {e}");
             }
+            drop(_turn);
             self.net
                 .detach(r.slot)
                 .await
@@ -730,10 +746,15 @@ impl NamespaceRuntime {
                         .attach(pid, slot)
                         .await
                         .map_err(|e| RuntimeError::caused(format!("sandbox {id}"), e))?;
-                    // Its rules before its first process runs.
-                    if !spec.egress.is_empty() {
-                        self.apply_egress(id, slot, &spec.egress).await?;
+                    // Its rules before its first process runs (and a slot's
+                    // chain left with rules emptied).
+                    let _turn = self.egress_lock.lock().await;
+                    let ip = slot.sandbox_ip();
+                    let stale = self.egress_ips.lock().contains(&ip);
+                    if !spec.egress.is_empty() || stale {
+                        self.apply_egress(id, ip, &spec.egress).await?;
                     }
+                    drop(_turn);
                     step("network");
                 }
                 ("net", _) => {
@@ -829,20 +850,29 @@ impl NamespaceRuntime {
         }))
     }
 
-    /// Makes `egress` the firewall's rules for the sandbox in `slot`.
+    /// Makes `egress` the firewall's rules for the sandbox at `ip`, and
+    /// notes whether its chain has any. The caller holds `egress_lock`:
+    /// changes, creates and teardowns of rules never interleave.
     async fn apply_egress(
         &self,
         id: &str,
-        slot: Slot,
+        ip: std::net::Ipv4Addr,
         egress: &Egress,
     ) -> Result<(), RuntimeError> {
-        let (ip, egress) = (slot.sandbox_ip(), egress.clone());
-        tokio::task::spawn_blocking(move || network::apply_egress(ip, &egress))
+        let rules = egress.clone();
+        tokio::task::spawn_blocking(move || network::apply_egress(ip, &rules))
             .await
             .map_err(|e| RuntimeError::caused("applying egress rules", e))?
             .map_err(|e| {
                 RuntimeError::caused(format!("sandbox {id}: applying its egress rules"), e)
-            })
+            })?;
+        let mut used = self.egress_ips.lock();
+        if egress.is_empty() {
+            used.remove(&ip);
+        } else {
+            used.insert(ip);
+        }
+        Ok(())
     }
 
     fn set_state(&self, id: &str, state: RunState) -> Result<Instance, RuntimeError> {
@@ -856,6 +886,22 @@ impl NamespaceRuntime {
         self.save(id, &r)?;
         Ok(r.instance)
     }
+}
+
+/// The egress rules of the sandboxes recorded under `root` that a start
+/// may adopt (whole, not being destroyed), by address.
+fn saved_egress(root: &Path) -> Vec<(std::net::Ipv4Addr, Egress)> {
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let b = std::fs::read(e.path().join("runtime.json")).ok()?;
+            let r: Record = serde_json::from_slice(&b).ok()?;
+            (r.ready && !r.destroying && !r.instance.spec.egress.is_empty())
+                .then(|| (r.slot.sandbox_ip(), r.instance.spec.egress))
+        })
+        .collect()
 }
 
 fn kill(pid: u32) {
@@ -1178,13 +1224,16 @@ impl Runtime for NamespaceRuntime {
     }
 
     async fn set_egress(&self, id: &str, egress: Egress) -> Result<Instance, RuntimeError> {
+        // Held from the lookup to the save: a destroy in between either
+        // came first (NotFound) or waits, then empties the chain.
+        let _turn = self.egress_lock.lock().await;
         let slot = self
             .live
             .lock()
             .get(id)
             .map(|l| l.record.slot)
             .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
-        self.apply_egress(id, slot, &egress).await?;
+        self.apply_egress(id, slot.sandbox_ip(), &egress).await?;
         let mut live = self.live.lock();
         let l = live
             .get_mut(id)
@@ -1318,11 +1367,6 @@ impl Runtime for NamespaceRuntime {
             });
             if let (true, Some(mut r)) = (alive, record.clone()) {
                 self.slots.mark(r.slot);
-                // The firewall was made anew at this start: rules again.
-                if !r.instance.spec.egress.is_empty() {
-                    self.apply_egress(&id, r.slot, &r.instance.spec.egress)
-                        .await?;
-                }
                 r.instance.state = if self.cgroups.is_frozen(&id) {
                     RunState::Paused
                 } else {

@@ -379,9 +379,17 @@ pub fn apply_egress(ip: Ipv4Addr, egress: &crate::runtime::Egress) -> Result<(),
     nft(&egress_script(ip, egress))
 }
 
-/// Installs [`firewall_rules`] with `nft` and turns on IPv4 forwarding.
-pub fn install_firewall(resolvers: &[Ipv4Addr]) -> Result<(), NetError> {
-    nft(&firewall_rules(resolvers))?;
+/// Installs [`firewall_rules`] with `nft`, with the egress rules of
+/// `kept` sandboxes in the same transaction, and turns on IPv4 forwarding.
+pub fn install_firewall(
+    resolvers: &[Ipv4Addr],
+    kept: &[(Ipv4Addr, crate::runtime::Egress)],
+) -> Result<(), NetError> {
+    let mut script = firewall_rules(resolvers);
+    for (ip, egress) in kept {
+        script += &egress_script(*ip, egress);
+    }
+    nft(&script)?;
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .map_err(|e| NetError::Firewall(format!("enabling ip_forward: {e}")))?;
     Ok(())
