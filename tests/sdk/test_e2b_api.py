@@ -797,3 +797,57 @@ def test_e2b_public_traffic_and_masked_host(e2b_env):
         assert get(private, {"e2b-traffic-access-token": "wrong"}).status_code == 403
     finally:
         private.kill()
+
+
+def test_e2b_filesystem_pause_boots_again(e2b_env):
+    """`pause(mode="filesystem")` keeps only the files: its processes end,
+    `pauseMode` says `filesystem`, and connect cold-boots it (a new boot
+    id, files kept, still `user`); `on_resume="reboot"` cold-boots a
+    sandbox paused with its memory; `on_timeout` with mode `filesystem`
+    pauses so at the timeout; E2B's 400s for lifecycles that cannot be."""
+    base, key = e2b_env
+
+    def detail(sbx):
+        return httpx.get(f"{base}/sandboxes/{sbx.sandbox_id}", headers={"X-API-Key": key}).json()
+
+    def boot_id(sbx):
+        return sbx.commands.run("cat /proc/sys/kernel/random/boot_id").stdout
+
+    def sleepers(sbx):
+        return sbx.commands.run("pgrep -x sleep || echo none").stdout.strip()
+
+    sbx = Sandbox.create("base", timeout=120)
+    try:
+        sbx.files.write("kept.txt", "kept")
+        sbx.commands.run("sleep 1000", background=True)
+        first = boot_id(sbx)
+        assert sbx.pause(mode="filesystem") is True
+        d = detail(sbx)
+        assert (d["state"], d["pauseMode"]) == ("paused", "filesystem"), d
+        back = Sandbox.connect(sbx.sandbox_id)
+        second = boot_id(back)
+        assert second != first
+        assert back.files.read("kept.txt") == "kept"
+        assert sleepers(back) == "none"
+        assert back.commands.run("whoami").stdout == "user\n"
+
+        back.commands.run("sleep 1000", background=True)
+        assert back.pause() is True
+        assert detail(back)["pauseMode"] == "full"
+        again = Sandbox.connect(sbx.sandbox_id, on_resume="reboot")
+        assert boot_id(again) != second and sleepers(again) == "none"
+        assert "pauseMode" not in detail(again)
+    finally:
+        sbx.kill()
+
+    timed = Sandbox.create("base", timeout=2, lifecycle={"on_timeout": {"action": "pause", "mode": "filesystem"}})
+    try:
+        assert _until(lambda: timed.get_info().state.value == "paused", timeout=15)
+        assert detail(timed)["pauseMode"] == "filesystem"
+        assert Sandbox.connect(timed.sandbox_id).files.read("/etc/hostname")
+    finally:
+        timed.kill()
+
+    for bad in [{"autoPauseMemory": False}, {"autoPause": True, "autoPauseMemory": False, "autoResume": {"enabled": True}}]:
+        r = httpx.post(f"{base}/sandboxes", headers={"X-API-Key": key}, json={"templateID": "base", **bad})
+        assert r.status_code == 400 and r.json()["code"] == 400, (bad, r.text)

@@ -28,6 +28,9 @@ pub struct Meta {
     /// At the timeout, pause instead of destroying.
     #[serde(default)]
     pub auto_pause: bool,
+    /// That pause drops its memory.
+    #[serde(default)]
+    pub auto_pause_drop_memory: bool,
 }
 
 /// Unix time in seconds.
@@ -131,6 +134,7 @@ impl<R: Runtime> Agent<R> {
         timeout_sec: u32,
         metadata: HashMap<String, String>,
         auto_pause: bool,
+        auto_pause_drop_memory: bool,
     ) -> Result<(Instance, Meta), RuntimeError> {
         let id = spec.id.clone();
         let envs = spec.envs.clone();
@@ -165,10 +169,52 @@ impl<R: Runtime> Agent<R> {
             },
             metadata,
             auto_pause,
+            auto_pause_drop_memory,
         };
         self.save(&id, &m);
         self.meta.lock().insert(id.clone(), m.clone());
         Ok((inst, m))
+    }
+
+    /// Pauses a sandbox, keeping its memory (frozen) or dropping it (every
+    /// process ends; a resume boots it again from its disk).
+    pub async fn pause(&self, id: &str, drop_memory: bool) -> Result<Instance, RuntimeError> {
+        if drop_memory {
+            self.runtime.pause_dropping_memory(id).await
+        } else {
+            self.runtime.pause(id).await
+        }
+    }
+
+    /// Resumes a paused sandbox; with `reboot`, or when its memory was
+    /// dropped, it boots again from its disk and envd is brought up as
+    /// after a create (environment, default user), then confirmed.
+    pub async fn resume(&self, id: &str, reboot: bool) -> Result<Instance, RuntimeError> {
+        let before = self
+            .runtime
+            .get(id)
+            .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
+        if reboot && before.state == crate::runtime::RunState::Paused && !before.memory_dropped {
+            self.runtime.pause_dropping_memory(id).await?;
+        }
+        let cold = before.memory_dropped || reboot;
+        let inst = self.runtime.resume(id).await?;
+        if cold {
+            let envd = crate::envd::Envd::new(&self.pools, &inst);
+            let up = envd
+                .start(&inst.spec.envs, &inst.spec.run_as, self.envd_timeout)
+                .await
+                .map_err(|e| RuntimeError::caused(format!("sandbox {id}: envd did not start"), e));
+            if let Err(e) = up {
+                // Back to paused without memory, to be resumed again.
+                if let Err(p) = self.runtime.pause_dropping_memory(id).await {
+                    tracing::warn!(sandbox = %id, "pausing a sandbox whose envd did not start: {p}");
+                }
+                return Err(e);
+            }
+            self.runtime.confirm(id).await?;
+        }
+        Ok(inst)
     }
 
     /// Destroys a sandbox.
@@ -291,9 +337,10 @@ impl<R: Runtime> Agent<R> {
             if inst.state == crate::runtime::RunState::Paused {
                 continue;
             }
-            if self.meta(&id).auto_pause {
-                tracing::info!(sandbox = %id, "timeout reached; pausing (auto-pause)");
-                if let Err(e) = self.runtime.pause(&id).await {
+            let meta = self.meta(&id);
+            if meta.auto_pause {
+                tracing::info!(sandbox = %id, drop_memory = meta.auto_pause_drop_memory, "timeout reached; pausing (auto-pause)");
+                if let Err(e) = self.pause(&id, meta.auto_pause_drop_memory).await {
                     tracing::error!(sandbox = %id, "pausing an expired sandbox: {e}");
                 }
                 continue;

@@ -75,6 +75,7 @@ fn sandbox_pb(inst: &Instance, meta: &Meta) -> pb::Sandbox {
         envd_version: wrenn_protocol::envd::VERSION.into(),
         init_pid: inst.init_pid,
         auto_pause: meta.auto_pause,
+        memory_dropped: inst.memory_dropped,
         ..Default::default()
     };
     s.metadata.extend(meta.metadata.clone());
@@ -190,6 +191,7 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
                     r.timeout_sec,
                     r.metadata.into_iter().collect(),
                     r.auto_pause,
+                    r.auto_pause_drop_memory,
                 )
                 .await
         })
@@ -239,10 +241,10 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
     async fn pause_sandbox(
         &self,
         _ctx: RequestContext,
-        r: ServiceRequest<'_, pb::SandboxRef>,
+        r: ServiceRequest<'_, pb::PauseRequest>,
     ) -> ServiceResult<pb::Sandbox> {
-        let (agent, id) = (self.agent.clone(), r.sandbox_id.to_string());
-        let inst = to_the_end(async move { agent.runtime.pause(&id).await })
+        let (agent, id, drop) = (self.agent.clone(), r.sandbox_id.to_string(), r.drop_memory);
+        let inst = to_the_end(async move { agent.pause(&id, drop).await })
             .await
             .map_err(runtime_error)?;
         Response::ok(sandbox_pb(&inst, &self.agent.meta(r.sandbox_id)))
@@ -251,10 +253,10 @@ impl<R: Runtime + TemplateList> pb::HostAgentService for HostAgentService<R> {
     async fn resume_sandbox(
         &self,
         _ctx: RequestContext,
-        r: ServiceRequest<'_, pb::SandboxRef>,
+        r: ServiceRequest<'_, pb::ResumeRequest>,
     ) -> ServiceResult<pb::Sandbox> {
-        let (agent, id) = (self.agent.clone(), r.sandbox_id.to_string());
-        let inst = to_the_end(async move { agent.runtime.resume(&id).await })
+        let (agent, id, reboot) = (self.agent.clone(), r.sandbox_id.to_string(), r.reboot);
+        let inst = to_the_end(async move { agent.resume(&id, reboot).await })
             .await
             .map_err(runtime_error)?;
         let meta = self.agent.touch(r.sandbox_id, None);

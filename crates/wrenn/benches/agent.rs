@@ -283,10 +283,20 @@ async fn main() {
                 exec.push(ms(t.elapsed()));
             }
             let t = Instant::now();
-            c.pause_sandbox(sref(&id)).await.unwrap();
+            c.pause_sandbox(pb::PauseRequest {
+                sandbox_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
             pause.push(ms(t.elapsed()));
             let t = Instant::now();
-            c.resume_sandbox(sref(&id)).await.unwrap();
+            c.resume_sandbox(pb::ResumeRequest {
+                sandbox_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
             resume.push(ms(t.elapsed()));
             let t = Instant::now();
             c.destroy_sandbox(sref(&id)).await.unwrap();

@@ -128,7 +128,11 @@ async fn pause_freezes_and_resume_continues() {
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t = Instant::now();
-    let sb = c.pause_sandbox(sref(&id)).await.unwrap().into_owned();
+    let sb = c
+        .pause_sandbox(pause_req(&id, false))
+        .await
+        .unwrap()
+        .into_owned();
     let pause_ms = t.elapsed();
     assert_eq!(
         sb.state.as_known(),
@@ -145,14 +149,14 @@ async fn pause_freezes_and_resume_continues() {
         Some(wrenn_protocol::hostagent::proxy_error::INVALID_STATE),
         "{err:?}"
     );
-    let err = c.pause_sandbox(sref(&id)).await.unwrap_err();
+    let err = c.pause_sandbox(pause_req(&id, false)).await.unwrap_err();
     assert_eq!(
         err.code,
         connectrpc::ErrorCode::FailedPrecondition,
         "pausing twice"
     );
     let t = Instant::now();
-    c.resume_sandbox(sref(&id)).await.unwrap();
+    c.resume_sandbox(resume_req(&id, false)).await.unwrap();
     let resume_ms = t.elapsed();
     let (a, _, _) = sh(&c, &id, "cat /tmp/count").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -163,12 +167,78 @@ async fn pause_freezes_and_resume_continues() {
         "the background loop did not continue after resume: {a} then {b}"
     );
     assert!(pause_ms < Duration::from_secs(1) && resume_ms < Duration::from_secs(1));
-    let err = c.resume_sandbox(sref(&id)).await.unwrap_err();
+    let err = c.resume_sandbox(resume_req(&id, false)).await.unwrap_err();
     assert_eq!(
         err.code,
         connectrpc::ErrorCode::FailedPrecondition,
         "resuming a running sandbox"
     );
+}
+
+/// A pause that drops the memory ends every process and keeps the files;
+/// the resume boots the sandbox again (a new boot id, its environment and
+/// default user again, the same address); a reboot does the same to a
+/// sandbox paused with its memory; a restarted agent adopts such a
+/// sandbox paused and can resume it.
+#[tokio::test]
+async fn a_pause_without_memory_boots_again_on_resume() {
+    let mut agent = AgentProc::start();
+    let c = agent.client();
+    let id = new_id("cold");
+    let mut r = create_req(&id);
+    r.envs.insert("GREETING".into(), "hi".into());
+    let made = c.create_sandbox(r).await.unwrap().into_owned();
+    write_file(&c, &id, "/root/kept.txt", b"kept").await;
+    spawn(&c, &id, "sleep 1000", "sleeper").await;
+    let boot = |c: Client| {
+        let id = id.clone();
+        async move { sh(&c, &id, "cat /proc/sys/kernel/random/boot_id").await.0 }
+    };
+    let first = boot(c.clone()).await;
+    assert_eq!(first.trim().len(), 36, "a boot id of its own: {first:?}");
+
+    let sb = c
+        .pause_sandbox(pause_req(&id, true))
+        .await
+        .unwrap()
+        .into_owned();
+    assert!(sb.memory_dropped);
+    assert_eq!(
+        sb.state.as_known(),
+        Some(pb::SandboxState::SANDBOX_STATE_PAUSED)
+    );
+    let err = c.pause_sandbox(pause_req(&id, true)).await.unwrap_err();
+    assert_eq!(err.code, connectrpc::ErrorCode::FailedPrecondition, "twice");
+
+    // Adopted as it is by a restarted agent.
+    agent.kill();
+    agent.spawn();
+    let c = agent.client();
+    let sb = c
+        .resume_sandbox(resume_req(&id, false))
+        .await
+        .unwrap()
+        .into_owned();
+    assert!(!sb.memory_dropped);
+    assert_eq!(sb.envd_address, made.envd_address, "the same address");
+    let second = boot(c.clone()).await;
+    assert_ne!(first, second, "booted again");
+    assert_eq!(read_file(&c, &id, "/root/kept.txt").await, b"kept");
+    let (ps, _, _) = sh(&c, &id, "pgrep -x sleep || echo none").await;
+    assert_eq!(ps.trim(), "none", "its processes ended");
+    assert_eq!(
+        sh(&c, &id, "echo $GREETING").await.0,
+        "hi\n",
+        "its environment again"
+    );
+
+    // A reboot of a sandbox paused with its memory.
+    spawn(&c, &id, "sleep 1000", "sleeper").await;
+    c.pause_sandbox(pause_req(&id, false)).await.unwrap();
+    c.resume_sandbox(resume_req(&id, true)).await.unwrap();
+    assert_ne!(boot(c.clone()).await, second, "rebooted");
+    let (ps, _, _) = sh(&c, &id, "pgrep -x sleep || echo none").await;
+    assert_eq!(ps.trim(), "none");
 }
 
 #[tokio::test]

@@ -63,6 +63,8 @@ pub struct NewSandbox {
     pub allow_internet_access: Option<bool>,
     /// Pause rather than destroy at the timeout.
     pub auto_pause: bool,
+    /// That pause keeps only its files (E2B's `autoPauseMemory: false`).
+    pub auto_pause_drop_memory: bool,
     /// Traffic resumes it when paused (default: yes in the native API,
     /// no in E2B's, as E2B's own).
     pub auto_resume: Option<bool>,
@@ -102,6 +104,8 @@ pub struct CreateSpec {
     pub allow_internet_access: bool,
     /// Pause rather than destroy at the timeout.
     pub auto_pause: bool,
+    /// That pause keeps only its files.
+    pub auto_pause_drop_memory: bool,
     /// Traffic resumes it when paused.
     pub auto_resume: bool,
     /// Ports open to anyone through the proxy, sorted, no duplicates.
@@ -230,6 +234,19 @@ impl NewSandbox {
             envs: self.envs,
             allow_internet_access: self.allow_internet_access.unwrap_or(true),
             auto_pause: self.auto_pause,
+            auto_pause_drop_memory: {
+                if self.auto_pause_drop_memory && !self.auto_pause {
+                    return Err(ApiError::bad_request(
+                        "autoPauseMemory: false needs autoPause: true (it says how the timeout pauses)",
+                    ));
+                }
+                if self.auto_pause_drop_memory && self.auto_resume == Some(true) {
+                    return Err(ApiError::bad_request(
+                        "autoResume: a sandbox that pauses keeping only its files cannot be resumed by traffic; drop autoResume or keep its memory",
+                    ));
+                }
+                self.auto_pause_drop_memory
+            },
             auto_resume: self.auto_resume.unwrap_or(d == Dialect::Native),
             public_ports: check_ports(self.public_ports)?,
             host_tags: self.host_tags,
@@ -349,6 +366,7 @@ pub async fn create(app: &App, caller: &Caller, spec: CreateSpec) -> ApiResult<S
         envs: spec.envs.into_iter().collect(),
         metadata: spec.metadata.into_iter().collect(),
         auto_pause: spec.auto_pause,
+        auto_pause_drop_memory: spec.auto_pause_drop_memory,
         default_user: spec.default_user.unwrap_or_default().into(),
         egress: spec.network.egress().into(),
         ..Default::default()

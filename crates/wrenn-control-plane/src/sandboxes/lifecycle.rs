@@ -68,15 +68,35 @@ pub async fn destroy(app: &App, mut s: Sandbox, actor: &str) -> ApiResult<()> {
 
 /// Pauses `s` on its agent and records it; 409 unless it is running.
 pub async fn pause(app: &App, s: Sandbox, actor: &str) -> ApiResult<Sandbox> {
-    change_pause(app, s, actor, true).await
+    change_pause(app, s, actor, true, false).await
+}
+
+/// Pauses `s` dropping its memory: every process ends, its files stay,
+/// and a resume boots it again (E2B's filesystem-only pause).
+pub async fn pause_dropping_memory(app: &App, s: Sandbox, actor: &str) -> ApiResult<Sandbox> {
+    change_pause(app, s, actor, true, true).await
 }
 
 /// Resumes `s` on its agent and records it; 409 unless it is paused.
 pub async fn resume(app: &App, s: Sandbox, actor: &str) -> ApiResult<Sandbox> {
-    change_pause(app, s, actor, false).await
+    change_pause(app, s, actor, false, false).await
 }
 
-async fn change_pause(app: &App, mut s: Sandbox, actor: &str, pause: bool) -> ApiResult<Sandbox> {
+/// Resumes `s` booting it again from its disk, whatever memory its pause
+/// kept (E2B's `on_resume="reboot"`).
+pub async fn resume_rebooting(app: &App, s: Sandbox, actor: &str) -> ApiResult<Sandbox> {
+    change_pause(app, s, actor, false, true).await
+}
+
+/// A pause (`pause`) or resume, `cold`: dropping its memory, or booting
+/// it again.
+async fn change_pause(
+    app: &App,
+    mut s: Sandbox,
+    actor: &str,
+    pause: bool,
+    cold: bool,
+) -> ApiResult<Sandbox> {
     let id = s.id.clone();
     let (from, to, action, event) = if pause {
         (
@@ -103,15 +123,23 @@ async fn change_pause(app: &App, mut s: Sandbox, actor: &str, pause: bool) -> Ap
         ));
     }
     let agent = agent_for(app, &s).await?;
-    let r = pb::SandboxRef {
-        sandbox_id: id.clone(),
-        ..Default::default()
-    };
     app.proxy_cache.forget(&id);
     if pause {
-        agent.pause_sandbox(r).await?;
+        agent
+            .pause_sandbox(pb::PauseRequest {
+                sandbox_id: id.clone(),
+                drop_memory: cold,
+                ..Default::default()
+            })
+            .await?;
     } else {
-        agent.resume_sandbox(r).await?;
+        agent
+            .resume_sandbox(pb::ResumeRequest {
+                sandbox_id: id.clone(),
+                reboot: cold,
+                ..Default::default()
+            })
+            .await?;
     }
     set_state(&mut s, to)?;
     s.last_active_at = now();

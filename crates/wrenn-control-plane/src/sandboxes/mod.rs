@@ -16,7 +16,9 @@ pub use create::{
     CreateSpec, Dialect, MAX_TIMEOUT_SEC, NewSandbox, check_ports, check_timeout, create,
 };
 pub use events::{Event, emit};
-pub use lifecycle::{destroy, keep_alive, pause, resume, resume_for_traffic};
+pub use lifecycle::{
+    destroy, keep_alive, pause, pause_dropping_memory, resume, resume_for_traffic, resume_rebooting,
+};
 
 use crate::App;
 use crate::auth::Caller;

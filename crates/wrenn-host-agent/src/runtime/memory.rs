@@ -112,6 +112,7 @@ impl Runtime for MemoryRuntime {
             envd_token: token,
             init_pid: std::process::id(),
             state: RunState::Running,
+            memory_dropped: false,
         };
         let mut all = self.sandboxes.lock();
         if all.contains_key(&instance.spec.id) {

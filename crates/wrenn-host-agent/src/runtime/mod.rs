@@ -111,6 +111,10 @@ pub struct Instance {
     pub init_pid: u32,
     /// Running or paused.
     pub state: RunState,
+    /// Paused with its memory dropped: no process runs, its disk is kept,
+    /// and a resume boots it again (E2B's filesystem-only pause).
+    #[serde(default)]
+    pub memory_dropped: bool,
 }
 
 /// Resource use of one sandbox.
@@ -217,8 +221,23 @@ pub trait Runtime: Send + Sync + 'static {
     /// Freezes every process of a sandbox.
     fn pause(&self, id: &str) -> impl Future<Output = Result<Instance, RuntimeError>> + Send;
 
-    /// Thaws a paused sandbox.
+    /// Thaws a paused sandbox; one whose memory was dropped is booted
+    /// again from its disk (the agent then brings envd up and confirms it,
+    /// as after a create).
     fn resume(&self, id: &str) -> impl Future<Output = Result<Instance, RuntimeError>> + Send;
+
+    /// Pauses a sandbox (running, or paused with its memory) dropping its
+    /// memory: every process ends, its disk and address stay, and
+    /// [`Runtime::resume`] boots it again. Runtimes that cannot, refuse.
+    fn pause_dropping_memory(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Instance, RuntimeError>> + Send {
+        let what = format!(
+            "sandbox {id}: this runtime cannot pause a sandbox dropping its memory; pause it with its memory"
+        );
+        async move { Err(RuntimeError::InvalidState(what)) }
+    }
 
     /// Replaces a sandbox's egress rules (running or paused); they hold
     /// within a second, and across pause, resume and an agent restart.

@@ -378,6 +378,24 @@ pub fn terminate_agent(addr: &str, token: &str) {
     .join();
 }
 
+/// A pause of `id`; `drop_memory`: keep only its files.
+pub fn pause_req(id: &str, drop_memory: bool) -> pb::PauseRequest {
+    pb::PauseRequest {
+        sandbox_id: id.into(),
+        drop_memory,
+        ..Default::default()
+    }
+}
+
+/// A resume of `id`; `reboot`: boot it again from its disk.
+pub fn resume_req(id: &str, reboot: bool) -> pb::ResumeRequest {
+    pb::ResumeRequest {
+        sandbox_id: id.into(),
+        reboot,
+        ..Default::default()
+    }
+}
+
 pub fn create_req(id: &str) -> pb::CreateSandboxRequest {
     pb::CreateSandboxRequest {
         sandbox_id: id.into(),

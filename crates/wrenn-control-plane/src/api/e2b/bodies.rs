@@ -20,6 +20,9 @@ pub struct NewSandbox {
     pub auto_pause: Option<bool>,
     /// Whether traffic resumes it when paused (default: no).
     pub auto_resume: Option<AutoResume>,
+    /// With `autoPause`: `false` pauses keeping only its files (default
+    /// true).
+    pub auto_pause_memory: Option<bool>,
     /// Whether it may reach the internet (default true).
     #[serde(rename = "allow_internet_access", alias = "allowInternetAccess")]
     pub allow_internet_access: Option<bool>,
@@ -182,6 +185,9 @@ pub struct SandboxDetail {
     pub lifecycle: Lifecycle,
     /// Its network settings.
     pub network: NetworkView,
+    /// While paused: `full` (memory kept) or `filesystem` (files only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_mode: Option<String>,
 }
 
 /// E2B's `SandboxMetric`.
@@ -228,12 +234,28 @@ pub struct Error {
     pub message: String,
 }
 
-/// The body of `POST /sandboxes/{id}/timeout` and `…/connect`.
+/// The body of `POST /sandboxes/{id}/timeout`, `…/connect` and
+/// `…/resume`.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[schema(as = E2bTimeout)]
 pub struct Timeout {
     /// Seconds from now.
     pub timeout: Option<u32>,
+    /// Connect and resume: `false` boots a paused sandbox again from its
+    /// disk, whatever memory it kept (E2B's `on_resume="reboot"`).
+    pub memory: Option<bool>,
+}
+
+/// The body of `POST /sandboxes/{id}/pause` (optional).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = E2bPause)]
+pub struct Pause {
+    /// `false`: keep only its files; every process ends, and a resume
+    /// boots it again (E2B's `mode="filesystem"`). Default true.
+    pub memory: Option<bool>,
+    // `requireHealthyGuest` is accepted and ignored: a namespace
+    // sandbox's pause does not need its envd.
 }
 
 /// The body of `POST /sandboxes/{id}/refreshes`.

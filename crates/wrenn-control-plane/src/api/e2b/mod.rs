@@ -163,6 +163,7 @@ pub(super) async fn create(
         metadata: r.metadata.unwrap_or_default(),
         envs: r.env_vars.unwrap_or_default(),
         auto_pause: r.auto_pause.unwrap_or(false),
+        auto_pause_drop_memory: r.auto_pause_memory == Some(false),
         auto_resume: r.auto_resume.map(|a| a.enabled),
         allow_out: net.allow_out.unwrap_or_default(),
         deny_out,
@@ -184,8 +185,10 @@ pub(super) async fn get_one(
 ) -> E2bResult<Json<SandboxDetail>> {
     let caller = caller?;
     let s = e2b_find(&app, &caller, &id).await?;
-    // The agent knows when the idle timer runs out; fall back to an estimate.
+    // The agent knows when the idle timer runs out and how the sandbox
+    // was paused; fall back to an estimate.
     let mut end_at = end_estimate(&s);
+    let mut pause_mode = None;
     if let Ok(agent) = agent_for(&app, &s).await {
         if let Ok(info) = agent
             .get_sandbox(pb::SandboxRef {
@@ -197,6 +200,16 @@ pub(super) async fn get_one(
             let info = info.into_owned();
             if info.expires_at > 0 {
                 end_at = info.expires_at;
+            }
+            if s.state == SandboxState::Paused {
+                pause_mode = Some(
+                    if info.memory_dropped {
+                        "filesystem"
+                    } else {
+                        "full"
+                    }
+                    .into(),
+                );
             }
         }
     }
@@ -215,6 +228,7 @@ pub(super) async fn get_one(
             allow_public_traffic: s.network.public_traffic,
             mask_request_host: s.network.mask_request_host.clone(),
         },
+        pause_mode,
     }))
 }
 
@@ -478,17 +492,39 @@ pub(super) async fn refresh(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/sandboxes/{id}/pause", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), responses((status = 204, description = "Paused"), (status = 409, description = "Already paused")), security(("api_key" = []), ("bearer" = [])))]
-/// POST /sandboxes/{id}/pause: 204; 409 when already paused.
+#[utoipa::path(post, path = "/sandboxes/{id}/pause", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), request_body(content = bodies::Pause, description = "Optional: memory=false keeps only its files"), responses((status = 204, description = "Paused"), (status = 409, description = "Already paused")), security(("api_key" = []), ("bearer" = [])))]
+/// POST /sandboxes/{id}/pause `{memory?}`: 204; 409 when already paused.
+/// `memory: false` keeps only its files: every process ends and a resume
+/// boots it again.
 pub(super) async fn pause(
     State(app): State<App>,
     caller: Result<Caller, ApiError>,
     Path(id): Path<String>,
+    raw: axum::body::Bytes,
 ) -> E2bResult<StatusCode> {
     let caller = caller?;
+    let r: bodies::Pause = body(&raw)?;
     let s = e2b_find(&app, &caller, &id).await?;
-    lifecycle::pause(&app, s, &caller.actor).await?;
+    if r.memory == Some(false) {
+        lifecycle::pause_dropping_memory(&app, s, &caller.actor).await?;
+    } else {
+        lifecycle::pause(&app, s, &caller.actor).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Resumes a paused `s`: booting it again when `memory` is `false`.
+async fn resume_as_asked(
+    app: &App,
+    s: Sandbox,
+    actor: &str,
+    memory: Option<bool>,
+) -> E2bResult<Sandbox> {
+    Ok(if memory == Some(false) {
+        lifecycle::resume_rebooting(app, s, actor).await?
+    } else {
+        lifecycle::resume(app, s, actor).await?
+    })
 }
 
 #[utoipa::path(post, path = "/sandboxes/{id}/resume", tag = "e2b", params(("id" = String, Path, description = "Sandbox id")), responses((status = 201, description = "Resumed", body = bodies::Sandbox), (status = 409, description = "Running")), security(("api_key" = []), ("bearer" = [])))]
@@ -502,7 +538,7 @@ pub(super) async fn resume(
     let caller = caller?;
     let r: Timeout = body(&raw)?;
     let s = e2b_find(&app, &caller, &id).await?;
-    let s = lifecycle::resume(&app, s, &caller.actor).await?;
+    let s = resume_as_asked(&app, s, &caller.actor, r.memory).await?;
     let s = retime(&app, s, r.timeout).await?;
     Ok((StatusCode::CREATED, Json(created(&app, &s))))
 }
@@ -529,7 +565,7 @@ pub(super) async fn connect(
         (Some(t), Err(_)) => Some(t),
     };
     let (status, s) = if s.state == SandboxState::Paused {
-        let s = lifecycle::resume(&app, s, &caller.actor).await?;
+        let s = resume_as_asked(&app, s, &caller.actor, r.memory).await?;
         (StatusCode::CREATED, s)
     } else {
         (StatusCode::OK, s)

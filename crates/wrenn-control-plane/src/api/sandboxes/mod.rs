@@ -109,6 +109,7 @@ pub(super) async fn create(
         envs: r.envs.unwrap_or_default(),
         allow_internet_access: r.allow_internet_access,
         auto_pause: false,
+        auto_pause_drop_memory: false,
         auto_resume: r.auto_resume,
         public_ports: r.public_ports.unwrap_or_default(),
         host_tags: r.host_tags.unwrap_or_default(),

@@ -271,6 +271,29 @@ fn mkdir_owned(path: &Path, base: u32, mode: u32) -> Result<(), Fail> {
     Ok(())
 }
 
+/// A random (version 4) UUID, as the kernel writes a boot id.
+fn random_uuid() -> Result<String, Fail> {
+    let mut b = [0u8; 16];
+    let mut filled = 0;
+    while filled < b.len() {
+        filled += ctx(
+            rustix::rand::getrandom(&mut b[filled..], rustix::rand::GetRandomFlags::empty()),
+            "getrandom",
+        )?;
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
+}
+
 /// `/proc/partitions` and `/proc/diskstats` showing the sandbox's disk
 /// (the loop device behind `image`) and nothing of the host's.
 fn own_partitions(loop_dev: &str, image: &Path) -> Result<(String, String), Fail> {
@@ -416,6 +439,18 @@ fn sandbox_init(spec: &InitSpec, work_fds: &str) -> Result<(), Fail> {
         if p.exists() {
             bind(&p, &p, true)?;
         }
+    }
+    // A boot id of its own, new at every boot (a create, or a resume after
+    // a pause that dropped its memory), as a machine's is: bound over the
+    // read-only /proc/sys made just above.
+    let boot_id = view.join("boot_id");
+    ctx(
+        std::fs::write(&boot_id, format!("{}\n", random_uuid()?)),
+        format!("writing {}", boot_id.display()),
+    )?;
+    let p = proc_dir.join("sys/kernel/random/boot_id");
+    if p.exists() {
+        bind(&boot_id, &p, true)?;
     }
 
     // A minimal /dev.

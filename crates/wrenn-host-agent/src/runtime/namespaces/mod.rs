@@ -432,7 +432,10 @@ impl NamespaceRuntime {
     }
 
     /// Removes whatever a sandbox left: processes, cgroup, veth, directory.
-    async fn teardown(&self, id: &str, record: Option<&Record>) -> Result<(), RuntimeError> {
+    /// Ends every process of a sandbox: its init, then whatever is left
+    /// in its cgroup (thawed if frozen, so that the kill lands), then the
+    /// cgroup itself; everything reaped.
+    async fn end_processes(&self, id: &str, record: Option<&Record>) -> Result<(), RuntimeError> {
         if let Some(r) = record {
             let pid = r.instance.init_pid;
             if pid > 0 && start_time(pid) == Some(r.init_start_time) {
@@ -496,6 +499,11 @@ impl NamespaceRuntime {
         for p in killed {
             reap(p);
         }
+        Ok(())
+    }
+
+    async fn teardown(&self, id: &str, record: Option<&Record>) -> Result<(), RuntimeError> {
+        self.end_processes(id, record).await?;
         // The directory before the network: a teardown tried again after
         // a failure here must not release the slot twice (a create may
         // hold it by then). A veth left by a crash in between is swept by
@@ -628,6 +636,7 @@ impl NamespaceRuntime {
                 envd_token: token.clone(),
                 init_pid: 0,
                 state: RunState::Running,
+                memory_dropped: false,
             },
             slot,
             init_start_time: 0,
@@ -635,6 +644,31 @@ impl NamespaceRuntime {
             destroying: false,
         });
         self.save(id, record.as_ref().expect("set"))?;
+        self.boot(spec, record, &template.rootfs, started, &mut steps)
+            .await
+    }
+
+    /// Starts a sandbox whose directory, disk and record exist: its
+    /// cgroup, its init (which mounts the disk it finds, with whatever an
+    /// earlier boot left on it), its network and rules, and envd. A create
+    /// does this once; a resume after a pause that dropped the sandbox's
+    /// memory does it again.
+    async fn boot(
+        &self,
+        spec: &SandboxSpec,
+        record: &mut Option<Record>,
+        template_rootfs: &Path,
+        started: Instant,
+        steps: &mut Vec<(&'static str, u128)>,
+    ) -> Result<Instance, RuntimeError> {
+        let id = &spec.id;
+        let dir = self.dir(id);
+        let mut step = |name: &'static str| steps.push((name, started.elapsed().as_micros()));
+        let (slot, token) = {
+            let r = record.as_ref().expect("set");
+            (r.slot, r.instance.envd_token.clone())
+        };
+        let disk_image = dir.join("disk.img");
 
         let limits = Limits {
             memory_bytes: u64::from(spec.memory_mb) << 20,
@@ -657,7 +691,7 @@ impl NamespaceRuntime {
         };
         let init_spec = InitSpec {
             sandbox_id: id.clone(),
-            template_rootfs: template.rootfs.clone(),
+            template_rootfs: template_rootfs.to_path_buf(),
             disk_image,
             disk_mount: dir.join("disk"),
             rootfs: dir.join("rootfs"),
@@ -848,6 +882,57 @@ impl NamespaceRuntime {
                 }
             }
         }))
+    }
+
+    /// Boots a sandbox paused with its memory dropped: the same record
+    /// (address, token, disk), a new init. On failure it stays paused, its
+    /// memory dropped, to be resumed again or destroyed.
+    async fn boot_again(&self, id: &str) -> Result<Instance, RuntimeError> {
+        let mut record = self
+            .live
+            .lock()
+            .get(id)
+            .map(|l| l.record.clone())
+            .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
+        let template = self
+            .templates
+            .get(&record.instance.spec.template)
+            .map_err(|e| RuntimeError::InvalidSpec(e.to_string()))?;
+        record.instance.state = RunState::Running;
+        record.instance.memory_dropped = false;
+        let spec = record.instance.spec.clone();
+        let mut slot = Some(record);
+        let mut steps = Vec::with_capacity(8);
+        let booted = self
+            .boot(
+                &spec,
+                &mut slot,
+                &template.rootfs,
+                Instant::now(),
+                &mut steps,
+            )
+            .await;
+        let record = slot.expect("kept");
+        match booted {
+            Ok(instance) => {
+                let watcher = self.watch(id.to_string(), record.instance.init_pid);
+                if let Some(l) = self.live.lock().get_mut(id) {
+                    l.record = record;
+                    l.watcher = watcher;
+                }
+                Ok(instance)
+            }
+            Err(e) => {
+                // What the failed boot started ends; the record (the live
+                // one was never changed) says paused again.
+                let _ = self.end_processes(id, Some(&record)).await;
+                let kept = self.live.lock().get(id).map(|l| l.record.clone());
+                if let Some(r) = kept {
+                    let _ = self.save(id, &r);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Makes `egress` the firewall's rules for the sandbox at `ip`, and
@@ -1214,6 +1299,9 @@ impl Runtime for NamespaceRuntime {
                 "sandbox {id} is not paused"
             )));
         }
+        if inst.memory_dropped {
+            return self.boot_again(id).await;
+        }
         let this = self.this.upgrade().expect("runtime alive");
         let id2 = id.to_string();
         tokio::task::spawn_blocking(move || this.cgroups.set_frozen(&id2, false))
@@ -1239,6 +1327,38 @@ impl Runtime for NamespaceRuntime {
             .get_mut(id)
             .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
         l.record.instance.spec.egress = egress;
+        let r = l.record.clone();
+        drop(live);
+        self.save(id, &r)?;
+        Ok(r.instance)
+    }
+
+    async fn pause_dropping_memory(&self, id: &str) -> Result<Instance, RuntimeError> {
+        let record = {
+            let mut live = self.live.lock();
+            let l = live
+                .get_mut(id)
+                .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
+            if l.record.instance.memory_dropped {
+                return Err(RuntimeError::InvalidState(format!(
+                    "sandbox {id} is already paused"
+                )));
+            }
+            // Its init ends on purpose: not a death to tear it down for.
+            if let Some(w) = l.watcher.take() {
+                w.abort();
+            }
+            l.record.clone()
+        };
+        self.end_processes(id, Some(&record)).await?;
+        let mut live = self.live.lock();
+        let l = live
+            .get_mut(id)
+            .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
+        l.record.instance.state = RunState::Paused;
+        l.record.instance.memory_dropped = true;
+        l.record.instance.init_pid = 0;
+        l.record.init_start_time = 0;
         let r = l.record.clone();
         drop(live);
         self.save(id, &r)?;
@@ -1365,7 +1485,23 @@ impl Runtime for NamespaceRuntime {
                     && r.instance.init_pid > 0
                     && start_time(r.instance.init_pid) == Some(r.init_start_time)
             });
-            if let (true, Some(mut r)) = (alive, record.clone()) {
+            let cold = record
+                .as_ref()
+                .is_some_and(|r| r.ready && !r.destroying && r.instance.memory_dropped);
+            if let (true, Some(r)) = (cold, record.clone()) {
+                // Paused with its memory dropped: nothing runs, its disk
+                // and address wait for a resume.
+                self.slots.mark(r.slot);
+                adopted.push(r.instance.clone());
+                tracing::info!(sandbox = %id, "re-adopted a sandbox paused without its memory");
+                self.live.lock().insert(
+                    id,
+                    Live {
+                        record: r,
+                        watcher: None,
+                    },
+                );
+            } else if let (true, Some(mut r)) = (alive, record.clone()) {
                 self.slots.mark(r.slot);
                 r.instance.state = if self.cgroups.is_frozen(&id) {
                     RunState::Paused
