@@ -198,6 +198,9 @@ impl<R: Runtime> Agent<R> {
             self.runtime.pause_dropping_memory(id).await?;
         }
         let cold = before.memory_dropped || reboot;
+        // Its timer restarts first: a deadline that passed while it was
+        // paused must not have the reaper pause or destroy it mid-resume.
+        self.touch(id, None);
         let inst = self.runtime.resume(id).await?;
         if cold {
             let envd = crate::envd::Envd::new(&self.pools, &inst);

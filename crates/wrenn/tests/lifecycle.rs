@@ -196,6 +196,23 @@ async fn a_pause_without_memory_boots_again_on_resume() {
     };
     let first = boot(c.clone()).await;
     assert_eq!(first.trim().len(), 36, "a boot id of its own: {first:?}");
+    let host_boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert_ne!(first, host_boot_id, "not the host's");
+    // What the next boot's init (host root until its pivot) must not
+    // follow out of the sandbox: its own /tmp and /etc/hosts made into
+    // links to host paths.
+    let escape_dir = agent.data_dir.join("escape-tmp");
+    let escape_file = agent.data_dir.join("escape-hosts");
+    sh(
+        &c,
+        &id,
+        &format!(
+            "rm -rf /tmp && ln -s {} /tmp && ln -sf {} /etc/hosts",
+            escape_dir.display(),
+            escape_file.display()
+        ),
+    )
+    .await;
 
     let sb = c
         .pause_sandbox(pause_req(&id, true))
@@ -215,10 +232,28 @@ async fn a_pause_without_memory_boots_again_on_resume() {
     agent.spawn();
     let c = agent.client();
     let sb = c
-        .resume_sandbox(resume_req(&id, false))
+        .get_sandbox(pb::SandboxRef {
+            sandbox_id: id.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_owned();
+    assert!(sb.memory_dropped && sb.init_pid == 0, "{sb:?}");
+    assert_eq!(sb.state.as_known(), Some(pb::SandboxState::SANDBOX_STATE_PAUSED));
+    // Two resumes at once: one boots it, the other is refused; never two
+    // boots of one disk.
+    let (a, b) = tokio::join!(
+        c.resume_sandbox(resume_req(&id, false)),
+        c.resume_sandbox(resume_req(&id, false))
+    );
+    let ok: Vec<_> = [a, b].into_iter().filter_map(Result::ok).collect();
+    assert_eq!(ok.len(), 1, "exactly one resume boots it");
+    let sb = ok.into_iter().next().unwrap().into_owned();
+    assert!(
+        !escape_dir.exists() && !escape_file.exists(),
+        "the boot followed a link out of the sandbox"
+    );
     assert!(!sb.memory_dropped);
     assert_eq!(sb.envd_address, made.envd_address, "the same address");
     let second = boot(c.clone()).await;
@@ -239,6 +274,16 @@ async fn a_pause_without_memory_boots_again_on_resume() {
     assert_ne!(boot(c.clone()).await, second, "rebooted");
     let (ps, _, _) = sh(&c, &id, "pgrep -x sleep || echo none").await;
     assert_eq!(ps.trim(), "none");
+
+    // Destroyed while paused without memory: nothing of it stays.
+    c.pause_sandbox(pause_req(&id, true)).await.unwrap();
+    c.destroy_sandbox(pb::SandboxRef {
+        sandbox_id: id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_no_host_traces(&agent.data_dir);
 }
 
 #[tokio::test]

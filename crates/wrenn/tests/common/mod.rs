@@ -250,13 +250,13 @@ impl AgentProc {
             "/var/tmp/wrenn-test-agent-{}-{n}",
             std::process::id()
         ));
-        std::fs::create_dir_all(data_dir.join("templates")).unwrap();
         let base = template_dir().join("base");
         assert!(
             base.join("rootfs/bin").exists(),
             "no test template at {}; run scripts/test.sh or `wrenn template build base`",
             base.display()
         );
+        std::fs::create_dir_all(data_dir.join("templates")).unwrap();
         std::os::unix::fs::symlink(&base, data_dir.join("templates/base")).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()

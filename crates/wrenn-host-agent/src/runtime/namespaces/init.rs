@@ -271,6 +271,34 @@ fn mkdir_owned(path: &Path, base: u32, mode: u32) -> Result<(), Fail> {
     Ok(())
 }
 
+/// The entries of the root the init mounts on or writes below while it
+/// is still host root (before the pivot).
+const TOP_DIRS: [&str; 6] = ["proc", "dev", "sys", "tmp", "etc", ".wrenn"];
+
+/// Makes sure none of [`TOP_DIRS`] leads out of the root: on a boot over
+/// an upper layer the sandbox wrote (a resume after a pause without its
+/// memory), any of them that is not a real directory, a symlink to a host
+/// path above all, is removed (a whiteout in the upper layer) before
+/// anything below it is touched. Nothing of the sandbox runs meanwhile,
+/// so nothing can put it back. What the init writes deeper (`/etc/hosts`
+/// and its neighbours) it first unlinks, so a symlink there is replaced,
+/// not followed.
+fn own_top_dirs(root: &Path) -> Result<(), Fail> {
+    for d in TOP_DIRS {
+        let p = root.join(d);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => ctx(
+                std::fs::remove_file(&p),
+                format!("removing /{d}, which is not a directory"),
+            )?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Fail(format!("inspecting /{d}: {e}"))),
+        }
+    }
+    Ok(())
+}
+
 /// A random (version 4) UUID, as the kernel writes a boot id.
 fn random_uuid() -> Result<String, Fail> {
     let mut b = [0u8; 16];
@@ -383,6 +411,7 @@ fn sandbox_init(spec: &InitSpec, work_fds: &str) -> Result<(), Fail> {
         &opts,
     )?;
     let root = &spec.rootfs;
+    own_top_dirs(root)?;
     let partitions = own_partitions(&loop_dev, &spec.disk_image)?;
 
     // /proc for this PID namespace, with the host-revealing files masked.

@@ -113,6 +113,9 @@ struct Record {
 struct Live {
     record: Record,
     watcher: Option<tokio::task::JoinHandle<()>>,
+    /// A pause without memory or a boot again is under way: another one
+    /// is refused (two boots would mount one disk twice).
+    busy: bool,
 }
 
 /// The namespace runtime.
@@ -785,8 +788,16 @@ impl NamespaceRuntime {
                     let _turn = self.egress_lock.lock().await;
                     let ip = slot.sandbox_ip();
                     let stale = self.egress_ips.lock().contains(&ip);
-                    if !spec.egress.is_empty() || stale {
-                        self.apply_egress(id, ip, &spec.egress).await?;
+                    // A boot again takes the rules as they are now (a
+                    // change may have come during the boot).
+                    let egress = self
+                        .live
+                        .lock()
+                        .get(id)
+                        .map(|l| l.record.instance.spec.egress.clone())
+                        .unwrap_or_else(|| spec.egress.clone());
+                    if !egress.is_empty() || stale {
+                        self.apply_egress(id, ip, &egress).await?;
                     }
                     drop(_turn);
                     step("network");
@@ -885,21 +896,33 @@ impl NamespaceRuntime {
     }
 
     /// Boots a sandbox paused with its memory dropped: the same record
-    /// (address, token, disk), a new init. On failure it stays paused, its
-    /// memory dropped, to be resumed again or destroyed.
+    /// (address, token, disk), a new init. The record says paused without
+    /// memory until the boot is whole (an agent that dies meanwhile finds
+    /// it so); on failure it stays that way, to be resumed again or
+    /// destroyed; a destroy during the boot ends what the boot started.
     async fn boot_again(&self, id: &str) -> Result<Instance, RuntimeError> {
-        let mut record = self
-            .live
-            .lock()
-            .get(id)
-            .map(|l| l.record.clone())
-            .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
-        let template = self
-            .templates
-            .get(&record.instance.spec.template)
-            .map_err(|e| RuntimeError::InvalidSpec(e.to_string()))?;
-        record.instance.state = RunState::Running;
-        record.instance.memory_dropped = false;
+        let record = {
+            let mut live = self.live.lock();
+            let l = live
+                .get_mut(id)
+                .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
+            if l.busy {
+                return Err(RuntimeError::InvalidState(format!(
+                    "sandbox {id} is being paused or resumed"
+                )));
+            }
+            l.busy = true;
+            l.record.clone()
+        };
+        let template = match self.templates.get(&record.instance.spec.template) {
+            Ok(t) => t,
+            Err(e) => {
+                if let Some(l) = self.live.lock().get_mut(id) {
+                    l.busy = false;
+                }
+                return Err(RuntimeError::InvalidSpec(e.to_string()));
+            }
+        };
         let spec = record.instance.spec.clone();
         let mut slot = Some(record);
         let mut steps = Vec::with_capacity(8);
@@ -912,20 +935,42 @@ impl NamespaceRuntime {
                 &mut steps,
             )
             .await;
-        let record = slot.expect("kept");
-        match booted {
-            Ok(instance) => {
-                let watcher = self.watch(id.to_string(), record.instance.init_pid);
-                if let Some(l) = self.live.lock().get_mut(id) {
-                    l.record = record;
-                    l.watcher = watcher;
+        let mut booted_record = slot.expect("kept");
+        // Ok(Some(record)): booted and recorded; Ok(None): destroyed meanwhile.
+        let settled: Result<Option<Record>, RuntimeError> = {
+            let mut live = self.live.lock();
+            match live.get_mut(id) {
+                None => Ok(None),
+                Some(l) => {
+                    l.busy = false;
+                    match booted {
+                        Ok(_) => {
+                            // Only what the boot changed: rules set meanwhile stay.
+                            l.record.instance.init_pid = booted_record.instance.init_pid;
+                            l.record.init_start_time = booted_record.init_start_time;
+                            l.record.instance.state = RunState::Running;
+                            l.record.instance.memory_dropped = false;
+                            l.watcher = self.watch(id.to_string(), l.record.instance.init_pid);
+                            Ok(Some(l.record.clone()))
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
-                Ok(instance)
+            }
+        };
+        match settled {
+            Ok(Some(r)) => {
+                self.save(id, &r)?;
+                Ok(r.instance)
+            }
+            Ok(None) => {
+                // Destroyed meanwhile: what this boot started ends too.
+                let _ = self.end_processes(id, Some(&booted_record)).await;
+                Err(RuntimeError::NotFound(id.into()))
             }
             Err(e) => {
-                // What the failed boot started ends; the record (the live
-                // one was never changed) says paused again.
-                let _ = self.end_processes(id, Some(&record)).await;
+                let _ = self.end_processes(id, Some(&booted_record)).await;
+                booted_record.instance.init_pid = 0;
                 let kept = self.live.lock().get(id).map(|l| l.record.clone());
                 if let Some(r) = kept {
                     let _ = self.save(id, &r);
@@ -1204,7 +1249,14 @@ impl Runtime for NamespaceRuntime {
             Ok(instance) => {
                 let r = record.expect("set on success");
                 let watcher = self.watch(id.clone(), r.instance.init_pid);
-                self.live.lock().insert(id, Live { record: r, watcher });
+                self.live.lock().insert(
+                    id,
+                    Live {
+                        record: r,
+                        watcher,
+                        busy: false,
+                    },
+                );
                 Ok(instance)
             }
             Err(e) => {
@@ -1339,6 +1391,11 @@ impl Runtime for NamespaceRuntime {
             let l = live
                 .get_mut(id)
                 .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
+            if l.busy {
+                return Err(RuntimeError::InvalidState(format!(
+                    "sandbox {id} is being paused or resumed"
+                )));
+            }
             if l.record.instance.memory_dropped {
                 return Err(RuntimeError::InvalidState(format!(
                     "sandbox {id} is already paused"
@@ -1348,15 +1405,23 @@ impl Runtime for NamespaceRuntime {
             if let Some(w) = l.watcher.take() {
                 w.abort();
             }
+            // Said before anything ends: an agent that dies from here on
+            // finds it paused without its memory, not a dead sandbox.
+            l.busy = true;
+            l.record.instance.state = RunState::Paused;
+            l.record.instance.memory_dropped = true;
             l.record.clone()
         };
-        self.end_processes(id, Some(&record)).await?;
+        let ended = match self.save(id, &record) {
+            Ok(()) => self.end_processes(id, Some(&record)).await,
+            Err(e) => Err(e),
+        };
         let mut live = self.live.lock();
-        let l = live
-            .get_mut(id)
-            .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
-        l.record.instance.state = RunState::Paused;
-        l.record.instance.memory_dropped = true;
+        let Some(l) = live.get_mut(id) else {
+            return Err(RuntimeError::NotFound(id.into()));
+        };
+        l.busy = false;
+        ended?;
         l.record.instance.init_pid = 0;
         l.record.init_start_time = 0;
         let r = l.record.clone();
@@ -1488,10 +1553,17 @@ impl Runtime for NamespaceRuntime {
             let cold = record
                 .as_ref()
                 .is_some_and(|r| r.ready && !r.destroying && r.instance.memory_dropped);
-            if let (true, Some(r)) = (cold, record.clone()) {
-                // Paused with its memory dropped: nothing runs, its disk
-                // and address wait for a resume.
+            if let (true, Some(mut r)) = (cold, record.clone()) {
+                // Paused without its memory (or on its way there, or back:
+                // the record says so until a boot is whole): whatever of
+                // it still runs ends; its disk and address wait for a
+                // resume.
                 self.slots.mark(r.slot);
+                self.end_processes(&id, Some(&r)).await?;
+                r.instance.state = RunState::Paused;
+                r.instance.init_pid = 0;
+                r.init_start_time = 0;
+                self.save(&id, &r)?;
                 adopted.push(r.instance.clone());
                 tracing::info!(sandbox = %id, "re-adopted a sandbox paused without its memory");
                 self.live.lock().insert(
@@ -1499,6 +1571,7 @@ impl Runtime for NamespaceRuntime {
                     Live {
                         record: r,
                         watcher: None,
+                        busy: false,
                     },
                 );
             } else if let (true, Some(mut r)) = (alive, record.clone()) {
@@ -1511,7 +1584,14 @@ impl Runtime for NamespaceRuntime {
                 let watcher = self.watch(id.clone(), r.instance.init_pid);
                 adopted.push(r.instance.clone());
                 tracing::info!(sandbox = %id, "re-adopted a running sandbox");
-                self.live.lock().insert(id, Live { record: r, watcher });
+                self.live.lock().insert(
+                    id,
+                    Live {
+                        record: r,
+                        watcher,
+                        busy: false,
+                    },
+                );
             } else {
                 tracing::info!(sandbox = %id, "removing a dead or half-made sandbox");
                 if let Some(r) = &record {
