@@ -364,6 +364,98 @@ async fn hosts_suite(store: &Store, team: &str) {
     assert!(!store.host_seen(&h.id).await.unwrap(), "gone");
 }
 
+/// What one control plane (`other`) writes, the other (`store`) reads at
+/// once, although it serves sandbox rows from memory.
+async fn another_control_plane_writes(store: &Store, other: &Store) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !(store.caches_rows() && other.caches_rows()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stores never listened for each other's writes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let team = Team {
+        id: ids::new("team"),
+        name: "shared".into(),
+        created_at: now(),
+    };
+    store.create_team(&team).await.unwrap();
+    let mut s = Sandbox {
+        id: ids::new("sb"),
+        team_id: team.id.clone(),
+        host_id: "host-x".into(),
+        template: "base".into(),
+        state: SandboxState::Running,
+        created_at: now(),
+        ..Default::default()
+    };
+    store.insert_sandbox(&s).await.unwrap();
+    for _ in 0..3 {
+        // Read twice: the second from memory.
+        for _ in 0..2 {
+            assert_eq!(
+                store.sandbox_by_id(&s.id).await.unwrap().map(|r| r.state),
+                Some(s.state)
+            );
+        }
+        s.state = match s.state {
+            SandboxState::Running => SandboxState::Paused,
+            _ => SandboxState::Running,
+        };
+        other.update_sandbox(&s).await.unwrap();
+        // Seen well within the 5 s a row is kept at most.
+        let seen = std::time::Instant::now();
+        while store.sandbox_by_id(&s.id).await.unwrap().map(|r| r.state) != Some(s.state) {
+            assert!(
+                seen.elapsed() < std::time::Duration::from_secs(1),
+                "a write by another control plane went unseen for a second"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    other.touch_sandbox(&s.id, 12345).await.unwrap();
+    let seen = std::time::Instant::now();
+    while store
+        .sandbox(&team.id, &s.id)
+        .await
+        .unwrap()
+        .map(|r| r.last_active_at)
+        != Some(12345)
+    {
+        assert!(
+            seen.elapsed() < std::time::Duration::from_secs(1),
+            "touch unseen"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_second_control_plane_on_one_sqlite_file_is_refused() {
+    let path = std::env::temp_dir().join(format!("wrenn-store-sole-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let first = Store::connect(&url).await.unwrap();
+    assert!(first.caches_rows());
+    let err = Store::connect(&url)
+        .await
+        .err()
+        .expect("a second store refused");
+    assert!(
+        err.to_string().contains("another control plane"),
+        "says why: {err}"
+    );
+    drop(first);
+    let again = Store::connect(&url)
+        .await
+        .expect("free once the first is gone");
+    drop(again);
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+    }
+}
+
 #[tokio::test]
 async fn store_suite_on_sqlite() {
     let path = std::env::temp_dir().join(format!("wrenn-store-{}.db", std::process::id()));
@@ -407,6 +499,10 @@ async fn store_suite_on_postgres() {
     let store = Store::connect(&url).await.unwrap();
     assert_eq!(store.backend, "postgres");
     suite(&store).await;
+    // A second control plane on the same database.
+    let other = Store::connect(&url).await.unwrap();
+    another_control_plane_writes(&store, &other).await;
+    drop(other);
     drop(store);
     sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)"))
         .execute(&admin)

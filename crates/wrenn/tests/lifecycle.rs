@@ -240,7 +240,10 @@ async fn a_pause_without_memory_boots_again_on_resume() {
         .unwrap()
         .into_owned();
     assert!(sb.memory_dropped && sb.init_pid == 0, "{sb:?}");
-    assert_eq!(sb.state.as_known(), Some(pb::SandboxState::SANDBOX_STATE_PAUSED));
+    assert_eq!(
+        sb.state.as_known(),
+        Some(pb::SandboxState::SANDBOX_STATE_PAUSED)
+    );
     // Two resumes at once: one boots it, the other is refused; never two
     // boots of one disk.
     let (a, b) = tokio::join!(

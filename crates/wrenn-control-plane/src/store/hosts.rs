@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Store, now};
+use super::{Store, cache, now};
 use crate::host_status::HostStatus;
 use crate::sandbox_state::SandboxState;
 
@@ -389,7 +389,9 @@ impl Store {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            tx.commit().await?;
+            let done = tx.commit().await;
+            self.sandbox_written(cache::ALL).await;
+            done?;
         }
         Ok(ids)
     }

@@ -4,6 +4,7 @@
 //! migrations are embedded and applied on start.
 
 mod audit;
+mod cache;
 mod hosts;
 mod keys;
 mod migrations;
@@ -45,6 +46,30 @@ pub struct Store {
     pool: AnyPool,
     /// "postgres" or "sqlite".
     pub backend: &'static str,
+    /// Sandbox rows by id (see `cache.rs` for why it is correct).
+    rows: std::sync::Arc<cache::RowCache>,
+    /// Listens for other control planes' writes (PostgreSQL); stops with
+    /// the last clone.
+    _listening: Option<std::sync::Arc<cache::ListenGuard>>,
+    /// SQLite: this process's hold on the database file; another control
+    /// plane on it could not tell this one's cache of its writes.
+    _sole: Option<std::sync::Arc<std::fs::File>>,
+}
+
+/// Why [`Store::connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The database refused or failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// Another process has the SQLite file open as its control plane.
+    #[error(
+        "another control plane (wrenn server or wrenn up) uses the SQLite database {0}; stop it first, or share a PostgreSQL database between control planes (--database-url postgres://…)"
+    )]
+    SqliteInUse(String),
+    /// The SQLite file could not be opened to be held.
+    #[error("opening the SQLite database {0} to hold it: {1}")]
+    SqliteHold(String, #[source] std::io::Error),
 }
 
 // Tables are read by naming their columns, never `SELECT *`: sqlx caches a
@@ -55,8 +80,10 @@ pub struct Store {
 
 impl Store {
     /// Connects to `url` (`postgres://…` or `sqlite://…`) and applies
-    /// migrations.
-    pub async fn connect(url: &str) -> Result<Store, sqlx::Error> {
+    /// migrations. A SQLite file is held for as long as the store lives:
+    /// a second process's store on it is refused
+    /// ([`ConnectError::SqliteInUse`]).
+    pub async fn connect(url: &str) -> Result<Store, ConnectError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("postgres") {
             "postgres"
@@ -65,8 +92,20 @@ impl Store {
         };
         let mut opts =
             AnyPoolOptions::new().max_connections(if backend == "sqlite" { 8 } else { 16 });
+        let mut sole = None;
         if backend == "sqlite" {
-            private_sqlite_file(url);
+            if let Some(path) = private_sqlite_file(url) {
+                let file = std::fs::File::open(&path)
+                    .map_err(|e| ConnectError::SqliteHold(path.clone(), e))?;
+                match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                {
+                    Ok(()) => sole = Some(std::sync::Arc::new(file)),
+                    Err(rustix::io::Errno::WOULDBLOCK) => {
+                        return Err(ConnectError::SqliteInUse(path));
+                    }
+                    Err(e) => return Err(ConnectError::SqliteHold(path, e.into())),
+                }
+            }
             opts = opts.after_connect(|conn, _| {
                 Box::pin(async move {
                     use sqlx::Executor;
@@ -76,9 +115,49 @@ impl Store {
             });
         }
         let pool = opts.connect(url).await?;
-        let store = Store { pool, backend };
+        // On SQLite every writer is this process; on PostgreSQL rows are
+        // served only while the listener hears the others' writes.
+        let rows = std::sync::Arc::new(cache::RowCache::new(backend == "sqlite"));
+        let listening = (backend == "postgres").then(|| {
+            std::sync::Arc::new(cache::ListenGuard(cache::listen(
+                url.to_string(),
+                rows.clone(),
+            )))
+        });
+        let store = Store {
+            pool,
+            backend,
+            rows,
+            _listening: listening,
+            _sole: sole,
+        };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Whether sandbox rows read by id are served from memory now: on
+    /// SQLite always; on PostgreSQL while this store hears the other
+    /// control planes' writes.
+    pub fn caches_rows(&self) -> bool {
+        self.rows.is_live()
+    }
+
+    /// Says that the sandbox row `id` (or every row, for `"*"`) was
+    /// written: this store forgets it, and on PostgreSQL the other
+    /// control planes are told. Called after every write of the table,
+    /// whether it succeeded or not (a failed write may have landed).
+    async fn sandbox_written(&self, id: &str) {
+        self.rows.forget(id);
+        if self.backend == "postgres"
+            && let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(cache::CHANNEL)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+        {
+            // Others keep the row MAX_AGE at most.
+            tracing::warn!(sandbox = %id, "announcing a sandbox change: {e}");
+        }
     }
 
     /// Applies the migrations not yet applied.
@@ -114,8 +193,8 @@ impl Store {
 /// before SQLite opens it: it holds password hashes and the agents'
 /// credentials. SQLite gives its `-wal` and `-shm` files the same mode.
 /// An existing file (and those) is made 0600; a URL without a file
-/// (`:memory:`) is left alone.
-fn private_sqlite_file(url: &str) {
+/// (`:memory:`) is left alone. The file's path, if it has one.
+fn private_sqlite_file(url: &str) -> Option<String> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = url
         .trim_start_matches("sqlite://")
@@ -124,7 +203,7 @@ fn private_sqlite_file(url: &str) {
         .next()
         .unwrap_or_default();
     if path.is_empty() || path.starts_with(':') {
-        return;
+        return None;
     }
     if std::path::Path::new(path).exists() {
         // Made by an older version, perhaps readable by all: no longer.
@@ -136,7 +215,7 @@ fn private_sqlite_file(url: &str) {
         ] {
             let _ = std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600));
         }
-        return;
+        return Some(path.to_string());
     }
     // If this fails, SQLite's own open reports the error.
     let _ = std::fs::OpenOptions::new()
@@ -144,4 +223,5 @@ fn private_sqlite_file(url: &str) {
         .create_new(true)
         .mode(0o600)
         .open(path);
+    Some(path.to_string())
 }

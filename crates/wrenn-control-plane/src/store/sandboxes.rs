@@ -133,7 +133,9 @@ impl Store {
     /// host: for tests and imports. A create goes through
     /// [`Store::insert_sandbox_if_fits`].
     pub async fn insert_sandbox(&self, s: &Sandbox) -> Result<(), sqlx::Error> {
-        insert(&self.pool, s).await
+        let done = insert(&self.pool, s).await;
+        self.sandbox_written(&s.id).await;
+        done
     }
 
     /// Records a new sandbox on its host (`s.host_id`) only if the host is
@@ -169,7 +171,9 @@ impl Store {
             return Ok(Reserved::NoRoom);
         }
         insert(&mut *tx, s).await?;
-        tx.commit().await?;
+        let done = tx.commit().await;
+        self.sandbox_written(&s.id).await;
+        done?;
         Ok(Reserved::Inserted)
     }
 
@@ -209,7 +213,9 @@ impl Store {
         if let Some((state, updated_at)) = guard {
             q = q.bind(state.as_str()).bind(updated_at);
         }
-        Ok(q.execute(&self.pool).await?.rows_affected() == 1)
+        let done = q.execute(&self.pool).await;
+        self.sandbox_written(&s.id).await;
+        Ok(done?.rows_affected() == 1)
     }
 
     /// Writes a sandbox's network settings, and nothing else (a change of
@@ -219,25 +225,27 @@ impl Store {
         id: &str,
         network: &crate::sandboxes::network::Network,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE sandboxes SET network = $1, updated_at = $2 WHERE id = $3")
+        let done = sqlx::query("UPDATE sandboxes SET network = $1, updated_at = $2 WHERE id = $3")
             .bind(network.to_column())
             .bind(now())
             .bind(id)
             .execute(&self.pool)
-            .await?;
-        Ok(())
+            .await;
+        self.sandbox_written(id).await;
+        done.map(|_| ())
     }
 
     /// Records that a sandbox was used at `at` (its `last_active_at`), and
     /// nothing else: a caller that read the row before a long call (an
     /// exec) must not write back a state that changed meanwhile.
     pub async fn touch_sandbox(&self, id: &str, at: i64) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE sandboxes SET last_active_at = $1 WHERE id = $2")
+        let done = sqlx::query("UPDATE sandboxes SET last_active_at = $1 WHERE id = $2")
             .bind(at)
             .bind(id)
             .execute(&self.pool)
-            .await?;
-        Ok(())
+            .await;
+        self.sandbox_written(id).await;
+        done.map(|_| ())
     }
 
     /// Like [`Store::update_sandbox`], but only if nobody changed the row
@@ -256,35 +264,41 @@ impl Store {
     /// Forgets a sandbox that never existed anywhere (a create its host
     /// refused as invalid).
     pub async fn delete_sandbox(&self, id: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM sandboxes WHERE id = $1")
+        let done = sqlx::query("DELETE FROM sandboxes WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
-            .await?;
-        Ok(())
+            .await;
+        self.sandbox_written(id).await;
+        done.map(|_| ())
     }
 
     /// A team's sandbox; `None` for other teams' sandboxes too.
     pub async fn sandbox(&self, team_id: &str, id: &str) -> Result<Option<Sandbox>, sqlx::Error> {
-        Ok(sqlx::query(&format!(
-            "SELECT {SANDBOX_COLS} FROM sandboxes WHERE team_id = $1 AND id = $2"
-        ))
-        .bind(team_id)
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|r| sandbox(&r)))
+        Ok(self
+            .sandbox_by_id(id)
+            .await?
+            .filter(|s| s.team_id == team_id))
     }
 
     /// Any team's sandbox, for routing proxy traffic (which proves access
-    /// by other means than a team's credentials).
+    /// by other means than a team's credentials). Served from memory when
+    /// the row has not been written since it was read (`cache.rs`).
     pub async fn sandbox_by_id(&self, id: &str) -> Result<Option<Sandbox>, sqlx::Error> {
-        Ok(sqlx::query(&format!(
+        if let Some(s) = self.rows.get(id) {
+            return Ok(Some(s));
+        }
+        let generation = self.rows.generation();
+        let found = sqlx::query(&format!(
             "SELECT {SANDBOX_COLS} FROM sandboxes WHERE id = $1"
         ))
         .bind(id)
         .fetch_optional(&self.pool)
         .await?
-        .map(|r| sandbox(&r)))
+        .map(|r| sandbox(&r));
+        if let Some(s) = &found {
+            self.rows.fill(generation, s);
+        }
+        Ok(found)
     }
 
     /// A team's sandboxes, optionally in one state, newest first.
