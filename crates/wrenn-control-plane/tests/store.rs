@@ -451,7 +451,7 @@ async fn a_second_control_plane_on_one_sqlite_file_is_refused() {
         .await
         .expect("free once the first is gone");
     drop(again);
-    for ext in ["", "-wal", "-shm"] {
+    for ext in ["", "-wal", "-shm", ".lock"] {
         let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
     }
 }
@@ -466,7 +466,7 @@ async fn store_suite_on_sqlite() {
     assert_eq!(store.backend, "sqlite");
     suite(&store).await;
     drop(store);
-    for ext in ["", "-wal", "-shm"] {
+    for ext in ["", "-wal", "-shm", ".lock"] {
         let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
     }
 }

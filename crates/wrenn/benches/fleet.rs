@@ -174,7 +174,8 @@ async fn main() {
     }
     let register_ms = ms(t.elapsed()) / hosts as f64;
 
-    let store = wrenn_control_plane::store::Store::connect(&format!(
+    // Beside the server, which holds its SQLite file.
+    let store = wrenn_control_plane::store::Store::connect_beside(&format!(
         "sqlite://{}",
         dir.join("cp/wrenn.db").display()
     ))

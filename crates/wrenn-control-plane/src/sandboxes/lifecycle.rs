@@ -22,6 +22,17 @@ fn set_state(s: &mut Sandbox, to: SandboxState) -> ApiResult<()> {
     Ok(())
 }
 
+/// `s` as the database has it now: what changes a sandbox acts on that,
+/// not on a row served from memory, which may not yet have heard of
+/// another control plane's write (`store/cache.rs`).
+async fn afresh(app: &App, s: &Sandbox) -> ApiResult<Sandbox> {
+    app.store
+        .sandbox_fresh(&s.id)
+        .await?
+        .filter(|now| now.team_id == s.team_id)
+        .ok_or_else(|| ApiError::not_found(format!("sandbox '{}'", s.id)))
+}
+
 /// Records `s` and its `event` (the audit entry for `actor`, the event on
 /// the team's stream).
 async fn record(app: &App, s: &Sandbox, actor: &str, event: Event) -> ApiResult<()> {
@@ -37,7 +48,8 @@ async fn record(app: &App, s: &Sandbox, actor: &str, event: Event) -> ApiResult<
 /// `stopped`; 404 if it already is. A `missing` sandbox (host away) is
 /// recorded stopped at once and destroyed by the reconciler, as an orphan,
 /// when its host is back.
-pub async fn destroy(app: &App, mut s: Sandbox, actor: &str) -> ApiResult<()> {
+pub async fn destroy(app: &App, s: Sandbox, actor: &str) -> ApiResult<()> {
+    let mut s = afresh(app, &s).await?;
     let id = s.id.clone();
     if s.state == SandboxState::Stopped {
         return Err(ApiError::not_found(format!("sandbox '{id}'")));
@@ -92,11 +104,12 @@ pub async fn resume_rebooting(app: &App, s: Sandbox, actor: &str) -> ApiResult<S
 /// it again.
 async fn change_pause(
     app: &App,
-    mut s: Sandbox,
+    s: Sandbox,
     actor: &str,
     pause: bool,
     cold: bool,
 ) -> ApiResult<Sandbox> {
+    let mut s = afresh(app, &s).await?;
     let id = s.id.clone();
     let (from, to, action, event) = if pause {
         (
@@ -153,7 +166,7 @@ pub async fn resume_for_traffic(app: &App, s: Sandbox) -> ApiResult<Sandbox> {
     let id = s.id.clone();
     match resume(app, s, "proxy").await {
         Ok(s) => Ok(s),
-        Err(e) => match app.store.sandbox_by_id(&id).await? {
+        Err(e) => match app.store.sandbox_fresh(&id).await? {
             Some(now) if now.state == SandboxState::Running => Ok(now),
             _ => Err(e),
         },
@@ -162,7 +175,8 @@ pub async fn resume_for_traffic(app: &App, s: Sandbox) -> ApiResult<Sandbox> {
 
 /// Restarts the idle timer of `s` (on its agent, when it runs), with
 /// `timeout_sec` as its new timeout if given, and records it.
-pub async fn keep_alive(app: &App, mut s: Sandbox, timeout_sec: Option<u32>) -> ApiResult<Sandbox> {
+pub async fn keep_alive(app: &App, s: Sandbox, timeout_sec: Option<u32>) -> ApiResult<Sandbox> {
+    let mut s = afresh(app, &s).await?;
     if s.state == SandboxState::Running {
         agent_for(app, &s)
             .await?

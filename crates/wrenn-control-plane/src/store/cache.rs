@@ -7,13 +7,20 @@
 //!   forgets that row here (all rows, for a write by host) and bumps a
 //!   generation; a read that began before a write it might have missed
 //!   never fills the cache (it compares the generation it began with);
+//! - a write whose caller goes away while it is in flight (it still lands)
+//!   forgets all the same (a guard made before the write);
 //! - on PostgreSQL, where several control planes share the database, each
 //!   write also sends `NOTIFY wrenn_sandboxes, '<id>'` (`*` for all), and
 //!   every store listens on that channel and forgets what it names. While
-//!   the listening connection is down the cache is off (every read goes to
-//!   the database) and it starts empty once it is back;
+//!   the listening connection is down, or its heartbeat does not come back,
+//!   the cache is off (every read goes to the database) and it starts
+//!   empty once it is back;
 //! - a row is kept [`MAX_AGE`] at most, which bounds what a lost
-//!   notification could leave stale;
+//!   notification could leave stale, and what a write made outside a
+//!   `Store` (by hand, by an older control plane) stays unseen;
+//! - what changes a sandbox acts on a row read afresh
+//!   ([`Store::sandbox_fresh`](super::Store::sandbox_fresh)), so a
+//!   notification still on its way never becomes a lost update;
 //! - SQLite is one control plane's: [`Store::connect`](super::Store::connect)
 //!   takes a lock beside the database file and refuses a second process.
 
@@ -119,25 +126,64 @@ impl RowCache {
     }
 }
 
+/// What a store sends on [`CHANNEL`] to hear itself: its listener is
+/// alive while these come back.
+const HEARTBEAT: &str = "~";
+
+/// How often the listener checks that its connection still delivers;
+/// silent for two of these, it counts as down.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// Tells every listening control plane that the row `id` (or [`ALL`])
+/// was written. A failure is logged: the others keep the row [`MAX_AGE`]
+/// at most.
+pub(super) async fn notify(pool: &sqlx::AnyPool, id: &str) {
+    if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(id)
+        .execute(pool)
+        .await
+    {
+        tracing::warn!(sandbox = %id, "announcing a sandbox change: {e}");
+    }
+}
+
 /// Listens for other control planes' sandbox writes on PostgreSQL and
 /// forgets the rows they name, for as long as the store lives (the task
-/// is aborted when the last clone of the store is dropped). Reconnects
-/// after a second when the connection drops, serving nothing meanwhile.
-pub(super) fn listen(url: String, cache: std::sync::Arc<RowCache>) -> tokio::task::JoinHandle<()> {
+/// is aborted when the last clone of the store is dropped). Rows are
+/// served only while it listens: off when the connection drops, or when
+/// its own heartbeat (sent through `pool` every second) has not come
+/// back for two seconds (a connection that died without a word);
+/// reconnects after a second.
+pub(super) fn listen(
+    url: String,
+    pool: sqlx::AnyPool,
+    cache: std::sync::Arc<RowCache>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             match sqlx::postgres::PgListener::connect(&url).await {
                 Ok(mut listener) => match listener.listen(CHANNEL).await {
                     Ok(()) => {
                         cache.set_live(true);
+                        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+                        let mut heard = Instant::now();
                         loop {
-                            match listener.try_recv().await {
-                                Ok(Some(n)) => cache.forget(n.payload()),
-                                // The connection dropped: what was
-                                // announced meanwhile is unknown.
-                                Ok(None) | Err(_) => {
-                                    cache.set_live(false);
-                                    break;
+                            tokio::select! {
+                                got = listener.try_recv() => match got {
+                                    Ok(Some(n)) if n.payload() == HEARTBEAT => heard = Instant::now(),
+                                    Ok(Some(n)) => cache.forget(n.payload()),
+                                    // The connection dropped: what was
+                                    // announced meanwhile is unknown.
+                                    Ok(None) | Err(_) => break,
+                                },
+                                _ = tick.tick() => {
+                                    if heard.elapsed() > 2 * HEARTBEAT_EVERY + HEARTBEAT_EVERY / 2 {
+                                        tracing::warn!("no word from the database's notifications for 2 s; serving sandbox rows from it alone until they are back");
+                                        break;
+                                    }
+                                    let pool = pool.clone();
+                                    tokio::spawn(async move { notify(&pool, HEARTBEAT).await });
                                 }
                             }
                         }

@@ -389,8 +389,9 @@ impl Store {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
+            let written = self.writing(cache::ALL);
             let done = tx.commit().await;
-            self.sandbox_written(cache::ALL).await;
+            written.announce().await;
             done?;
         }
         Ok(ids)

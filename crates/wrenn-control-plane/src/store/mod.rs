@@ -67,8 +67,8 @@ pub enum ConnectError {
         "another control plane (wrenn server or wrenn up) uses the SQLite database {0}; stop it first, or share a PostgreSQL database between control planes (--database-url postgres://…)"
     )]
     SqliteInUse(String),
-    /// The SQLite file could not be opened to be held.
-    #[error("opening the SQLite database {0} to hold it: {1}")]
+    /// The lock file beside the SQLite database could not be made.
+    #[error("making {0}, which holds the SQLite database for this control plane: {1}")]
     SqliteHold(String, #[source] std::io::Error),
 }
 
@@ -84,6 +84,18 @@ impl Store {
     /// a second process's store on it is refused
     /// ([`ConnectError::SqliteInUse`]).
     pub async fn connect(url: &str) -> Result<Store, ConnectError> {
+        Store::open(url, true).await
+    }
+
+    /// Connects to a database a control plane holds, for tools and
+    /// benchmarks beside it: no lock is taken and no sandbox row is served
+    /// from memory. Its writes of sandboxes reach that control plane's
+    /// memory only on PostgreSQL; on SQLite only after 5 s.
+    pub async fn connect_beside(url: &str) -> Result<Store, ConnectError> {
+        Store::open(url, false).await
+    }
+
+    async fn open(url: &str, hold: bool) -> Result<Store, ConnectError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("postgres") {
             "postgres"
@@ -94,17 +106,10 @@ impl Store {
             AnyPoolOptions::new().max_connections(if backend == "sqlite" { 8 } else { 16 });
         let mut sole = None;
         if backend == "sqlite" {
-            if let Some(path) = private_sqlite_file(url) {
-                let file = std::fs::File::open(&path)
-                    .map_err(|e| ConnectError::SqliteHold(path.clone(), e))?;
-                match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-                {
-                    Ok(()) => sole = Some(std::sync::Arc::new(file)),
-                    Err(rustix::io::Errno::WOULDBLOCK) => {
-                        return Err(ConnectError::SqliteInUse(path));
-                    }
-                    Err(e) => return Err(ConnectError::SqliteHold(path, e.into())),
-                }
+            if let Some(path) = private_sqlite_file(url)
+                && hold
+            {
+                sole = Some(std::sync::Arc::new(hold_sqlite(&path)?));
             }
             opts = opts.after_connect(|conn, _| {
                 Box::pin(async move {
@@ -117,10 +122,11 @@ impl Store {
         let pool = opts.connect(url).await?;
         // On SQLite every writer is this process; on PostgreSQL rows are
         // served only while the listener hears the others' writes.
-        let rows = std::sync::Arc::new(cache::RowCache::new(backend == "sqlite"));
-        let listening = (backend == "postgres").then(|| {
+        let rows = std::sync::Arc::new(cache::RowCache::new(backend == "sqlite" && sole.is_some()));
+        let listening = (backend == "postgres" && hold).then(|| {
             std::sync::Arc::new(cache::ListenGuard(cache::listen(
                 url.to_string(),
+                pool.clone(),
                 rows.clone(),
             )))
         });
@@ -142,24 +148,53 @@ impl Store {
         self.rows.is_live()
     }
 
-    /// Says that the sandbox row `id` (or every row, for `"*"`) was
-    /// written: this store forgets it, and on PostgreSQL the other
-    /// control planes are told. Called after every write of the table,
-    /// whether it succeeded or not (a failed write may have landed).
-    async fn sandbox_written(&self, id: &str) {
-        self.rows.forget(id);
-        if self.backend == "postgres"
-            && let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(cache::CHANNEL)
-                .bind(id)
-                .execute(&self.pool)
-                .await
-        {
-            // Others keep the row MAX_AGE at most.
-            tracing::warn!(sandbox = %id, "announcing a sandbox change: {e}");
+    /// Made before a write of the sandbox row `id` (or of every row, for
+    /// `"*"`); [`Written::announce`] it once the write returned, whether
+    /// it succeeded or not (a failed write may have landed). Dropped
+    /// without it (the caller went away while the write was in flight,
+    /// which still lands), it forgets the row all the same and announces
+    /// it on a task of its own.
+    fn writing(&self, id: &str) -> Written<'_> {
+        Written {
+            store: self,
+            id: Some(id.to_string()),
         }
     }
+}
 
+/// A write of sandbox rows in progress (see [`Store::writing`]).
+struct Written<'a> {
+    store: &'a Store,
+    /// `None` once announced.
+    id: Option<String>,
+}
+
+impl Written<'_> {
+    /// This store forgets the row, and on PostgreSQL the other control
+    /// planes are told.
+    async fn announce(mut self) {
+        let Some(id) = self.id.take() else { return };
+        self.store.rows.forget(&id);
+        if self.store.backend == "postgres" {
+            cache::notify(&self.store.pool, &id).await;
+        }
+    }
+}
+
+impl Drop for Written<'_> {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else { return };
+        self.store.rows.forget(&id);
+        if self.store.backend == "postgres"
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let pool = self.store.pool.clone();
+            rt.spawn(async move { cache::notify(&pool, &id).await });
+        }
+    }
+}
+
+impl Store {
     /// Applies the migrations not yet applied.
     pub async fn migrate(&self) -> Result<(), sqlx::Error> {
         sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
@@ -186,6 +221,28 @@ impl Store {
             tx.commit().await?;
         }
         Ok(())
+    }
+}
+
+/// Holds the SQLite database at `path` for this process: an exclusive
+/// `flock` on `<path>.lock` beside it (not on the database file, whose
+/// descriptors SQLite's own POSIX locks must not see closed), kept until
+/// the returned file is dropped.
+fn hold_sqlite(path: &str) -> Result<std::fs::File, ConnectError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let lock = format!("{path}.lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock)
+        .map_err(|e| ConnectError::SqliteHold(lock.clone(), e))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(ConnectError::SqliteInUse(path.to_string())),
+        Err(e) => Err(ConnectError::SqliteHold(lock, e.into())),
     }
 }
 

@@ -133,8 +133,9 @@ impl Store {
     /// host: for tests and imports. A create goes through
     /// [`Store::insert_sandbox_if_fits`].
     pub async fn insert_sandbox(&self, s: &Sandbox) -> Result<(), sqlx::Error> {
+        let written = self.writing(&s.id);
         let done = insert(&self.pool, s).await;
-        self.sandbox_written(&s.id).await;
+        written.announce().await;
         done
     }
 
@@ -171,8 +172,9 @@ impl Store {
             return Ok(Reserved::NoRoom);
         }
         insert(&mut *tx, s).await?;
+        let written = self.writing(&s.id);
         let done = tx.commit().await;
-        self.sandbox_written(&s.id).await;
+        written.announce().await;
         done?;
         Ok(Reserved::Inserted)
     }
@@ -213,8 +215,9 @@ impl Store {
         if let Some((state, updated_at)) = guard {
             q = q.bind(state.as_str()).bind(updated_at);
         }
+        let written = self.writing(&s.id);
         let done = q.execute(&self.pool).await;
-        self.sandbox_written(&s.id).await;
+        written.announce().await;
         Ok(done?.rows_affected() == 1)
     }
 
@@ -225,13 +228,14 @@ impl Store {
         id: &str,
         network: &crate::sandboxes::network::Network,
     ) -> Result<(), sqlx::Error> {
+        let written = self.writing(id);
         let done = sqlx::query("UPDATE sandboxes SET network = $1, updated_at = $2 WHERE id = $3")
             .bind(network.to_column())
             .bind(now())
             .bind(id)
             .execute(&self.pool)
             .await;
-        self.sandbox_written(id).await;
+        written.announce().await;
         done.map(|_| ())
     }
 
@@ -239,12 +243,13 @@ impl Store {
     /// nothing else: a caller that read the row before a long call (an
     /// exec) must not write back a state that changed meanwhile.
     pub async fn touch_sandbox(&self, id: &str, at: i64) -> Result<(), sqlx::Error> {
+        let written = self.writing(id);
         let done = sqlx::query("UPDATE sandboxes SET last_active_at = $1 WHERE id = $2")
             .bind(at)
             .bind(id)
             .execute(&self.pool)
             .await;
-        self.sandbox_written(id).await;
+        written.announce().await;
         done.map(|_| ())
     }
 
@@ -264,11 +269,12 @@ impl Store {
     /// Forgets a sandbox that never existed anywhere (a create its host
     /// refused as invalid).
     pub async fn delete_sandbox(&self, id: &str) -> Result<(), sqlx::Error> {
+        let written = self.writing(id);
         let done = sqlx::query("DELETE FROM sandboxes WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await;
-        self.sandbox_written(id).await;
+        written.announce().await;
         done.map(|_| ())
     }
 
@@ -280,13 +286,10 @@ impl Store {
             .filter(|s| s.team_id == team_id))
     }
 
-    /// Any team's sandbox, for routing proxy traffic (which proves access
-    /// by other means than a team's credentials). Served from memory when
-    /// the row has not been written since it was read (`cache.rs`).
-    pub async fn sandbox_by_id(&self, id: &str) -> Result<Option<Sandbox>, sqlx::Error> {
-        if let Some(s) = self.rows.get(id) {
-            return Ok(Some(s));
-        }
+    /// Any team's sandbox read from the database, never from memory: for
+    /// what changes it (a row served from memory may not yet have heard
+    /// of another control plane's write).
+    pub async fn sandbox_fresh(&self, id: &str) -> Result<Option<Sandbox>, sqlx::Error> {
         let generation = self.rows.generation();
         let found = sqlx::query(&format!(
             "SELECT {SANDBOX_COLS} FROM sandboxes WHERE id = $1"
@@ -299,6 +302,16 @@ impl Store {
             self.rows.fill(generation, s);
         }
         Ok(found)
+    }
+
+    /// Any team's sandbox, for routing proxy traffic (which proves access
+    /// by other means than a team's credentials). Served from memory when
+    /// the row has not been written since it was read (`cache.rs`).
+    pub async fn sandbox_by_id(&self, id: &str) -> Result<Option<Sandbox>, sqlx::Error> {
+        if let Some(s) = self.rows.get(id) {
+            return Ok(Some(s));
+        }
+        self.sandbox_fresh(id).await
     }
 
     /// A team's sandboxes, optionally in one state, newest first.
