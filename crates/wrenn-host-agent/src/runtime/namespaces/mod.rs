@@ -895,25 +895,36 @@ impl NamespaceRuntime {
         }))
     }
 
+    /// Marks the sandbox `id` busy with a pause without memory or a boot
+    /// again, after `first` (which may refuse, or change its record) said
+    /// yes; refused while another such change runs. The caller clears
+    /// `busy` when it is done.
+    fn claim<R>(
+        &self,
+        id: &str,
+        first: impl FnOnce(&mut Live) -> Result<R, RuntimeError>,
+    ) -> Result<R, RuntimeError> {
+        let mut live = self.live.lock();
+        let l = live
+            .get_mut(id)
+            .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
+        if l.busy {
+            return Err(RuntimeError::InvalidState(format!(
+                "sandbox {id} is being paused or resumed"
+            )));
+        }
+        let r = first(l)?;
+        l.busy = true;
+        Ok(r)
+    }
+
     /// Boots a sandbox paused with its memory dropped: the same record
     /// (address, token, disk), a new init. The record says paused without
     /// memory until the boot is whole (an agent that dies meanwhile finds
     /// it so); on failure it stays that way, to be resumed again or
     /// destroyed; a destroy during the boot ends what the boot started.
     async fn boot_again(&self, id: &str) -> Result<Instance, RuntimeError> {
-        let record = {
-            let mut live = self.live.lock();
-            let l = live
-                .get_mut(id)
-                .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
-            if l.busy {
-                return Err(RuntimeError::InvalidState(format!(
-                    "sandbox {id} is being paused or resumed"
-                )));
-            }
-            l.busy = true;
-            l.record.clone()
-        };
+        let record = self.claim(id, |l| Ok(l.record.clone()))?;
         let template = match self.templates.get(&record.instance.spec.template) {
             Ok(t) => t,
             Err(e) => {
@@ -1386,16 +1397,7 @@ impl Runtime for NamespaceRuntime {
     }
 
     async fn pause_dropping_memory(&self, id: &str) -> Result<Instance, RuntimeError> {
-        let record = {
-            let mut live = self.live.lock();
-            let l = live
-                .get_mut(id)
-                .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
-            if l.busy {
-                return Err(RuntimeError::InvalidState(format!(
-                    "sandbox {id} is being paused or resumed"
-                )));
-            }
+        let record = self.claim(id, |l| {
             if l.record.instance.memory_dropped {
                 return Err(RuntimeError::InvalidState(format!(
                     "sandbox {id} is already paused"
@@ -1407,11 +1409,10 @@ impl Runtime for NamespaceRuntime {
             }
             // Said before anything ends: an agent that dies from here on
             // finds it paused without its memory, not a dead sandbox.
-            l.busy = true;
             l.record.instance.state = RunState::Paused;
             l.record.instance.memory_dropped = true;
-            l.record.clone()
-        };
+            Ok(l.record.clone())
+        })?;
         let ended = match self.save(id, &record) {
             Ok(()) => self.end_processes(id, Some(&record)).await,
             Err(e) => Err(e),
