@@ -15,8 +15,12 @@ use crate::runtime::Usage;
 /// How often every running sandbox is sampled (E2B's collection period).
 pub const PERIOD: Duration = Duration::from_secs(5);
 /// Samples kept per sandbox: an hour of them (48 bytes each, 35 KiB a
-/// sandbox, allocated once).
+/// sandbox after an hour; grown as they come, never past it, so a young
+/// or short-lived sandbox holds only what it has).
 pub const KEPT: usize = 720;
+
+/// Samples a series makes room for at first: a minute of them.
+const FIRST: usize = 12;
 
 /// One sample of a sandbox's usage.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -65,7 +69,7 @@ impl History {
         let mut all = self.series.lock();
         let s = all.entry(id.to_string()).or_insert_with(|| Series {
             last_read: None,
-            samples: VecDeque::with_capacity(KEPT),
+            samples: VecDeque::with_capacity(FIRST),
         });
         let sample = Sample {
             at,
@@ -78,6 +82,10 @@ impl History {
         s.last_read = Some((read, u.cpu_usec));
         if s.samples.len() >= KEPT {
             s.samples.pop_front();
+        } else if s.samples.len() == s.samples.capacity() {
+            // Doubling, but to KEPT exactly at the end.
+            let more = s.samples.len().min(KEPT - s.samples.len());
+            s.samples.reserve_exact(more);
         }
         s.samples.push_back(sample);
         sample
@@ -162,6 +170,12 @@ mod tests {
         }
         let all = h.range("b", None, None);
         assert_eq!(all.len(), KEPT);
+        {
+            let series = h.series.lock();
+            // Grown to an hour, not past it; a young series holds a minute.
+            assert!(series["b"].samples.capacity() < KEPT + KEPT / 8);
+            assert!(series["a"].samples.capacity() <= 2 * FIRST);
+        }
         assert_eq!(all[0].at, 1010, "the oldest went first");
         assert_eq!(
             h.range("b", Some(1700), Some(1702))
