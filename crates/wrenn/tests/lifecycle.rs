@@ -207,7 +207,8 @@ async fn a_pause_without_memory_boots_again_on_resume() {
         &c,
         &id,
         &format!(
-            "rm -rf /tmp && ln -s {} /tmp && ln -sf {} /etc/hosts",
+            // And an envd of its own, which the boot must not run.
+            "rm -rf /tmp && ln -s {} /tmp && ln -sf {} /etc/hosts && rm -f /.wrenn/envd && printf '#!/bin/sh\\nexit 3\\n' > /.wrenn/envd && chmod 755 /.wrenn/envd",
             escape_dir.display(),
             escape_file.display()
         ),

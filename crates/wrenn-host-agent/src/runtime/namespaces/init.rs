@@ -19,7 +19,9 @@
 //! 4. becomes root of that user namespace (an unprivileged uid range on the
 //!    host), drops capabilities from the bounding set, installs the
 //!    seccomp filter (without no_new_privs: the sandbox's `sudo` works, see
-//!    [`seccomp::apply`]), prints `exec` and execs envd.
+//!    [`seccomp::apply`]), prints `exec` and execs envd from a descriptor
+//!    of its layer opened before the pivot (never by its path in the
+//!    sandbox, whose upper layer the sandbox writes).
 //!
 //! It starts with exactly stdin, stdout and stderr: every other inherited
 //! descriptor is closed first. envd gets those three, the workload
@@ -389,6 +391,17 @@ fn sandbox_init(spec: &InitSpec, work_fds: &str) -> Result<(), Fail> {
     let envd_layer = sandbox_dir.join("envd");
     mkdir_owned(&envd_layer, 0, 0o755)?;
     bind(&spec.envd_layer, &envd_layer, true)?;
+    // envd is run from this descriptor of its layer's file, not by its
+    // path in the sandbox: the upper layer is the sandbox's own, and on a
+    // boot again an `/.wrenn/envd` it wrote there would shadow ours.
+    let envd_file = ctx(
+        rustix::fs::open(
+            envd_layer.join(ENVD_PATH.trim_start_matches('/')),
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        ),
+        "opening envd in its layer",
+    )?;
     let rel = |p: &Path| -> Result<String, Fail> {
         p.strip_prefix(sandbox_dir)
             .map(|r| r.display().to_string())
@@ -718,10 +731,21 @@ fn sandbox_init(spec: &InitSpec, work_fds: &str) -> Result<(), Fail> {
         .map(|a| a.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect();
-    // SAFETY: argv and envp are NUL-terminated arrays of valid C strings.
-    unsafe { libc::execve(envd.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr()) };
+    // SAFETY: argv and envp are NUL-terminated arrays of valid C
+    // strings; the path is empty and AT_EMPTY_PATH runs the descriptor's
+    // file (an ELF binary, so its close-on-exec flag does not matter).
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            std::os::fd::AsRawFd::as_raw_fd(&envd_file),
+            c"".as_ptr(),
+            argv_ptrs.as_ptr(),
+            envp_ptrs.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
     Err(Fail(format!(
-        "exec {ENVD_PATH}: {}",
+        "exec envd (from its layer, shown as {ENVD_PATH}): {}",
         std::io::Error::last_os_error()
     )))
 }
