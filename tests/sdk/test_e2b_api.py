@@ -848,6 +848,15 @@ def test_e2b_filesystem_pause_boots_again(e2b_env):
     finally:
         timed.kill()
 
+    # Its time set to 0 pauses it as its timeout would: without memory.
+    now = Sandbox.create("base", timeout=300, lifecycle={"on_timeout": {"action": "pause", "mode": "filesystem"}})
+    try:
+        now.set_timeout(0)
+        d = detail(now)
+        assert (d["state"], d["pauseMode"]) == ("paused", "filesystem"), d
+    finally:
+        now.kill()
+
     for bad in [{"autoPauseMemory": False}, {"autoPause": True, "autoPauseMemory": False, "autoResume": {"enabled": True}}]:
         r = httpx.post(f"{base}/sandboxes", headers={"X-API-Key": key}, json={"templateID": "base", **bad})
         assert r.status_code == 400 and r.json()["code"] == 400, (bad, r.text)

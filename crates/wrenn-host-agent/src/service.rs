@@ -76,6 +76,7 @@ fn sandbox_pb(inst: &Instance, meta: &Meta) -> pb::Sandbox {
         init_pid: inst.init_pid,
         auto_pause: meta.auto_pause,
         memory_dropped: inst.memory_dropped,
+        auto_pause_drop_memory: meta.auto_pause_drop_memory,
         ..Default::default()
     };
     s.metadata.extend(meta.metadata.clone());

@@ -467,7 +467,23 @@ pub(super) async fn set_timeout(
         match s.state {
             SandboxState::Paused => {}
             _ if s.auto_pause => {
-                lifecycle::pause(&app, s, &caller.actor).await?;
+                // Paused as its timeout would pause it: the agent knows
+                // whether that keeps its memory (autoPauseMemory).
+                let drop_memory = match agent_for(&app, &s).await {
+                    Ok(agent) => agent
+                        .get_sandbox(pb::SandboxRef {
+                            sandbox_id: id.clone(),
+                            ..Default::default()
+                        })
+                        .await
+                        .is_ok_and(|info| info.into_owned().auto_pause_drop_memory),
+                    Err(_) => false,
+                };
+                if drop_memory {
+                    lifecycle::pause_dropping_memory(&app, s, &caller.actor).await?;
+                } else {
+                    lifecycle::pause(&app, s, &caller.actor).await?;
+                }
             }
             _ => lifecycle::destroy(&app, s, &caller.actor).await?,
         }
