@@ -137,20 +137,14 @@ impl<R: Runtime> Agent<R> {
         auto_pause_drop_memory: bool,
     ) -> Result<(Instance, Meta), RuntimeError> {
         let id = spec.id.clone();
-        let envs = spec.envs.clone();
-        let run_as = spec.run_as.clone();
         // Hidden from listings until it is whole: a reconciler must not
         // record as running a sandbox whose envd may yet fail to start.
         self.starting.lock().insert(id.clone());
         let _shown = Shown(&self.starting, &id);
         let inst = self.runtime.create(spec).await?;
-        let envd = crate::envd::Envd::new(&self.pools, &inst);
-        let started = match envd.start(&envs, &run_as, self.envd_timeout).await {
+        let started = match self.start_envd(&inst).await {
             Ok(()) => self.runtime.confirm(&id).await,
-            Err(e) => Err(RuntimeError::caused(
-                format!("sandbox {id}: envd did not start"),
-                e,
-            )),
+            Err(e) => Err(e),
         };
         if let Err(e) = started {
             if let Err(d) = self.runtime.destroy(&id).await {
@@ -174,6 +168,17 @@ impl<R: Runtime> Agent<R> {
         self.save(&id, &m);
         self.meta.lock().insert(id.clone(), m.clone());
         Ok((inst, m))
+    }
+
+    /// Brings up the envd of a sandbox its runtime just started (created,
+    /// or booted again): its environment and default user, as its spec says.
+    async fn start_envd(&self, inst: &Instance) -> Result<(), RuntimeError> {
+        crate::envd::Envd::new(&self.pools, inst)
+            .start(&inst.spec.envs, &inst.spec.run_as, self.envd_timeout)
+            .await
+            .map_err(|e| {
+                RuntimeError::caused(format!("sandbox {}: envd did not start", inst.spec.id), e)
+            })
     }
 
     /// Pauses a sandbox, keeping its memory (frozen) or dropping it (every
@@ -203,12 +208,7 @@ impl<R: Runtime> Agent<R> {
         self.touch(id, None);
         let inst = self.runtime.resume(id).await?;
         if cold {
-            let envd = crate::envd::Envd::new(&self.pools, &inst);
-            let up = envd
-                .start(&inst.spec.envs, &inst.spec.run_as, self.envd_timeout)
-                .await
-                .map_err(|e| RuntimeError::caused(format!("sandbox {id}: envd did not start"), e));
-            if let Err(e) = up {
+            if let Err(e) = self.start_envd(&inst).await {
                 // Back to paused without memory, to be resumed again.
                 if let Err(p) = self.runtime.pause_dropping_memory(id).await {
                     tracing::warn!(sandbox = %id, "pausing a sandbox whose envd did not start: {p}");

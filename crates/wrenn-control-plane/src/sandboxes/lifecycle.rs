@@ -4,7 +4,7 @@
 use wrenn_protocol::hostagent::v1 as pb;
 
 use super::events::{Event, emit};
-use super::{SandboxState, agent_for};
+use super::{SandboxState, agent_for, find_fresh};
 use crate::App;
 use crate::error::{ApiError, ApiResult};
 use crate::store::{Sandbox, now};
@@ -20,17 +20,6 @@ fn set_state(s: &mut Sandbox, to: SandboxState) -> ApiResult<()> {
     }
     s.state = to;
     Ok(())
-}
-
-/// `s` as the database has it now: what changes a sandbox acts on that,
-/// not on a row served from memory, which may not yet have heard of
-/// another control plane's write (`store/cache.rs`).
-async fn afresh(app: &App, s: &Sandbox) -> ApiResult<Sandbox> {
-    app.store
-        .sandbox_fresh(&s.id)
-        .await?
-        .filter(|now| now.team_id == s.team_id)
-        .ok_or_else(|| ApiError::not_found(format!("sandbox '{}'", s.id)))
 }
 
 /// Records `s` and its `event` (the audit entry for `actor`, the event on
@@ -49,7 +38,8 @@ async fn record(app: &App, s: &Sandbox, actor: &str, event: Event) -> ApiResult<
 /// recorded stopped at once and destroyed by the reconciler, as an orphan,
 /// when its host is back.
 pub async fn destroy(app: &App, s: Sandbox, actor: &str) -> ApiResult<()> {
-    let mut s = afresh(app, &s).await?;
+    // As the database has it now (see `find_fresh`).
+    let mut s = find_fresh(app, &s.team_id, &s.id).await?;
     let id = s.id.clone();
     if s.state == SandboxState::Stopped {
         return Err(ApiError::not_found(format!("sandbox '{id}'")));
@@ -109,7 +99,8 @@ async fn change_pause(
     pause: bool,
     cold: bool,
 ) -> ApiResult<Sandbox> {
-    let mut s = afresh(app, &s).await?;
+    // As the database has it now (see `find_fresh`).
+    let mut s = find_fresh(app, &s.team_id, &s.id).await?;
     let id = s.id.clone();
     let (from, to, action, event) = if pause {
         (
@@ -176,7 +167,8 @@ pub async fn resume_for_traffic(app: &App, s: Sandbox) -> ApiResult<Sandbox> {
 /// Restarts the idle timer of `s` (on its agent, when it runs), with
 /// `timeout_sec` as its new timeout if given, and records it.
 pub async fn keep_alive(app: &App, s: Sandbox, timeout_sec: Option<u32>) -> ApiResult<Sandbox> {
-    let mut s = afresh(app, &s).await?;
+    // As the database has it now (see `find_fresh`).
+    let mut s = find_fresh(app, &s.team_id, &s.id).await?;
     if s.state == SandboxState::Running {
         agent_for(app, &s)
             .await?

@@ -34,6 +34,18 @@ pub async fn find(app: &App, caller: &Caller, id: &str) -> ApiResult<Sandbox> {
         .ok_or_else(|| ApiError::not_found(format!("sandbox '{id}'")))
 }
 
+/// Team `team_id`'s sandbox `id` as the database has it now, or 404: never
+/// a row served from memory, which may not yet have heard of another
+/// control plane's write (`store/cache.rs`). For what writes the whole
+/// row back.
+pub async fn find_fresh(app: &App, team_id: &str, id: &str) -> ApiResult<Sandbox> {
+    app.store
+        .sandbox_fresh(id)
+        .await?
+        .filter(|s| s.team_id == team_id)
+        .ok_or_else(|| ApiError::not_found(format!("sandbox '{id}'")))
+}
+
 /// The host `s` runs on, as routing reads it (1 s cache; 503 when the
 /// host is gone).
 pub async fn host_of(app: &App, s: &Sandbox) -> ApiResult<Host> {

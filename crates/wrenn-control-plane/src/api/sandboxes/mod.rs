@@ -147,13 +147,8 @@ pub(super) async fn set_public_ports(
     Path(id): Path<String>,
     ApiJson(r): ApiJson<PublicPorts>,
 ) -> ApiResult<Json<SandboxView>> {
-    find(&app, &caller, &id).await?;
     // Read afresh: the whole row is written back.
-    let mut s = app
-        .store
-        .sandbox_fresh(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("sandbox '{id}'")))?;
+    let mut s = lifecycle::find_fresh(&app, &caller.team_id, &id).await?;
     s.public_ports = lifecycle::check_ports(r.ports)?;
     app.store.update_sandbox(&s).await?;
     app.proxy_cache.forget(&id);

@@ -118,6 +118,17 @@ struct Live {
     busy: bool,
 }
 
+impl Live {
+    /// A sandbox the runtime now has, `watcher` ending it if its init dies.
+    fn new(record: Record, watcher: Option<tokio::task::JoinHandle<()>>) -> Live {
+        Live {
+            record,
+            watcher,
+            busy: false,
+        }
+    }
+}
+
 /// The namespace runtime.
 pub struct NamespaceRuntime {
     cfg: Config,
@@ -946,7 +957,7 @@ impl NamespaceRuntime {
                 &mut steps,
             )
             .await;
-        let mut booted_record = slot.expect("kept");
+        let booted_record = slot.expect("kept");
         // Ok(Some(record)): booted and recorded; Ok(None): destroyed meanwhile.
         let settled: Result<Option<Record>, RuntimeError> = {
             let mut live = self.live.lock();
@@ -981,7 +992,6 @@ impl NamespaceRuntime {
             }
             Err(e) => {
                 let _ = self.end_processes(id, Some(&booted_record)).await;
-                booted_record.instance.init_pid = 0;
                 let kept = self.live.lock().get(id).map(|l| l.record.clone());
                 if let Some(r) = kept {
                     let _ = self.save(id, &r);
@@ -1260,14 +1270,7 @@ impl Runtime for NamespaceRuntime {
             Ok(instance) => {
                 let r = record.expect("set on success");
                 let watcher = self.watch(id.clone(), r.instance.init_pid);
-                self.live.lock().insert(
-                    id,
-                    Live {
-                        record: r,
-                        watcher,
-                        busy: false,
-                    },
-                );
+                self.live.lock().insert(id, Live::new(r, watcher));
                 Ok(instance)
             }
             Err(e) => {
@@ -1567,14 +1570,7 @@ impl Runtime for NamespaceRuntime {
                 self.save(&id, &r)?;
                 adopted.push(r.instance.clone());
                 tracing::info!(sandbox = %id, "re-adopted a sandbox paused without its memory");
-                self.live.lock().insert(
-                    id,
-                    Live {
-                        record: r,
-                        watcher: None,
-                        busy: false,
-                    },
-                );
+                self.live.lock().insert(id, Live::new(r, None));
             } else if let (true, Some(mut r)) = (alive, record.clone()) {
                 self.slots.mark(r.slot);
                 r.instance.state = if self.cgroups.is_frozen(&id) {
@@ -1585,14 +1581,7 @@ impl Runtime for NamespaceRuntime {
                 let watcher = self.watch(id.clone(), r.instance.init_pid);
                 adopted.push(r.instance.clone());
                 tracing::info!(sandbox = %id, "re-adopted a running sandbox");
-                self.live.lock().insert(
-                    id,
-                    Live {
-                        record: r,
-                        watcher,
-                        busy: false,
-                    },
-                );
+                self.live.lock().insert(id, Live::new(r, watcher));
             } else {
                 tracing::info!(sandbox = %id, "removing a dead or half-made sandbox");
                 if let Some(r) = &record {
